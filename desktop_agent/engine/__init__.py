@@ -1,0 +1,1 @@
+"""restic-format backup engine (synchronous)."""

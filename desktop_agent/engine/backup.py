@@ -1,0 +1,766 @@
+"""The backup pipeline.
+
+One engine thread walks the sources depth-first in name order and decides,
+per file, whether it is unchanged since the parent snapshot (same type,
+size, mtime, ctime and inode: the content list is reused without reading a
+byte). Changed files are read and cut into content-defined chunks; every
+chunk goes to a worker pool that hashes, deduplicates, compresses, encrypts
+and packs it (:class:`~.writer.BlobWriter`). Small files travel in batches
+so per-file overhead stays low.
+
+The walker never waits for a file: each directory becomes a pending tree
+that is finalized (encoded, hashed, stored) once the work of all its
+entries is done. Directories finalize in post-order through one FIFO, so a
+parent always sees its children's tree ids. Work in flight is bounded in
+bytes, which bounds memory.
+
+At the end: remaining packs are flushed, then the index is written, then the
+snapshot (restic's write ordering). A cancelled or failed backup writes the
+index for packs already stored, so the next run reuses them, but never a
+snapshot.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat as st
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from .. import __version__
+from . import crypto
+from .chunker import MIN_SIZE, Chunker
+from .control import Control
+from .errors import EngineError, SourceError
+from .filter import ExcludeFilter
+from .gocompat import format_time
+from .ids import BlobId, BlobType, SnapshotId
+from .lock import Lock
+from .progress import ProgressState, Reporter
+from .repository import Repository, hostname, username
+from .snapshot import Snapshot, SnapshotSummary
+from .tree import Node, NodeType, encode_tree, go_mode
+from .writer import BlobWriter, SaveResult
+
+__all__ = ["BackupOptions", "BackupResult", "SkippedPath", "backup", "find_parent", "node_from_stat"]
+
+# Files up to this size are read whole and travel in batches.
+SMALL_FILE = MIN_SIZE
+_BATCH_FILES = 64
+_BATCH_BYTES = 4 * 1024 * 1024
+# Bytes submitted to workers but not yet processed.
+_INFLIGHT_BYTES = 24 * 1024 * 1024
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    """What to back up and how."""
+
+    sources: Sequence[str]
+    excludes: Sequence[str] = ()
+    tags: Sequence[str] = ()
+    host: str | None = None
+    parent: str | None = None  # snapshot ref; None = latest with same host and paths
+    workers: int = 0  # 0 = number of CPUs
+    scan: bool = True  # count totals in a background thread (for percent and ETA)
+
+
+@dataclass(frozen=True)
+class SkippedPath:
+    """A path left out of the snapshot, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """A finished backup."""
+
+    snapshot: Snapshot
+    summary: SnapshotSummary
+    skipped: tuple[SkippedPath, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def _display(path: bytes) -> str:
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _FileJob:
+    """A file whose content is being stored."""
+
+    __slots__ = ("path", "node", "futures", "content", "error", "vanished", "size", "changed")
+
+    def __init__(self, path: bytes, node: Node) -> None:
+        self.path = path
+        self.node = node
+        self.futures: list[Future[SaveResult]] = []
+        self.content: list[BlobId] | None = None  # set when known without futures
+        self.error: str | None = None
+        self.vanished = False
+        self.size = -1  # bytes actually read; -1 = as stat said
+        self.changed = False
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+
+class _Batch:
+    """Small files read and stored together by one worker task."""
+
+    def __init__(self) -> None:
+        self.jobs: list[_FileJob] = []
+        self.nbytes = 0
+
+
+class _DirJob:
+    """A directory whose tree is finalized when all its entries are done."""
+
+    __slots__ = ("node", "entries", "parent_subtree", "tree_id", "path")
+
+    def __init__(self, path: bytes, node: Node | None, parent_subtree: BlobId | None) -> None:
+        self.path = path
+        self.node = node
+        self.entries: list[Node | _FileJob | _DirJob] = []
+        self.parent_subtree = parent_subtree
+        self.tree_id: BlobId | None = None
+
+    def ready(self) -> bool:
+        return all(not isinstance(e, _FileJob) or e.done() for e in self.entries)
+
+
+@dataclass
+class _Stats:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unmodified: int = 0
+    data_blobs: int = 0
+    tree_blobs: int = 0
+    data_added: int = 0
+    data_added_packed: int = 0
+    files: int = 0
+    nbytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_blob(self, res: SaveResult, plain: int, blob_type: BlobType) -> None:
+        if not res.new:
+            return
+        with self.lock:
+            if blob_type is BlobType.DATA:
+                self.data_blobs += 1
+            else:
+                self.tree_blobs += 1
+            self.data_added += plain
+            self.data_added_packed += res.stored
+
+
+_users: dict[int, str] = {}
+_groups: dict[int, str] = {}
+
+
+def _user(uid: int) -> str:
+    name = _users.get(uid)
+    if name is None:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = ""
+        _users[uid] = name
+    return name
+
+
+def _group(gid: int) -> str:
+    name = _groups.get(gid)
+    if name is None:
+        try:
+            name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            name = ""
+        _groups[gid] = name
+    return name
+
+
+def node_from_stat(name: bytes, s: os.stat_result) -> Node:
+    """A node with the metadata restic records for an lstat result."""
+    mode = s.st_mode
+    fmt = st.S_IFMT(mode)
+    if fmt == st.S_IFREG:
+        ntype = NodeType.FILE
+    elif fmt == st.S_IFDIR:
+        ntype = NodeType.DIR
+    elif fmt == st.S_IFLNK:
+        ntype = NodeType.SYMLINK
+    elif fmt == st.S_IFCHR:
+        ntype = NodeType.CHARDEV
+    elif fmt == st.S_IFBLK:
+        ntype = NodeType.DEV
+    elif fmt == st.S_IFIFO:
+        ntype = NodeType.FIFO
+    elif fmt == st.S_IFSOCK:
+        ntype = NodeType.SOCKET
+    else:
+        ntype = NodeType.IRREGULAR
+    links = s.st_nlink if ntype != NodeType.DIR else 0
+    return Node(
+        name=name,
+        type=ntype,
+        mode=go_mode(mode),
+        mtime=s.st_mtime_ns,
+        atime=s.st_mtime_ns,  # as restic without --with-atime: reading must not change trees
+        ctime=s.st_ctime_ns,
+        uid=s.st_uid,
+        gid=s.st_gid,
+        user=_user(s.st_uid),
+        group=_group(s.st_gid),
+        inode=s.st_ino,
+        # the device only matters to tell hard links apart; it changes across
+        # mounts, so (like restic >= 0.17) keep it only for hard-linked files
+        device_id=s.st_dev if links > 1 else 0,
+        size=s.st_size if ntype == NodeType.FILE else 0,
+        links=links,
+        device=s.st_rdev if ntype in (NodeType.CHARDEV, NodeType.DEV) else 0,
+    )
+
+
+def find_parent(repo: Repository, paths: Sequence[str], host: str) -> Snapshot | None:
+    """The latest snapshot of the same host and the same set of paths."""
+    want = sorted(paths)
+    best: Snapshot | None = None
+    for snap in repo.list_snapshots():
+        if snap.hostname == host and sorted(snap.paths) == want:
+            best = snap
+    return best
+
+
+def _trie(sources: Sequence[bytes]) -> dict[bytes, object]:
+    """Nested dict of path components; ``None`` marks a source (a leaf)."""
+    root: dict[bytes, object] = {}
+    for src in sorted(sources, key=len):
+        comps = [c for c in src.split(b"/") if c]
+        node = root
+        covered = False
+        for i, comp in enumerate(comps):
+            if i == len(comps) - 1:
+                node[comp] = None
+            else:
+                child = node.get(comp, {})
+                if child is None:  # an enclosing directory is already a source
+                    covered = True
+                    break
+                node[comp] = child
+                assert isinstance(child, dict)
+                node = child
+        if covered:
+            continue
+    return root
+
+
+class _Backup:
+    def __init__(
+        self,
+        repo: Repository,
+        options: BackupOptions,
+        progress: ProgressState,
+        control: Control,
+        parent: Snapshot | None,
+    ) -> None:
+        self.repo = repo
+        self.options = options
+        self.progress = progress
+        self.control = control
+        self.parent = parent
+        self.filter = ExcludeFilter(options.excludes)
+        self.chunker = Chunker(crypto.chunker_seed(repo.key, repo.config.id))
+        self.writer = BlobWriter(repo)
+        workers = options.workers or os.cpu_count() or 2
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup")
+        self.inflight: deque[tuple[Future[object], int]] = deque()
+        self.inflight_bytes = 0
+        self.pending_dirs: deque[_DirJob] = deque()
+        self.stats = _Stats()
+        self.skipped: list[SkippedPath] = []
+        self.warnings: list[str] = []
+        self.batch = _Batch()
+        self._errors_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- utils
+    def skip(self, path: bytes, reason: str) -> None:
+        with self._errors_lock:
+            self.skipped.append(SkippedPath(_display(path), reason))
+            self.progress.errors += 1
+
+    def warn(self, message: str) -> None:
+        with self._errors_lock:
+            self.warnings.append(message)
+
+    def parent_nodes(self, subtree: BlobId | None) -> dict[bytes, Node]:
+        if subtree is None:
+            return {}
+        try:
+            return {n.name: n for n in self.repo.load_tree(subtree)}
+        except EngineError as exc:
+            self.warn(f"parent tree {subtree.hex()[:12]} unreadable ({exc}); files are re-read")
+            return {}
+
+    # ------------------------------------------------------- work in flight
+    def submit(self, fn: Callable[..., object], nbytes: int, *args: object) -> Future[object]:
+        while self.inflight and self.inflight_bytes + nbytes > _INFLIGHT_BYTES:
+            self.wait_oldest()
+        fut = self.pool.submit(self._guarded, fn, *args)
+        self.inflight.append((fut, nbytes))
+        self.inflight_bytes += nbytes
+        return fut
+
+    def _guarded(self, fn: Callable[..., object], *args: object) -> object:
+        self.control.checkpoint()  # workers stop too while paused
+        return fn(*args)
+
+    def wait_oldest(self) -> None:
+        fut, nbytes = self.inflight.popleft()
+        try:
+            fut.result()
+        finally:
+            self.inflight_bytes -= nbytes
+        self.drain()
+
+    def reap(self) -> None:
+        while self.inflight and self.inflight[0][0].done():
+            self.wait_oldest()
+
+    # ----------------------------------------------------------- file data
+    def save_chunk(self, data: bytes) -> SaveResult:
+        res = self.writer.save(BlobType.DATA, data)
+        self.stats.add_blob(res, len(data), BlobType.DATA)
+        self.progress.add_done(nbytes=len(data), new=res.stored)
+        return res
+
+    def _open(self, path: bytes) -> int:
+        if _NOATIME:
+            try:
+                return os.open(path, _OPEN_FLAGS | _NOATIME)
+            except PermissionError:
+                pass  # O_NOATIME needs ownership; fall through
+        return os.open(path, _OPEN_FLAGS)
+
+    def _read_error(self, job: _FileJob, exc: OSError) -> None:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            job.vanished = True
+        elif exc.errno == errno.ELOOP:  # replaced by a symlink since we listed it
+            job.vanished = True
+        else:
+            job.error = exc.strerror or str(exc)
+
+    def run_batch(self, batch: _Batch) -> None:
+        for job in batch.jobs:
+            try:
+                fd = self._open(job.path)
+            except OSError as exc:
+                self._read_error(job, exc)
+                continue
+            try:
+                before = os.fstat(fd)
+                if not st.S_ISREG(before.st_mode):
+                    job.vanished = True
+                    continue
+                parts = []
+                while block := os.read(fd, 1 << 20):
+                    parts.append(block)
+                after = os.fstat(fd)
+            except OSError as exc:
+                self._read_error(job, exc)
+                continue
+            finally:
+                os.close(fd)
+            data = b"".join(parts)
+            job.size = len(data)
+            job.changed = after.st_mtime_ns != before.st_mtime_ns or after.st_size != len(data)
+            if job.changed:
+                job.node.mtime = before.st_mtime_ns
+            if len(data) <= SMALL_FILE:
+                if data:
+                    res = self.save_chunk(data)
+                    job.content = [res.id]
+                else:
+                    job.content = []
+            else:  # it grew while we were not looking: chunk it here
+                job.content = [self.save_chunk(bytes(c)).id for c in self.chunker.buffer(data)]
+            self.progress.add_done(files=1)
+
+    def flush_batch(self) -> None:
+        batch = self.batch
+        if not batch.jobs:
+            return
+        self.batch = _Batch()
+        fut = self.submit(self.run_batch, batch.nbytes, batch)
+        for job in batch.jobs:
+            job.futures = [fut]  # type: ignore[list-item]
+
+    def add_file(self, path: bytes, node: Node) -> _FileJob:
+        job = _FileJob(path, node)
+        self.progress.current_file = _display(path)
+        if node.size <= SMALL_FILE:
+            self.batch.jobs.append(job)
+            self.batch.nbytes += node.size
+            if len(self.batch.jobs) >= _BATCH_FILES or self.batch.nbytes >= _BATCH_BYTES:
+                self.flush_batch()
+            return job
+        self.flush_batch()  # keep file order roughly sequential on disk
+        self.read_large(job)
+        return job
+
+    def read_large(self, job: _FileJob) -> None:
+        try:
+            fd = self._open(job.path)
+        except OSError as exc:
+            self._read_error(job, exc)
+            return
+        with open(fd, "rb", buffering=0) as fh:
+            try:
+                before = os.fstat(fd)
+                if not st.S_ISREG(before.st_mode):
+                    job.vanished = True
+                    return
+                total = 0
+                for view in self.chunker.stream(fh):  # type: ignore[arg-type]
+                    self.control.checkpoint()
+                    data = bytes(view)
+                    total += len(data)
+                    job.futures.append(self.submit(self.save_chunk, len(data), data))  # type: ignore[arg-type]
+                    self.reap()
+                after = os.fstat(fd)
+            except OSError as exc:
+                self._read_error(job, exc)
+                return
+        job.size = total
+        job.changed = after.st_mtime_ns != before.st_mtime_ns or after.st_size != total
+        if job.changed:
+            job.node.mtime = before.st_mtime_ns
+        self.progress.add_done(files=1)
+
+    # --------------------------------------------------------------- walk
+    def entry(self, path: bytes, name: bytes, s: os.stat_result, old: Node | None, out: _DirJob) -> None:
+        """Back up one directory entry into ``out``."""
+        node = node_from_stat(name, s)
+        self.stats.files += node.type == NodeType.FILE
+        if node.type == NodeType.FILE:
+            self.stats.nbytes += node.size
+            if (
+                old is not None
+                and old.type == NodeType.FILE
+                and old.size == node.size
+                and old.mtime == node.mtime
+                and old.ctime == node.ctime
+                and old.inode == node.inode
+                and old.content is not None
+                and all(self.repo.index.has(BlobType.DATA, b) for b in old.content)
+            ):
+                node.content = list(old.content)
+                self.stats.files_unmodified += 1
+                self.progress.add_done(nbytes=node.size, files=1)
+                out.entries.append(node)
+                return
+            if old is None:
+                self.stats.files_new += 1
+            else:
+                self.stats.files_changed += 1
+            out.entries.append(self.add_file(path, node))
+        elif node.type == NodeType.DIR:
+            sub = _DirJob(path, node, old.subtree if old is not None and old.type == NodeType.DIR else None)
+            self.walk_dir(sub)
+            out.entries.append(sub)
+        elif node.type == NodeType.SYMLINK:
+            try:
+                node.linktarget = os.readlink(path)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return
+                self.skip(path, exc.strerror or str(exc))
+                return
+            out.entries.append(node)
+        else:
+            out.entries.append(node)
+
+    def walk_dir(self, job: _DirJob) -> None:
+        """List a directory, back up its entries, queue its tree."""
+        self.control.checkpoint()
+        old = self.parent_nodes(job.parent_subtree)
+        try:
+            with os.scandir(job.path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.skip(job.path, f"cannot list directory: {exc.strerror or exc}")
+            entries = []
+        for e in entries:
+            child = e.path
+            if self.filter and self.filter.excluded(child):
+                continue
+            try:
+                s = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self.skip(child, exc.strerror or str(exc))
+                continue
+            self.entry(child, e.name, s, old.get(e.name), job)
+            self.progress.maybe_report()
+        self.pending_dirs.append(job)
+        self.reap()
+
+    def walk_trie(self, path: bytes, trie: dict[bytes, object], out: _DirJob) -> None:
+        """Intermediate directories above the sources, then the sources."""
+        old = self.parent_nodes(out.parent_subtree)
+        for name in sorted(trie):
+            child = path.rstrip(b"/") + b"/" + name
+            try:
+                s = os.lstat(child)
+            except OSError as exc:
+                reason = "does not exist" if exc.errno == errno.ENOENT else (exc.strerror or str(exc))
+                self.skip(child, f"source {reason}")
+                continue
+            sub_trie = trie[name]
+            if sub_trie is None:
+                self.entry(child, name, s, old.get(name), out)
+            else:
+                if not st.S_ISDIR(s.st_mode):
+                    self.skip(child, "source parent is not a directory")
+                    continue
+                prev = old.get(name)
+                sub = _DirJob(child, node_from_stat(name, s), prev.subtree if prev is not None else None)
+                assert isinstance(sub_trie, dict)
+                self.walk_trie(child, sub_trie, sub)
+                out.entries.append(sub)
+        self.pending_dirs.append(out)
+
+    # ------------------------------------------------------------ finalize
+    def drain(self) -> None:
+        while self.pending_dirs and self.pending_dirs[0].ready():
+            self.finalize(self.pending_dirs.popleft())
+
+    def finalize(self, job: _DirJob) -> None:
+        nodes: list[Node] = []
+        for e in job.entries:
+            if isinstance(e, Node):
+                nodes.append(e)
+            elif isinstance(e, _DirJob):
+                assert e.node is not None and e.tree_id is not None
+                e.node.subtree = e.tree_id
+                nodes.append(e.node)
+            else:
+                node = self.finish_file(e)
+                if node is not None:
+                    nodes.append(node)
+        data = encode_tree(nodes)
+        tree_id = BlobId(crypto.sha256(data))
+        if job.parent_subtree is None:
+            self.stats.dirs_new += 1
+        elif job.parent_subtree == tree_id:
+            self.stats.dirs_unmodified += 1
+        else:
+            self.stats.dirs_changed += 1
+        res = self.writer.save(BlobType.TREE, data, tree_id)
+        self.stats.add_blob(res, len(data), BlobType.TREE)
+        job.tree_id = tree_id
+
+    def finish_file(self, job: _FileJob) -> Node | None:
+        for f in job.futures:
+            f.result()  # re-raise worker failures (storage errors, cancel)
+        if job.vanished:
+            self.warn(f"{_display(job.path)} vanished during the backup; not included")
+            return None
+        if job.error is not None:
+            self.skip(job.path, job.error)
+            return None
+        node = job.node
+        if job.content is not None:
+            node.content = job.content
+        else:
+            node.content = [f.result().id for f in job.futures]
+        if job.size >= 0 and job.size != node.size:
+            node.size = job.size
+        if job.changed:
+            self.warn(f"{_display(job.path)} changed while it was read; the snapshot holds what was read")
+        return node
+
+    # ---------------------------------------------------------------- run
+    def run(self, sources: list[bytes]) -> BlobId:
+        root = _DirJob(b"/", None, self.parent.tree if self.parent else None)
+        trie = _trie(sources)
+        if b"/" in sources:  # the whole filesystem: no intermediate directories
+            self.walk_dir(root)
+        else:
+            self.walk_trie(b"/", trie, root)
+        self.flush_batch()
+        while self.inflight:
+            self.wait_oldest()
+        self.drain()
+        assert not self.pending_dirs and root.tree_id is not None
+        return root.tree_id
+
+    def abort(self) -> None:
+        """Stop workers; index what is stored so a later run reuses it."""
+        for fut, _ in self.inflight:
+            fut.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.writer.wait_uploads()
+            self.writer.write_index()
+        except EngineError:
+            pass
+        finally:
+            self.writer.abandon()
+            self.writer.close()
+
+
+def _scan(sources: list[bytes], flt: ExcludeFilter, progress: ProgressState, stop: threading.Event) -> None:
+    stack = list(sources)
+    while stack and not stop.is_set():
+        path = stack.pop()
+        try:
+            s = os.lstat(path)
+        except OSError:
+            continue
+        if st.S_ISREG(s.st_mode):
+            progress.add_total(1, s.st_size)
+            continue
+        if not st.S_ISDIR(s.st_mode):
+            continue
+        files = 0
+        nbytes = 0
+        try:
+            with os.scandir(path) as it:
+                for e in it:
+                    if flt and flt.excluded(e.path):
+                        continue
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                        elif e.is_file(follow_symlinks=False):
+                            files += 1
+                            nbytes += e.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+        progress.add_total(files, nbytes)
+    progress.finish_scan()
+
+
+def backup(
+    repo: Repository,
+    options: BackupOptions,
+    *,
+    progress: Reporter | None = None,
+    control: Control | None = None,
+    progress_interval: float = 0.1,
+) -> BackupResult:
+    """Back up ``options.sources`` into ``repo`` and return the new snapshot.
+
+    Raises :class:`SourceError` when no source can be read,
+    :class:`Cancelled` when cancelled, and other :class:`EngineError`
+    subclasses for repository failures. Unreadable files do not fail the
+    backup: they are listed in :attr:`BackupResult.skipped`.
+    """
+    control = control or Control()
+    state = ProgressState(progress, progress_interval)
+    start_ns = time.time_ns()
+    paths = []
+    for src in options.sources:
+        p = os.path.abspath(os.path.expanduser(src))
+        if p not in paths:
+            paths.append(p)
+    if not paths:
+        raise SourceError("no backup sources configured")
+    raw = [os.fsencode(p) for p in paths]
+    missing = [p for p in paths if not os.path.lexists(p)]
+    if len(missing) == len(paths):
+        which = ", ".join(missing)
+        raise SourceError(f"no backup source exists ({which})")
+
+    host = options.host or hostname()
+    with Lock(repo, exclusive=False):
+        repo.ensure_index()
+        parent: Snapshot | None
+        if options.parent:
+            parent = repo.find_snapshot(options.parent)
+        else:
+            parent = find_parent(repo, paths, host)
+        job = _Backup(repo, options, state, control, parent)
+        stop_scan = threading.Event()
+        scanner = None
+        if options.scan:
+            scanner = threading.Thread(
+                target=_scan, args=(raw, job.filter, state, stop_scan), name="scan", daemon=True
+            )
+            scanner.start()
+        else:
+            state.finish_scan()
+        try:
+            tree_id = job.run(raw)
+            job.pool.shutdown(wait=True)
+            job.writer.flush()
+            job.writer.write_index()
+            job.writer.close()
+        except BaseException:
+            stop_scan.set()
+            job.abort()
+            raise
+        finally:
+            stop_scan.set()
+            if scanner is not None:
+                scanner.join()
+        end_ns = time.time_ns()
+        stats = job.stats
+        summary = SnapshotSummary(
+            backup_start=format_time(start_ns),
+            backup_end=format_time(end_ns),
+            files_new=stats.files_new,
+            files_changed=stats.files_changed,
+            files_unmodified=stats.files_unmodified,
+            dirs_new=stats.dirs_new,
+            dirs_changed=stats.dirs_changed,
+            dirs_unmodified=stats.dirs_unmodified,
+            data_blobs=stats.data_blobs,
+            tree_blobs=stats.tree_blobs,
+            data_added=stats.data_added,
+            data_added_packed=stats.data_added_packed,
+            total_files_processed=stats.files,
+            total_bytes_processed=stats.nbytes,
+        )
+        snap = Snapshot(
+            time=format_time(start_ns),
+            tree=tree_id,
+            paths=tuple(paths),
+            hostname=host,
+            username=username(),
+            uid=os.getuid() if hasattr(os, "getuid") else 0,
+            gid=os.getgid() if hasattr(os, "getgid") else 0,
+            excludes=tuple(options.excludes),
+            tags=tuple(options.tags),
+            parent=parent.id if parent is not None else None,
+            program_version=f"desktop-agent {__version__}",
+            summary=summary,
+        )
+        control.checkpoint()  # a cancel that arrived at the very end still wins
+        snap_id = repo.save_snapshot(snap)
+    state.report_final()
+    return BackupResult(
+        snapshot=replace(snap, id=SnapshotId(snap_id)),
+        summary=summary,
+        skipped=tuple(job.skipped),
+        warnings=tuple(job.warnings),
+    )
+

@@ -1,0 +1,69 @@
+"""Exceptions raised by the engine.
+
+Every engine failure a user can meet is an :class:`EngineError` whose message
+says what happened and, where possible, what to do about it. Callers (CLI,
+job controller) print ``str(exc)``; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EngineError",
+    "RepositoryNotFound",
+    "RepositoryExists",
+    "WrongPassword",
+    "UnsupportedRepository",
+    "IntegrityError",
+    "SourceError",
+    "StorageError",
+    "Cancelled",
+    "NotFound",
+    "RepositoryLocked",
+]
+
+
+class EngineError(Exception):
+    """Base class for every error the engine reports to its callers."""
+
+
+class RepositoryNotFound(EngineError):
+    """The configured location holds no repository."""
+
+
+class RepositoryExists(EngineError):
+    """``init`` was asked to create a repository where one already is."""
+
+
+class WrongPassword(EngineError):
+    """No key file of the repository opens with the given password."""
+
+
+class UnsupportedRepository(EngineError):
+    """The repository uses a format version or feature we cannot read."""
+
+
+class IntegrityError(EngineError):
+    """Stored data failed authentication, hashing or parsing."""
+
+
+class SourceError(EngineError):
+    """A backup source cannot be read at all (missing, not a directory...)."""
+
+
+class StorageError(EngineError):
+    """The storage backend failed (I/O error, disk full, unplugged...)."""
+
+
+class NotFound(EngineError):
+    """A requested snapshot, blob or file does not exist."""
+
+
+class RepositoryLocked(EngineError):
+    """Another process holds a conflicting lock on the repository."""
+
+
+class Cancelled(EngineError):
+    """The operation was cancelled through its control object."""
+
+    def __init__(self, message: str = "cancelled") -> None:
+        super().__init__(message)

@@ -1,0 +1,83 @@
+"""Exclude patterns, with restic's semantics.
+
+* A pattern is matched against the whole path, component by component, with
+  shell globbing inside a component (``*``, ``?``, ``[...]``).
+* ``**`` matches any number of components (including none).
+* A pattern that does not start with ``/`` may match at any depth, so
+  ``*.tmp`` excludes every ``.tmp`` file and ``.cache`` every ``.cache``.
+* ``~`` at the start expands to the home directory.
+
+Matching works on bytes so that non-UTF-8 names are handled.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+__all__ = ["ExcludeFilter"]
+
+
+class _Pattern:
+    __slots__ = ("text", "anchored", "parts", "basename_only")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        expanded = os.path.expanduser(text) if text.startswith("~") else text
+        raw = os.fsencode(expanded).rstrip(b"/")
+        self.anchored = raw.startswith(b"/")
+        comps = [c for c in raw.split(b"/") if c]
+        # "**/x" unanchored is the same as "x" unanchored
+        while not self.anchored and comps and comps[0] == b"**":
+            comps.pop(0)
+        self.parts: list[re.Pattern[bytes] | None] = [
+            None if c == b"**" else re.compile(fnmatch.translate(os.fsdecode(c)).encode("utf-8", "surrogateescape"))
+            for c in comps
+        ]
+        self.basename_only = not self.anchored and len(self.parts) == 1 and self.parts[0] is not None
+
+    def match(self, comps: Sequence[bytes]) -> bool:
+        if not self.parts:
+            return False
+        if self.basename_only:
+            part = self.parts[0]
+            assert part is not None
+            return part.match(comps[-1]) is not None
+        if self.anchored:
+            return _match(self.parts, comps, 0, 0)
+        return any(_match(self.parts, comps, 0, start) for start in range(len(comps)))
+
+
+def _match(parts: list[re.Pattern[bytes] | None], comps: Sequence[bytes], pi: int, ci: int) -> bool:
+    while pi < len(parts):
+        part = parts[pi]
+        if part is None:  # "**"
+            if pi == len(parts) - 1:
+                return True
+            return any(_match(parts, comps, pi + 1, k) for k in range(ci, len(comps) + 1))
+        if ci >= len(comps) or part.match(comps[ci]) is None:
+            return False
+        pi += 1
+        ci += 1
+    return ci == len(comps)
+
+
+class ExcludeFilter:
+    """Decides whether a path is excluded."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = [_Pattern(p) for p in patterns if p.strip()]
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def excluded(self, path: bytes) -> bool:
+        """True if any pattern matches the absolute ``path``."""
+        if not self.patterns:
+            return False
+        comps = [c for c in path.split(b"/") if c]
+        if not comps:
+            return False
+        return any(p.match(comps) for p in self.patterns)

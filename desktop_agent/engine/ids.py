@@ -1,0 +1,48 @@
+"""Identifier types of the repository format.
+
+Ids are raw 32-byte SHA-256 digests in memory (compact dictionary keys) and
+lower-case hex on the wire and in file names.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NewType
+
+__all__ = ["BlobId", "PackId", "SnapshotId", "StorageId", "BlobType", "hex_id", "parse_id"]
+
+BlobId = NewType("BlobId", bytes)
+"""SHA-256 of a blob's plaintext (before compression and encryption)."""
+
+PackId = NewType("PackId", bytes)
+"""SHA-256 of a whole pack file; its file name in ``data/``."""
+
+SnapshotId = NewType("SnapshotId", bytes)
+"""SHA-256 of an encrypted snapshot file; its file name."""
+
+StorageId = NewType("StorageId", bytes)
+"""SHA-256 of any other stored file (index, lock, key)."""
+
+
+class BlobType(enum.IntEnum):
+    """The two blob types; the value is the pack header's type bit."""
+
+    DATA = 0
+    TREE = 1
+
+    @property
+    def label(self) -> str:
+        """Name used in index JSON ("data" / "tree")."""
+        return "data" if self is BlobType.DATA else "tree"
+
+
+def hex_id(raw: bytes) -> str:
+    """Lower-case hex of an id."""
+    return raw.hex()
+
+
+def parse_id(text: object) -> bytes:
+    """Parse a 64-digit hex id; ``ValueError`` otherwise."""
+    if not isinstance(text, str) or len(text) != 64:
+        raise ValueError(f"invalid id {text!r}")
+    return bytes.fromhex(text)

@@ -1,0 +1,166 @@
+"""Repository locks, as restic defines them (``locks/<id>``).
+
+A lock is an unpacked file ``{"time", "exclusive", "hostname", "username",
+"pid", "uid", "gid"}``. Many shared locks may coexist; an exclusive lock
+excludes every other lock. A lock is stale when its time is older than 30
+minutes, or when it was made on this host by a process that no longer
+exists. Holders refresh their lock every 5 minutes by writing a new one and
+removing the old.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from .errors import IntegrityError, NotFound, RepositoryLocked
+from .gocompat import format_time, parse_time
+from .repository import Repository, hostname, username
+from .storage import FileType
+
+__all__ = ["Lock", "LockInfo", "STALE_AFTER", "REFRESH_EVERY"]
+
+STALE_AFTER = 30 * 60.0
+REFRESH_EVERY = 5 * 60.0
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """A decoded lock file."""
+
+    name: str
+    time_ns: int
+    exclusive: bool
+    hostname: str
+    username: str
+    pid: int
+
+    def stale(self, now_ns: int | None = None) -> bool:
+        """restic's staleness rule: old, or ours and its process is gone."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        if now_ns - self.time_ns > STALE_AFTER * 1e9:
+            return True
+        if self.hostname == hostname() and self.pid > 0:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            except OSError:
+                return False
+        return False
+
+    def describe(self) -> str:
+        """Who holds it, for error messages."""
+        kind = "an exclusive" if self.exclusive else "a"
+        return f"{kind} lock held by PID {self.pid} on {self.hostname} since {format_time(self.time_ns)}"
+
+
+def _read_locks(repo: Repository) -> list[LockInfo]:
+    locks = []
+    for name, _ in repo.storage.list(FileType.LOCK):
+        try:
+            doc: Any = repo.load_json(FileType.LOCK, name)
+            locks.append(
+                LockInfo(
+                    name=name,
+                    time_ns=parse_time(str(doc["time"])),
+                    exclusive=bool(doc.get("exclusive")),
+                    hostname=str(doc.get("hostname") or ""),
+                    username=str(doc.get("username") or ""),
+                    pid=int(doc.get("pid") or 0),
+                )
+            )
+        except (NotFound, IntegrityError, KeyError, ValueError, TypeError):
+            continue  # removed meanwhile, or unreadable: not a valid lock
+    return locks
+
+
+class Lock:
+    """A held repository lock; use as a context manager.
+
+    ``refresh=True`` starts a daemon thread that renews the lock so that it
+    never looks stale to other clients while we work.
+    """
+
+    def __init__(self, repo: Repository, *, exclusive: bool = False, refresh: bool = True) -> None:
+        self.repo = repo
+        self.exclusive = exclusive
+        self._name: str | None = None
+        self._refresh = refresh
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()
+
+    def _doc(self) -> dict[str, Any]:
+        return {
+            "time": format_time(time.time_ns()),
+            "exclusive": self.exclusive,
+            "hostname": hostname(),
+            "username": username(),
+            "pid": os.getpid(),
+            "uid": os.getuid() if hasattr(os, "getuid") else 0,
+            "gid": os.getgid() if hasattr(os, "getgid") else 0,
+        }
+
+    def _conflicts(self) -> list[LockInfo]:
+        return [
+            lk
+            for lk in _read_locks(self.repo)
+            if lk.name != self._name and (self.exclusive or lk.exclusive) and not lk.stale()
+        ]
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RepositoryLocked`."""
+        conflicts = self._conflicts()
+        if conflicts:
+            raise RepositoryLocked(f"the repository is locked: {conflicts[0].describe()}")
+        self._name = self.repo.save_json(FileType.LOCK, self._doc())
+        # restic re-checks after writing: two clients may have raced.
+        conflicts = self._conflicts()
+        if conflicts:
+            self.release()
+            raise RepositoryLocked(f"the repository is locked: {conflicts[0].describe()}")
+        if self._refresh:
+            self._thread = threading.Thread(target=self._refresher, name="lock-refresh", daemon=True)
+            self._thread.start()
+
+    def refresh(self) -> None:
+        """Replace the lock file with a fresh one."""
+        with self._mutex:
+            if self._name is None:
+                return
+            old = self._name
+            self._name = self.repo.save_json(FileType.LOCK, self._doc())
+            self.repo.storage.remove(FileType.LOCK, old)
+
+    def _refresher(self) -> None:
+        while not self._stop.wait(REFRESH_EVERY):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - a failed refresh is retried next round
+                continue
+
+    def release(self) -> None:
+        """Remove the lock file and stop refreshing."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        with self._mutex:
+            if self._name is not None:
+                try:
+                    self.repo.storage.remove(FileType.LOCK, self._name)
+                finally:
+                    self._name = None
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

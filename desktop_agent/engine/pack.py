@@ -1,0 +1,145 @@
+"""Pack files: ``blob1 || ... || blobN || encrypted header || header length``.
+
+Each blob is encrypted on its own; the header lists, per blob, a type byte
+(0 data, 1 tree, 2 compressed data, 3 compressed tree), the encrypted
+length, for compressed blobs the plaintext length, and the plaintext SHA-256.
+The header length is the encrypted header's length as uint32 little endian.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import crypto
+from .errors import IntegrityError
+from .ids import BlobId, BlobType, PackId
+
+__all__ = ["PackedBlob", "PackBuilder", "encode_header", "parse_header", "parse_pack_tail"]
+
+_PLAIN = struct.Struct("<BI32s")  # 37 bytes
+_COMPRESSED = struct.Struct("<BII32s")  # 41 bytes
+_LEN = struct.Struct("<I")
+MAX_HEADER_SIZE = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PackedBlob:
+    """Where a blob sits in a pack. ``uncompressed_length`` is 0 if stored raw."""
+
+    type: BlobType
+    id: BlobId
+    offset: int
+    length: int
+    uncompressed_length: int = 0
+
+    @property
+    def compressed(self) -> bool:
+        """True when the blob is stored zstd-compressed."""
+        return self.uncompressed_length != 0
+
+    @property
+    def plaintext_length(self) -> int:
+        """Length of the blob's plaintext."""
+        if self.uncompressed_length:
+            return self.uncompressed_length
+        return self.length - crypto.OVERHEAD
+
+
+def encode_header(blobs: Iterable[PackedBlob]) -> bytes:
+    """The plaintext header for the blobs, in pack order."""
+    out = bytearray()
+    for b in blobs:
+        if b.uncompressed_length:
+            out += _COMPRESSED.pack(2 | int(b.type), b.length, b.uncompressed_length, b.id)
+        else:
+            out += _PLAIN.pack(int(b.type), b.length, b.id)
+    return bytes(out)
+
+
+def parse_header(plain: bytes) -> list[PackedBlob]:
+    """Parse a decrypted header into blobs with their offsets."""
+    blobs: list[PackedBlob] = []
+    pos = 0
+    offset = 0
+    end = len(plain)
+    while pos < end:
+        kind = plain[pos]
+        if kind in (0, 1):
+            if pos + _PLAIN.size > end:
+                raise IntegrityError("pack header is truncated")
+            _, length, blob_id = _PLAIN.unpack_from(plain, pos)
+            ulen = 0
+            pos += _PLAIN.size
+        elif kind in (2, 3):
+            if pos + _COMPRESSED.size > end:
+                raise IntegrityError("pack header is truncated")
+            _, length, ulen, blob_id = _COMPRESSED.unpack_from(plain, pos)
+            pos += _COMPRESSED.size
+        else:
+            raise IntegrityError(f"pack header has invalid blob type {kind}")
+        if length < crypto.OVERHEAD:
+            raise IntegrityError("pack header lists a blob shorter than its encryption overhead")
+        blobs.append(PackedBlob(BlobType(kind & 1), BlobId(blob_id), offset, length, ulen))
+        offset += length
+    return blobs
+
+
+def parse_pack_tail(key: crypto.Key, tail: bytes, pack_size: int) -> list[PackedBlob]:
+    """Parse the header from the last ``len(tail)`` bytes of a pack.
+
+    Checks that the header accounts for every byte of the pack.
+    """
+    if pack_size < _LEN.size + crypto.OVERHEAD or len(tail) < _LEN.size:
+        raise IntegrityError("pack is too short to hold a header")
+    (hlen,) = _LEN.unpack_from(tail, len(tail) - _LEN.size)
+    if hlen > MAX_HEADER_SIZE or hlen + _LEN.size > pack_size:
+        raise IntegrityError(f"pack header length {hlen} is invalid")
+    if hlen + _LEN.size > len(tail):
+        raise IntegrityError("not enough of the pack was read to hold its header")
+    enc = tail[len(tail) - _LEN.size - hlen : len(tail) - _LEN.size]
+    blobs = parse_header(crypto.decrypt(key, enc))
+    data_end = blobs[-1].offset + blobs[-1].length if blobs else 0
+    if data_end + hlen + _LEN.size != pack_size:
+        raise IntegrityError(
+            f"pack size {pack_size} does not match its header ({data_end + hlen + _LEN.size})"
+        )
+    return blobs
+
+
+class PackBuilder:
+    """Accumulates encrypted blobs of one type and produces a pack file.
+
+    Not thread-safe: one owner appends and finishes.
+    """
+
+    def __init__(self, key: crypto.Key) -> None:
+        self._key = key
+        self._parts: list[bytes] = []
+        self._blobs: list[PackedBlob] = []
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def add(self, blob_type: BlobType, blob_id: BlobId, sealed: bytes, uncompressed: int) -> None:
+        """Append an already encrypted blob (``uncompressed`` 0: not compressed)."""
+        self._blobs.append(PackedBlob(blob_type, blob_id, self.size, len(sealed), uncompressed))
+        self._parts.append(sealed)
+        self._hash.update(sealed)
+        self.size += len(sealed)
+
+    def finish(self) -> tuple[PackId, list[bytes], list[PackedBlob]]:
+        """Seal the header; returns the pack id, its byte parts and its blobs."""
+        header = crypto.encrypt(self._key, encode_header(self._blobs))
+        tail = header + _LEN.pack(len(header))
+        self._hash.update(tail)
+        parts = self._parts + [tail]
+        result = (PackId(self._hash.digest()), parts, self._blobs)
+        self._parts, self._blobs = [], []
+        self._hash = hashlib.sha256()
+        self.size = 0
+        return result

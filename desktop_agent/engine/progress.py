@@ -1,0 +1,104 @@
+"""Progress state of engine operations, kept apart from anything that prints it.
+
+The engine updates a :class:`ProgressState` and calls the reporter with an
+immutable :class:`Progress` at most every ``interval`` seconds (and once at
+the end). The fields are those of the protocol's ``backup:progress``; rates
+and ETAs are the consumer's business.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Progress", "ProgressState", "Reporter"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A consistent view of an operation's progress."""
+
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    current_file: str
+    bytes_new: int = 0  # bytes added to the repository (after dedup+compression)
+    scan_finished: bool = False
+    errors: int = 0
+    elapsed: float = 0.0
+    final: bool = False
+
+
+Reporter = Callable[[Progress], None]
+
+
+class ProgressState:
+    """Mutable counters shared by engine threads; emits throttled snapshots."""
+
+    def __init__(self, reporter: Reporter | None, interval: float = 0.1) -> None:
+        self._reporter = reporter
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._last = 0.0
+        self.bytes_done = 0
+        self.bytes_total = 0
+        self.files_done = 0
+        self.files_total = 0
+        self.bytes_new = 0
+        self.errors = 0
+        self.current_file = ""
+        self.scan_finished = False
+
+    def add_total(self, files: int, nbytes: int) -> None:
+        """Scanner found more work."""
+        with self._lock:
+            self.files_total += files
+            self.bytes_total += nbytes
+
+    def finish_scan(self) -> None:
+        """The scanner is done: totals are final."""
+        with self._lock:
+            self.scan_finished = True
+
+    def add_done(self, nbytes: int = 0, files: int = 0, new: int = 0) -> None:
+        """Work completed."""
+        with self._lock:
+            self.bytes_done += nbytes
+            self.files_done += files
+            self.bytes_new += new
+
+    def snapshot(self, final: bool = False) -> Progress:
+        """The current state as a value."""
+        with self._lock:
+            total = self.bytes_total if self.scan_finished else max(self.bytes_total, self.bytes_done)
+            files_total = self.files_total if self.scan_finished else max(self.files_total, self.files_done)
+            return Progress(
+                bytes_done=self.bytes_done,
+                bytes_total=max(total, self.bytes_done),
+                files_done=self.files_done,
+                files_total=max(files_total, self.files_done),
+                current_file=self.current_file,
+                bytes_new=self.bytes_new,
+                scan_finished=self.scan_finished,
+                errors=self.errors,
+                elapsed=time.monotonic() - self._start,
+                final=final,
+            )
+
+    def maybe_report(self) -> None:
+        """Report if the interval has passed since the last report."""
+        if self._reporter is None:
+            return
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._reporter(self.snapshot())
+
+    def report_final(self) -> None:
+        """Report the final state unconditionally."""
+        if self._reporter is not None:
+            self._reporter(self.snapshot(final=True))

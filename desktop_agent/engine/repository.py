@@ -1,0 +1,333 @@
+"""Opening, creating and reading a restic-format repository.
+
+A :class:`Repository` couples a storage backend with the master key and the
+repository config. It reads and writes "unpacked" files (config, index,
+snapshots, locks), loads blobs through the master index, and lists
+snapshots. Writing blobs goes through :class:`~.writer.BlobWriter`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+from . import crypto
+from .errors import (
+    EngineError,
+    IntegrityError,
+    NotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    StorageError,
+    UnsupportedRepository,
+    WrongPassword,
+)
+from .gocompat import format_time
+from .ids import BlobId, BlobType, SnapshotId, parse_id
+from .index import MasterIndex, decode_index
+from .polynomial import random_polynomial
+from .snapshot import Snapshot
+from .storage import FileType, LocalStorage, Storage
+from .tree import Node, decode_tree
+
+__all__ = ["RepoConfig", "Repository", "hostname", "username", "MAX_KEYS_TRIED"]
+
+MIN_VERSION = 1
+MAX_VERSION = 2
+MAX_KEYS_TRIED = 20
+# decompressed unpacked files (index, snapshots) larger than this are refused
+_MAX_UNPACKED = 1 << 30
+
+
+def hostname() -> str:
+    """This machine's name as recorded in snapshots and locks."""
+    return socket.gethostname()
+
+
+def username() -> str:
+    """The current user's name as recorded in snapshots and locks."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """The decrypted ``config`` file."""
+
+    version: int
+    id: str
+    chunker_polynomial: int
+
+    def to_bytes(self) -> bytes:
+        """JSON as restic writes it (the polynomial as a hex string)."""
+        doc = {"version": self.version, "id": self.id, "chunker_polynomial": f"{self.chunker_polynomial:x}"}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> RepoConfig:
+        """Parse and validate the config document."""
+        try:
+            doc = json.loads(raw)
+            version = int(doc["version"])
+            repo_id = str(doc["id"])
+            poly = int(str(doc.get("chunker_polynomial") or "0"), 16)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"repository config is malformed: {exc}") from None
+        if not MIN_VERSION <= version <= MAX_VERSION:
+            raise UnsupportedRepository(
+                f"repository format version {version} is not supported "
+                f"(this desktop-agent reads versions {MIN_VERSION}-{MAX_VERSION}); "
+                "a newer desktop-agent or restic wrote it"
+            )
+        return cls(version, repo_id, poly)
+
+
+class _Codecs(threading.local):
+    def __init__(self) -> None:
+        self.compressor = zstandard.ZstdCompressor(level=3)
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+class Repository:
+    """An open repository: storage + master key + config + index."""
+
+    def __init__(self, storage: Storage, key: crypto.Key, config: RepoConfig, key_name: str) -> None:
+        self.storage = storage
+        self.key = key
+        self.config = config
+        self.key_name = key_name
+        self.index = MasterIndex()
+        self._codecs = _Codecs()
+        self._index_loaded = False
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def compression(self) -> bool:
+        """Version 2 repositories may hold compressed blobs and files."""
+        return self.config.version >= 2
+
+    @classmethod
+    def init(
+        cls,
+        storage: Storage,
+        password: str,
+        *,
+        kdf_params: crypto.KDFParams = crypto.DEFAULT_KDF,
+        version: int = 2,
+    ) -> Repository:
+        """Create a new, empty repository and return it opened."""
+        if not password:
+            raise EngineError("the repository password must not be empty")
+        if storage.exists():
+            raise RepositoryExists(f"a repository already exists at {storage.location}")
+        if isinstance(storage, LocalStorage) and os.path.isdir(storage.root):
+            if any(True for _ in os.scandir(storage.root)):
+                raise RepositoryExists(
+                    f"{storage.root} exists and is not empty; choose an empty or new directory"
+                )
+        master = crypto.new_random_key()
+        config = RepoConfig(version, os.urandom(32).hex(), random_polynomial())
+        key_file = crypto.seal_key_file(
+            master,
+            password,
+            params=kdf_params,
+            created=format_time(time.time_ns()),
+            username=username(),
+            hostname=hostname(),
+        )
+        storage.create_layout()
+        key_name = crypto.sha256(key_file).hex()
+        storage.save(FileType.KEY, key_name, [key_file])
+        # The config is never compressed: its version says whether compression exists.
+        storage.save(FileType.CONFIG, "", [crypto.encrypt(master, config.to_bytes())])
+        repo = cls(storage, master, config, key_name)
+        repo._index_loaded = True
+        return repo
+
+    @classmethod
+    def open(cls, storage: Storage, password: str) -> Repository:
+        """Open an existing repository with a password."""
+        if not storage.exists():
+            raise RepositoryNotFound(
+                f"there is no repository at {storage.location} "
+                "(create one with `desktop-agent init`)"
+            )
+        try:
+            raw_config = storage.load(FileType.CONFIG, "")
+        except NotFound:
+            raise RepositoryNotFound(f"there is no repository at {storage.location}") from None
+        key_names = sorted(name for name, _ in storage.list(FileType.KEY))
+        if not key_names:
+            raise IntegrityError(f"the repository at {storage.location} has no key files")
+        master: crypto.Key | None = None
+        used = ""
+        for name in key_names[:MAX_KEYS_TRIED]:
+            try:
+                master = crypto.open_key_file(storage.load(FileType.KEY, name), password)
+                used = name
+                break
+            except WrongPassword:
+                continue
+            except IntegrityError:
+                continue  # a damaged key file must not hide a good one
+        if master is None:
+            raise WrongPassword(f"wrong password for the repository at {storage.location}")
+        try:
+            config = RepoConfig.from_bytes(crypto.decrypt(master, raw_config))
+        except IntegrityError as exc:
+            raise IntegrityError(f"repository config cannot be read: {exc}") from None
+        return cls(storage, master, config, used)
+
+    # ------------------------------------------------------- unpacked files
+    def decode_unpacked(self, plain: bytes) -> bytes:
+        """Strip the v2 encoding byte; decompress when it says zstd."""
+        if not plain:
+            raise IntegrityError("file is empty")
+        first = plain[0]
+        if first in (0x7B, 0x5B):  # '{' or '[': plain JSON
+            return plain
+        if first == 2:
+            try:
+                dobj = self._codecs.decompressor.decompressobj()
+                out = dobj.decompress(plain[1:])
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"cannot decompress: {exc}") from None
+            if len(out) > _MAX_UNPACKED:
+                raise IntegrityError("decompressed file is too large")
+            return out
+        raise IntegrityError(f"unknown encoding version {first}")
+
+    def encode_unpacked(self, doc_bytes: bytes) -> bytes:
+        """Add the v2 encoding byte and compress (v1: plain JSON)."""
+        if not self.compression:
+            return doc_bytes
+        return b"\x02" + self._codecs.compressor.compress(doc_bytes)
+
+    def load_unpacked(self, ftype: FileType, name: str) -> bytes:
+        """Load, authenticate, decrypt and decode an unpacked file."""
+        raw = self.storage.load(ftype, name)
+        if crypto.sha256(raw).hex() != name:
+            raise IntegrityError(f"{ftype.value}/{name}: content does not match its name")
+        return self.decode_unpacked(crypto.decrypt(self.key, raw))
+
+    def load_json(self, ftype: FileType, name: str) -> Any:
+        """Load an unpacked file and parse its JSON."""
+        data = self.load_unpacked(ftype, name)
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise IntegrityError(f"{ftype.value}/{name}: invalid JSON: {exc}") from None
+
+    def save_unpacked(self, ftype: FileType, doc_bytes: bytes) -> str:
+        """Encode, encrypt and durably store a document; returns its name."""
+        sealed = crypto.encrypt(self.key, self.encode_unpacked(doc_bytes))
+        name = crypto.sha256(sealed).hex()
+        self.storage.save(ftype, name, [sealed])
+        return name
+
+    def save_json(self, ftype: FileType, doc: Any) -> str:
+        """Serialize compactly and store as an unpacked file."""
+        return self.save_unpacked(ftype, json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
+
+    # ---------------------------------------------------------------- index
+    def load_index(self, *, workers: int = 4) -> None:
+        """Read every index file into the master index (in parallel)."""
+        names = [name for name, _ in self.storage.list(FileType.INDEX)]
+        superseded: set[bytes] = set()
+
+        def load(name: str) -> Any:
+            return name, decode_index(self.load_json(FileType.INDEX, name))
+
+        results: list[Any] = []
+        if len(names) <= 1:
+            results = [load(n) for n in names]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                results = list(pool.map(load, names))
+        for _name, (sup, _packs) in results:
+            superseded.update(sup)
+        for name, (_sup, packs) in results:
+            if bytes.fromhex(name) in superseded:
+                continue
+            for pack_id, blobs in packs:
+                self.index.add_pack(pack_id, blobs)
+            self.index.files.add(bytes.fromhex(name))
+        self._index_loaded = True
+
+    def ensure_index(self) -> None:
+        """Load the index once."""
+        if not self._index_loaded:
+            self.load_index()
+
+    # ---------------------------------------------------------------- blobs
+    def decode_blob(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, ulen: int, *, verify: bool = True) -> bytes:
+        """Decrypt (and decompress) one blob read from a pack."""
+        plain = crypto.decrypt(self.key, sealed)
+        if ulen:
+            try:
+                plain = self._codecs.decompressor.decompress(plain, max_output_size=ulen)
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"{blob_type.label} blob {blob_id.hex()}: cannot decompress: {exc}") from None
+            if len(plain) != ulen:
+                raise IntegrityError(f"{blob_type.label} blob {blob_id.hex()}: wrong decompressed length")
+        if verify and crypto.sha256(plain) != blob_id:
+            raise IntegrityError(f"{blob_type.label} blob {blob_id.hex()}: content does not match its id")
+        return plain
+
+    def load_blob(self, blob_type: BlobType, blob_id: bytes) -> bytes:
+        """Load a blob by id through the index."""
+        entry = self.index.lookup(blob_type, blob_id)
+        if entry is None:
+            raise NotFound(f"{blob_type.label} blob {blob_id.hex()} is not in the index")
+        sealed = self.storage.load(FileType.PACK, entry.pack.hex(), entry.offset, entry.length)
+        return self.decode_blob(blob_type, blob_id, sealed, entry.uncompressed_length)
+
+    def load_tree(self, tree_id: bytes) -> list[Node]:
+        """Load and decode a tree blob."""
+        return decode_tree(self.load_blob(BlobType.TREE, tree_id))
+
+    # ------------------------------------------------------------ snapshots
+    def list_snapshots(self) -> list[Snapshot]:
+        """All snapshots, oldest first. Unreadable ones raise IntegrityError."""
+        names = [name for name, _ in self.storage.list(FileType.SNAPSHOT)]
+        snaps = [
+            Snapshot.from_json(self.load_json(FileType.SNAPSHOT, n), SnapshotId(bytes.fromhex(n)))
+            for n in names
+        ]
+        snaps.sort(key=lambda s: (s.time_ns, s.id or b""))
+        return snaps
+
+    def find_snapshot(self, ref: str) -> Snapshot:
+        """Resolve ``latest``, a full id or a unique id prefix."""
+        ref = ref.strip().lower()
+        if ref == "latest":
+            snaps = self.list_snapshots()
+            if not snaps:
+                raise NotFound("the repository has no snapshots yet")
+            return snaps[-1]
+        if not ref or any(c not in "0123456789abcdef" for c in ref):
+            raise NotFound(f"{ref!r} is not a snapshot id (use an id, an id prefix or `latest`)")
+        matches = [name for name, _ in self.storage.list(FileType.SNAPSHOT) if name.startswith(ref)]
+        if not matches:
+            raise NotFound(f"no snapshot matches {ref!r}")
+        if len(matches) > 1:
+            raise NotFound(f"{ref!r} matches {len(matches)} snapshots; give more digits")
+        name = matches[0]
+        return Snapshot.from_json(self.load_json(FileType.SNAPSHOT, name), SnapshotId(bytes.fromhex(name)))
+
+    def save_snapshot(self, snap: Snapshot) -> SnapshotId:
+        """Store a snapshot document; returns its id."""
+        return SnapshotId(bytes.fromhex(self.save_unpacked(FileType.SNAPSHOT, snap.to_bytes())))
+

@@ -1,0 +1,154 @@
+"""Snapshot documents (``snapshots/<id>``), as restic's ``Snapshot`` struct."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import IntegrityError
+from .gocompat import parse_time
+from .ids import BlobId, SnapshotId, parse_id
+
+__all__ = ["Snapshot", "SnapshotSummary"]
+
+
+@dataclass(frozen=True)
+class SnapshotSummary:
+    """Statistics restic >= 0.17 records; we write them too."""
+
+    backup_start: str = ""
+    backup_end: str = ""
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unmodified: int = 0
+    data_blobs: int = 0
+    tree_blobs: int = 0
+    data_added: int = 0
+    data_added_packed: int = 0
+    total_files_processed: int = 0
+    total_bytes_processed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Field order as restic writes it."""
+        return {
+            "backup_start": self.backup_start,
+            "backup_end": self.backup_end,
+            "files_new": self.files_new,
+            "files_changed": self.files_changed,
+            "files_unmodified": self.files_unmodified,
+            "dirs_new": self.dirs_new,
+            "dirs_changed": self.dirs_changed,
+            "dirs_unmodified": self.dirs_unmodified,
+            "data_blobs": self.data_blobs,
+            "tree_blobs": self.tree_blobs,
+            "data_added": self.data_added,
+            "data_added_packed": self.data_added_packed,
+            "total_files_processed": self.total_files_processed,
+            "total_bytes_processed": self.total_bytes_processed,
+        }
+
+
+def _summary(obj: Any) -> SnapshotSummary | None:
+    if not isinstance(obj, dict):
+        return None
+    names = SnapshotSummary.__dataclass_fields__
+    return SnapshotSummary(**{k: v for k, v in obj.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One backup: the root tree plus who, when and what."""
+
+    time: str
+    tree: BlobId
+    paths: tuple[str, ...]
+    hostname: str = ""
+    username: str = ""
+    uid: int = 0
+    gid: int = 0
+    excludes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    parent: SnapshotId | None = None
+    original: SnapshotId | None = None
+    program_version: str = ""
+    summary: SnapshotSummary | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    id: SnapshotId | None = field(default=None, compare=False)
+
+    @property
+    def time_ns(self) -> int:
+        """The snapshot time in nanoseconds since the epoch."""
+        return parse_time(self.time)
+
+    @property
+    def short_id(self) -> str:
+        """First 8 hex digits of the id, as restic prints it."""
+        return self.id.hex()[:8] if self.id else "????????"
+
+    def to_json(self) -> dict[str, Any]:
+        """The document in restic's field order and omitempty rules."""
+        doc: dict[str, Any] = {"time": self.time}
+        if self.parent is not None:
+            doc["parent"] = self.parent.hex()
+        doc["tree"] = self.tree.hex()
+        doc["paths"] = list(self.paths)
+        if self.hostname:
+            doc["hostname"] = self.hostname
+        if self.username:
+            doc["username"] = self.username
+        if self.uid:
+            doc["uid"] = self.uid
+        if self.gid:
+            doc["gid"] = self.gid
+        if self.excludes:
+            doc["excludes"] = list(self.excludes)
+        if self.tags:
+            doc["tags"] = list(self.tags)
+        if self.original is not None:
+            doc["original"] = self.original.hex()
+        if self.program_version:
+            doc["program_version"] = self.program_version
+        if self.summary is not None:
+            doc["summary"] = self.summary.to_json()
+        doc.update(self.extra)
+        return doc
+
+    def to_bytes(self) -> bytes:
+        """Compact JSON encoding."""
+        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, doc: Any, snapshot_id: SnapshotId | None = None) -> Snapshot:
+        """Parse a snapshot document; unknown fields are kept in ``extra``."""
+        known = {
+            "time", "parent", "tree", "paths", "hostname", "username", "uid", "gid",
+            "excludes", "tags", "original", "program_version", "summary",
+        }  # fmt: skip
+        try:
+            if not isinstance(doc, dict):
+                raise TypeError("not an object")
+            summary = doc.get("summary")
+            parse_time(doc["time"])
+            return cls(
+                time=str(doc["time"]),
+                tree=BlobId(parse_id(doc["tree"])),
+                paths=tuple(str(p) for p in doc.get("paths") or ()),
+                hostname=str(doc.get("hostname") or ""),
+                username=str(doc.get("username") or ""),
+                uid=int(doc.get("uid") or 0),
+                gid=int(doc.get("gid") or 0),
+                excludes=tuple(str(e) for e in doc.get("excludes") or ()),
+                tags=tuple(str(t) for t in doc.get("tags") or ()),
+                parent=SnapshotId(parse_id(doc["parent"])) if doc.get("parent") else None,
+                original=SnapshotId(parse_id(doc["original"])) if doc.get("original") else None,
+                program_version=str(doc.get("program_version") or ""),
+                summary=_summary(summary),
+                extra={k: v for k, v in doc.items() if k not in known},
+                id=snapshot_id,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"snapshot is malformed: {exc}") from None

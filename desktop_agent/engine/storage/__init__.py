@@ -1,0 +1,14 @@
+"""Where repository files live: one Protocol, several implementations."""
+
+from __future__ import annotations
+
+from .base import FileType, Storage, is_storage_id
+from .local import LocalStorage
+from .memory import MemoryStorage
+
+__all__ = ["FileType", "Storage", "LocalStorage", "MemoryStorage", "is_storage_id", "open_storage"]
+
+
+def open_storage(location: str) -> Storage:
+    """The storage backend for a repository location (a local path for now)."""
+    return LocalStorage(location)

@@ -1,0 +1,216 @@
+"""A repository in a local directory, laid out exactly as restic's local backend.
+
+Writes follow the borg/restic recipe: write a temporary file next to the
+final one, flush, fsync, rename, fsync the directory. A crash leaves at worst
+a ``*-tmp-*`` file that nobody lists.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+
+from ..errors import NotFound, StorageError
+from .base import Buffer, FileType, is_storage_id
+
+__all__ = ["LocalStorage", "durable_write"]
+
+_DIRS = [t.value for t in FileType if t is not FileType.CONFIG] + ["tmp"]
+
+
+def _describe(exc: OSError, what: str) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"the backup destination is full (no space left) while writing {what}")
+    if exc.errno == errno.EDQUOT:
+        return StorageError(f"disk quota exceeded while writing {what}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StorageError(f"permission denied: {what}")
+    if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE):
+        return StorageError(
+            f"I/O error on the backup destination ({exc.strerror}) at {what}; "
+            "is the drive still connected?"
+        )
+    return StorageError(f"{what}: {exc.strerror or exc}")
+
+
+def _fsync(fd: int) -> None:
+    if sys.platform == "darwin":  # fsync does not reach the platter on macOS
+        import fcntl
+
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)  # type: ignore[attr-defined]
+            return
+        except OSError:
+            pass
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+
+
+def _fsync_dir(path: str) -> None:
+    if sys.platform == "win32":  # directories cannot be opened for fsync there
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace(src: str, dst: str) -> None:
+    if sys.platform != "win32":
+        os.replace(src, dst)
+        return
+    # Virus scanners and indexers hold files open for a moment on Windows.
+    import time
+
+    for attempt in range(20):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if attempt == 19:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def durable_write(final: str, parts: Sequence[Buffer], mode: int = 0o600) -> None:
+    """Write ``parts`` to ``final`` atomically: temp, fsync, rename, fsync dir."""
+    directory = os.path.dirname(final)
+    tmp = f"{final}-tmp-{os.urandom(6).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    try:
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            _fsync(fd)
+        finally:
+            os.close(fd)
+        _replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+class LocalStorage:
+    """Files under a directory: ``config``, ``keys/``, ``data/xx/``, ``index/``..."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+
+    @property
+    def location(self) -> str:
+        """The directory path."""
+        return self.root
+
+    def path(self, ftype: FileType, name: str) -> str:
+        """Filesystem path of a repository file."""
+        if ftype is FileType.CONFIG:
+            return os.path.join(self.root, "config")
+        if not is_storage_id(name):
+            raise StorageError(f"invalid file name {name!r}")
+        if ftype is FileType.PACK:
+            return os.path.join(self.root, "data", name[:2], name)
+        return os.path.join(self.root, ftype.value, name)
+
+    def exists(self) -> bool:
+        """True when ``config`` exists."""
+        return os.path.isfile(os.path.join(self.root, "config"))
+
+    def create_layout(self) -> None:
+        """Create the directories restic's local backend creates."""
+        try:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            for d in _DIRS:
+                os.makedirs(os.path.join(self.root, d), mode=0o700, exist_ok=True)
+            for i in range(256):
+                os.makedirs(os.path.join(self.root, "data", f"{i:02x}"), mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise _describe(exc, f"creating {self.root}") from None
+
+    def save(self, ftype: FileType, name: str, parts: Sequence[Buffer]) -> None:
+        """Durably store a file (read-only afterwards, as restic does)."""
+        final = self.path(ftype, name)
+        try:
+            try:
+                durable_write(final, parts, 0o400 if ftype is not FileType.LOCK else 0o600)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+                durable_write(final, parts, 0o400 if ftype is not FileType.LOCK else 0o600)
+        except OSError as exc:
+            raise _describe(exc, final) from None
+
+    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read a file or a range of it."""
+        p = self.path(ftype, name)
+        try:
+            with open(p, "rb", buffering=0) as fh:
+                if offset:
+                    fh.seek(offset)
+                data = fh.read() if length is None else fh.read(length)
+        except FileNotFoundError:
+            raise NotFound(f"{p} does not exist") from None
+        except OSError as exc:
+            raise _describe(exc, p) from None
+        if length is not None and len(data) != length:
+            raise StorageError(f"{p}: file is shorter than expected (truncated?)")
+        return data
+
+    def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
+        """Yield valid ids with sizes; temporary and foreign files are skipped."""
+        if ftype is FileType.CONFIG:
+            if self.exists():
+                yield ("", os.path.getsize(os.path.join(self.root, "config")))
+            return
+        base = os.path.join(self.root, ftype.value)
+        try:
+            if ftype is FileType.PACK:
+                dirs = [e.path for e in os.scandir(base) if e.is_dir()]
+            else:
+                dirs = [base]
+            for d in sorted(dirs):
+                with os.scandir(d) as it:
+                    for entry in it:
+                        if is_storage_id(entry.name) and entry.is_file(follow_symlinks=False):
+                            yield (entry.name, entry.stat(follow_symlinks=False).st_size)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _describe(exc, base) from None
+
+    def remove(self, ftype: FileType, name: str) -> None:
+        """Delete a file if present."""
+        p = self.path(ftype, name)
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            # read-only files in a read-only directory on some platforms
+            try:
+                os.chmod(p, 0o600)
+                os.unlink(p)
+            except OSError as exc:
+                raise _describe(exc, p) from None
+        except OSError as exc:
+            raise _describe(exc, p) from None
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({self.root!r})"
+
+    def __fspath__(self) -> str:
+        return self.root
+
+

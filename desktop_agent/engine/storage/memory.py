@@ -1,0 +1,74 @@
+"""An in-memory backend: fast engine tests, and the reference semantics."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+from ..errors import NotFound, StorageError
+from .base import Buffer, FileType, is_storage_id
+
+__all__ = ["MemoryStorage"]
+
+
+class MemoryStorage:
+    """Keeps every file in a dict; thread-safe."""
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[FileType, str], bytes] = {}
+        self._lock = threading.Lock()
+        self._created = False
+
+    @property
+    def location(self) -> str:
+        """A label for messages."""
+        return "memory:"
+
+    def exists(self) -> bool:
+        """True once a config was saved."""
+        with self._lock:
+            return (FileType.CONFIG, "") in self._files
+
+    def create_layout(self) -> None:
+        """Nothing to create in memory."""
+        self._created = True
+
+    def _key(self, ftype: FileType, name: str) -> tuple[FileType, str]:
+        if ftype is FileType.CONFIG:
+            return (ftype, "")
+        if not is_storage_id(name):
+            raise StorageError(f"invalid file name {name!r}")
+        return (ftype, name)
+
+    def save(self, ftype: FileType, name: str, parts: Sequence[Buffer]) -> None:
+        """Store the joined parts."""
+        data = b"".join(parts)
+        with self._lock:
+            self._files[self._key(ftype, name)] = data
+
+    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Return stored bytes or raise NotFound."""
+        with self._lock:
+            data = self._files.get(self._key(ftype, name))
+        if data is None:
+            raise NotFound(f"{ftype.value}/{name} does not exist")
+        end = len(data) if length is None else offset + length
+        if offset < 0 or end > len(data):
+            raise StorageError(f"{ftype.value}/{name}: read beyond end of file")
+        return data[offset:end]
+
+    def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
+        """Snapshot of the names of one type."""
+        with self._lock:
+            items = [(k[1], len(v)) for k, v in self._files.items() if k[0] is ftype]
+        yield from items
+
+    def remove(self, ftype: FileType, name: str) -> None:
+        """Forget a file."""
+        with self._lock:
+            self._files.pop(self._key(ftype, name), None)
+
+    # test helpers -------------------------------------------------------
+    def raw(self) -> dict[tuple[FileType, str], bytes]:
+        """Direct access to the stored files (tests flip bytes here)."""
+        return self._files

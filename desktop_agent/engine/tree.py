@@ -1,0 +1,269 @@
+"""Tree blobs: directory listings in restic's JSON encoding.
+
+A tree is ``{"nodes":[...]}\\n`` with nodes sorted by raw name. Each node is
+encoded as restic's ``Node`` struct through Go's ``encoding/json`` (field
+order and ``omitempty`` rules from ``internal/data/node.go``), names pass
+through ``strconv.Quote`` and times are RFC 3339 with nanoseconds. Fields we
+do not model (``generic_attributes``, future additions) are kept verbatim when
+a node is decoded and written back.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat as st
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import IntegrityError
+from .gocompat import format_time, go_quote_name, go_unquote_name, json_string, parse_time
+from .ids import BlobId, parse_id
+
+__all__ = [
+    "Node",
+    "encode_tree",
+    "decode_tree",
+    "go_mode",
+    "unix_mode",
+    "MODE_DIR",
+    "MODE_SYMLINK",
+    "NodeType",
+]
+
+# Go's os.FileMode bits.
+MODE_DIR = 1 << 31
+MODE_APPEND = 1 << 30
+MODE_EXCLUSIVE = 1 << 29
+MODE_TEMPORARY = 1 << 28
+MODE_SYMLINK = 1 << 27
+MODE_DEVICE = 1 << 26
+MODE_NAMED_PIPE = 1 << 25
+MODE_SOCKET = 1 << 24
+MODE_SETUID = 1 << 23
+MODE_SETGID = 1 << 22
+MODE_CHAR_DEVICE = 1 << 21
+MODE_STICKY = 1 << 20
+MODE_IRREGULAR = 1 << 19
+MODE_PERM = 0o777
+
+
+class NodeType:
+    """The node type strings restic uses."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    DEV = "dev"
+    CHARDEV = "chardev"
+    FIFO = "fifo"
+    SOCKET = "socket"
+    IRREGULAR = "irregular"
+
+
+def go_mode(unix: int) -> int:
+    """Convert a ``st_mode`` into Go's FileMode, masked as restic stores it."""
+    mode = unix & MODE_PERM
+    fmt = st.S_IFMT(unix)
+    if fmt == st.S_IFDIR:
+        mode |= MODE_DIR
+    elif fmt == st.S_IFLNK:
+        mode |= MODE_SYMLINK
+    elif fmt == st.S_IFBLK:
+        mode |= MODE_DEVICE
+    elif fmt == st.S_IFCHR:
+        mode |= MODE_DEVICE | MODE_CHAR_DEVICE
+    elif fmt == st.S_IFIFO:
+        mode |= MODE_NAMED_PIPE
+    elif fmt == st.S_IFSOCK:
+        mode |= MODE_SOCKET
+    elif fmt != st.S_IFREG:
+        mode |= MODE_IRREGULAR
+    if unix & st.S_ISUID:
+        mode |= MODE_SETUID
+    if unix & st.S_ISGID:
+        mode |= MODE_SETGID
+    if unix & st.S_ISVTX:
+        mode |= MODE_STICKY
+    return mode
+
+
+def unix_mode(gomode: int) -> int:
+    """Permission bits (incl. setuid/setgid/sticky) of a Go FileMode."""
+    mode = gomode & MODE_PERM
+    if gomode & MODE_SETUID:
+        mode |= st.S_ISUID
+    if gomode & MODE_SETGID:
+        mode |= st.S_ISGID
+    if gomode & MODE_STICKY:
+        mode |= st.S_ISVTX
+    return mode
+
+
+_KNOWN = frozenset(
+    "name type mode mtime atime ctime uid gid user group inode device_id size links "
+    "linktarget linktarget_raw extended_attributes device content subtree error".split()
+)
+
+
+@dataclass(slots=True)
+class Node:
+    """One entry of a tree. Times are nanoseconds since the epoch."""
+
+    name: bytes
+    type: str
+    mode: int = 0
+    mtime: int = 0
+    atime: int = 0
+    ctime: int = 0
+    uid: int = 0
+    gid: int = 0
+    user: str = ""
+    group: str = ""
+    inode: int = 0
+    device_id: int = 0
+    size: int = 0
+    links: int = 0
+    linktarget: bytes = b""
+    xattrs: list[tuple[str, bytes]] = field(default_factory=list)
+    device: int = 0
+    content: list[BlobId] | None = None
+    subtree: BlobId | None = None
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    # the original time strings, so a decoded node re-encodes byte-identically
+    time_text: tuple[str, str, str] | None = None
+
+    def encode(self) -> str:
+        """The node as Go's ``json.Marshal`` writes restic's Node struct."""
+        if self.time_text is not None:
+            mt, at, ct = self.time_text
+        else:
+            mt = format_time(self.mtime)
+            at = mt if self.atime == self.mtime else format_time(self.atime)
+            ct = mt if self.ctime == self.mtime else format_time(self.ctime)
+        parts = [
+            '{"name":',
+            json_string(go_quote_name(self.name)),
+            ',"type":"',
+            self.type,
+            '"',
+        ]
+        if self.mode:
+            parts.append(f',"mode":{self.mode}')
+        parts.append(f',"mtime":"{mt}","atime":"{at}","ctime":"{ct}","uid":{self.uid},"gid":{self.gid}')
+        if self.user:
+            parts.append(',"user":' + json_string(self.user))
+        if self.group:
+            parts.append(',"group":' + json_string(self.group))
+        if self.inode:
+            parts.append(f',"inode":{self.inode}')
+        if self.device_id:
+            parts.append(f',"device_id":{self.device_id}')
+        if self.size:
+            parts.append(f',"size":{self.size}')
+        if self.links:
+            parts.append(f',"links":{self.links}')
+        if self.linktarget:
+            text = self.linktarget.decode("utf-8", "surrogateescape")
+            parts.append(',"linktarget":' + json_string(text))
+            try:
+                self.linktarget.decode("utf-8")
+            except UnicodeDecodeError:
+                raw = base64.b64encode(self.linktarget).decode()
+                parts.append(f',"linktarget_raw":"{raw}"')
+        if self.xattrs:
+            attrs = ",".join(
+                '{"name":' + json_string(n) + ',"value":"' + base64.b64encode(v).decode() + '"}'
+                for n, v in self.xattrs
+            )
+            parts.append(',"extended_attributes":[' + attrs + "]")
+        for key in ("generic_attributes",):
+            if key in self.extra:
+                parts.append(f',"{key}":' + _go_json(self.extra[key]))
+        if self.device:
+            parts.append(f',"device":{self.device}')
+        if self.content is None:
+            parts.append(',"content":null')
+        else:
+            parts.append(',"content":[' + ",".join(f'"{b.hex()}"' for b in self.content) + "]")
+        if self.subtree is not None:
+            parts.append(f',"subtree":"{self.subtree.hex()}"')
+        if self.error:
+            parts.append(',"error":' + json_string(self.error))
+        for key, value in self.extra.items():
+            if key != "generic_attributes":
+                parts.append("," + json_string(key) + ":" + _go_json(value))
+        parts.append("}")
+        return "".join(parts)
+
+    @classmethod
+    def decode(cls, obj: dict[str, Any]) -> Node:
+        """Build a node from the decoded JSON object of a tree."""
+        try:
+            name = go_unquote_name(obj["name"])
+            mt, at, ct = obj.get("mtime"), obj.get("atime"), obj.get("ctime")
+            content = obj.get("content")
+            subtree = obj.get("subtree")
+            raw_target = obj.get("linktarget_raw")
+            if raw_target is not None:
+                target = base64.b64decode(raw_target)
+            else:
+                target = str(obj.get("linktarget") or "").encode("utf-8", "surrogateescape")
+            node = cls(
+                name=name,
+                type=str(obj["type"]),
+                mode=int(obj.get("mode") or 0),
+                mtime=parse_time(mt) if mt else 0,
+                atime=parse_time(at) if at else 0,
+                ctime=parse_time(ct) if ct else 0,
+                uid=int(obj.get("uid") or 0),
+                gid=int(obj.get("gid") or 0),
+                user=str(obj.get("user") or ""),
+                group=str(obj.get("group") or ""),
+                inode=int(obj.get("inode") or 0),
+                device_id=int(obj.get("device_id") or 0),
+                size=int(obj.get("size") or 0),
+                links=int(obj.get("links") or 0),
+                linktarget=target,
+                xattrs=[
+                    (str(a["name"]), base64.b64decode(a["value"] or ""))
+                    for a in obj.get("extended_attributes") or ()
+                ],
+                device=int(obj.get("device") or 0),
+                content=None if content is None else [BlobId(parse_id(c)) for c in content],
+                subtree=None if subtree is None else BlobId(parse_id(subtree)),
+                error=str(obj.get("error") or ""),
+                extra={k: v for k, v in obj.items() if k not in _KNOWN},
+                time_text=(mt, at, ct) if mt and at and ct else None,
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise IntegrityError(f"tree node is malformed: {exc}") from None
+        return node
+
+
+def _go_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    """Serialize nodes (sorted by raw name, which must be unique)."""
+    nodes = sorted(nodes, key=lambda n: n.name)
+    for a, b in zip(nodes, nodes[1:]):
+        if a.name == b.name:
+            raise IntegrityError(f"duplicate name {a.name!r} in tree")
+    return ('{"nodes":[' + ",".join(n.encode() for n in nodes) + "]}\n").encode("utf-8")
+
+
+def decode_tree(data: bytes) -> list[Node]:
+    """Parse a tree blob's plaintext."""
+    try:
+        doc = json.loads(data)
+        raw_nodes = doc["nodes"]
+        if raw_nodes is None:
+            return []
+        if not isinstance(raw_nodes, list):
+            raise TypeError("nodes is not a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"tree is malformed: {exc}") from None
+    return [Node.decode(o) for o in raw_nodes]

@@ -1,0 +1,189 @@
+"""Writing blobs: dedup, compress, encrypt, pack, upload, index.
+
+:meth:`BlobWriter.save` may be called from many worker threads at once. The
+expensive parts (SHA-256, zstd, AES, Poly1305) run outside any lock in C code
+that releases the GIL; only the dedup claim and the append to the open pack
+are serialized. Full packs are uploaded by one background thread; at most
+two packs wait for upload, which bounds memory.
+
+Write ordering (restic's design.rst): packs are durably stored before the
+index that lists them (:meth:`write_index` waits for uploads), and the
+caller writes the snapshot only after the index.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import zstandard
+
+from . import crypto
+from .errors import EngineError, StorageError
+from .ids import BlobId, BlobType, PackId
+from .index import MAX_BLOBS_PER_FILE, encode_index
+from .pack import PackBuilder, PackedBlob
+from .repository import Repository
+from .storage import FileType
+
+__all__ = ["BlobWriter", "SaveResult", "PACK_SIZE"]
+
+PACK_SIZE = 16 * 1024 * 1024
+_MAX_PENDING_UPLOADS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """Outcome of saving one blob: its id and how many bytes it added."""
+
+    id: BlobId
+    new: bool
+    stored: int  # encrypted bytes added to a pack (0 for a duplicate)
+
+
+class _Codec(threading.local):
+    def __init__(self) -> None:
+        self.zstd = zstandard.ZstdCompressor(level=3)
+
+
+class BlobWriter:
+    """Collects blobs into packs and writes packs and index files."""
+
+    def __init__(self, repo: Repository, *, pack_size: int = PACK_SIZE) -> None:
+        self.repo = repo
+        self.pack_size = pack_size
+        self._codec = _Codec()
+        self._lock = threading.Lock()
+        self._claimed: dict[BlobType, set[bytes]] = {BlobType.DATA: set(), BlobType.TREE: set()}
+        self._builders = {BlobType.DATA: PackBuilder(repo.key), BlobType.TREE: PackBuilder(repo.key)}
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
+        self._upload_slots = threading.BoundedSemaphore(_MAX_PENDING_UPLOADS)
+        self._uploads: list[Future[None]] = []
+        self._uploaded: list[tuple[PackId, list[PackedBlob]]] = []  # not yet in an index file
+        self._error: BaseException | None = None
+        self.packs_written = 0
+        self.bytes_written = 0
+
+    # ------------------------------------------------------------- blobs
+    def known(self, blob_type: BlobType, blob_id: bytes) -> bool:
+        """True when the blob is in the index or already being written."""
+        return self.repo.index.has(blob_type, blob_id) or blob_id in self._claimed[blob_type]
+
+    def save(self, blob_type: BlobType, data: bytes | bytearray | memoryview, blob_id: bytes | None = None) -> SaveResult:
+        """Store a blob unless it is already known. Thread-safe."""
+        if self._error is not None:
+            raise self._error
+        bid = BlobId(blob_id if blob_id is not None else crypto.sha256(data))
+        if self.repo.index.has(blob_type, bid):
+            return SaveResult(bid, False, 0)
+        claimed = self._claimed[blob_type]
+        with self._lock:
+            if bid in claimed:
+                return SaveResult(bid, False, 0)
+            claimed.add(bid)
+        ulen = 0
+        payload: bytes | bytearray | memoryview = data
+        if self.repo.compression and len(data) > 0:
+            packed = self._codec.zstd.compress(data)
+            if len(packed) < len(data):
+                payload, ulen = packed, len(data)
+        sealed = crypto.encrypt(self.repo.key, payload)
+        full = None
+        with self._lock:
+            builder = self._builders[blob_type]
+            builder.add(blob_type, bid, sealed, ulen)
+            if builder.size >= self.pack_size:
+                full = builder.finish()
+        if full is not None:
+            self._submit(full)
+        return SaveResult(bid, True, len(sealed))
+
+    # ----------------------------------------------------------- uploads
+    def _submit(self, finished: tuple[PackId, list[bytes], list[PackedBlob]]) -> None:
+        self._upload_slots.acquire()
+        try:
+            fut = self._uploader.submit(self._upload, finished)
+        except BaseException:
+            self._upload_slots.release()
+            raise
+        with self._lock:
+            self._uploads = [f for f in self._uploads if not f.done()] + [fut]
+
+    def _upload(self, finished: tuple[PackId, list[bytes], list[PackedBlob]]) -> None:
+        pack_id, parts, blobs = finished
+        try:
+            self.repo.storage.save(FileType.PACK, pack_id.hex(), parts)
+            self.repo.index.add_pack(pack_id, blobs)
+            with self._lock:
+                self._uploaded.append((pack_id, blobs))
+                self.packs_written += 1
+                self.bytes_written += sum(len(p) for p in parts)
+                for b in blobs:
+                    self._claimed[b.type].discard(b.id)
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc if isinstance(exc, EngineError) else StorageError(str(exc))
+            raise
+        finally:
+            self._upload_slots.release()
+
+    def flush(self) -> None:
+        """Finish the open packs and wait until every pack is stored."""
+        for blob_type in (BlobType.DATA, BlobType.TREE):
+            with self._lock:
+                builder = self._builders[blob_type]
+                full = builder.finish() if len(builder) else None
+            if full is not None:
+                self._submit(full)
+        self.wait_uploads()
+
+    def wait_uploads(self) -> None:
+        """Block until pending uploads are done; re-raise their failure."""
+        with self._lock:
+            pending = list(self._uploads)
+        for fut in pending:
+            try:
+                fut.result()
+            except BaseException:
+                pass
+        if self._error is not None:
+            raise self._error
+
+    def write_index(self) -> list[str]:
+        """Write index files for every stored pack not yet indexed.
+
+        Only packs whose upload completed are listed, so an index never
+        references a pack that is not durably stored.
+        """
+        with self._lock:
+            packs, self._uploaded = self._uploaded, []
+        names: list[str] = []
+        batch: list[tuple[PackId, list[PackedBlob]]] = []
+        count = 0
+        try:
+            for pack in packs:
+                batch.append(pack)
+                count += len(pack[1])
+                if count >= MAX_BLOBS_PER_FILE:
+                    names.append(self.repo.save_json(FileType.INDEX, encode_index(batch)))
+                    batch, count = [], 0
+            if batch:
+                names.append(self.repo.save_json(FileType.INDEX, encode_index(batch)))
+        except BaseException:
+            with self._lock:  # keep them for a retry or the next checkpoint
+                self._uploaded = packs + self._uploaded
+            raise
+        for n in names:
+            self.repo.index.files.add(bytes.fromhex(n))
+        return names
+
+    def close(self) -> None:
+        """Stop the upload thread (does not flush)."""
+        self._uploader.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """Drop unfinished packs (cancel/failure); stored packs stay indexed."""
+        with self._lock:
+            for blob_type in (BlobType.DATA, BlobType.TREE):
+                self._builders[blob_type] = PackBuilder(self.repo.key)
