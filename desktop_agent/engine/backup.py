@@ -56,7 +56,7 @@ SMALL_FILE = MIN_SIZE
 _BATCH_FILES = 64
 _BATCH_BYTES = 4 * 1024 * 1024
 # Bytes submitted to workers but not yet processed.
-_INFLIGHT_BYTES = 24 * 1024 * 1024
+_INFLIGHT_BYTES = 16 * 1024 * 1024
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _NOATIME = getattr(os, "O_NOATIME", 0)
@@ -441,6 +441,7 @@ class _Backup:
                     total += len(data)
                     job.futures.append(self.submit(self.save_chunk, len(data), data))  # type: ignore[arg-type]
                     self.reap()
+                    self.progress.maybe_report()
                 after = os.fstat(fd)
             except OSError as exc:
                 self._read_error(job, exc)

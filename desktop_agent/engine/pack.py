@@ -9,7 +9,9 @@ The header length is the encrypted header's length as uint32 little endian.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -110,14 +112,19 @@ def parse_pack_tail(key: crypto.Key, tail: bytes, pack_size: int) -> list[Packed
 
 
 class PackBuilder:
-    """Accumulates encrypted blobs of one type and produces a pack file.
+    """Accumulates encrypted blobs of one type into a pack file.
 
-    Not thread-safe: one owner appends and finishes.
+    Blobs go straight to a spool file in ``spool_dir`` (not memory), so a
+    16 MiB pack costs no RAM; :meth:`finish` appends the header and returns
+    the file for :meth:`Storage.save_file`. Not thread-safe: one owner (or a
+    lock held by the caller) appends and finishes.
     """
 
-    def __init__(self, key: crypto.Key) -> None:
+    def __init__(self, key: crypto.Key, spool_dir: str) -> None:
         self._key = key
-        self._parts: list[bytes] = []
+        self._dir = spool_dir
+        self._fd = -1
+        self._path = ""
         self._blobs: list[PackedBlob] = []
         self._hash = hashlib.sha256()
         self.size = 0
@@ -125,21 +132,45 @@ class PackBuilder:
     def __len__(self) -> int:
         return len(self._blobs)
 
+    def _write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
     def add(self, blob_type: BlobType, blob_id: BlobId, sealed: bytes, uncompressed: int) -> None:
         """Append an already encrypted blob (``uncompressed`` 0: not compressed)."""
+        if self._fd < 0:
+            fd, self._path = tempfile.mkstemp(prefix=f"pack-{os.getpid()}-", dir=self._dir)
+            self._fd = fd
+        self._write(sealed)
         self._blobs.append(PackedBlob(blob_type, blob_id, self.size, len(sealed), uncompressed))
-        self._parts.append(sealed)
         self._hash.update(sealed)
         self.size += len(sealed)
 
-    def finish(self) -> tuple[PackId, list[bytes], list[PackedBlob]]:
-        """Seal the header; returns the pack id, its byte parts and its blobs."""
+    def finish(self) -> tuple[PackId, str, list[PackedBlob], int]:
+        """Seal the header; returns pack id, spool file path, blobs and size."""
         header = crypto.encrypt(self._key, encode_header(self._blobs))
         tail = header + _LEN.pack(len(header))
+        self._write(tail)
         self._hash.update(tail)
-        parts = self._parts + [tail]
-        result = (PackId(self._hash.digest()), parts, self._blobs)
-        self._parts, self._blobs = [], []
+        os.close(self._fd)
+        result = (PackId(self._hash.digest()), self._path, self._blobs, self.size + len(tail))
+        self._fd, self._path = -1, ""
+        self._blobs = []
         self._hash = hashlib.sha256()
         self.size = 0
         return result
+
+    def discard(self) -> None:
+        """Drop an unfinished pack and its spool file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            try:
+                os.unlink(self._path)
+            except OSError:
+                pass
+        self._fd, self._path = -1, ""
+        self._blobs = []
+        self._hash = hashlib.sha256()
+        self.size = 0

@@ -3,8 +3,9 @@
 :meth:`BlobWriter.save` may be called from many worker threads at once. The
 expensive parts (SHA-256, zstd, AES, Poly1305) run outside any lock in C code
 that releases the GIL; only the dedup claim and the append to the open pack
-are serialized. Full packs are uploaded by one background thread; at most
-two packs wait for upload, which bounds memory.
+are serialized. Packs are assembled in spool files, not memory; full
+packs are stored (fsync + rename for a local repository) by one background
+thread, at most two at a time.
 
 Write ordering (restic's design.rst): packs are durably stored before the
 index that lists them (:meth:`write_index` waits for uploads), and the
@@ -13,6 +14,7 @@ caller writes the snapshot only after the index.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,7 +58,8 @@ class BlobWriter:
         self._codec = _Codec()
         self._lock = threading.Lock()
         self._claimed: dict[BlobType, set[bytes]] = {BlobType.DATA: set(), BlobType.TREE: set()}
-        self._builders = {BlobType.DATA: PackBuilder(repo.key), BlobType.TREE: PackBuilder(repo.key)}
+        spool = repo.storage.spool_dir()
+        self._builders = {BlobType.DATA: PackBuilder(repo.key, spool), BlobType.TREE: PackBuilder(repo.key, spool)}
         self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
         self._upload_slots = threading.BoundedSemaphore(_MAX_PENDING_UPLOADS)
         self._uploads: list[Future[None]] = []
@@ -100,7 +103,7 @@ class BlobWriter:
         return SaveResult(bid, True, len(sealed))
 
     # ----------------------------------------------------------- uploads
-    def _submit(self, finished: tuple[PackId, list[bytes], list[PackedBlob]]) -> None:
+    def _submit(self, finished: tuple[PackId, str, list[PackedBlob], int]) -> None:
         self._upload_slots.acquire()
         try:
             fut = self._uploader.submit(self._upload, finished)
@@ -110,20 +113,24 @@ class BlobWriter:
         with self._lock:
             self._uploads = [f for f in self._uploads if not f.done()] + [fut]
 
-    def _upload(self, finished: tuple[PackId, list[bytes], list[PackedBlob]]) -> None:
-        pack_id, parts, blobs = finished
+    def _upload(self, finished: tuple[PackId, str, list[PackedBlob], int]) -> None:
+        pack_id, path, blobs, size = finished
         try:
-            self.repo.storage.save(FileType.PACK, pack_id.hex(), parts)
+            self.repo.storage.save_file(FileType.PACK, pack_id.hex(), path)
             self.repo.index.add_pack(pack_id, blobs)
             with self._lock:
                 self._uploaded.append((pack_id, blobs))
                 self.packs_written += 1
-                self.bytes_written += sum(len(p) for p in parts)
+                self.bytes_written += size
                 for b in blobs:
                     self._claimed[b.type].discard(b.id)
         except BaseException as exc:
             if self._error is None:
                 self._error = exc if isinstance(exc, EngineError) else StorageError(str(exc))
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
             raise
         finally:
             self._upload_slots.release()
@@ -185,5 +192,5 @@ class BlobWriter:
     def abandon(self) -> None:
         """Drop unfinished packs (cancel/failure); stored packs stay indexed."""
         with self._lock:
-            for blob_type in (BlobType.DATA, BlobType.TREE):
-                self._builders[blob_type] = PackBuilder(self.repo.key)
+            for builder in self._builders.values():
+                builder.discard()

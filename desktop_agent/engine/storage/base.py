@@ -66,6 +66,18 @@ class Storage(Protocol):
         """
         ...
 
+    def save_file(self, ftype: FileType, name: str, path: str) -> None:
+        """Atomically and durably store the file at ``path``, consuming it.
+
+        ``path`` was created in :meth:`spool_dir`; a local backend renames it
+        into place instead of copying.
+        """
+        ...
+
+    def spool_dir(self) -> str:
+        """A directory for files being assembled before :meth:`save_file`."""
+        ...
+
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read a whole file, or ``length`` bytes from ``offset``."""
         ...

@@ -152,6 +152,31 @@ class LocalStorage:
         except OSError as exc:
             raise _describe(exc, final) from None
 
+    def save_file(self, ftype: FileType, name: str, path: str) -> None:
+        """fsync the spooled file, rename it into place, fsync the directory."""
+        final = self.path(ftype, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                _fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(path, 0o400)
+            try:
+                _replace(path, final)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+                _replace(path, final)
+            _fsync_dir(os.path.dirname(final))
+        except OSError as exc:
+            raise _describe(exc, final) from None
+
+    def spool_dir(self) -> str:
+        """``tmp/`` inside the repository: same filesystem, so rename works."""
+        d = os.path.join(self.root, "tmp")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        return d
+
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read a file or a range of it."""
         p = self.path(ftype, name)

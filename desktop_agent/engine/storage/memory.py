@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -45,6 +47,17 @@ class MemoryStorage:
         data = b"".join(parts)
         with self._lock:
             self._files[self._key(ftype, name)] = data
+
+    def save_file(self, ftype: FileType, name: str, path: str) -> None:
+        """Read the spooled file into memory and delete it."""
+        with open(path, "rb") as fh:
+            data = fh.read()
+        os.unlink(path)
+        self.save(ftype, name, [data])
+
+    def spool_dir(self) -> str:
+        """The system temporary directory."""
+        return tempfile.gettempdir()
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Return stored bytes or raise NotFound."""

@@ -1,0 +1,373 @@
+"""The ``desktop-agent`` command line (see ``CONTRACT.md``).
+
+Exit status: 0 success, 1 failure (one line on stderr), 2 bad usage,
+3 backup finished but skipped unreadable files (listed on stderr).
+Nothing here prints a traceback at a user: unexpected errors are logged to
+the log directory and summarized in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from desktop_agent import __version__
+from desktop_agent.config import (
+    Config,
+    ConfigError,
+    load_or_create,
+    read_password,
+    resolve_config_path,
+    user_log_dir,
+    write_password_file,
+)
+from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
+from desktop_agent.engine.check import check
+from desktop_agent.engine.errors import EngineError, RepositoryNotFound
+from desktop_agent.engine.progress import Progress
+from desktop_agent.engine.repository import Repository
+from desktop_agent.engine.restore import RestoreOptions, restore
+from desktop_agent.engine.snapshot import Snapshot
+from desktop_agent.engine.storage import open_storage
+from desktop_agent.termprogress import ProgressLine, human_bytes, human_duration
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_SKIPPED = 3
+
+log = logging.getLogger("desktop_agent.cli")
+
+
+class CliError(Exception):
+    """A failure to report in one line (exit status 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    p = _Parser(prog="desktop-agent", description="Backups you can keep an eye on.")
+    p.add_argument("--config", metavar="PATH", help="configuration file (default: platform config dir; env DESKTOP_AGENT_CONFIG)")
+    p.add_argument("--version", action="version", version=f"desktop-agent {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    sub.add_parser("init", help="create the repository named in the config")
+
+    b = sub.add_parser("backup", help="back up the configured sources once, then exit")
+    b.add_argument("--json", action="store_true", help="print status and summary as JSON lines")
+    b.add_argument("--tag", action="append", default=[], help="add a tag to the snapshot (repeatable)")
+
+    s = sub.add_parser("snapshots", help="list snapshots")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    r = sub.add_parser("restore", help="restore a snapshot into a directory")
+    r.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot id, id prefix or `latest`")
+    r.add_argument("--target", metavar="DIR", required=True, help="directory to restore into")
+    r.add_argument("--include", metavar="PATH", nargs="+", action="extend", default=[], help="restore only these paths (as in the snapshot)")
+    r.add_argument("--overwrite", action="store_true", help="replace files that already exist in DIR")
+
+    c = sub.add_parser("check", help="verify the repository")
+    c.add_argument("--read-data", action="store_true", help="also read and verify every blob")
+
+    sub.add_parser("token", help="print the /ws access token")
+    return p
+
+
+# --------------------------------------------------------------- helpers
+def _setup_logging() -> str | None:
+    try:
+        log_dir = user_log_dir()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = str(log_dir / "desktop-agent.log")
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return path
+
+
+def _password(config: Config) -> str:
+    pw = read_password(config)
+    if pw:
+        return pw
+    if sys.stdin.isatty():
+        pw = getpass.getpass(f"password for repository {config.repository_path}: ")
+        if pw:
+            return pw
+    raise CliError(
+        "no repository password: set DESKTOP_AGENT_PASSWORD, or [repository] password_file "
+        f"in {config.path}"
+    )
+
+
+def _open(config: Config) -> Repository:
+    storage = open_storage(config.repository_path)
+    if not storage.exists():
+        raise RepositoryNotFound(
+            f"there is no repository at {storage.location} (create one with `desktop-agent init`)"
+        )
+    return Repository.open(storage, _password(config))
+
+
+def _snapshot_json(s: Snapshot) -> dict[str, Any]:
+    doc = s.to_json()
+    if s.id is not None:
+        doc["id"] = s.id.hex()
+        doc["short_id"] = s.short_id
+    return doc
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+# -------------------------------------------------------------- commands
+def cmd_init(config: Config, _args: argparse.Namespace) -> int:
+    storage = open_storage(config.repository_path)
+    password = read_password(config)
+    generated = False
+    if not password:
+        pw_file = config.password_file_path
+        if pw_file is not None:
+            password = secrets.token_urlsafe(24)
+            write_password_file(pw_file, password)
+            generated = True
+        elif sys.stdin.isatty():
+            password = getpass.getpass("new repository password: ")
+            if password != getpass.getpass("repeat the password: "):
+                raise CliError("the passwords do not match")
+        else:
+            raise CliError("no password: set DESKTOP_AGENT_PASSWORD or [repository] password_file")
+    repo = Repository.init(storage, password)
+    print(f"created repository {repo.config.id[:10]} at {storage.location}")
+    if generated:
+        print(
+            f"a random password was written to {config.password_file_path}\n"
+            "keep a copy somewhere safe: without it the backups cannot be restored"
+        )
+    return EXIT_OK
+
+
+def cmd_backup(config: Config, args: argparse.Namespace) -> int:
+    sources = config.expanded_sources()
+    if not sources:
+        raise CliError(f"no backup sources configured ([backup] sources in {config.path})")
+    repo = _open(config)
+    line = ProgressLine("backup")
+    last_json = [0.0]
+
+    def report(p: Progress) -> None:
+        line(p)
+        if args.json and (p.final or time.monotonic() - last_json[0] >= 1.0):
+            last_json[0] = time.monotonic()
+            _emit(
+                {
+                    "message_type": "status",
+                    "percent_done": p.bytes_done / p.bytes_total if p.bytes_total else 0.0,
+                    "total_files": p.files_total,
+                    "files_done": p.files_done,
+                    "total_bytes": p.bytes_total,
+                    "bytes_done": p.bytes_done,
+                    "seconds_elapsed": round(p.elapsed, 3),
+                    "current_files": [p.current_file] if p.current_file else [],
+                }
+            )
+
+    want_progress = line.enabled or args.json
+    opts = BackupOptions(
+        sources=sources,
+        excludes=list(config.backup.exclude),
+        tags=args.tag,
+        scan=want_progress,
+    )
+    started = time.monotonic()
+    try:
+        result = backup(repo, opts, progress=report if want_progress else None)
+    finally:
+        line.done()
+    _print_backup(result, time.monotonic() - started, args.json)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if result.skipped:
+        for sk in result.skipped:
+            print(f"skipped: {sk.path}: {sk.reason}", file=sys.stderr)
+        print(f"desktop-agent: {len(result.skipped)} path(s) could not be read and are not in the snapshot", file=sys.stderr)
+        return EXIT_SKIPPED
+    return EXIT_OK
+
+
+def _print_backup(result: BackupResult, seconds: float, as_json: bool) -> None:
+    s = result.summary
+    snap = result.snapshot
+    if as_json:
+        _emit(
+            {
+                "message_type": "summary",
+                "files_new": s.files_new,
+                "files_changed": s.files_changed,
+                "files_unmodified": s.files_unmodified,
+                "dirs_new": s.dirs_new,
+                "dirs_changed": s.dirs_changed,
+                "dirs_unmodified": s.dirs_unmodified,
+                "data_blobs": s.data_blobs,
+                "tree_blobs": s.tree_blobs,
+                "data_added": s.data_added,
+                "data_added_packed": s.data_added_packed,
+                "total_files_processed": s.total_files_processed,
+                "total_bytes_processed": s.total_bytes_processed,
+                "total_duration": round(seconds, 3),
+                "snapshot_id": snap.id.hex() if snap.id else None,
+                "skipped": [{"path": k.path, "reason": k.reason} for k in result.skipped],
+                "warnings": list(result.warnings),
+            }
+        )
+        return
+    print(f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified")
+    print(f"Dirs:  {s.dirs_new} new, {s.dirs_changed} changed, {s.dirs_unmodified} unmodified")
+    print(
+        f"Added to the repository: {human_bytes(s.data_added)} "
+        f"({human_bytes(s.data_added_packed)} stored)"
+    )
+    print(
+        f"processed {s.total_files_processed} files, {human_bytes(s.total_bytes_processed)} "
+        f"in {human_duration(seconds)}"
+    )
+    print(f"snapshot {snap.short_id} saved")
+
+
+def cmd_snapshots(config: Config, args: argparse.Namespace) -> int:
+    repo = _open(config)
+    snaps = repo.list_snapshots()
+    if args.json:
+        sys.stdout.write(json.dumps([_snapshot_json(s) for s in snaps], ensure_ascii=False) + "\n")
+        return EXIT_OK
+    if not snaps:
+        print("no snapshots yet")
+        return EXIT_OK
+    rows = []
+    for s in snaps:
+        t = s.time.replace("T", " ")[:19]
+        size = human_bytes(s.summary.total_bytes_processed) if s.summary else ""
+        rows.append((s.short_id, t, s.hostname, ",".join(s.tags), size, s.paths))
+    print(f"{'ID':<10}{'Time':<21}{'Host':<16}{'Tags':<12}{'Size':>11}  Paths")
+    print("-" * 90)
+    for sid, t, host, tags, size, paths in rows:
+        first, *rest = paths or ("",)
+        print(f"{sid:<10}{t:<21}{host:<16}{tags:<12}{size:>11}  {first}")
+        for extra in rest:
+            print(f"{'':<70}{extra}")
+    print("-" * 90)
+    print(f"{len(snaps)} snapshot{'s' if len(snaps) != 1 else ''}")
+    return EXIT_OK
+
+
+def cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    repo = _open(config)
+    snap = repo.find_snapshot(args.snapshot)
+    line = ProgressLine("restore")
+    started = time.monotonic()
+    try:
+        result = restore(
+            repo,
+            snap,
+            RestoreOptions(target=args.target, includes=args.include, overwrite=args.overwrite),
+            progress=line if line.enabled else None,
+        )
+    finally:
+        line.done()
+    for err in result.errors:
+        print(f"error: {err}", file=sys.stderr)
+    print(
+        f"restored snapshot {snap.short_id}: {result.files} files, "
+        f"{human_bytes(result.bytes_written)} into {os.path.abspath(args.target)} "
+        f"in {human_duration(time.monotonic() - started)}"
+    )
+    if result.errors:
+        raise CliError(f"{len(result.errors)} problem(s) during restore; some data was not restored")
+    return EXIT_OK
+
+
+def cmd_check(config: Config, args: argparse.Namespace) -> int:
+    repo = _open(config)
+    line = ProgressLine("check")
+    try:
+        result = check(
+            repo,
+            read_data=args.read_data,
+            progress=line if line.enabled else None,
+            log=lambda m: print(m, flush=True),
+        )
+    finally:
+        line.done()
+    for w in result.warnings:
+        print(f"warning: {w}")
+    for e in result.errors:
+        print(f"error: {e}", file=sys.stderr)
+    if not result.ok:
+        raise CliError(f"the repository has {len(result.errors)} error(s); see above")
+    print(f"no errors were found ({result.snapshots} snapshots, {result.trees} trees, {result.packs} packs)")
+    return EXIT_OK
+
+
+def cmd_token(config: Config, _args: argparse.Namespace) -> int:
+    print(config.agent.token)
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+    "init": cmd_init,
+    "backup": cmd_backup,
+    "snapshots": cmd_snapshots,
+    "restore": cmd_restore,
+    "check": cmd_check,
+    "token": cmd_token,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (``sys.exit`` is the caller's)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("desktop-agent: error: no command given", file=sys.stderr)
+        return EXIT_USAGE
+    log_path = _setup_logging()
+    try:
+        config = load_or_create(resolve_config_path(args.config))
+        return COMMANDS[args.command](config, args)
+    except (EngineError, ConfigError, CliError) as exc:
+        log.info("%s failed: %s", args.command, exc)
+        print(f"desktop-agent: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print("desktop-agent: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAIL
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        log.error("unexpected error in %s:\n%s", args.command, traceback.format_exc())
+        where = f"; details in {log_path}" if log_path else ""
+        print(f"desktop-agent: internal error: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
+        return EXIT_FAIL
+

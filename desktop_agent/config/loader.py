@@ -1,0 +1,340 @@
+"""Reading, validating, creating and saving the TOML configuration file.
+
+Every problem becomes a :class:`ConfigError` naming the file, the key and
+what is wrong with it. Validation is strict: an unknown section or key is an
+error (a typo would otherwise be silently ignored).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from desktop_agent.config.atomicfile import make_private_dirs, write_atomic
+from desktop_agent.config.errors import ConfigError
+from desktop_agent.config.model import (
+    AgentConfig,
+    BackupConfig,
+    Config,
+    RepositoryConfig,
+    generate_token,
+)
+from desktop_agent.config.network import normalize_origin, parse_listen
+from desktop_agent.config.paths import default_password_file, default_repository_path, expand_path
+from desktop_agent.config.template import render_default
+
+__all__ = ["load", "load_or_create", "parse_document", "save", "to_document"]
+
+log = logging.getLogger(__name__)
+
+_KEYS: dict[str, tuple[str, ...]] = {
+    "agent": ("listen", "token", "allowed_origins", "tls_cert", "tls_key"),
+    "repository": ("path", "password_file"),
+    "backup": ("sources", "exclude"),
+}
+
+# restic's remote backends; a local path is all this version stores to.
+_REMOTE_PREFIXES = ("sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:")
+
+
+def _toml_type(value: object) -> str:
+    names: list[tuple[type | tuple[type, ...], str]] = [
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, "a table"),
+    ]
+    for kind, name in names:
+        if isinstance(value, kind):
+            return name
+    return "a date/time"
+
+
+def _show(value: object) -> str:
+    """``value`` written roughly as TOML would, for messages."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _suggest(name: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {_show(close[0])}?)" if close else ""
+
+
+class _Section:
+    """Reads the keys of one table, turning every problem into a ConfigError."""
+
+    def __init__(self, file: Path, name: str, table: Mapping[str, Any]) -> None:
+        self.file = file
+        self.name = name
+        self.table = table
+        known = _KEYS[name]
+        for key in table:
+            if key not in known:
+                raise ConfigError(
+                    f"{file}: [{name}] {key}: unknown key{_suggest(key, known)}; "
+                    f"known keys: {', '.join(known)}"
+                )
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.file}: [{self.name}] {key}: {problem}")
+
+    def string(self, key: str, default: str | None, *, secret: bool = False) -> str | None:
+        """The key's string value; ``default`` when absent. Empty strings are returned as-is."""
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if not isinstance(value, str):
+            shown = "" if secret else f" {_show(value)}"
+            raise self.error(key, f"expected a string, got {_toml_type(value)}{shown}")
+        if "\x00" in value:
+            raise self.error(key, "contains a NUL character")
+        return value
+
+    def string_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """The key's array of non-empty strings; ``default`` when absent."""
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if not isinstance(value, list):
+            if isinstance(value, str):
+                raise self.error(
+                    key, f"expected an array of strings, got a string: write [{_show(value)}]"
+                )
+            raise self.error(
+                key, f"expected an array of strings, got {_toml_type(value)} {_show(value)}"
+            )
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(
+                    key,
+                    f"item {index + 1} should be a string, got {_toml_type(item)} {_show(item)}",
+                )
+            if not item.strip():
+                raise self.error(key, f"item {index + 1} is empty")
+            if "\x00" in item:
+                raise self.error(key, f"item {index + 1} contains a NUL character")
+        return tuple(value)
+
+    def existing_file(self, key: str, value: str) -> None:
+        if not value.strip():
+            raise self.error(key, "the path is empty; remove the key to turn TLS off")
+        resolved = expand_path(value, self.file.parent)
+        if not os.path.exists(resolved):
+            raise self.error(key, f"file {resolved} does not exist")
+        if not os.path.isfile(resolved):
+            raise self.error(key, f"{resolved} is not a file")
+
+
+def _parse_agent(section: _Section) -> AgentConfig:
+    defaults = AgentConfig()
+    listen = section.string("listen", defaults.listen)
+    assert listen is not None
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        raise section.error("listen", str(exc)) from None
+
+    token = section.string("token", None, secret=True)
+    if token is None:
+        raise section.error(
+            "token", "missing; set it to a long random string, or delete the file to get a new one"
+        )
+    if not token.strip():
+        raise section.error(
+            "token", "is empty; set it to a long random string, or delete the file to get a new one"
+        )
+    if not all(0x21 <= ord(c) <= 0x7E for c in token):
+        # It travels in an HTTP header: printable ASCII without spaces only.
+        raise section.error("token", "may contain only printable ASCII characters without spaces")
+
+    origins = []
+    for index, origin in enumerate(section.string_list("allowed_origins", ())):
+        try:
+            origins.append(normalize_origin(origin))
+        except ValueError as exc:
+            raise section.error("allowed_origins", f"item {index + 1}: {exc}") from None
+
+    tls_cert = section.string("tls_cert", None)
+    tls_key = section.string("tls_key", None)
+    if (tls_cert is None) != (tls_key is None):
+        given, absent = ("tls_cert", "tls_key") if tls_cert is not None else ("tls_key", "tls_cert")
+        raise section.error(absent, f"missing; {given} is set, and TLS needs both or neither")
+    if tls_cert is not None and tls_key is not None:
+        section.existing_file("tls_cert", tls_cert)
+        section.existing_file("tls_key", tls_key)
+
+    return AgentConfig(
+        listen=listen,
+        token=token,
+        allowed_origins=tuple(origins),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+
+def _parse_repository(section: _Section) -> RepositoryConfig:
+    path = section.string("path", None)
+    if path is None:
+        path = default_repository_path()
+    if not path.strip():
+        raise section.error("path", "is empty; name the directory that holds the backups")
+    if path.lower().startswith(_REMOTE_PREFIXES):
+        raise section.error(
+            "path", f"{_show(path)}: remote repositories are not supported yet; use a local path"
+        )
+    password_file = section.string("password_file", None)
+    if password_file is None:
+        password_file = default_password_file()
+    # "" means: no file, only the environment variable and the keyring.
+    return RepositoryConfig(path=path, password_file=password_file or None)
+
+
+def _parse_backup(section: _Section) -> BackupConfig:
+    defaults = BackupConfig()
+    return BackupConfig(
+        sources=section.string_list("sources", defaults.sources),
+        exclude=section.string_list("exclude", defaults.exclude),
+    )
+
+
+def parse_document(document: Mapping[str, Any], path: Path) -> Config:
+    """Validate an already-parsed TOML document and build the :class:`Config`.
+
+    ``path`` is the file the document belongs to: it is named in errors and
+    relative paths are resolved against its directory.
+    """
+    path = Path(os.path.abspath(path))
+    for name, value in document.items():
+        if name in _KEYS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [{name}]: expected a table, got {_toml_type(value)}")
+            continue
+        if isinstance(value, dict):
+            raise ConfigError(
+                f"{path}: [{name}]: unknown section{_suggest(name, list(_KEYS))}; "
+                f"known sections: {', '.join(_KEYS)}"
+            )
+        owners = [section for section, keys in _KEYS.items() if name in keys]
+        hint = f" (it belongs in the [{owners[0]}] section)" if owners else ""
+        raise ConfigError(f"{path}: {name}: unknown top-level key{hint}")
+
+    sections = {name: _Section(path, name, document.get(name, {})) for name in _KEYS}
+    agent = _parse_agent(sections["agent"])
+    repository = _parse_repository(sections["repository"])
+    backup = _parse_backup(sections["backup"])
+    return Config(agent=agent, repository=repository, backup=backup, path=path)
+
+
+def to_document(config: Config) -> dict[str, Any]:
+    """The TOML document for ``config``, as :func:`save` writes it."""
+    agent: dict[str, Any] = {
+        "listen": config.agent.listen,
+        "token": config.agent.token,
+        "allowed_origins": list(config.agent.allowed_origins),
+    }
+    if config.agent.tls_cert is not None:
+        agent["tls_cert"] = config.agent.tls_cert
+    if config.agent.tls_key is not None:
+        agent["tls_key"] = config.agent.tls_key
+    return {
+        "agent": agent,
+        "repository": {
+            "path": config.repository.path,
+            "password_file": config.repository.password_file or "",
+        },
+        "backup": {
+            "sources": list(config.backup.sources),
+            "exclude": list(config.backup.exclude),
+        },
+    }
+
+
+def load(path: Path) -> Config:
+    """Read and validate the configuration file at ``path``.
+
+    Raises :class:`ConfigError` when the file is missing or unreadable, is
+    not valid TOML (the message gives line and column), or any value is
+    wrong. Warns in the log when the file, which holds the /ws token, can be
+    read by other users.
+    """
+    path = Path(os.path.abspath(path))
+    try:
+        with open(path, "rb") as stream:
+            mode = os.fstat(stream.fileno()).st_mode
+            raw = stream.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path}: is not a regular file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1})") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    config = parse_document(document, path)
+    if os.name == "posix" and mode & 0o077:
+        log.warning(
+            "%s can be read by other users and holds the /ws token; run: chmod 600 %s",
+            path,
+            path,
+        )
+    return config
+
+
+def load_or_create(path: Path) -> Config:
+    """Load ``path``, first writing the commented default configuration if it is missing.
+
+    The new file gets a fresh random token and mode 0600; missing parent
+    directories are created with mode 0700. If another process creates the
+    file at the same moment, its file wins and is loaded.
+    """
+    path = Path(os.path.abspath(path))
+    if not os.path.lexists(path):
+        text = render_default(generate_token())
+        try:
+            make_private_dirs(path.parent)
+            if write_atomic(path, text.encode("utf-8"), mode=0o600, replace=False):
+                log.info("wrote a new configuration file %s", path)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot create: {exc.strerror or exc}") from None
+    return load(path)
+
+
+def save(config: Config, path: Path | None = None) -> None:
+    """Write ``config`` to ``path`` (default: ``config.path``) atomically with mode 0600.
+
+    The configuration is validated first exactly as :func:`load` would, so
+    whatever ``save`` writes, ``load`` reads back equal (origins normalized
+    as the loader does, and ``path`` set to the file written). The file is
+    rewritten with tomli_w: values survive, comments of the original file do
+    not. Missing parent directories are created with mode 0700.
+    """
+    target = Path(os.path.abspath(path if path is not None else config.path))
+    checked = parse_document(to_document(config), target)
+    data = tomli_w.dumps(to_document(checked)).encode("utf-8")
+    try:
+        make_private_dirs(target.parent)
+        write_atomic(target, data, mode=0o600)
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot write: {exc.strerror or exc}") from None

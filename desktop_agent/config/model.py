@@ -1,0 +1,129 @@
+"""The configuration as frozen dataclasses, with the defaults of a fresh install.
+
+Values are kept as the user wrote them (``~/Documents`` stays ``~/Documents``)
+so that saving a loaded configuration writes back the same text; the
+properties and methods of :class:`Config` give the expanded, absolute paths
+the rest of the program works with. Relative paths are relative to the
+directory of the configuration file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from desktop_agent.config.errors import ConfigError
+from desktop_agent.config.network import parse_listen
+from desktop_agent.config.paths import (
+    default_password_file,
+    default_repository_path,
+    expand_path,
+)
+
+__all__ = [
+    "AgentConfig",
+    "BackupConfig",
+    "Config",
+    "RepositoryConfig",
+    "generate_token",
+    "with_token",
+]
+
+
+def generate_token() -> str:
+    """A fresh random /ws access token (256 bits, URL-safe base64)."""
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The ``[agent]`` section: how the /ws server listens and whom it lets in."""
+
+    listen: str = "127.0.0.1:8080"
+    token: str = field(default="", repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @property
+    def host(self) -> str:
+        """The host to bind, without IPv6 brackets (``"::1"``)."""
+        return self._split()[0]
+
+    @property
+    def port(self) -> int:
+        """The TCP port to bind."""
+        return self._split()[1]
+
+    def _split(self) -> tuple[str, int]:
+        try:
+            return parse_listen(self.listen)
+        except ValueError as exc:
+            raise ConfigError(f"[agent] listen: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    """The ``[repository]`` section: where backups go and where their password is.
+
+    ``password_file`` None means: no file, take the password from the
+    environment or the OS keyring only.
+    """
+
+    path: str = field(default_factory=default_repository_path)
+    password_file: str | None = field(default_factory=default_password_file)
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """The ``[backup]`` section: what to back up and what to leave out."""
+
+    sources: tuple[str, ...] = ("~/Documents",)
+    exclude: tuple[str, ...] = ("*.tmp", "**/.cache")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration and the file it belongs to."""
+
+    agent: AgentConfig
+    repository: RepositoryConfig
+    backup: BackupConfig
+    path: Path
+
+    def resolve_path(self, value: str) -> str:
+        """Expand ``~`` and ``$VARS`` in ``value``; relative means relative to the file's dir."""
+        return expand_path(value, self.path.parent)
+
+    def expanded_sources(self) -> list[str]:
+        """The backup sources, expanded and absolute, in order, without duplicates."""
+        seen: dict[str, None] = {}
+        for source in self.backup.sources:
+            seen.setdefault(self.resolve_path(source), None)
+        return list(seen)
+
+    @property
+    def repository_path(self) -> str:
+        """The repository directory, expanded and absolute."""
+        return self.resolve_path(self.repository.path)
+
+    @property
+    def password_file_path(self) -> str | None:
+        """The password file, expanded and absolute, or None when none is configured."""
+        if self.repository.password_file is None:
+            return None
+        return self.resolve_path(self.repository.password_file)
+
+    @property
+    def tls_files(self) -> tuple[str, str] | None:
+        """``(certificate, key)`` expanded and absolute, or None when TLS is off."""
+        if self.agent.tls_cert is None or self.agent.tls_key is None:
+            return None
+        return self.resolve_path(self.agent.tls_cert), self.resolve_path(self.agent.tls_key)
+
+
+def with_token(config: Config, token: str) -> Config:
+    """A copy of ``config`` with another /ws token (save it to make it stick)."""
+    return dataclasses.replace(config, agent=dataclasses.replace(config.agent, token=token))

@@ -1,0 +1,88 @@
+"""Where desktop-agent keeps its files on this platform, and how paths are expanded.
+
+Every location comes from platformdirs under the application name
+``desktop-agent``, so it follows XDG on Linux, ``~/Library`` on macOS and
+``%LOCALAPPDATA%`` on Windows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+from desktop_agent.config.errors import ConfigError
+
+__all__ = [
+    "APP_NAME",
+    "CONFIG_ENV",
+    "default_config_path",
+    "default_password_file",
+    "default_repository_path",
+    "expand_path",
+    "resolve_config_path",
+    "user_cache_dir",
+    "user_log_dir",
+]
+
+APP_NAME = "desktop-agent"
+CONFIG_ENV = "DESKTOP_AGENT_CONFIG"
+
+
+def default_config_path() -> Path:
+    """The configuration file used when neither ``--config`` nor the environment names one."""
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
+
+
+def default_repository_path() -> str:
+    """The repository location written into a fresh configuration."""
+    return os.path.join(platformdirs.user_data_dir(APP_NAME), "repository")
+
+
+def default_password_file() -> str:
+    """The password file location written into a fresh configuration."""
+    return os.path.join(platformdirs.user_config_dir(APP_NAME), "repository-password")
+
+
+def user_log_dir() -> Path:
+    """The directory for desktop-agent's log files."""
+    return Path(platformdirs.user_log_dir(APP_NAME))
+
+
+def user_cache_dir() -> Path:
+    """The directory for desktop-agent's caches (safe to delete)."""
+    return Path(platformdirs.user_cache_dir(APP_NAME))
+
+
+def resolve_config_path(cli_value: str | None) -> Path:
+    """Pick the configuration file: ``--config`` beats ``$DESKTOP_AGENT_CONFIG`` beats the default.
+
+    ``cli_value`` is the ``--config`` argument, or None when it was not given.
+    An empty environment variable counts as unset; an empty ``--config`` is an
+    error. ``~`` is expanded and the result is absolute (relative to the
+    current directory, as a user typing the path expects).
+    """
+    if cli_value is not None:
+        if not cli_value.strip():
+            raise ConfigError("--config: the path is empty")
+        return Path(os.path.abspath(os.path.expanduser(cli_value)))
+    from_env = os.environ.get(CONFIG_ENV, "")
+    if from_env.strip():
+        return Path(os.path.abspath(os.path.expanduser(from_env)))
+    return default_config_path()
+
+
+def expand_path(value: str, base: Path) -> str:
+    """Expand ``~`` and environment variables in ``value`` and make it absolute.
+
+    A relative path is taken relative to ``base`` (the configuration file's
+    directory), not to the current directory: the agent is often started from
+    an autostart entry or a service manager whose current directory means
+    nothing to the user. The result is normalized; symbolic links are kept.
+    Unset variables are left as written, as ``os.path.expandvars`` does.
+    """
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    if not os.path.isabs(expanded):
+        expanded = os.path.join(os.path.abspath(base), expanded)
+    return os.path.normpath(expanded)

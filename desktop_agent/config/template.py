@@ -1,0 +1,106 @@
+"""The commented configuration file written on first start.
+
+It is rendered from a template rather than with tomli_w so that the comments
+explaining each key reach the user. The loader's tests load it back.
+"""
+
+from __future__ import annotations
+
+from desktop_agent.config.model import AgentConfig, BackupConfig, RepositoryConfig
+
+__all__ = ["render_default", "toml_string"]
+
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def toml_string(value: str) -> str:
+    """``value`` as a TOML basic string, quotes included."""
+    out = []
+    for char in value:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_array(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(toml_string(v) for v in values) + "]"
+
+
+_TEMPLATE = """\
+# desktop-agent configuration
+#
+# Written on first start; edit it and restart the agent. Relative paths are
+# relative to the folder of this file; "~" and environment variables ($HOME,
+# ${{XDG_DATA_HOME}}) are expanded. When desktop-agent itself saves this file
+# (for example after changing the token) it keeps every value but drops these
+# comments.
+
+[agent]
+# host:port of the /ws endpoint the backup server connects to. 127.0.0.1
+# accepts connections from this machine only; 0.0.0.0 from every network
+# interface. IPv6: "[::1]:8080".
+listen = {listen}
+
+# Every /ws client must send "Authorization: Bearer <token>". Generated at
+# random on first start; `desktop-agent token` prints it. Keep it secret.
+token = {token}
+
+# Browser pages allowed to connect to /ws, as origins: "https://host[:port]",
+# e.g. ["https://backup.example.com"]. Empty: no browser may connect
+# (programs that send no Origin header are not affected).
+allowed_origins = {allowed_origins}
+
+# Serve /ws over TLS (wss://): give both a PEM certificate and its key, or
+# neither.
+# tls_cert = "/path/to/cert.pem"
+# tls_key = "/path/to/key.pem"
+
+[repository]
+# Where the backups are stored: a local directory (on an external disk, say),
+# in restic's repository format, so restic can read it too.
+# `desktop-agent init` creates it.
+path = {repository_path}
+
+# A file whose first line is the repository password. The password is looked
+# for in the environment variable DESKTOP_AGENT_PASSWORD first, then in this
+# file, then in the OS keyring (service "desktop-agent", user name = the
+# repository path). Set to "" to use only the variable and the keyring.
+password_file = {password_file}
+
+[backup]
+# Files and folders to back up.
+sources = {sources}
+
+# Files and folders to leave out, as restic --exclude patterns: "*" matches
+# within one path element, "**" any number of them; a pattern without "/"
+# matches the name anywhere.
+exclude = {exclude}
+"""
+
+
+def render_default(token: str) -> str:
+    """The text of a fresh configuration file carrying ``token`` and the default values."""
+    agent = AgentConfig(token=token)
+    repository = RepositoryConfig()
+    backup = BackupConfig()
+    return _TEMPLATE.format(
+        listen=toml_string(agent.listen),
+        token=toml_string(agent.token),
+        allowed_origins=_toml_array(agent.allowed_origins),
+        repository_path=toml_string(repository.path),
+        password_file=toml_string(repository.password_file or ""),
+        sources=_toml_array(backup.sources),
+        exclude=_toml_array(backup.exclude),
+    )

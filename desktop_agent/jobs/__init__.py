@@ -1,0 +1,1 @@
+"""Job state machine, controller, event bus and scheduler."""

@@ -1,0 +1,1 @@
+"""Message dataclasses and their JSON codec for /ws (sans-I/O)."""

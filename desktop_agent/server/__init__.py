@@ -1,0 +1,1 @@
+"""The websockets server for /ws: authentication, fan-out, command routing."""

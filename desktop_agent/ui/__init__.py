@@ -1,0 +1,1 @@
+"""Qt user interface: bootstrap (QApplication + qasync), bridge, tray, windows."""
