@@ -1,0 +1,92 @@
+"""Shared fixtures: fast repositories, odd file trees, restic as the oracle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import FAST_KDF, PASSWORD, build_odd_tree
+
+from desktop_agent.engine.repository import Repository
+from desktop_agent.engine.storage import LocalStorage
+
+RESTIC = shutil.which("restic")
+
+
+def need_restic() -> str:
+    """restic's path; skip (fail in CI) when it is missing."""
+    if RESTIC is None:
+        if os.environ.get("CI"):
+            pytest.fail("restic is required in CI (make test installs it)")
+        pytest.skip("restic is not installed")
+    return RESTIC
+
+
+@pytest.fixture
+def restic(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run restic against a repository: ``restic(repo, "check", "--read-data")``."""
+    exe = need_restic()
+    cache = tmp_path / "restic-cache"
+
+    def run(repo: str | os.PathLike[str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, RESTIC_CACHE_DIR=str(cache))
+        proc = subprocess.run(
+            [exe, "-r", os.fspath(repo), *args], env=env, capture_output=True, text=True, timeout=300
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"restic {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def new_repo(tmp_path: Path) -> Callable[..., Repository]:
+    """Create a repository in a fresh directory (fast KDF)."""
+    counter = iter(range(1000))
+
+    def make(path: str | os.PathLike[str] | None = None) -> Repository:
+        where = Path(path) if path is not None else tmp_path / f"repo{next(counter)}"
+        return Repository.init(LocalStorage(where), PASSWORD, kdf_params=FAST_KDF)
+
+    return make
+
+
+@pytest.fixture
+def odd_tree() -> Callable[[Path], Path]:
+    """Builder of a tree with every kind of entry and awkward names."""
+    return build_odd_tree
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``python -m desktop_agent`` with an isolated HOME."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, user: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local/share"),
+            "XDG_STATE_HOME": str(home / ".local/state"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "LANG": "C.UTF-8",
+        }
+        full_env.update(env or {})
+        cmd = [sys.executable, "-m", "desktop_agent", *args]
+        if user is not None:
+            cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+        return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+    return run
