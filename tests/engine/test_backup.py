@@ -1,0 +1,280 @@
+"""The backup pipeline: incremental runs, dedup, progress, pause/resume/cancel."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+from support import reopen, signature, write
+
+from desktop_agent.engine.backup import BackupOptions, backup
+from desktop_agent.engine.check import check
+from desktop_agent.engine.control import Control
+from desktop_agent.engine.errors import Cancelled, SourceError
+from desktop_agent.engine.progress import Progress
+from desktop_agent.engine.restore import RestoreOptions, restore
+from desktop_agent.engine.storage import FileType
+
+
+def _restore_all(repo, tmp_path, name="out"):
+    target = tmp_path / name
+    res = restore(reopen(repo), reopen(repo).find_snapshot("latest"), RestoreOptions(target=str(target)))
+    assert res.errors == ()
+    return target
+
+
+def test_unchanged_files_are_not_read_again(tmp_path, new_repo):
+    src = tmp_path / "src"
+    for i in range(30):
+        write(src / f"d{i % 3}" / f"f{i}.bin", os.urandom(10_000 + i))
+    repo = new_repo()
+    first = backup(repo, BackupOptions(sources=[str(src)]))
+    assert first.summary.files_new == 30
+
+    second = backup(reopen(repo), BackupOptions(sources=[str(src)]))
+    assert second.summary.files_unmodified == 30
+    assert second.summary.files_new == second.summary.files_changed == 0
+    assert second.summary.data_added == 0
+    assert second.snapshot.tree == first.snapshot.tree
+    assert second.snapshot.parent == first.snapshot.id
+
+    write(src / "d1" / "f4.bin", b"changed")
+    write(src / "d2" / "new.bin", b"brand new")
+    third = backup(reopen(repo), BackupOptions(sources=[str(src)]))
+    assert (third.summary.files_new, third.summary.files_changed, third.summary.files_unmodified) == (1, 1, 29)
+    assert third.summary.dirs_unmodified >= 1  # d0 did not change
+    assert signature(_restore_all(repo, tmp_path) / str(src).lstrip("/")) == signature(src)
+
+
+def test_duplicate_and_shifted_data_is_stored_once(tmp_path, new_repo):
+    src = tmp_path / "src"
+    data = os.urandom(6 * 1024 * 1024)
+    write(src / "a.bin", data)
+    write(src / "copy.bin", data)
+    write(src / "shifted.bin", os.urandom(333) + data)
+    repo = new_repo()
+    res = backup(repo, BackupOptions(sources=[str(src)]))
+    # one copy plus the few chunks around the inserted bytes
+    assert len(data) <= res.summary.data_added < 1.5 * len(data)
+    packs = sum(size for _, size in repo.storage.list(FileType.PACK))
+    assert packs < 1.5 * len(data)
+
+
+def test_compressible_data_is_compressed(tmp_path, new_repo):
+    src = tmp_path / "src"
+    write(src / "text.txt", b"the quick brown fox jumps over the lazy dog\n" * 100_000)
+    repo = new_repo()
+    res = backup(repo, BackupOptions(sources=[str(src)]))
+    assert res.summary.data_added_packed < res.summary.data_added / 20
+
+
+def test_excludes_apply(tmp_path, new_repo):
+    src = tmp_path / "src"
+    write(src / "keep.txt", b"k")
+    write(src / "drop.tmp", b"d")
+    write(src / "sub" / ".cache" / "junk", b"j")
+    write(src / "sub" / "keep2.txt", b"k2")
+    repo = new_repo()
+    backup(repo, BackupOptions(sources=[str(src)], excludes=["*.tmp", "**/.cache"]))
+    out = _restore_all(repo, tmp_path) / str(src).lstrip("/")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["keep.txt", "sub", "sub/keep2.txt"]
+
+
+def test_progress_reports_seed_fields_and_ends_complete(tmp_path, new_repo):
+    src = tmp_path / "src"
+    for i in range(40):
+        write(src / f"f{i}", os.urandom(50_000))
+    write(src / "large.bin", os.urandom(5 * 1024 * 1024))
+    seen: list[Progress] = []
+    repo = new_repo()
+    backup(repo, BackupOptions(sources=[str(src)]), progress=seen.append, progress_interval=0)
+    assert len(seen) > 5
+    done = [p.bytes_done for p in seen]
+    assert done == sorted(done)
+    final = seen[-1]
+    assert final.final and final.scan_finished
+    total = 40 * 50_000 + 5 * 1024 * 1024
+    assert final.bytes_done == final.bytes_total == total
+    assert final.files_done == final.files_total == 41
+    assert any(p.current_file.endswith("large.bin") for p in seen)
+
+
+def _repo_bytes(repo) -> int:
+    """Bytes in the repository directory, spooled packs included."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(repo.storage.location):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def _run_in_thread(fn):
+    box: dict[str, object] = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t, box
+
+
+def test_pause_holds_still_and_resume_finishes(tmp_path, new_repo):
+    src = tmp_path / "src"
+    for i in range(6):
+        write(src / f"big{i}.bin", os.urandom(4 * 1024 * 1024))
+    repo = new_repo()
+    control = Control()
+    started = threading.Event()
+    seen: list[Progress] = []
+
+    def on_progress(p: Progress) -> None:
+        seen.append(p)
+        if p.bytes_done > 0:
+            started.set()
+
+    t, box = _run_in_thread(
+        lambda: backup(repo, BackupOptions(sources=[str(src)]), progress=on_progress, control=control, progress_interval=0)
+    )
+    assert started.wait(30)
+    control.pause()
+    assert control.wait_paused(5)
+    time.sleep(0.2)  # let in-flight chunks land
+    frozen = seen[-1].bytes_done
+    held = len(seen)
+    on_disk = _repo_bytes(repo)
+    time.sleep(0.5)
+    assert seen[-1].bytes_done == frozen and len(seen) == held  # nothing reported
+    assert _repo_bytes(repo) == on_disk  # and nothing written
+    assert t.is_alive()
+    control.resume()
+    t.join(60)
+    assert "error" not in box, box.get("error")
+    result = box["result"]
+    assert result.summary.total_bytes_processed == 6 * 4 * 1024 * 1024
+    assert signature(_restore_all(repo, tmp_path) / str(src).lstrip("/")) == signature(src)
+
+
+def test_cancel_leaves_a_valid_repository_and_no_snapshot(tmp_path, new_repo, restic):
+    src = tmp_path / "src"
+    for i in range(8):
+        write(src / f"big{i}.bin", os.urandom(4 * 1024 * 1024))
+    repo = new_repo()
+    control = Control()
+    halfway = 12 * 1024 * 1024
+
+    def on_progress(p: Progress) -> None:
+        if p.bytes_done >= halfway:
+            control.cancel()
+
+    with pytest.raises(Cancelled):
+        backup(repo, BackupOptions(sources=[str(src)]), progress=on_progress, control=control, progress_interval=0)
+    assert list(repo.storage.list(FileType.SNAPSHOT)) == []
+    assert list(repo.storage.list(FileType.LOCK)) == []
+    assert check(reopen(repo), read_data=True).ok
+    restic(repo.storage.location, "check", "--read-data")
+
+    # the next run reuses what the cancelled one stored
+    again = backup(reopen(repo), BackupOptions(sources=[str(src)]))
+    assert again.summary.data_added < 32 * 1024 * 1024 - halfway // 2
+    restic(repo.storage.location, "check", "--read-data")
+
+
+def test_cancel_while_paused(tmp_path, new_repo):
+    src = tmp_path / "src"
+    write(src / "big.bin", os.urandom(20 * 1024 * 1024))
+    repo = new_repo()
+    control = Control()
+    control.pause()
+    t, box = _run_in_thread(lambda: backup(repo, BackupOptions(sources=[str(src)]), control=control))
+    assert control.wait_paused(10)
+    control.cancel()
+    t.join(30)
+    assert isinstance(box.get("error"), Cancelled)
+    assert list(repo.storage.list(FileType.SNAPSHOT)) == []
+
+
+def test_missing_sources(tmp_path, new_repo):
+    repo = new_repo()
+    with pytest.raises(SourceError, match="no backup source exists"):
+        backup(repo, BackupOptions(sources=[str(tmp_path / "nope")]))
+    present = write(tmp_path / "here" / "a.txt", b"a").parent
+    res = backup(repo, BackupOptions(sources=[str(present), str(tmp_path / "gone")]))
+    assert [s.reason for s in res.skipped] == ["source does not exist"]
+    assert res.skipped[0].path == str(tmp_path / "gone")
+
+
+def test_file_shrinking_while_read_is_stored_as_read(tmp_path, new_repo):
+    src = tmp_path / "src"
+    big = write(src / "shrinks.bin", os.urandom(30 * 1024 * 1024))
+    truncated = threading.Event()
+
+    def on_progress(p: Progress) -> None:
+        if p.current_file.endswith("shrinks.bin") and p.bytes_done > 0 and not truncated.is_set():
+            os.truncate(big, 9 * 1024 * 1024)
+            truncated.set()
+
+    repo = new_repo()
+    res = backup(repo, BackupOptions(sources=[str(src)]), progress=on_progress, progress_interval=0)
+    assert truncated.is_set()
+    assert any("changed while it was read" in w for w in res.warnings)
+    out = _restore_all(repo, tmp_path) / str(src).lstrip("/") / "shrinks.bin"
+    size = out.stat().st_size
+    assert 9 * 1024 * 1024 <= size < 30 * 1024 * 1024  # what was read, consistently
+    assert check(reopen(repo), read_data=True).ok
+    # the next backup notices the change and stores the file as it is now
+    again = backup(reopen(repo), BackupOptions(sources=[str(src)]))
+    assert again.summary.files_changed == 1
+    assert (_restore_all(repo, tmp_path, "again") / str(src).lstrip("/") / "shrinks.bin").read_bytes() == big.read_bytes()
+
+
+def test_file_vanishing_before_it_is_read(tmp_path, new_repo):
+    src = tmp_path / "src"
+    write(src / "a-stays.txt", b"a")
+    doomed = write(src / "b-vanishes.txt", b"b")
+    write(src / "c-stays.txt", b"c")
+
+    def on_progress(p: Progress) -> None:
+        # small files are read in batches after the directory is listed
+        if p.current_file.endswith("c-stays.txt") and doomed.exists():
+            doomed.unlink()
+
+    repo = new_repo()
+    res = backup(repo, BackupOptions(sources=[str(src)]), progress=on_progress, progress_interval=0)
+    assert res.skipped == ()
+    assert any("vanished" in w for w in res.warnings)
+    out = _restore_all(repo, tmp_path) / str(src).lstrip("/")
+    assert sorted(p.name for p in out.iterdir()) == ["a-stays.txt", "c-stays.txt"]
+
+
+def test_empty_files_dangling_links_and_a_sparse_gigabyte(tmp_path, new_repo):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "empty").write_bytes(b"")
+    os.symlink("missing-target", src / "dangling")
+    sparse = src / "sparse.img"
+    with open(sparse, "wb") as fh:
+        fh.truncate(1 << 30)
+        fh.seek(512 * 1024 * 1024)
+        fh.write(b"middle")
+    repo = new_repo()
+    res = backup(repo, BackupOptions(sources=[str(src)]))
+    assert res.skipped == ()
+    assert res.summary.data_added_packed < 1024 * 1024  # zeros dedup and compress away
+    out = _restore_all(repo, tmp_path) / str(src).lstrip("/")
+    assert (out / "empty").read_bytes() == b""
+    assert os.readlink(out / "dangling") == "missing-target"
+    restored = out / "sparse.img"
+    assert restored.stat().st_size == 1 << 30
+    assert restored.stat().st_blocks * 512 < 64 * 1024 * 1024  # holes stay holes
+    with open(restored, "rb") as fh:
+        fh.seek(512 * 1024 * 1024)
+        assert fh.read(6) == b"middle"
