@@ -72,21 +72,27 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     home.mkdir(exist_ok=True)
 
     def run(
-        *args: str, env: dict[str, str] | None = None, user: str | None = None, timeout: float = 120
+        *args: str,
+        env: dict[str, str] | None = None,
+        user: tuple[int, int] | None = None,
+        home_dir: Path | None = None,
+        timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
+        h = home_dir or home
         full_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_DATA_HOME": str(home / ".local/share"),
-            "XDG_STATE_HOME": str(home / ".local/state"),
-            "XDG_CACHE_HOME": str(home / ".cache"),
+            "HOME": str(h),
+            "XDG_CONFIG_HOME": str(h / ".config"),
+            "XDG_DATA_HOME": str(h / ".local/share"),
+            "XDG_STATE_HOME": str(h / ".local/state"),
+            "XDG_CACHE_HOME": str(h / ".cache"),
             "LANG": "C.UTF-8",
         }
         full_env.update(env or {})
         cmd = [sys.executable, "-m", "desktop_agent", *args]
         if user is not None:
-            cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+            uid, gid = user
+            cmd = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *cmd]
         return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
     return run
