@@ -100,12 +100,13 @@ def _display(path: bytes) -> str:
 class _FileJob:
     """A file whose content is being stored."""
 
-    __slots__ = ("path", "node", "futures", "content", "error", "vanished", "size", "changed")
+    __slots__ = ("path", "node", "futures", "submitted", "content", "error", "vanished", "size", "changed")
 
     def __init__(self, path: bytes, node: Node) -> None:
         self.path = path
         self.node = node
         self.futures: list[Future[SaveResult]] = []
+        self.submitted = False  # all its work is in futures (a batch may still be filling)
         self.content: list[BlobId] | None = None  # set when known without futures
         self.error: str | None = None
         self.vanished = False
@@ -113,7 +114,7 @@ class _FileJob:
         self.changed = False
 
     def done(self) -> bool:
-        return all(f.done() for f in self.futures)
+        return self.submitted and all(f.done() for f in self.futures)
 
 
 class _Batch:
@@ -376,16 +377,19 @@ class _Backup:
                 if not st.S_ISREG(before.st_mode):
                     job.vanished = True
                     continue
-                parts = []
-                while block := os.read(fd, 1 << 20):
-                    parts.append(block)
+                # ask for one byte more than the size: EOF in one call when
+                # the file did not grow (a big read buffer costs an mmap)
+                parts = [os.read(fd, before.st_size + 1)]
+                if len(parts[0]) > before.st_size:
+                    while block := os.read(fd, 1 << 20):
+                        parts.append(block)
                 after = os.fstat(fd)
             except OSError as exc:
                 self._read_error(job, exc)
                 continue
             finally:
                 os.close(fd)
-            data = b"".join(parts)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
             job.size = len(data)
             job.changed = after.st_mtime_ns != before.st_mtime_ns or after.st_size != len(data)
             if job.changed:
@@ -408,6 +412,7 @@ class _Backup:
         fut = self.submit(self.run_batch, batch.nbytes, batch)
         for job in batch.jobs:
             job.futures = [fut]  # type: ignore[list-item]
+            job.submitted = True
 
     def add_file(self, path: bytes, node: Node) -> _FileJob:
         job = _FileJob(path, node)
@@ -419,7 +424,10 @@ class _Backup:
                 self.flush_batch()
             return job
         self.flush_batch()  # keep file order roughly sequential on disk
-        self.read_large(job)
+        try:
+            self.read_large(job)
+        finally:
+            job.submitted = True
         return job
 
     def read_large(self, job: _FileJob) -> None:
@@ -612,15 +620,19 @@ class _Backup:
         return root.tree_id
 
     def abort(self) -> None:
-        """Stop workers; index what is stored so a later run reuses it."""
+        """Stop workers; store and index the blobs already packed.
+
+        Complete blobs in open packs are finished into packs too, so a
+        cancelled or interrupted run loses no work. No snapshot is written.
+        """
         for fut, _ in self.inflight:
             fut.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
         try:
-            self.writer.wait_uploads()
+            self.writer.flush()
             self.writer.write_index()
         except EngineError:
-            pass
+            pass  # e.g. the disk is full: what is stored but unindexed is harmless
         finally:
             self.writer.abandon()
             self.writer.close()

@@ -136,66 +136,65 @@ class Node:
 
     def encode(self) -> str:
         """The node as Go's ``json.Marshal`` writes restic's Node struct."""
+        # Hot path of every backup: one f-string for the fields every node has.
         if self.time_text is not None:
             mt, at, ct = self.time_text
         else:
             mt = format_time(self.mtime)
             at = mt if self.atime == self.mtime else format_time(self.atime)
             ct = mt if self.ctime == self.mtime else format_time(self.ctime)
-        parts = [
-            '{"name":',
-            json_string(go_quote_name(self.name)),
-            ',"type":"',
-            self.type,
-            '"',
-        ]
-        if self.mode:
-            parts.append(f',"mode":{self.mode}')
-        parts.append(f',"mtime":"{mt}","atime":"{at}","ctime":"{ct}","uid":{self.uid},"gid":{self.gid}')
+        mode = f',"mode":{self.mode}' if self.mode else ""
+        out = (
+            f'{{"name":{json_string(go_quote_name(self.name))},"type":"{self.type}"{mode}'
+            f',"mtime":"{mt}","atime":"{at}","ctime":"{ct}","uid":{self.uid},"gid":{self.gid}'
+        )
         if self.user:
-            parts.append(',"user":' + json_string(self.user))
+            out += ',"user":' + _quoted(self.user)
         if self.group:
-            parts.append(',"group":' + json_string(self.group))
+            out += ',"group":' + _quoted(self.group)
         if self.inode:
-            parts.append(f',"inode":{self.inode}')
+            out += f',"inode":{self.inode}'
         if self.device_id:
-            parts.append(f',"device_id":{self.device_id}')
+            out += f',"device_id":{self.device_id}'
         if self.size:
-            parts.append(f',"size":{self.size}')
+            out += f',"size":{self.size}'
         if self.links:
-            parts.append(f',"links":{self.links}')
+            out += f',"links":{self.links}'
         if self.linktarget:
             text = self.linktarget.decode("utf-8", "surrogateescape")
-            parts.append(',"linktarget":' + json_string(text))
+            out += ',"linktarget":' + json_string(text)
             try:
                 self.linktarget.decode("utf-8")
             except UnicodeDecodeError:
                 raw = base64.b64encode(self.linktarget).decode()
-                parts.append(f',"linktarget_raw":"{raw}"')
+                out += f',"linktarget_raw":"{raw}"'
         if self.xattrs:
             attrs = ",".join(
                 '{"name":' + json_string(n) + ',"value":"' + base64.b64encode(v).decode() + '"}'
                 for n, v in self.xattrs
             )
-            parts.append(',"extended_attributes":[' + attrs + "]")
-        for key in ("generic_attributes",):
-            if key in self.extra:
-                parts.append(f',"{key}":' + _go_json(self.extra[key]))
+            out += ',"extended_attributes":[' + attrs + "]"
+        extra = self.extra
+        if extra and "generic_attributes" in extra:
+            out += ',"generic_attributes":' + _go_json(extra["generic_attributes"])
         if self.device:
-            parts.append(f',"device":{self.device}')
-        if self.content is None:
-            parts.append(',"content":null')
+            out += f',"device":{self.device}'
+        content = self.content
+        if content is None:
+            out += ',"content":null'
+        elif content:
+            out += ',"content":["' + '","'.join([b.hex() for b in content]) + '"]'
         else:
-            parts.append(',"content":[' + ",".join(f'"{b.hex()}"' for b in self.content) + "]")
+            out += ',"content":[]'
         if self.subtree is not None:
-            parts.append(f',"subtree":"{self.subtree.hex()}"')
+            out += f',"subtree":"{self.subtree.hex()}"'
         if self.error:
-            parts.append(',"error":' + json_string(self.error))
-        for key, value in self.extra.items():
-            if key != "generic_attributes":
-                parts.append("," + json_string(key) + ":" + _go_json(value))
-        parts.append("}")
-        return "".join(parts)
+            out += ',"error":' + json_string(self.error)
+        if extra:
+            for key, value in extra.items():
+                if key != "generic_attributes":
+                    out += "," + json_string(key) + ":" + _go_json(value)
+        return out + "}"
 
     @classmethod
     def decode(cls, obj: dict[str, Any]) -> Node:
@@ -237,9 +236,22 @@ class Node:
                 extra={k: v for k, v in obj.items() if k not in _KNOWN},
                 time_text=(mt, at, ct) if mt and at and ct else None,
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, OverflowError) as exc:
             raise IntegrityError(f"tree node is malformed: {exc}") from None
         return node
+
+
+_quoted_cache: dict[str, str] = {}
+
+
+def _quoted(text: str) -> str:
+    """json_string for the few user and group names, memoized."""
+    q = _quoted_cache.get(text)
+    if q is None:
+        q = json_string(text)
+        if len(_quoted_cache) < 10_000:
+            _quoted_cache[text] = q
+    return q
 
 
 def _go_json(value: Any) -> str:

@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""Engine benchmark: desktop-agent against restic, same data, same run.
+
+Generates two data sets (kept between runs in --workdir):
+
+* ``mixed``: about 1 GiB of incompressible, compressible (text), duplicated
+  and shifted-copy files;
+* ``small``: 50,000 small files in 500 directories.
+
+For each data set and each tool it measures wall time and peak memory (RSS of
+the process, from wait4) of: the initial backup into a fresh repository, an
+unchanged re-run, and a full restore; and the repository size. Every figure
+is the median of ``--repeat`` runs. Both tools run as command-line programs
+without a terminal (no progress display), each with its own repository made
+by its own ``init``.
+
+restic calibrates its key derivation (scrypt) to about 0.5 s per start,
+desktop-agent uses restic's baseline parameters (about 0.1 s). Because that
+difference weighs on short runs, the unchanged re-run is also measured with
+restic on a repository whose key file has desktop-agent's parameters
+("restic, same KDF"), which isolates the incremental machinery.
+
+    .venv/bin/python bench/engine.py [--workdir DIR] [--repeat 3] [--only mixed|small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PASSWORD = "bench-password"
+MiB = 1024 * 1024
+TARGETS = {  # ours / restic, from the issue
+    "initial backup": 0.5,
+    "unchanged re-run": 0.25,
+    "restore": 1.0,
+}
+
+
+# --------------------------------------------------------------------- data
+def make_mixed(root: Path, total_mib: int) -> None:
+    """Incompressible 40%, text 30%, exact duplicates 15%, shifted copies 15%."""
+    rng = random.Random(1)
+    unit = max(1, total_mib // 20)  # file size in MiB
+    n_rand = 8
+    n_text = 6
+    (root / "random").mkdir(parents=True)
+    (root / "text").mkdir()
+    (root / "dup").mkdir()
+    (root / "shifted").mkdir()
+    for i in range(n_rand):
+        (root / "random" / f"r{i}.bin").write_bytes(os.urandom(unit * MiB))
+    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    for i in range(n_text):
+        out = bytearray()
+        while len(out) < unit * MiB:
+            out += (" ".join(rng.choices(vocab, k=1000)) + "\n").encode()
+        (root / "text" / f"t{i}.txt").write_bytes(out[: unit * MiB])
+    for i in range(3):
+        shutil.copyfile(root / "random" / f"r{i}.bin", root / "dup" / f"r{i}.bin")
+    for i in range(3):
+        data = (root / "random" / f"r{i + 3}.bin").read_bytes()
+        (root / "shifted" / f"s{i}.bin").write_bytes(os.urandom(1000 + i) + data)
+
+
+def make_small(root: Path, files: int) -> None:
+    """``files`` files of 100 B to 8 KiB in directories of 100."""
+    rng = random.Random(2)
+    words = [w.encode() for w in ("lorem", "ipsum", "dolor", "sit", "amet", "backup", "laptop")]
+    for i in range(files):
+        d = root / f"d{i // 5000}" / f"sub{i // 100}"
+        if i % 100 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        size = rng.randint(100, 8192)
+        if i % 2:
+            data = rng.randbytes(size)
+        else:
+            data = b" ".join(rng.choices(words, k=size // 5))[:size]
+        (d / f"f{i}.txt").write_bytes(data)
+
+
+def dataset(workdir: Path, name: str, args: argparse.Namespace) -> Path:
+    root = workdir / "data" / name
+    marker = workdir / "data" / f"{name}.done"
+    if marker.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"generating data set {name} ...", flush=True)
+    t = time.monotonic()
+    if name == "mixed":
+        make_mixed(root, args.mixed_mib)
+    else:
+        make_small(root, args.small_files)
+    marker.write_text("ok")
+    print(f"  done in {time.monotonic() - t:.1f} s", flush=True)
+    return root
+
+
+# ----------------------------------------------------------------- running
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one command; raises on failure."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def du(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
+
+
+def sync() -> None:
+    os.sync()
+
+
+class Ours:
+    """desktop-agent's CLI with a config file per repository."""
+
+    name = "desktop-agent"
+
+    def __init__(self, workdir: Path, source: Path) -> None:
+        self.workdir = workdir
+        self.source = source
+        self.env = dict(os.environ, DESKTOP_AGENT_PASSWORD=PASSWORD, HOME=str(workdir / "home"))
+
+    def _cmd(self, repo: Path, *args: str) -> list[str]:
+        config = self.workdir / f"config-{repo.name}.toml"
+        if not config.exists():
+            config.write_text(
+                '[agent]\ntoken = "bench-token-0123456789"\n'
+                f'[repository]\npath = "{repo}"\npassword_file = ""\n'
+                f'[backup]\nsources = ["{self.source}"]\nexclude = []\n'
+            )
+        return [sys.executable, "-m", "desktop_agent", "--config", str(config), *args]
+
+    def init(self, repo: Path) -> None:
+        run(self._cmd(repo, "init"), self.env)
+
+    def backup(self, repo: Path) -> tuple[float, int]:
+        return run(self._cmd(repo, "backup"), self.env)
+
+    def restore(self, repo: Path, target: Path) -> tuple[float, int]:
+        return run(self._cmd(repo, "restore", "latest", "--target", str(target)), self.env)
+
+
+class Restic:
+    """restic's CLI, quiet."""
+
+    name = "restic"
+
+    def __init__(self, workdir: Path, source: Path) -> None:
+        self.source = source
+        self.env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, RESTIC_CACHE_DIR=str(workdir / "restic-cache"))
+
+    def init(self, repo: Path) -> None:
+        run(["restic", "-r", str(repo), "-q", "init"], self.env)
+
+    def backup(self, repo: Path) -> tuple[float, int]:
+        return run(["restic", "-r", str(repo), "-q", "backup", str(self.source)], self.env)
+
+    def restore(self, repo: Path, target: Path) -> tuple[float, int]:
+        return run(["restic", "-r", str(repo), "-q", "restore", "latest", "--target", str(target)], self.env)
+
+
+# --------------------------------------------------------------- measuring
+def measure(tool: Ours | Restic, workdir: Path, repeat: int, tag: str) -> dict[str, tuple[float, int]]:
+    """Median (seconds, peak RSS) per operation, and the repository size."""
+    results: dict[str, list[tuple[float, int]]] = {"initial backup": [], "unchanged re-run": [], "restore": []}
+    size = 0
+    repo = workdir / f"repo-{tag}-{tool.name}"
+    target = workdir / f"restore-{tag}-{tool.name}"
+    for i in range(repeat):
+        shutil.rmtree(repo, ignore_errors=True)
+        tool.init(repo)
+        sync()
+        results["initial backup"].append(tool.backup(repo))
+        sync()
+        size = du(repo)
+        results["unchanged re-run"].append(tool.backup(repo))
+        shutil.rmtree(target, ignore_errors=True)
+        sync()
+        results["restore"].append(tool.restore(repo, target))
+        shutil.rmtree(target, ignore_errors=True)
+        print(f"  {tool.name} run {i + 1}/{repeat} done", flush=True)
+    shutil.rmtree(repo, ignore_errors=True)
+    med = {k: (statistics.median(t for t, _ in v), int(statistics.median(m for _, m in v))) for k, v in results.items()}
+    med["repository size"] = (0.0, size)
+    return med
+
+
+def restic_same_kdf_rerun(workdir: Path, source: Path, repeat: int, tag: str) -> float:
+    """restic's unchanged re-run on a repository initialized by desktop-agent."""
+    repo = workdir / f"repo-{tag}-restic-samekdf"
+    shutil.rmtree(repo, ignore_errors=True)
+    Ours(workdir, source).init(repo)
+    r = Restic(workdir, source)
+    r.backup(repo)
+    times = [r.backup(repo)[0] for _ in range(repeat)]
+    shutil.rmtree(repo, ignore_errors=True)
+    return statistics.median(times)
+
+
+def fmt_mib(n: int) -> str:
+    return f"{n / MiB:8.1f} MiB"
+
+
+def report(name: str, ours: dict[str, tuple[float, int]], theirs: dict[str, tuple[float, int]], same_kdf: float | None) -> None:
+    print(f"\n== data set: {name}")
+    print(f"{'operation':<20}{'desktop-agent':>16}{'restic':>12}{'ratio':>8}{'target':>9}   peak RSS ours / restic (ratio)")
+    for op in ("initial backup", "unchanged re-run", "restore"):
+        (t1, m1), (t2, m2) = ours[op], theirs[op]
+        ratio = t1 / t2 if t2 else float("nan")
+        target = TARGETS[op]
+        verdict = "ok" if ratio <= target else "MISSED"
+        print(
+            f"{op:<20}{t1:>14.2f} s{t2:>10.2f} s{ratio:>8.2f}{'<= ' + str(target):>9} {verdict:<6}"
+            f"{fmt_mib(m1)} / {fmt_mib(m2)} ({m1 / m2:.2f})"
+        )
+    s1, s2 = ours["repository size"][1], theirs["repository size"][1]
+    print(f"{'repository size':<20}{fmt_mib(s1):>16}{fmt_mib(s2):>12}{s1 / s2:>8.2f}{'<= 1.05':>9} {'ok' if s1 / s2 <= 1.05 else 'MISSED'}")
+    m1, m2 = ours["initial backup"][1], theirs["initial backup"][1]
+    print(f"{'backup peak memory':<20}{fmt_mib(m1):>16}{fmt_mib(m2):>12}{m1 / m2:>8.2f}{'<= 1.0':>9} {'ok' if m1 / m2 <= 1.0 else 'MISSED'}")
+    if same_kdf is not None:
+        t1 = ours["unchanged re-run"][0]
+        print(f"{'re-run vs restic with the same KDF cost':<44}{t1:>6.2f} s / {same_kdf:.2f} s = {t1 / same_kdf:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/desktop-agent-bench"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--mixed-mib", type=int, default=1024)
+    ap.add_argument("--small-files", type=int, default=50_000)
+    ap.add_argument("--only", choices=["mixed", "small"])
+    args = ap.parse_args()
+    if shutil.which("restic") is None:
+        raise SystemExit("restic is not installed (apt-get install restic)")
+    version = subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.strip()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "home").mkdir(exist_ok=True)
+    print(f"{version}; {os.cpu_count()} CPUs; workdir {args.workdir}")
+    for name in ("mixed", "small"):
+        if args.only and args.only != name:
+            continue
+        source = dataset(args.workdir, name, args)
+        print(f"data set {name}: {fmt_mib(du(source)).strip()}", flush=True)
+        ours = measure(Ours(args.workdir, source), args.workdir, args.repeat, name)
+        theirs = measure(Restic(args.workdir, source), args.workdir, args.repeat, name)
+        same = restic_same_kdf_rerun(args.workdir, source, args.repeat, name)
+        report(name, ours, theirs, same)
+
+
+if __name__ == "__main__":
+    main()
