@@ -27,6 +27,7 @@ from desktop_agent.config import (
     load_or_create,
     read_password,
     resolve_config_path,
+    user_cache_dir,
     user_log_dir,
     write_password_file,
 )
@@ -199,6 +200,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         excludes=list(config.backup.exclude),
         tags=args.tag,
         scan=want_progress,
+        cache_dir=str(user_cache_dir() / "repositories" / repo.config.id),
     )
     started = time.monotonic()
     try:

@@ -38,6 +38,7 @@ from .. import __version__
 from . import crypto
 from .chunker import MIN_SIZE, Chunker
 from .control import Control
+from .dircache import DirCache, cache_file, signature
 from .errors import EngineError, SourceError
 from .filter import ExcludeFilter
 from .gocompat import format_time
@@ -73,6 +74,7 @@ class BackupOptions:
     parent: str | None = None  # snapshot ref; None = latest with same host and paths
     workers: int = 0  # 0 = number of CPUs
     scan: bool = True  # count totals in a background thread (for percent and ETA)
+    cache_dir: str | None = None  # where the directory cache lives (None: no cache)
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class _Batch:
 class _DirJob:
     """A directory whose tree is finalized when all its entries are done."""
 
-    __slots__ = ("node", "entries", "parent_subtree", "tree_id", "path")
+    __slots__ = ("node", "entries", "parent_subtree", "tree_id", "path", "sig", "hit")
 
     def __init__(self, path: bytes, node: Node | None, parent_subtree: BlobId | None) -> None:
         self.path = path
@@ -136,6 +138,8 @@ class _DirJob:
         self.entries: list[Node | _FileJob | _DirJob] = []
         self.parent_subtree = parent_subtree
         self.tree_id: BlobId | None = None
+        self.sig: bytes | None = None  # listing signature, for the directory cache
+        self.hit = False  # unchanged since the parent snapshot (tree id reused)
 
     def ready(self) -> bool:
         return all(not isinstance(e, _FileJob) or e.done() for e in self.entries)
@@ -278,8 +282,13 @@ class _Backup:
         progress: ProgressState,
         control: Control,
         parent: Snapshot | None,
+        cache: DirCache | None = None,
     ) -> None:
         self.repo = repo
+        # the directory cache of the parent snapshot (None: compare trees),
+        # and the one this run builds for the next
+        self.cache = cache
+        self.new_cache: DirCache | None = DirCache() if options.cache_dir else None
         self.options = options
         self.progress = progress
         self.control = control
@@ -366,43 +375,63 @@ class _Backup:
             job.error = exc.strerror or str(exc)
 
     def run_batch(self, batch: _Batch) -> None:
+        """Read a batch of small files and store their contents together."""
+        small: list[tuple[_FileJob, bytes]] = []
         for job in batch.jobs:
-            try:
-                fd = self._open(job.path)
-            except OSError as exc:
-                self._read_error(job, exc)
+            data = self._read_small(job)
+            if data is None:
                 continue
-            try:
-                before = os.fstat(fd)
-                if not st.S_ISREG(before.st_mode):
-                    job.vanished = True
-                    continue
-                # ask for one byte more than the size: EOF in one call when
-                # the file did not grow (a big read buffer costs an mmap)
-                parts = [os.read(fd, before.st_size + 1)]
-                if len(parts[0]) > before.st_size:
-                    while block := os.read(fd, 1 << 20):
-                        parts.append(block)
-                after = os.fstat(fd)
-            except OSError as exc:
-                self._read_error(job, exc)
-                continue
-            finally:
-                os.close(fd)
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-            job.size = len(data)
-            job.changed = after.st_mtime_ns != before.st_mtime_ns or after.st_size != len(data)
-            if job.changed:
-                job.node.mtime = before.st_mtime_ns
-            if len(data) <= SMALL_FILE:
-                if data:
-                    res = self.save_chunk(data)
-                    job.content = [res.id]
-                else:
-                    job.content = []
-            else:  # it grew while we were not looking: chunk it here
+            if not data:
+                job.content = []
+                self.progress.add_done(files=1)
+            elif len(data) <= SMALL_FILE:
+                small.append((job, data))
+            else:  # it grew since we listed it: chunk it here
                 job.content = [self.save_chunk(bytes(c)).id for c in self.chunker.buffer(data)]
-            self.progress.add_done(files=1)
+                self.progress.add_done(files=1)
+        if not small:
+            return
+        results = self.writer.save_many(BlobType.DATA, [d for _, d in small])
+        nbytes = 0
+        new = 0
+        for (job, data), res in zip(small, results):
+            job.content = [res.id]
+            self.stats.add_blob(res, len(data), BlobType.DATA)
+            nbytes += len(data)
+            new += res.stored
+        self.progress.add_done(nbytes=nbytes, files=len(small), new=new)
+
+    def _read_small(self, job: _FileJob) -> bytes | None:
+        """A small file's content, or None (and the job marked) on failure."""
+        try:
+            fd = self._open(job.path)
+        except OSError as exc:
+            self._read_error(job, exc)
+            return None
+        try:
+            before = os.fstat(fd)
+            if not st.S_ISREG(before.st_mode):
+                job.vanished = True
+                return None
+            # ask for one byte more than the size: EOF in one call when the
+            # file did not grow (a large read buffer would cost an mmap)
+            data = os.read(fd, before.st_size + 1)
+            if len(data) > before.st_size:
+                parts = [data]
+                while block := os.read(fd, 1 << 20):
+                    parts.append(block)
+                data = b"".join(parts)
+            after = os.fstat(fd)
+        except OSError as exc:
+            self._read_error(job, exc)
+            return None
+        finally:
+            os.close(fd)
+        job.size = len(data)
+        job.changed = after.st_mtime_ns != before.st_mtime_ns or after.st_size != len(data)
+        if job.changed:
+            job.node.mtime = before.st_mtime_ns
+        return data
 
     def flush_batch(self) -> None:
         batch = self.batch
@@ -487,10 +516,6 @@ class _Backup:
             else:
                 self.stats.files_changed += 1
             out.entries.append(self.add_file(path, node))
-        elif node.type == NodeType.DIR:
-            sub = _DirJob(path, node, old.subtree if old is not None and old.type == NodeType.DIR else None)
-            self.walk_dir(sub)
-            out.entries.append(sub)
         elif node.type == NodeType.SYMLINK:
             try:
                 node.linktarget = os.readlink(path)
@@ -503,35 +528,31 @@ class _Backup:
         else:
             out.entries.append(node)
 
-    def walk_dir(self, job: _DirJob) -> None:
-        """List a directory, back up its entries, queue its tree."""
-        self.control.checkpoint()
-        old = self.parent_nodes(job.parent_subtree)
+    def list_dir(self, path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
+        """Sorted, filtered ``(name, path, lstat)`` of a directory's entries."""
         try:
-            with os.scandir(job.path) as it:
+            with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            self.skip(job.path, f"cannot list directory: {exc.strerror or exc}")
-            entries = []
+            self.skip(path, f"cannot list directory: {exc.strerror or exc}")
+            return []
+        listing = []
+        flt = self.filter
         for e in entries:
             child = e.path
-            if self.filter and self.filter.excluded(child):
+            if flt and flt.excluded(child):
                 continue
             try:
-                s = e.stat(follow_symlinks=False)
+                listing.append((e.name, child, e.stat(follow_symlinks=False)))
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 self.skip(child, exc.strerror or str(exc))
-                continue
-            self.entry(child, e.name, s, old.get(e.name), job)
-            self.progress.maybe_report()
-        self.pending_dirs.append(job)
-        self.reap()
+        return listing
 
-    def walk_trie(self, path: bytes, trie: dict[bytes, object], out: _DirJob) -> None:
-        """Intermediate directories above the sources, then the sources."""
-        old = self.parent_nodes(out.parent_subtree)
+    def list_trie(self, path: bytes, trie: dict[bytes, object]) -> list[tuple[bytes, bytes, os.stat_result]]:
+        """``(name, path, lstat)`` of the sources and their parents below ``path``."""
+        listing = []
         for name in sorted(trie):
             child = path.rstrip(b"/") + b"/" + name
             try:
@@ -540,19 +561,77 @@ class _Backup:
                 reason = "does not exist" if exc.errno == errno.ENOENT else (exc.strerror or str(exc))
                 self.skip(child, f"source {reason}")
                 continue
-            sub_trie = trie[name]
-            if sub_trie is None:
-                self.entry(child, name, s, old.get(name), out)
+            if trie[name] is not None and not st.S_ISDIR(s.st_mode):
+                self.skip(child, "a parent of a source is not a directory")
+                continue
+            listing.append((name, child, s))
+        return listing
+
+    def walk_dir(self, job: _DirJob, trie: dict[bytes, object] | None = None) -> None:
+        """List a directory, back up its entries, queue its tree.
+
+        ``trie`` limits the listing to the sources below this directory (for
+        the directories above the sources). Subdirectories are walked first;
+        with a directory cache, when they are all unchanged and this
+        listing's signature matches, the cached tree id is reused as is.
+        """
+        self.control.checkpoint()
+        listing = self.list_dir(job.path) if trie is None else self.list_trie(job.path, trie)
+        cached = None
+        old_nodes: dict[bytes, Node] | None = None
+        if self.cache is not None:
+            cached = self.cache.get(job.path)
+            # the cache belongs to the parent snapshot: its tree ids are the parent's
+            job.parent_subtree = cached.tree_id if cached is not None else None
+        else:
+            old_nodes = self.parent_nodes(job.parent_subtree)
+        if self.new_cache is not None:
+            job.sig = signature(listing, _user, _group, partial=trie is not None)
+        subdirs: dict[bytes, _DirJob] = {}
+        all_hit = True
+        for name, path, s in listing:
+            if st.S_ISDIR(s.st_mode):
+                prev = old_nodes.get(name) if old_nodes is not None else None
+                sub = _DirJob(path, node_from_stat(name, s), prev.subtree if prev is not None and prev.type == NodeType.DIR else None)
+                sub_trie = trie[name] if trie is not None else None
+                assert sub_trie is None or isinstance(sub_trie, dict)
+                self.walk_dir(sub, sub_trie)
+                subdirs[name] = sub
+                all_hit = all_hit and sub.hit
+        if cached is not None and all_hit and cached.sig == job.sig:
+            self.reuse_dir(job, listing, cached.tree_id)
+            return
+        if old_nodes is None:
+            old_nodes = self.parent_nodes(job.parent_subtree)
+        for name, path, s in listing:
+            sub = subdirs.get(name)
+            if sub is not None:
+                job.entries.append(sub)
             else:
-                if not st.S_ISDIR(s.st_mode):
-                    self.skip(child, "source parent is not a directory")
-                    continue
-                prev = old.get(name)
-                sub = _DirJob(child, node_from_stat(name, s), prev.subtree if prev is not None else None)
-                assert isinstance(sub_trie, dict)
-                self.walk_trie(child, sub_trie, sub)
-                out.entries.append(sub)
-        self.pending_dirs.append(out)
+                self.entry(path, name, s, old_nodes.get(name), job)
+            self.progress.maybe_report()
+        self.pending_dirs.append(job)
+        self.reap()
+
+    def reuse_dir(self, job: _DirJob, listing: list[tuple[bytes, bytes, os.stat_result]], tree_id: BlobId) -> None:
+        """An unchanged directory: account for it and reuse its tree."""
+        files = 0
+        nbytes = 0
+        for _name, _path, s in listing:
+            if st.S_ISREG(s.st_mode):
+                files += 1
+                nbytes += s.st_size
+        job.tree_id = tree_id
+        job.hit = True
+        stats = self.stats
+        stats.files += files
+        stats.nbytes += nbytes
+        stats.files_unmodified += files
+        stats.dirs_unmodified += 1
+        self.progress.add_done(nbytes=nbytes, files=files)
+        self.progress.maybe_report()
+        assert self.new_cache is not None and job.sig is not None
+        self.new_cache.put(job.path, job.sig, tree_id)
 
     # ------------------------------------------------------------ finalize
     def drain(self) -> None:
@@ -583,6 +662,8 @@ class _Backup:
         res = self.writer.save(BlobType.TREE, data, tree_id)
         self.stats.add_blob(res, len(data), BlobType.TREE)
         job.tree_id = tree_id
+        if self.new_cache is not None and job.sig is not None:
+            self.new_cache.put(job.path, job.sig, tree_id)
 
     def finish_file(self, job: _FileJob) -> Node | None:
         for f in job.futures:
@@ -608,10 +689,8 @@ class _Backup:
     def run(self, sources: list[bytes]) -> BlobId:
         root = _DirJob(b"/", None, self.parent.tree if self.parent else None)
         trie = _trie(sources)
-        if b"/" in sources:  # the whole filesystem: no intermediate directories
-            self.walk_dir(root)
-        else:
-            self.walk_trie(b"/", trie, root)
+        # the whole filesystem, or the sources and the directories above them
+        self.walk_dir(root, None if b"/" in sources else trie)
         self.flush_batch()
         while self.inflight:
             self.wait_oldest()
@@ -705,13 +784,17 @@ def backup(
 
     host = options.host or hostname()
     with Lock(repo, exclusive=False):
-        repo.ensure_index()
+        # the index is loaded on first need: a run where nothing changed never needs it
         parent: Snapshot | None
         if options.parent:
             parent = repo.find_snapshot(options.parent)
         else:
             parent = find_parent(repo, paths, host)
-        job = _Backup(repo, options, state, control, parent)
+        cache = None
+        cache_path = cache_file(options.cache_dir, host, paths) if options.cache_dir else None
+        if cache_path is not None and parent is not None and parent.id is not None:
+            cache = DirCache.load(cache_path, repo.key, parent.id)
+        job = _Backup(repo, options, state, control, parent, cache)
         stop_scan = threading.Event()
         scanner = None
         if options.scan:
@@ -769,6 +852,11 @@ def backup(
         )
         control.checkpoint()  # a cancel that arrived at the very end still wins
         snap_id = repo.save_snapshot(snap)
+        if cache_path is not None and job.new_cache is not None:
+            try:
+                job.new_cache.save(cache_path, repo.key, snap_id)
+            except OSError:
+                pass  # only the next run's speed depends on it
     state.report_final()
     return BackupResult(
         snapshot=replace(snap, id=SnapshotId(snap_id)),

@@ -148,6 +148,22 @@ class PackBuilder:
         self._hash.update(sealed)
         self.size += len(sealed)
 
+    def add_many(self, blobs: list[tuple[BlobType, BlobId, bytes, int]]) -> None:
+        """Append several encrypted blobs with one write."""
+        if not blobs:
+            return
+        if self._fd < 0:
+            fd, self._path = tempfile.mkstemp(prefix=f"pack-{os.getpid()}-", dir=self._dir)
+            self._fd = fd
+        data = b"".join(b[2] for b in blobs)
+        self._write(data)
+        self._hash.update(data)
+        offset = self.size
+        for blob_type, blob_id, sealed, uncompressed in blobs:
+            self._blobs.append(PackedBlob(blob_type, blob_id, offset, len(sealed), uncompressed))
+            offset += len(sealed)
+        self.size = offset
+
     def finish(self) -> tuple[PackId, str, list[PackedBlob], int]:
         """Seal the header; returns pack id, spool file path, blobs and size."""
         header = crypto.encrypt(self._key, encode_header(self._blobs))

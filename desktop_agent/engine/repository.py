@@ -111,6 +111,7 @@ class Repository:
         self.index = MasterIndex()
         self._codecs = _Codecs()
         self._index_loaded = False
+        self._index_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -267,9 +268,12 @@ class Repository:
         self._index_loaded = True
 
     def ensure_index(self) -> None:
-        """Load the index once."""
-        if not self._index_loaded:
-            self.load_index()
+        """Load the index once (thread-safe)."""
+        if self._index_loaded:
+            return
+        with self._index_lock:
+            if not self._index_loaded:
+                self.load_index()
 
     # ---------------------------------------------------------------- blobs
     def decode_blob(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, ulen: int, *, verify: bool = True) -> bytes:
@@ -288,6 +292,7 @@ class Repository:
 
     def load_blob(self, blob_type: BlobType, blob_id: bytes) -> bytes:
         """Load a blob by id through the index."""
+        self.ensure_index()
         entry = self.index.lookup(blob_type, blob_id)
         if entry is None:
             raise NotFound(f"{blob_type.label} blob {blob_id.hex()} is not in the index")

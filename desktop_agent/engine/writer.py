@@ -77,6 +77,7 @@ class BlobWriter:
         """Store a blob unless it is already known. Thread-safe."""
         if self._error is not None:
             raise self._error
+        self.repo.ensure_index()
         bid = BlobId(blob_id if blob_id is not None else crypto.sha256(data))
         if self.repo.index.has(blob_type, bid):
             return SaveResult(bid, False, 0)
@@ -101,6 +102,56 @@ class BlobWriter:
         if full is not None:
             self._submit(full)
         return SaveResult(bid, True, len(sealed))
+
+    def save_many(self, blob_type: BlobType, datas: list[bytes]) -> list[SaveResult]:
+        """Store several (small) blobs at once: one cipher context, one write.
+
+        Same semantics as calling :meth:`save` for each; much cheaper per blob.
+        """
+        if self._error is not None:
+            raise self._error
+        self.repo.ensure_index()
+        results: list[SaveResult] = []
+        fresh: list[tuple[int, BlobId]] = []
+        has = self.repo.index.has
+        claimed = self._claimed[blob_type]
+        ids = [BlobId(crypto.sha256(d)) for d in datas]
+        with self._lock:
+            for i, bid in enumerate(ids):
+                if has(blob_type, bid) or bid in claimed:
+                    results.append(SaveResult(bid, False, 0))
+                else:
+                    claimed.add(bid)
+                    fresh.append((i, bid))
+                    results.append(SaveResult(bid, True, 0))
+        if not fresh:
+            return results
+        payloads: list[bytes] = []
+        ulens: list[int] = []
+        compress = self._codec.zstd.compress if self.repo.compression else None
+        for i, _bid in fresh:
+            data = datas[i]
+            if compress is not None and data:
+                packed = compress(data)
+                if len(packed) < len(data):
+                    payloads.append(packed)
+                    ulens.append(len(data))
+                    continue
+            payloads.append(data)
+            ulens.append(0)
+        sealed = crypto.encrypt_many(self.repo.key, payloads)
+        entries = [(blob_type, bid, sl, ul) for (_i, bid), sl, ul in zip(fresh, sealed, ulens)]
+        full = None
+        with self._lock:
+            builder = self._builders[blob_type]
+            builder.add_many(entries)
+            if builder.size >= self.pack_size:
+                full = builder.finish()
+        if full is not None:
+            self._submit(full)
+        for (i, bid), sl in zip(fresh, sealed):
+            results[i] = SaveResult(bid, True, len(sl))
+        return results
 
     # ----------------------------------------------------------- uploads
     def _submit(self, finished: tuple[PackId, str, list[PackedBlob], int]) -> None:
