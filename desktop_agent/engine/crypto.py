@@ -37,6 +37,7 @@ __all__ = [
     "KDFParams",
     "DEFAULT_KDF",
     "encrypt",
+    "encrypt_many",
     "decrypt",
     "ciphertext_length",
     "new_random_key",
@@ -146,6 +147,39 @@ def encrypt(key: Key, plaintext: bytes | bytearray | memoryview) -> bytes:
     return b"".join((iv, ct, tag))
 
 
+_PAD = bytes(16)
+
+
+def encrypt_many(key: Key, plaintexts: list[bytes]) -> list[bytes]:
+    """Encrypt several objects, each as ``IV || ciphertext || MAC``.
+
+    One random IV starts one AES-CTR key stream; each object takes the next
+    unused 16-byte blocks of it, so its IV is the first counter value of its
+    stretch. Counters never repeat, as with independent random IVs, and each
+    object decrypts on its own (restic increments the full 128-bit counter
+    just as OpenSSL does). One cipher context for many small objects saves
+    most of the per-object overhead.
+    """
+    if not plaintexts:
+        return []
+    iv0 = os.urandom(IV_SIZE)
+    counter = int.from_bytes(iv0, "big")
+    enc = Cipher(algorithms.AES(key.encrypt), modes.CTR(iv0)).encryptor()
+    out = []
+    for plain in plaintexts:
+        iv = iv0 if not out else (counter & _MASK128).to_bytes(16, "big")
+        ct = enc.update(plain)
+        rest = len(plain) % 16
+        if rest:
+            enc.update(_PAD[rest:])  # skip to the next block boundary
+        counter += (len(plain) + 15) // 16
+        out.append(b"".join((iv, ct, Poly1305.generate_tag(_poly_key(key, iv), ct))))
+    return out
+
+
+_MASK128 = (1 << 128) - 1
+
+
 def decrypt(key: Key, data: bytes | bytearray | memoryview) -> bytes:
     """Verify and decrypt ``IV || ciphertext || MAC``.
 
@@ -191,9 +225,14 @@ def kdf(password: str, salt: bytes, params: KDFParams) -> Key:
         raise UnsupportedRepository(
             f"key file asks scrypt for {need >> 20} MiB of memory (N={n} r={r} p={p}); refusing"
         )
-    raw = hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=need + (1 << 20), dklen=64
-    )
+    try:
+        raw = hashlib.scrypt(
+            password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=need + (1 << 20), dklen=64
+        )
+    except (ValueError, MemoryError) as exc:  # OpenSSL refuses e.g. N >= 2**(16 r)
+        raise UnsupportedRepository(
+            f"key file has unusable scrypt parameters N={n} r={r} p={p}: {exc}"
+        ) from None
     return Key(encrypt=raw[:32], mac_k=raw[32:48], mac_r=raw[48:64])
 
 
@@ -237,7 +276,7 @@ def open_key_file(raw: bytes, password: str) -> Key:
         params = KDFParams(n=int(doc["N"]), r=int(doc["r"]), p=int(doc["p"]))
         salt = base64.b64decode(doc["salt"], validate=True)
         data = base64.b64decode(doc["data"], validate=True)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # N: 1e999 -> inf
         raise IntegrityError(f"key file is malformed: {exc}") from None
     if kdf_name != "scrypt":
         raise UnsupportedRepository(f"key file uses KDF {kdf_name!r}; only scrypt is supported")
