@@ -165,14 +165,18 @@ def encrypt_many(key: Key, plaintexts: list[bytes]) -> list[bytes]:
     iv0 = os.urandom(IV_SIZE)
     counter = int.from_bytes(iv0, "big")
     enc = Cipher(algorithms.AES(key.encrypt), modes.CTR(iv0)).encryptor()
-    out = []
+    out: list[bytes] = []
     for plain in plaintexts:
         iv = iv0 if not out else (counter & _MASK128).to_bytes(16, "big")
         ct = enc.update(plain)
-        rest = len(plain) % 16
-        if rest:
-            enc.update(_PAD[rest:])  # skip to the next block boundary
-        counter += (len(plain) + 15) // 16
+        # Skip to the next block boundary. An empty object still takes a whole
+        # block: the IV is also the Poly1305-AES nonce, and two objects that
+        # share one give away the MAC key (an empty one's tag is AES_k(IV)).
+        blocks = max(1, (len(plain) + 15) // 16)
+        skip = blocks * 16 - len(plain)
+        if skip:
+            enc.update(_PAD[:skip])
+        counter += blocks
         out.append(b"".join((iv, ct, Poly1305.generate_tag(_poly_key(key, iv), ct))))
     return out
 

@@ -7,7 +7,9 @@
   ``*.tmp`` excludes every ``.tmp`` file and ``.cache`` every ``.cache``.
 * ``~`` at the start expands to the home directory.
 
-Matching works on bytes so that non-UTF-8 names are handled.
+Names are matched as text decoded with ``surrogateescape``: like Go's
+``filepath.Match``, ``?`` and ``[...]`` then take one character (not one byte)
+of UTF-8 names, and one byte of names that are not UTF-8.
 """
 
 from __future__ import annotations
@@ -29,16 +31,15 @@ class _Pattern:
         raw = os.fsencode(expanded).rstrip(b"/")
         self.anchored = raw.startswith(b"/")
         comps = [c for c in raw.split(b"/") if c]
-        # "**/x" unanchored is the same as "x" unanchored
-        while not self.anchored and comps and comps[0] == b"**":
+        # "**/x" unanchored is the same as "x" unanchored (a lone "**" stays)
+        while not self.anchored and len(comps) > 1 and comps[0] == b"**":
             comps.pop(0)
-        self.parts: list[re.Pattern[bytes] | None] = [
-            None if c == b"**" else re.compile(fnmatch.translate(os.fsdecode(c)).encode("utf-8", "surrogateescape"))
-            for c in comps
+        self.parts: list[re.Pattern[str] | None] = [
+            None if c == b"**" else re.compile(fnmatch.translate(_text(c))) for c in comps
         ]
         self.basename_only = not self.anchored and len(self.parts) == 1 and self.parts[0] is not None
 
-    def match(self, comps: Sequence[bytes]) -> bool:
+    def match(self, comps: Sequence[str]) -> bool:
         if not self.parts:
             return False
         if self.basename_only:
@@ -50,7 +51,11 @@ class _Pattern:
         return any(_match(self.parts, comps, 0, start) for start in range(len(comps)))
 
 
-def _match(parts: list[re.Pattern[bytes] | None], comps: Sequence[bytes], pi: int, ci: int) -> bool:
+def _text(name: bytes) -> str:
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _match(parts: list[re.Pattern[str] | None], comps: Sequence[str], pi: int, ci: int) -> bool:
     while pi < len(parts):
         part = parts[pi]
         if part is None:  # "**"
@@ -77,7 +82,7 @@ class ExcludeFilter:
         """True if any pattern matches the absolute ``path``."""
         if not self.patterns:
             return False
-        comps = [c for c in path.split(b"/") if c]
+        comps = [_text(c) for c in path.split(b"/") if c]
         if not comps:
             return False
         return any(p.match(comps) for p in self.patterns)

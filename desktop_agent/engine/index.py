@@ -66,6 +66,8 @@ def encode_index(packs: Iterable[tuple[PackId, list[PackedBlob]]], supersedes: I
 
 def decode_index(doc: Any) -> tuple[list[bytes], list[tuple[PackId, list[PackedBlob]]]]:
     """Parse an index document into (supersedes, packs)."""
+    packs_in: Any
+    supersedes_in: Any
     try:
         if isinstance(doc, list):  # the pre-0.8 legacy format is a bare list of packs
             packs_in, supersedes_in = doc, []
@@ -85,17 +87,13 @@ def decode_index(doc: Any) -> tuple[list[bytes], list[tuple[PackId, list[PackedB
                     blob_type = BlobType.TREE
                 else:
                     raise ValueError(f"unknown blob type {kind!r}")
-                blobs.append(
-                    PackedBlob(
-                        blob_type,
-                        BlobId(parse_id(b["id"])),
-                        int(b["offset"]),
-                        int(b["length"]),
-                        int(b.get("uncompressed_length") or 0),
-                    )
-                )
+                offset, length = int(b["offset"]), int(b["length"])
+                ulen = int(b.get("uncompressed_length") or 0)
+                if offset < 0 or length < 0 or ulen < 0:  # restic stores uints
+                    raise ValueError("negative offset or length")
+                blobs.append(PackedBlob(blob_type, BlobId(parse_id(b["id"])), offset, length, ulen))
             packs.append((pack_id, blobs))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise IntegrityError(f"index is malformed: {exc}") from None
     return supersedes, packs
 

@@ -236,7 +236,7 @@ class Node:
                 extra={k: v for k, v in obj.items() if k not in _KNOWN},
                 time_text=(mt, at, ct) if mt and at and ct else None,
             )
-        except (KeyError, ValueError, TypeError, OverflowError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise IntegrityError(f"tree node is malformed: {exc}") from None
         return node
 

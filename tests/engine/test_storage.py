@@ -1,0 +1,239 @@
+"""storage: one shared suite that every backend passes, plus LocalStorage's on-disk details."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from desktop_agent.engine.errors import NotFound, StorageError
+from desktop_agent.engine.storage import (
+    FileType,
+    LocalStorage,
+    MemoryStorage,
+    Storage,
+    is_storage_id,
+)
+
+
+def name_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+A, B, C = b"first file", b"second file" * 100, b""
+NAMED_TYPES = [t for t in FileType if t is not FileType.CONFIG]
+
+
+@pytest.fixture(params=["local", "memory"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """Each backend, with its layout created."""
+    backend: Storage
+    if request.param == "local":
+        backend = LocalStorage(tmp_path / "repo")
+    else:
+        backend = MemoryStorage()
+    backend.create_layout()
+    yield backend
+
+
+# ------------------------------------------------------------- shared suite
+
+
+def test_backend_implements_the_protocol(storage: Storage) -> None:
+    assert isinstance(storage, Storage)
+    assert storage.location
+
+
+def test_new_layout_is_empty(storage: Storage) -> None:
+    assert not storage.exists()
+    for ftype in FileType:
+        assert list(storage.list(ftype)) == []
+
+
+@pytest.mark.parametrize("ftype", NAMED_TYPES)
+def test_save_load_list_remove(storage: Storage, ftype: FileType) -> None:
+    for data in (A, B, C):
+        storage.save(ftype, name_of(data), [data])
+    assert storage.load(ftype, name_of(A)) == A
+    assert storage.load(ftype, name_of(B)) == B
+    assert storage.load(ftype, name_of(C)) == C
+    assert sorted(storage.list(ftype)) == sorted((name_of(d), len(d)) for d in (A, B, C))
+    for other in NAMED_TYPES:
+        if other is not ftype:
+            assert list(storage.list(other)) == []
+
+    storage.remove(ftype, name_of(B))
+    with pytest.raises(NotFound):
+        storage.load(ftype, name_of(B))
+    assert sorted(storage.list(ftype)) == sorted((name_of(d), len(d)) for d in (A, C))
+    storage.remove(ftype, name_of(B))  # removing a missing file is fine
+
+
+def test_save_joins_parts_of_any_buffer_type(storage: Storage) -> None:
+    parts = [b"abc", bytearray(b"def"), memoryview(b"--ghi--")[2:5], b""]
+    storage.save(FileType.SNAPSHOT, "ab" * 32, parts)
+    assert storage.load(FileType.SNAPSHOT, "ab" * 32) == b"abcdefghi"
+
+
+def test_saving_the_same_name_again_is_harmless(storage: Storage) -> None:
+    storage.save(FileType.INDEX, name_of(A), [A])
+    storage.save(FileType.INDEX, name_of(A), [A])
+    assert list(storage.list(FileType.INDEX)) == [(name_of(A), len(A))]
+
+
+def test_range_load(storage: Storage) -> None:
+    data = bytes(range(256)) * 4
+    storage.save(FileType.PACK, name_of(data), [data])
+    name = name_of(data)
+    assert storage.load(FileType.PACK, name, 0, 10) == data[:10]
+    assert storage.load(FileType.PACK, name, 100, 50) == data[100:150]
+    assert storage.load(FileType.PACK, name, len(data) - 4, 4) == data[-4:]
+    assert storage.load(FileType.PACK, name, 1000) == data[1000:]
+    assert storage.load(FileType.PACK, name, 5, 0) == b""
+    with pytest.raises(StorageError):
+        storage.load(FileType.PACK, name, len(data) - 4, 5)  # beyond the end: truncated file
+
+
+def test_config_has_no_name(storage: Storage) -> None:
+    storage.save(FileType.CONFIG, "", [b"config bytes"])
+    assert storage.exists()
+    assert storage.load(FileType.CONFIG, "") == b"config bytes"
+    assert storage.load(FileType.CONFIG, "ignored") == b"config bytes"
+    assert list(storage.list(FileType.CONFIG)) == [("", len(b"config bytes"))]
+
+
+@pytest.mark.parametrize("ftype", NAMED_TYPES)
+def test_missing_file_raises_not_found(storage: Storage, ftype: FileType) -> None:
+    with pytest.raises(NotFound):
+        storage.load(ftype, "00" * 32)
+    with pytest.raises(NotFound):
+        storage.load(ftype, "00" * 32, 0, 1)
+
+
+def test_missing_config_raises_not_found(storage: Storage) -> None:
+    with pytest.raises(NotFound):
+        storage.load(FileType.CONFIG, "")
+
+
+@pytest.mark.parametrize(
+    "name", ["", "config", "AB" * 32, "ab" * 31, "../" + "ab" * 31, "ab" * 32 + "-tmp-1"]
+)
+def test_invalid_names_are_refused(storage: Storage, name: str) -> None:
+    with pytest.raises(StorageError):
+        storage.save(FileType.KEY, name, [b"x"])
+    with pytest.raises(StorageError):
+        storage.load(FileType.KEY, name)
+    assert list(storage.list(FileType.KEY)) == []
+
+
+def test_save_file_consumes_the_spooled_file(storage: Storage) -> None:
+    data = os.urandom(100_000)
+    spool = storage.spool_dir()
+    assert os.path.isdir(spool)
+    path = os.path.join(spool, f"pack-test-{os.getpid()}-{os.urandom(4).hex()}")
+    with open(path, "wb") as fh:
+        fh.write(data)
+    storage.save_file(FileType.PACK, name_of(data), path)
+    assert not os.path.exists(path)
+    assert storage.load(FileType.PACK, name_of(data)) == data
+    assert list(storage.list(FileType.PACK)) == [(name_of(data), len(data))]
+
+
+def test_is_storage_id() -> None:
+    assert is_storage_id("0123456789abcdef" * 4)
+    assert not is_storage_id("0123456789ABCDEF" * 4)
+    assert not is_storage_id("0123456789abcdef" * 4 + "\n")
+    assert not is_storage_id("ab" * 32 + "-tmp-abcdef")
+
+
+# ------------------------------------------------------ LocalStorage on disk
+
+
+def test_local_layout_matches_restic(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "repo")
+    local.create_layout()
+    root = tmp_path / "repo"
+    assert {p.name for p in root.iterdir()} >= {"data", "index", "keys", "locks", "snapshots"}
+    assert sorted(p.name for p in (root / "data").iterdir()) == [f"{i:02x}" for i in range(256)]
+    local.save(FileType.PACK, "ab" + "0" * 62, [b"x"])
+    assert (root / "data" / "ab" / ("ab" + "0" * 62)).read_bytes() == b"x"
+    local.save(FileType.KEY, "cd" * 32, [b"k"])
+    assert (root / "keys" / ("cd" * 32)).read_bytes() == b"k"
+    local.save(FileType.CONFIG, "", [b"c"])
+    assert (root / "config").read_bytes() == b"c"
+    local.create_layout()  # idempotent
+    assert os.fspath(local) == str(root)
+
+
+def test_local_files_are_read_only(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "repo")
+    local.create_layout()
+    local.save(FileType.SNAPSHOT, name_of(A), [A])
+    local.save(FileType.CONFIG, "", [b"c"])
+    spooled = Path(local.spool_dir()) / "spooled"
+    spooled.write_bytes(B)
+    local.save_file(FileType.PACK, name_of(B), str(spooled))
+    for path in (
+        local.path(FileType.SNAPSHOT, name_of(A)),
+        local.path(FileType.CONFIG, ""),
+        local.path(FileType.PACK, name_of(B)),
+    ):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o400, path
+    # locks are rewritten in place on refresh, so they stay writable
+    local.save(FileType.LOCK, name_of(C), [C])
+    assert stat.S_IMODE(os.stat(local.path(FileType.LOCK, name_of(C))).st_mode) == 0o600
+
+
+def test_local_save_leaves_no_temp_file(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "repo")
+    local.create_layout()
+    for data in (A, B, C):
+        local.save(FileType.INDEX, name_of(data), [data])
+    assert sorted(os.listdir(tmp_path / "repo" / "index")) == sorted(name_of(d) for d in (A, B, C))
+    local.save(FileType.PACK, name_of(A), [A])
+    assert os.listdir(tmp_path / "repo" / "data" / name_of(A)[:2]) == [name_of(A)]
+
+
+def test_local_list_skips_temp_and_foreign_files(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "repo")
+    local.create_layout()
+    good = name_of(A)
+    local.save(FileType.KEY, good, [A])
+    keys = tmp_path / "repo" / "keys"
+    (keys / f"{good}-tmp-0a1b2c").write_bytes(b"half written")
+    (keys / "README").write_bytes(b"hello")
+    (keys / good.upper()).write_bytes(b"upper")
+    (keys / ("ef" * 32)).mkdir()  # a directory with an id for a name
+    os.symlink(keys / good, keys / ("12" * 32))
+    assert list(local.list(FileType.KEY)) == [(good, len(A))]
+
+    local.save(FileType.PACK, good, [A])
+    data = tmp_path / "repo" / "data"
+    (data / good[:2] / f"{good}-tmp-xyz").write_bytes(b"partial")
+    (data / "stray-file").write_bytes(b"not a directory of packs")
+    assert list(local.list(FileType.PACK)) == [(good, len(A))]
+
+
+def test_local_missing_directories(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "nothing-here")
+    assert not local.exists()
+    assert list(local.list(FileType.SNAPSHOT)) == []
+    assert list(local.list(FileType.PACK)) == []
+    with pytest.raises(NotFound):
+        local.load(FileType.SNAPSHOT, "ab" * 32)
+    # save creates a missing data/xx directory on its own
+    local2 = LocalStorage(tmp_path / "partial")
+    local2.save(FileType.PACK, "ff" * 32, [b"x"])
+    assert local2.load(FileType.PACK, "ff" * 32) == b"x"
+
+
+def test_local_remove_of_a_read_only_file(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "repo")
+    local.create_layout()
+    local.save(FileType.SNAPSHOT, name_of(A), [A])
+    local.remove(FileType.SNAPSHOT, name_of(A))
+    assert list(local.list(FileType.SNAPSHOT)) == []
