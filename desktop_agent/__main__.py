@@ -6,4 +6,6 @@ import sys
 
 from desktop_agent.cli import main
 
-sys.exit(main())
+# guarded: helper processes (multiprocessing "spawn") import this module too
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,9 @@ snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import grp
 import os
 import pwd
@@ -30,7 +32,7 @@ import stat as st
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -42,9 +44,11 @@ from .dircache import DirCache, cache_file, signature
 from .errors import EngineError, SourceError
 from .filter import ExcludeFilter
 from .gocompat import format_time
-from .ids import BlobId, BlobType, SnapshotId
+from .ids import BlobId, BlobType, PackId, SnapshotId
 from .lock import Lock
+from .pack import PackedBlob
 from .progress import ProgressState, Reporter
+from .smallfiles import FileResult, Helpers, open_for_reading, read_small, unportable
 from .repository import Repository, hostname, username
 from .snapshot import Snapshot, SnapshotSummary
 from .tree import Node, NodeType, encode_tree, go_mode
@@ -59,8 +63,11 @@ _BATCH_BYTES = 4 * 1024 * 1024
 # Bytes submitted to workers but not yet processed.
 _INFLIGHT_BYTES = 16 * 1024 * 1024
 
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-_NOATIME = getattr(os, "O_NOATIME", 0)
+# Helper processes start once this many small files are seen (their start
+# costs about 0.1 s; below this, threads are as fast).
+_HELPERS_AFTER = 2000
+_HELPER_BATCH_FILES = 128
+_HELPER_QUEUE = 3  # batches a helper may have waiting
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class BackupOptions:
     workers: int = 0  # 0 = number of CPUs
     scan: bool = True  # count totals in a background thread (for percent and ETA)
     cache_dir: str | None = None  # where the directory cache lives (None: no cache)
+    helpers: int = -1  # processes for many small files; -1 = one per CPU, 0 = none
 
 
 @dataclass(frozen=True)
@@ -102,13 +110,14 @@ def _display(path: bytes) -> str:
 class _FileJob:
     """A file whose content is being stored."""
 
-    __slots__ = ("path", "node", "futures", "submitted", "content", "error", "vanished", "size", "changed")
+    __slots__ = ("path", "node", "futures", "submitted", "pending", "content", "error", "vanished", "size", "changed")
 
     def __init__(self, path: bytes, node: Node) -> None:
         self.path = path
         self.node = node
         self.futures: list[Future[SaveResult]] = []
         self.submitted = False  # all its work is in futures (a batch may still be filling)
+        self.pending = False  # waiting for a helper process's answer
         self.content: list[BlobId] | None = None  # set when known without futures
         self.error: str | None = None
         self.vanished = False
@@ -116,7 +125,7 @@ class _FileJob:
         self.changed = False
 
     def done(self) -> bool:
-        return self.submitted and all(f.done() for f in self.futures)
+        return self.submitted and not self.pending and all(f.done() for f in self.futures)
 
 
 class _Batch:
@@ -306,6 +315,12 @@ class _Backup:
         self.warnings: list[str] = []
         self.batch = _Batch()
         self._errors_lock = threading.Lock()
+        self.helpers: Helpers | None = None
+        self.helper_open: list[_Batch] = []
+        self.helper_batches: dict[int, list[_FileJob]] = {}
+        self.helper_provisional: list[list[_FileJob]] = []
+        self.batch_seq = 0
+        self.small_files = 0
 
     # ---------------------------------------------------------------- utils
     def skip(self, path: bytes, reason: str) -> None:
@@ -348,8 +363,11 @@ class _Backup:
         self.drain()
 
     def reap(self) -> None:
+        if self.helpers is not None:
+            self.poll_helpers()
         while self.inflight and self.inflight[0][0].done():
             self.wait_oldest()
+        self.drain()
 
     # ----------------------------------------------------------- file data
     def save_chunk(self, data: bytes) -> SaveResult:
@@ -357,14 +375,6 @@ class _Backup:
         self.stats.add_blob(res, len(data), BlobType.DATA)
         self.progress.add_done(nbytes=len(data), new=res.stored)
         return res
-
-    def _open(self, path: bytes) -> int:
-        if _NOATIME:
-            try:
-                return os.open(path, _OPEN_FLAGS | _NOATIME)
-            except PermissionError:
-                pass  # O_NOATIME needs ownership; fall through
-        return os.open(path, _OPEN_FLAGS)
 
     def _read_error(self, job: _FileJob, exc: OSError) -> None:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
@@ -374,64 +384,197 @@ class _Backup:
         else:
             job.error = exc.strerror or str(exc)
 
-    def run_batch(self, batch: _Batch) -> None:
-        """Read a batch of small files and store their contents together."""
-        small: list[tuple[_FileJob, bytes]] = []
-        for job in batch.jobs:
-            data = self._read_small(job)
-            if data is None:
-                continue
-            if not data:
-                job.content = []
-                self.progress.add_done(files=1)
-            elif len(data) <= SMALL_FILE:
-                small.append((job, data))
-            else:  # it grew since we listed it: chunk it here
-                job.content = [self.save_chunk(bytes(c)).id for c in self.chunker.buffer(data)]
-                self.progress.add_done(files=1)
-        if not small:
-            return
-        results = self.writer.save_many(BlobType.DATA, [d for _, d in small])
-        nbytes = 0
-        new = 0
-        for (job, data), res in zip(small, results):
-            job.content = [res.id]
-            self.stats.add_blob(res, len(data), BlobType.DATA)
-            nbytes += len(data)
-            new += res.stored
-        self.progress.add_done(nbytes=nbytes, files=len(small), new=new)
+    def run_batch(self, batch: _Batch, counted: bool = False) -> None:
+        """Read a batch of small files and store their contents together.
 
-    def _read_small(self, job: _FileJob) -> bytes | None:
-        """A small file's content, or None (and the job marked) on failure."""
-        try:
-            fd = self._open(job.path)
-        except OSError as exc:
-            self._read_error(job, exc)
+        Usually in a worker thread. ``counted``: progress already counted
+        these files (work redone after a helper died).
+        """
+        plain: list[tuple[_FileJob, bytes]] = []
+        for job in batch.jobs:
+            data = self.apply_read(job, read_small(job.path))
+            if data is not None:
+                plain.append((job, data))
+        if not plain:
+            return
+        saved = self.writer.save_many(BlobType.DATA, [d for _, d in plain])
+        nbytes = new = 0
+        for (job, data), r in zip(plain, saved):
+            job.content = [r.id]
+            nbytes += len(data)
+            new += r.stored
+            if not counted:
+                self.stats.add_blob(r, len(data), BlobType.DATA)
+        if not counted:
+            self.progress.add_done(nbytes=nbytes, files=len(plain), new=new)
+
+    def apply_read(self, job: _FileJob, res: FileResult) -> bytes | None:
+        """Record how reading went; returns data still to be stored, if any."""
+        kind = res[0]
+        if kind == "vanished":
+            job.vanished = True
             return None
-        try:
-            before = os.fstat(fd)
-            if not st.S_ISREG(before.st_mode):
-                job.vanished = True
-                return None
-            # ask for one byte more than the size: EOF in one call when the
-            # file did not grow (a large read buffer would cost an mmap)
-            data = os.read(fd, before.st_size + 1)
-            if len(data) > before.st_size:
-                parts = [data]
-                while block := os.read(fd, 1 << 20):
-                    parts.append(block)
-                data = b"".join(parts)
-            after = os.fstat(fd)
-        except OSError as exc:
-            self._read_error(job, exc)
+        if kind == "error":
+            job.error = res[1]
             return None
-        finally:
-            os.close(fd)
-        job.size = len(data)
-        job.changed = after.st_mtime_ns != before.st_mtime_ns or after.st_size != len(data)
-        if job.changed:
-            job.node.mtime = before.st_mtime_ns
-        return data
+        _, data, size, changed, mtime = res
+        job.size = size
+        job.changed = changed
+        if changed:
+            job.node.mtime = mtime
+        if not data:
+            job.content = []
+            self.progress.add_done(files=1)
+            return None
+        if len(data) > SMALL_FILE:  # it grew since we listed it: chunk it here
+            job.content = [self.save_chunk(bytes(c)).id for c in self.chunker.buffer(data)]
+            self.progress.add_done(files=1)
+            return None
+        return bytes(data)
+
+    # ------------------------------------------------------- helper processes
+    def apply_helper(self, helper: int, jobs: list[_FileJob], results: list[FileResult]) -> None:
+        """Results of a helper's batch (main thread).
+
+        A blob a helper reports is in its open pack, which only becomes
+        durable when the helper finishes that pack; until then the jobs stay
+        pending (their directories wait) and are remembered, so that a helper
+        that dies takes no reported blob with it: those files are redone.
+        """
+        nbytes = files = new = 0
+        provisional = self.helper_provisional[helper]
+        for job, res in zip(jobs, results):
+            if res[0] == "stored":
+                _, blob_id, size, changed, mtime, stored = res
+                job.size = size
+                job.changed = changed
+                if changed:
+                    job.node.mtime = mtime
+                job.content = [] if blob_id is None else [BlobId(blob_id)]
+                provisional.append(job)
+                if stored:
+                    with self.stats.lock:
+                        self.stats.data_blobs += 1
+                        self.stats.data_added += size
+                        self.stats.data_added_packed += stored
+                nbytes += size
+                files += 1
+                new += stored
+                continue
+            job.pending = False
+            data = self.apply_read(job, res)
+            if data is not None:  # only if it shrank back below the limit: store it here
+                r = self.writer.save(BlobType.DATA, data)
+                job.content = [r.id]
+                nbytes += len(data)
+                files += 1
+        self.progress.add_done(nbytes=nbytes, files=files, new=new)
+
+    def helper_packs(self, helper: int, packs: list[tuple[PackId, str, list[PackedBlob], int]]) -> None:
+        """A helper finished packs: everything it reported so far is durable."""
+        for pack in packs:
+            self.writer.adopt(pack)
+        for job in self.helper_provisional[helper]:
+            job.pending = False
+        self.helper_provisional[helper] = []
+
+    def poll_helpers(self, block: bool = False) -> None:
+        """Take in whatever helpers have finished (main thread)."""
+        helpers = self.helpers
+        if helpers is None:
+            return
+        try:
+            for i, msg in helpers.receive(None if block else 0.0):
+                jobs = self.helper_batches.pop(msg[1])
+                self.apply_helper(i, jobs, msg[2])
+                if msg[3]:
+                    self.helper_packs(i, [unportable(p) for p in msg[3]])
+        except (EOFError, OSError) as exc:
+            self.helper_failed(exc)
+
+    def helper_failed(self, exc: BaseException) -> None:
+        """A helper died: redo here what the helpers had not made durable."""
+        helpers, self.helpers = self.helpers, None
+        if helpers is not None:
+            helpers.close()  # their open packs are lost with them
+        self.warn(f"helper process failed ({type(exc).__name__}); continuing without helpers")
+        redo = [job for jobs in self.helper_provisional for job in jobs]
+        self.helper_provisional = [[] for _ in self.helper_provisional]
+        unanswered = [job for jobs in self.helper_batches.values() for job in jobs]
+        self.helper_batches.clear()
+        for jobs, counted in ((redo, True), (unanswered, False)):
+            if not jobs:
+                continue
+            batch = _Batch()
+            batch.jobs = jobs
+            for job in jobs:
+                job.content = None
+            self.run_batch(batch, counted=counted)
+            for job in jobs:
+                job.pending = False
+
+    def start_helpers(self) -> None:
+        """Start helper processes for small files (see :mod:`.smallfiles`)."""
+        n = self.options.helpers
+        if n < 0:
+            n = os.cpu_count() or 2
+        if n == 0:
+            return
+        self.repo.ensure_index()
+        known = b"".join(self.repo.index.blob_ids(BlobType.DATA))
+        try:
+            self.helpers = Helpers(
+                n, self.repo.key, self.repo.compression, self.repo.storage.spool_dir(), self.writer.pack_size, known
+            )
+        except (OSError, ValueError) as exc:
+            self.warn(f"cannot start helper processes ({exc}); using threads only")
+            self.helpers = None
+            return
+        self.helper_open = [_Batch() for _ in range(n)]
+        self.helper_provisional = [[] for _ in range(n)]
+
+    def send_helper_batch(self, i: int) -> None:
+        """Send helper ``i`` its open batch (waiting if it is far behind)."""
+        helpers = self.helpers
+        batch = self.helper_open[i]
+        if helpers is None or not batch.jobs:
+            return
+        self.helper_open[i] = _Batch()
+        while helpers.outstanding[i] >= _HELPER_QUEUE and self.helpers is not None:
+            self.poll_helpers(block=True)
+        self.batch_seq += 1
+        self.helper_batches[self.batch_seq] = batch.jobs
+        for job in batch.jobs:
+            job.pending = True
+            job.submitted = True
+        if self.helpers is None:  # it died while we waited: do it here
+            self.helper_failed(RuntimeError("helper gone"))
+            return
+        try:
+            helpers.send(i, self.batch_seq, [j.path for j in batch.jobs])
+        except (OSError, EOFError, ValueError) as exc:
+            self.helper_failed(exc)
+
+    def stop_helpers(self, *, keep_work: bool) -> None:
+        """Collect every outstanding result and pack, then stop the helpers."""
+        if self.helpers is None:
+            return
+        if keep_work:
+            for i in range(len(self.helper_open)):
+                self.send_helper_batch(i)
+            while self.helpers is not None and any(self.helpers.outstanding):
+                self.poll_helpers(block=True)
+            if self.helpers is not None:
+                try:
+                    packs = self.helpers.flush()
+                except (EOFError, OSError, RuntimeError) as exc:
+                    self.helper_failed(exc)
+                else:
+                    for i in range(len(self.helper_provisional)):
+                        self.helper_packs(i, packs if i == 0 else [])
+        helpers, self.helpers = self.helpers, None
+        if helpers is not None:
+            helpers.close()
 
     def flush_batch(self) -> None:
         batch = self.batch
@@ -447,6 +590,18 @@ class _Backup:
         job = _FileJob(path, node)
         self.progress.current_file = _display(path)
         if node.size <= SMALL_FILE:
+            self.small_files += 1
+            if self.small_files == _HELPERS_AFTER:
+                self.start_helpers()
+            if self.helpers is not None:
+                # routed by size: identical files meet in the same helper
+                i = node.size % len(self.helpers)
+                hb = self.helper_open[i]
+                hb.jobs.append(job)
+                hb.nbytes += node.size
+                if len(hb.jobs) >= _HELPER_BATCH_FILES or hb.nbytes >= _BATCH_BYTES:
+                    self.send_helper_batch(i)
+                return job
             self.batch.jobs.append(job)
             self.batch.nbytes += node.size
             if len(self.batch.jobs) >= _BATCH_FILES or self.batch.nbytes >= _BATCH_BYTES:
@@ -461,7 +616,7 @@ class _Backup:
 
     def read_large(self, job: _FileJob) -> None:
         try:
-            fd = self._open(job.path)
+            fd = open_for_reading(job.path)
         except OSError as exc:
             self._read_error(job, exc)
             return
@@ -564,6 +719,8 @@ class _Backup:
             if trie[name] is not None and not st.S_ISDIR(s.st_mode):
                 self.skip(child, "a parent of a source is not a directory")
                 continue
+            if trie[name] is None and self.filter and self.filter.excluded(child):
+                continue  # a source that the excludes name, as restic does
             listing.append((name, child, s))
         return listing
 
@@ -692,6 +849,7 @@ class _Backup:
         # the whole filesystem, or the sources and the directories above them
         self.walk_dir(root, None if b"/" in sources else trie)
         self.flush_batch()
+        self.stop_helpers(keep_work=True)
         while self.inflight:
             self.wait_oldest()
         self.drain()
@@ -707,6 +865,10 @@ class _Backup:
         for fut, _ in self.inflight:
             fut.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.stop_helpers(keep_work=True)
+        except BaseException:  # noqa: BLE001 - aborting anyway
+            self.stop_helpers(keep_work=False)
         try:
             self.writer.flush()
             self.writer.write_index()
@@ -751,6 +913,18 @@ def _scan(sources: list[bytes], flt: ExcludeFilter, progress: ProgressState, sto
     progress.finish_scan()
 
 
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Run the cyclic GC less often while a backup allocates millions of
+    short-lived, acyclic objects (about 10% faster on small files)."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], 50_000), old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
 def backup(
     repo: Repository,
     options: BackupOptions,
@@ -783,7 +957,7 @@ def backup(
         raise SourceError(f"no backup source exists ({which})")
 
     host = options.host or hostname()
-    with Lock(repo, exclusive=False):
+    with Lock(repo, exclusive=False), _fewer_collections():
         # the index is loaded on first need: a run where nothing changed never needs it
         parent: Snapshot | None
         if options.parent:

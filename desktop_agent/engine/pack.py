@@ -166,6 +166,8 @@ class PackBuilder:
 
     def finish(self) -> tuple[PackId, str, list[PackedBlob], int]:
         """Seal the header; returns pack id, spool file path, blobs and size."""
+        if not self._blobs:
+            raise ValueError("cannot finish an empty pack")
         header = crypto.encrypt(self._key, encode_header(self._blobs))
         tail = header + _LEN.pack(len(header))
         self._write(tail)

@@ -181,7 +181,7 @@ class Repository:
                 break
             except WrongPassword:
                 continue
-            except IntegrityError:
+            except (IntegrityError, UnsupportedRepository):
                 continue  # a damaged key file must not hide a good one
         if master is None:
             raise WrongPassword(f"wrong password for the repository at {storage.location}")

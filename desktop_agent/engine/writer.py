@@ -153,6 +153,10 @@ class BlobWriter:
             results[i] = SaveResult(bid, True, len(sl))
         return results
 
+    def adopt(self, finished: tuple[PackId, str, list[PackedBlob], int]) -> None:
+        """Store and index a pack file assembled elsewhere (a helper process)."""
+        self._submit(finished)
+
     # ----------------------------------------------------------- uploads
     def _submit(self, finished: tuple[PackId, str, list[PackedBlob], int]) -> None:
         self._upload_slots.acquire()

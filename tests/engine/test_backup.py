@@ -278,3 +278,60 @@ def test_empty_files_dangling_links_and_a_sparse_gigabyte(tmp_path, new_repo):
     with open(restored, "rb") as fh:
         fh.seek(512 * 1024 * 1024)
         assert fh.read(6) == b"middle"
+
+
+def test_many_small_files_go_through_helper_processes(tmp_path, new_repo, restic):
+    """Past 2000 small files, helper processes read and seal them; duplicates
+    routed to the same helper are stored once; the result is the same tree."""
+    import multiprocessing
+
+    src = tmp_path / "src"
+    for i in range(2600):
+        write(src / f"d{i // 500}" / f"f{i}.txt", f"file {i % 2300}\n".encode() * (i % 7 + 1))
+    (src / "d1" / "empty").write_bytes(b"")
+    repo = new_repo()
+    saw_helper = []
+
+    def on_progress(p: Progress) -> None:
+        if not saw_helper and multiprocessing.active_children():
+            saw_helper.append(True)
+
+    res = backup(repo, BackupOptions(sources=[str(src)], helpers=2), progress=on_progress, progress_interval=0)
+    assert saw_helper, "no helper process was started"
+    assert not multiprocessing.active_children()  # and they are gone
+    assert res.summary.files_new == 2601
+    assert res.summary.data_blobs <= 2300 * 7  # duplicates stored once
+    restic(repo.storage.location, "check", "--read-data")
+    assert signature(_restore_all(repo, tmp_path) / str(src).lstrip("/")) == signature(src)
+    assert os.listdir(os.path.join(repo.storage.location, "tmp")) == []
+
+
+def test_a_helper_that_dies_is_replaced_by_the_backup_itself(tmp_path, new_repo, restic):
+    import multiprocessing
+    import signal
+
+    src = tmp_path / "src"
+    for i in range(4000):
+        write(src / f"d{i // 400}" / f"f{i}.txt", os.urandom(200 + i % 300))
+    repo = new_repo()
+    killed = []
+
+    def on_progress(p: Progress) -> None:
+        if not killed and p.files_done > 2200:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+                killed.append(child.pid)
+
+    res = backup(repo, BackupOptions(sources=[str(src)], helpers=1), progress=on_progress, progress_interval=0)
+    assert killed
+    assert any("helper process failed" in w for w in res.warnings)
+    restic(repo.storage.location, "check", "--read-data")
+    assert signature(_restore_all(repo, tmp_path) / str(src).lstrip("/")) == signature(src)
+
+
+def test_a_source_matching_an_exclude_is_left_out(tmp_path, new_repo):
+    keep = write(tmp_path / "keep" / "a.txt", b"a").parent
+    drop = write(tmp_path / "cache.tmp" / "b.txt", b"b").parent
+    repo = new_repo()
+    res = backup(repo, BackupOptions(sources=[str(keep), str(drop)], excludes=["*.tmp"]))
+    assert res.summary.total_files_processed == 1
