@@ -32,6 +32,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,27 +95,68 @@ def dataset(workdir: Path, name: str, args: argparse.Namespace) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     print(f"generating data set {name} ...", flush=True)
     t = time.monotonic()
-    if name == "mixed":
-        make_mixed(root, args.mixed_mib)
-    else:
-        make_small(root, args.small_files)
+    # in a child process: this one must stay small, because a child's peak
+    # RSS (wait4) starts from the parent's size at fork
+    subprocess.run(
+        [sys.executable, __file__, "--generate", name, "--workdir", str(workdir),
+         "--mixed-mib", str(args.mixed_mib), "--small-files", str(args.small_files)],
+        check=True,
+    )
     marker.write_text("ok")
     print(f"  done in {time.monotonic() - t:.1f} s", flush=True)
     return root
 
 
 # ----------------------------------------------------------------- running
+def _tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    total = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as fh:
+                    stack.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one command; raises on failure."""
+    """Wall seconds and peak memory (bytes) of one command; raises on failure.
+
+    Peak memory is the larger of the kernel's peak RSS of the command's
+    process (wait4) and the largest sum of the RSS of the command and all
+    its helper processes, sampled every 5 ms (desktop-agent starts helper
+    processes for many small files; their memory counts).
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            done.wait(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode not in (0, 3):
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return wall, usage.ru_maxrss * 1024
+    return wall, max(usage.ru_maxrss * 1024, peak[0])
 
 
 def du(path: Path) -> int:
@@ -243,12 +285,20 @@ def report(name: str, ours: dict[str, tuple[float, int]], theirs: dict[str, tupl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/desktop-agent-bench"))
+    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/desktop-agent-bench"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--mixed-mib", type=int, default=1024)
     ap.add_argument("--small-files", type=int, default=50_000)
     ap.add_argument("--only", choices=["mixed", "small"])
+    ap.add_argument("--generate", choices=["mixed", "small"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.generate:
+        root = args.workdir / "data" / args.generate
+        if args.generate == "mixed":
+            make_mixed(root, args.mixed_mib)
+        else:
+            make_small(root, args.small_files)
+        return
     if shutil.which("restic") is None:
         raise SystemExit("restic is not installed (apt-get install restic)")
     version = subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.strip()

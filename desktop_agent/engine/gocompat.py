@@ -199,8 +199,37 @@ _TIME_RE = re.compile(
 )
 
 
+_parse_cache: dict[str, int] = {}
+
+
 def parse_time(text: str) -> int:
     """Parse an RFC 3339 timestamp into nanoseconds since the epoch."""
+    # Fast path for what restic and we write: "YYYY-MM-DDTHH:MM:SS[.f]<zone>".
+    # Trees hold many times within one second: the seconds part is cached.
+    if len(text) >= 20 and text[4] == "-" and text[10] == "T" and text[19] in ".Z+-":
+        if text[19] == ".":
+            end = 20
+            while end < len(text) and text[end].isdigit():
+                end += 1
+            frac = text[20:end]
+            zone = text[end:]
+        else:
+            frac, zone = "", text[19:]
+        key = text[:19] + zone
+        seconds = _parse_cache.get(key)
+        if seconds is None:
+            seconds = _parse_slow(text[:19] + zone) // 1_000_000_000
+            if len(_parse_cache) > 100_000:
+                _parse_cache.clear()
+            _parse_cache[key] = seconds
+        if frac and len(frac) <= 9 and frac.isdigit():
+            return seconds * 1_000_000_000 + int(frac.ljust(9, "0"))
+        if not frac:
+            return seconds * 1_000_000_000
+    return _parse_slow(text)
+
+
+def _parse_slow(text: str) -> int:
     m = _TIME_RE.match(text)
     if not m:
         raise ValueError(f"invalid timestamp {text!r}")

@@ -124,6 +124,9 @@ class _Restorer:
         self.errors: list[str] = []
         self.failed_files: set[bytes] = set()
         self.bytes_written = 0
+        self.fresh: set[bytes] = set()  # directories this restore created (empty before)
+        self.ends: list[int] = []  # per file: end of the furthest data written
+        self.remaining: list[int] = []  # per file: blob placements still to write
         self._lock = threading.Lock()
 
     def error(self, path: bytes, message: str) -> None:
@@ -160,40 +163,55 @@ class _Restorer:
 
     # ------------------------------------------------------------- prepare
     def _exists(self, dest: bytes) -> bool:
+        # nothing can be in a directory this restore created itself
+        if os.path.dirname(dest) in self.fresh:
+            return False
         return os.path.lexists(dest)
 
     def make_dirs(self) -> None:
+        """Create the target and every directory of the snapshot (parents first)."""
         os.makedirs(self.target, mode=0o700, exist_ok=True)
         for dest, _node in self.dirs:
             try:
-                os.makedirs(dest, mode=0o700, exist_ok=True)
+                os.mkdir(dest, 0o700)
+                self.fresh.add(dest)
+            except FileExistsError:
+                if not os.path.isdir(dest):
+                    self.error(dest, "exists and is not a directory; not overwritten")
+            except FileNotFoundError:  # its parent could not be made
+                try:
+                    os.makedirs(dest, mode=0o700, exist_ok=True)
+                except OSError as exc:
+                    self.error(dest, f"cannot create directory: {exc.strerror}")
             except OSError as exc:
                 self.error(dest, f"cannot create directory: {exc.strerror}")
 
     def create_files(self) -> dict[BlobId, list[tuple[int, int]]]:
-        """Create empty files at full size; map blob -> [(file index, offset)]."""
+        """Check the files' places; map blob -> [(file index, offset)].
+
+        Files are created by their first write (or, with no data to write, at
+        the end), never before: one open per small file.
+        """
         needs: dict[BlobId, list[tuple[int, int]]] = defaultdict(list)
+        self.ends = [0] * len(self.files)
+        self.remaining = [0] * len(self.files)
         for i, pf in enumerate(self.files):
             if pf.link_to is not None:
                 continue
             dest = pf.dest
-            if self._exists(dest) and not self.options.overwrite:
-                self.error(dest, "exists; not overwritten")
-                self.failed_files.add(dest)
-                continue
-            try:
-                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-                if self.options.overwrite and os.path.lexists(dest) and not os.path.isfile(dest):
-                    os.unlink(dest)
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            if self._exists(dest):
+                if not self.options.overwrite:
+                    self.error(dest, "exists; not overwritten")
+                    self.failed_files.add(dest)
+                    continue
                 try:
-                    os.ftruncate(fd, pf.node.size)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                self.error(dest, f"cannot create file: {exc.strerror}")
-                self.failed_files.add(dest)
-                continue
+                    if os.path.isdir(dest) and not os.path.islink(dest):
+                        raise IsADirectoryError(errno.EISDIR, "is a directory")
+                    os.unlink(dest)
+                except OSError as exc:
+                    self.error(dest, f"cannot replace: {exc.strerror}")
+                    self.failed_files.add(dest)
+                    continue
             offset = 0
             for blob_id in pf.node.content or ():
                 entry = self.repo.index.lookup(BlobType.DATA, blob_id)
@@ -202,12 +220,12 @@ class _Restorer:
                     self.failed_files.add(dest)
                     break
                 needs[blob_id].append((i, offset))
+                self.remaining[i] += 1
                 offset += entry.plaintext_length
-            if pf.node.size == 0:
+            if not self.remaining[i]:
                 self.progress.add_done(files=1)
         return needs
 
-    # ------------------------------------------------------------- content
     def restore_pack(self, pack: PackId, blobs: list[tuple[BlobId, int, int, int]], needs: dict[BlobId, list[tuple[int, int]]]) -> None:
         """Read the needed ranges of one pack and write its blobs out."""
         self.control.checkpoint()
@@ -248,12 +266,13 @@ class _Restorer:
                 self.failed_files.add(dest)
 
     def write_blob(self, plain: bytes, where: list[tuple[int, int]]) -> None:
+        """Write one blob to every place that holds it (all-zero blocks stay holes)."""
         zero = len(plain) >= 4096 and plain.count(0) == len(plain)
         for idx, offset in where:
             pf = self.files[idx]
             if not zero:
                 try:
-                    fd = os.open(pf.dest, os.O_WRONLY | os.O_NOFOLLOW)
+                    fd = os.open(pf.dest, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                     try:
                         view = memoryview(plain)
                         pos = offset
@@ -272,9 +291,12 @@ class _Restorer:
                     continue
             with self._lock:
                 self.bytes_written += len(plain)
-            self.progress.add_done(nbytes=len(plain))
-            if offset + len(plain) >= pf.node.size:
-                self.progress.add_done(files=1)
+                end = offset + len(plain)
+                if end > self.ends[idx] and not zero:
+                    self.ends[idx] = end
+                self.remaining[idx] -= 1
+                finished = self.remaining[idx] == 0
+            self.progress.add_done(nbytes=len(plain), files=1 if finished else 0)
             self.progress.current_file = os.fsdecode(pf.dest)
             self.progress.maybe_report()
 
@@ -309,7 +331,7 @@ class _Restorer:
             self.error(dest, f"cannot set metadata: {exc.strerror}")
 
     def finish(self) -> None:
-        for pf in self.files:
+        for i, pf in enumerate(self.files):
             if pf.link_to is not None:
                 if pf.link_to in self.failed_files:
                     self.error(pf.dest, "hard link target was not restored")
@@ -325,8 +347,19 @@ class _Restorer:
                 except OSError as exc:
                     self.error(pf.dest, f"cannot create hard link: {exc.strerror}")
                 continue
-            if pf.dest not in self.failed_files:
-                self._meta(pf.dest, pf.node)
+            if pf.dest in self.failed_files:
+                continue
+            if pf.node.size == 0 or self.ends[i] != pf.node.size:  # empty, sparse, ending in zeros
+                try:
+                    fd = os.open(pf.dest, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                    try:
+                        os.ftruncate(fd, pf.node.size)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    self.error(pf.dest, f"cannot create file: {exc.strerror}")
+                    continue
+            self._meta(pf.dest, pf.node)
         for dest, node in self.others:
             if self._exists(dest):
                 if not self.options.overwrite:
