@@ -41,11 +41,12 @@ from . import crypto
 from .chunker import MIN_SIZE, Chunker
 from .control import Control
 from .dircache import DirCache, cache_file, signature
-from .errors import EngineError, SourceError
+from .errors import Cancelled, EngineError, SourceError
 from .filter import ExcludeFilter
 from .gocompat import format_time
 from .ids import BlobId, BlobType, PackId, SnapshotId
 from .lock import Lock
+from .memory import limit_malloc_arenas
 from .pack import PackedBlob
 from .progress import ProgressState, Reporter
 from .smallfiles import FileResult, Helpers, open_for_reading, read_small, unportable
@@ -68,6 +69,7 @@ _INFLIGHT_BYTES = 16 * 1024 * 1024
 _HELPERS_AFTER = 2000
 _HELPER_BATCH_FILES = 128
 _HELPER_QUEUE = 3  # batches a helper may have waiting
+_READERS = 1  # threads reading and chunking large files
 
 
 @dataclass(frozen=True)
@@ -307,8 +309,11 @@ class _Backup:
         self.writer = BlobWriter(repo)
         workers = options.workers or os.cpu_count() or 2
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup")
-        self.inflight: deque[tuple[Future[object], int]] = deque()
-        self.inflight_bytes = 0
+        self.readers = ThreadPoolExecutor(max_workers=_READERS, thread_name_prefix="read")
+        self.reading: deque[Future[None]] = deque()  # large files being read
+        self._budget = threading.Condition()
+        self._inflight = 0  # bytes submitted to the pool and not yet processed
+        self._failure: BaseException | None = None
         self.pending_dirs: deque[_DirJob] = deque()
         self.stats = _Stats()
         self.skipped: list[SkippedPath] = []
@@ -343,34 +348,62 @@ class _Backup:
 
     # ------------------------------------------------------- work in flight
     def submit(self, fn: Callable[..., object], nbytes: int, *args: object) -> Future[object]:
-        while self.inflight and self.inflight_bytes + nbytes > _INFLIGHT_BYTES:
-            self.wait_oldest()
+        """Queue work for the pool, waiting while too many bytes are in flight.
+
+        Called by the walker and by the readers of large files; a task's
+        bytes are released when it completes, and its failure is remembered
+        for the walker to raise.
+        """
+        with self._budget:
+            while self._inflight > 0 and self._inflight + nbytes > _INFLIGHT_BYTES:
+                if self._failure is not None:
+                    raise self._failure
+                self._budget.wait(0.05)
+            self._inflight += nbytes
         fut = self.pool.submit(self._guarded, fn, *args)
-        self.inflight.append((fut, nbytes))
-        self.inflight_bytes += nbytes
+        fut.add_done_callback(lambda f: self._release(nbytes, f))
         return fut
+
+    def _release(self, nbytes: int, fut: Future[object]) -> None:
+        with self._budget:
+            self._inflight -= nbytes
+            if not fut.cancelled() and self._failure is None:
+                self._failure = fut.exception()
+            self._budget.notify_all()
 
     def _guarded(self, fn: Callable[..., object], *args: object) -> object:
         self.control.checkpoint()  # workers stop too while paused
         return fn(*args)
 
-    def wait_oldest(self) -> None:
-        fut, nbytes = self.inflight.popleft()
-        try:
-            fut.result()
-        finally:
-            self.inflight_bytes -= nbytes
-        self.drain()
+    def check_failure(self) -> None:
+        """Raise the first failure of any task or reader."""
+        if self._failure is not None:
+            raise self._failure
+        while self.reading and self.reading[0].done():
+            self.reading.popleft().result()
 
     def reap(self) -> None:
+        """Take in finished work and finalize what is ready (walker thread)."""
         if self.helpers is not None:
             self.poll_helpers()
-        while self.inflight and self.inflight[0][0].done():
-            self.wait_oldest()
+        self.check_failure()
         self.drain()
 
+    def wait_all(self) -> None:
+        """Wait until every queued file is stored and every tree finalized."""
+        for fut in list(self.reading):
+            fut.result()
+        self.reading.clear()
+        while self.pending_dirs:
+            self.check_failure()
+            self.drain()
+            if self.pending_dirs:
+                with self._budget:
+                    if not self.pending_dirs[0].ready():
+                        self._budget.wait(0.05)
+
     # ----------------------------------------------------------- file data
-    def save_chunk(self, data: bytes) -> SaveResult:
+    def save_chunk(self, data: bytes | memoryview) -> SaveResult:
         res = self.writer.save(BlobType.DATA, data)
         self.stats.add_blob(res, len(data), BlobType.DATA)
         self.progress.add_done(nbytes=len(data), new=res.stored)
@@ -592,6 +625,7 @@ class _Backup:
         if node.size <= SMALL_FILE:
             self.small_files += 1
             if self.small_files == _HELPERS_AFTER:
+                self.flush_batch()  # its files must not wait for the end
                 self.start_helpers()
             if self.helpers is not None:
                 # routed by size: identical files meet in the same helper
@@ -607,19 +641,27 @@ class _Backup:
             if len(self.batch.jobs) >= _BATCH_FILES or self.batch.nbytes >= _BATCH_BYTES:
                 self.flush_batch()
             return job
-        self.flush_batch()  # keep file order roughly sequential on disk
-        try:
-            self.read_large(job)
-        finally:
-            job.submitted = True
+        self.flush_batch()
+        self.reading.append(self.readers.submit(self.read_large, job))
         return job
 
     def read_large(self, job: _FileJob) -> None:
+        """Read and chunk a large file (a reader thread); chunks go to the pool."""
+        try:
+            self._read_large(job)
+        finally:
+            job.submitted = True
+            with self._budget:
+                self._budget.notify_all()
+
+    def _read_large(self, job: _FileJob) -> None:
+        self.control.checkpoint()
         try:
             fd = open_for_reading(job.path)
         except OSError as exc:
             self._read_error(job, exc)
             return
+        self.progress.current_file = _display(job.path)
         with open(fd, "rb", buffering=0) as fh:
             try:
                 before = os.fstat(fd)
@@ -627,12 +669,10 @@ class _Backup:
                     job.vanished = True
                     return
                 total = 0
-                for view in self.chunker.stream(fh):  # type: ignore[arg-type]
+                for view in self.chunker.blocks(fh):  # type: ignore[arg-type]
                     self.control.checkpoint()
-                    data = bytes(view)
-                    total += len(data)
-                    job.futures.append(self.submit(self.save_chunk, len(data), data))  # type: ignore[arg-type]
-                    self.reap()
+                    total += len(view)
+                    job.futures.append(self.submit(self.save_chunk, len(view), view))  # type: ignore[arg-type]
                     self.progress.maybe_report()
                 after = os.fstat(fd)
             except OSError as exc:
@@ -819,6 +859,7 @@ class _Backup:
         res = self.writer.save(BlobType.TREE, data, tree_id)
         self.stats.add_blob(res, len(data), BlobType.TREE)
         job.tree_id = tree_id
+        job.entries = []  # the parent needs only the id: let the nodes go
         if self.new_cache is not None and job.sig is not None:
             self.new_cache.put(job.path, job.sig, tree_id)
 
@@ -850,9 +891,7 @@ class _Backup:
         self.walk_dir(root, None if b"/" in sources else trie)
         self.flush_batch()
         self.stop_helpers(keep_work=True)
-        while self.inflight:
-            self.wait_oldest()
-        self.drain()
+        self.wait_all()
         assert not self.pending_dirs and root.tree_id is not None
         return root.tree_id
 
@@ -862,8 +901,11 @@ class _Backup:
         Complete blobs in open packs are finished into packs too, so a
         cancelled or interrupted run loses no work. No snapshot is written.
         """
-        for fut, _ in self.inflight:
-            fut.cancel()
+        with self._budget:
+            if self._failure is None:
+                self._failure = Cancelled("backup stopped")  # readers waiting for room give up
+            self._budget.notify_all()
+        self.readers.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
         try:
             self.stop_helpers(keep_work=True)
@@ -940,6 +982,7 @@ def backup(
     subclasses for repository failures. Unreadable files do not fail the
     backup: they are listed in :attr:`BackupResult.skipped`.
     """
+    limit_malloc_arenas()
     control = control or Control()
     state = ProgressState(progress, progress_interval)
     start_ns = time.time_ns()
@@ -980,6 +1023,7 @@ def backup(
             state.finish_scan()
         try:
             tree_id = job.run(raw)
+            job.readers.shutdown(wait=True)
             job.pool.shutdown(wait=True)
             job.writer.flush()
             job.writer.write_index()

@@ -19,6 +19,7 @@ __all__ = ["Chunker", "MIN_SIZE", "AVG_SIZE", "MAX_SIZE"]
 MIN_SIZE = 512 * 1024
 AVG_SIZE = 1024 * 1024
 MAX_SIZE = 8 * 1024 * 1024
+BLOCK = MAX_SIZE  # read size of :meth:`Chunker.blocks`
 
 
 class Chunker:
@@ -35,6 +36,37 @@ class Chunker:
             cdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, seed=self.seed)
             self._local.cdc = cdc
         return cdc
+
+    def blocks(self, fh: BinaryIO, block: int = BLOCK) -> Iterator[memoryview]:
+        """Chunks of a file, read in blocks; each view stays valid.
+
+        Every block is a fresh buffer and the chunks are views into it, so
+        no chunk is copied; only the unfinished tail of a block (less than
+        one chunk) is carried into the next. Boundaries do not depend on the
+        block size: a cut search restarts at each chunk's start.
+        """
+        cdc = self._cdc()
+        carry = b""
+        while True:
+            buf = bytearray(block + len(carry))
+            view = memoryview(buf)
+            view[: len(carry)] = carry
+            filled = len(carry)
+            eof = False
+            while filled < len(buf):
+                n = fh.readinto(view[filled:])
+                if not n:
+                    eof = True
+                    break
+                filled += n
+            if not filled:
+                return
+            chunks = [c.data for c in cdc.cut_buf(view[:filled])]
+            if eof:
+                yield from chunks
+                return
+            carry = bytes(chunks.pop())  # may end mid-chunk: cut it again with what follows
+            yield from chunks
 
     def stream(self, fh: BinaryIO) -> Iterator[memoryview]:
         """Chunks of a file object; each view is valid until the next one."""

@@ -16,7 +16,7 @@ from .errors import IntegrityError
 from .ids import BlobId, BlobType, PackId, parse_id
 from .pack import PackedBlob
 
-__all__ = ["IndexEntry", "MasterIndex", "encode_index", "decode_index", "MAX_BLOBS_PER_FILE"]
+__all__ = ["IndexEntry", "MasterIndex", "encode_index", "index_bytes", "decode_index", "MAX_BLOBS_PER_FILE"]
 
 # restic starts a new index file after this many blobs; keeps files < 8 MiB.
 MAX_BLOBS_PER_FILE = 50_000
@@ -62,6 +62,33 @@ def encode_index(packs: Iterable[tuple[PackId, list[PackedBlob]]], supersedes: I
         doc["supersedes"] = sup
     doc["packs"] = out_packs
     return doc
+
+
+def index_bytes(packs: Iterable[tuple[PackId, list[PackedBlob]]], supersedes: Iterable[bytes] = ()) -> bytes:
+    """The index document as compact JSON, built directly as text.
+
+    Equal to ``json.dumps(encode_index(...))`` but without building a dict per
+    blob: an index of 50,000 blobs costs a few MB less at its peak.
+    """
+    parts = ["{"]
+    sup = [s.hex() for s in supersedes]
+    if sup:
+        parts.append('"supersedes":["' + '","'.join(sup) + '"],')
+    parts.append('"packs":[')
+    first_pack = True
+    for pack_id, blobs in packs:
+        if not first_pack:
+            parts.append(",")
+        first_pack = False
+        items = []
+        for b in blobs:
+            ulen = f',"uncompressed_length":{b.uncompressed_length}' if b.uncompressed_length else ""
+            items.append(
+                f'{{"id":"{b.id.hex()}","type":"{b.type.label}","offset":{b.offset},"length":{b.length}{ulen}}}'
+            )
+        parts.append(f'{{"id":"{pack_id.hex()}","blobs":[' + ",".join(items) + "]}")
+    parts.append("]}")
+    return "".join(parts).encode()
 
 
 def decode_index(doc: Any) -> tuple[list[bytes], list[tuple[PackId, list[PackedBlob]]]]:

@@ -90,13 +90,17 @@ class ProgressState:
             )
 
     def maybe_report(self) -> None:
-        """Report if the interval has passed since the last report."""
+        """Report if the interval has passed since the last report (any thread)."""
         if self._reporter is None:
             return
         now = time.monotonic()
-        if now - self._last >= self._interval:
+        if now - self._last < self._interval:
+            return
+        with self._lock:
+            if now - self._last < self._interval:
+                return
             self._last = now
-            self._reporter(self.snapshot())
+        self._reporter(self.snapshot())
 
     def report_final(self) -> None:
         """Report the final state unconditionally."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from .control import Control
 from .errors import EngineError, IntegrityError, NotFound, StorageError
 from .ids import BlobId, BlobType, PackId
+from .memory import limit_malloc_arenas
 from .progress import ProgressState, Reporter
 from .repository import Repository
 from .snapshot import Snapshot
@@ -405,6 +406,7 @@ def restore(
     progress_interval: float = 0.1,
 ) -> RestoreResult:
     """Restore ``snap`` into ``options.target``; per-file problems are listed, not raised."""
+    limit_malloc_arenas()
     control = control or Control()
     state = ProgressState(progress, progress_interval)
     repo.ensure_index()

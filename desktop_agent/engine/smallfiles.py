@@ -15,9 +15,11 @@ work itself.
 from __future__ import annotations
 
 import errno
-import multiprocessing
 import os
+import socket
 import stat as st
+import subprocess
+import sys
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -30,6 +32,7 @@ from .pack import PackBuilder, PackedBlob
 __all__ = ["read_small", "open_for_reading", "Helpers", "unportable", "SMALL_FILE", "FileResult"]
 
 SMALL_FILE = 512 * 1024  # = chunker.MIN_SIZE (kept import-light for the helpers)
+MAX_PACK_BLOBS = 2048  # a helper finishes its pack after this many blobs
 
 _OPEN_FLAGS = (
     os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -172,16 +175,22 @@ def _seal(
         for (i, _b, _u), blob in zip(new, sealed):
             r = results[i]
             results[i] = (r[0], r[1], r[2], r[3], r[4], len(blob))
-        if builder.size >= pack_size:
+        # small packs are fine: the parent keeps every file of an unfinished
+        # pack in memory until the pack is done, so bound it by blob count too
+        if builder.size >= pack_size or len(builder) >= MAX_PACK_BLOBS:
             finished.append(_portable(builder.finish()))
     return results, finished
 
 
 class Helpers:
-    """A few helper processes, each fed batches of paths through a pipe.
+    """A few helper processes, each fed batches of paths through a socket.
 
-    Files are routed by size, so identical files meet in the same helper and
-    are stored once. Not thread-safe: one thread (the walker) drives it.
+    Helpers are plain ``python -m desktop_agent.engine.smallfiles``
+    processes (they import only what they need, about 25 MB each), talking
+    over an inherited socket pair; the key travels over that socket, never
+    through the command line or the environment. Files are routed by size,
+    so identical files meet in the same helper and are stored once. Not
+    thread-safe: one thread (the walker) drives it.
     """
 
     def __init__(
@@ -193,23 +202,22 @@ class Helpers:
         pack_size: int,
         known: bytes,
     ) -> None:
-        ctx = multiprocessing.get_context("spawn")  # nothing inherited but the arguments
         self.conns: list[Connection] = []
-        self.procs: list[Any] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.outstanding = [0] * count
         try:
             for _ in range(count):
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(
-                    target=_helper_main,
-                    args=(child, (key.encrypt, key.mac_k, key.mac_r), compression, spool_dir, pack_size, known),
-                    name="desktop-agent-helper",
-                    daemon=True,
-                )
-                proc.start()
-                child.close()
-                self.conns.append(parent)
+                ours, theirs = socket.socketpair()
+                with theirs:
+                    proc = subprocess.Popen(
+                        [*_helper_command(), str(theirs.fileno())],
+                        pass_fds=(theirs.fileno(),),
+                        stdin=subprocess.DEVNULL,
+                    )
+                conn = Connection(ours.detach())
+                self.conns.append(conn)
                 self.procs.append(proc)
+                conn.send(("init", (key.encrypt, key.mac_k, key.mac_r), compression, spool_dir, pack_size, known))
         except BaseException:
             self.close()
             raise
@@ -257,11 +265,35 @@ class Helpers:
             except (OSError, EOFError, ValueError):
                 pass
         for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.join()
+                proc.wait()
         for conn in self.conns:
             conn.close()
         self.conns = []
         self.procs = []
+
+
+def _helper_command() -> list[str]:
+    if getattr(sys, "frozen", False):  # a packaged binary runs its own entry point
+        return [sys.executable, "--engine-helper"]
+    return [sys.executable, "-m", "desktop_agent.engine.smallfiles"]
+
+
+def helper_entry(fd: int) -> None:
+    """Entry point of a helper process: serve the parent on socket ``fd``."""
+    conn = Connection(fd)
+    try:
+        msg = conn.recv()
+    except EOFError:
+        return
+    if msg[0] != "init":
+        return
+    _, key_parts, compression, spool_dir, pack_size, known = msg
+    _helper_main(conn, key_parts, compression, spool_dir, pack_size, known)
+
+
+if __name__ == "__main__":
+    helper_entry(int(sys.argv[1]))

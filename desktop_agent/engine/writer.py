@@ -24,7 +24,7 @@ import zstandard
 from . import crypto
 from .errors import EngineError, StorageError
 from .ids import BlobId, BlobType, PackId
-from .index import MAX_BLOBS_PER_FILE, encode_index
+from .index import MAX_BLOBS_PER_FILE, index_bytes
 from .pack import PackBuilder, PackedBlob
 from .repository import Repository
 from .storage import FileType
@@ -228,10 +228,10 @@ class BlobWriter:
                 batch.append(pack)
                 count += len(pack[1])
                 if count >= MAX_BLOBS_PER_FILE:
-                    names.append(self.repo.save_json(FileType.INDEX, encode_index(batch)))
+                    names.append(self.repo.save_unpacked(FileType.INDEX, index_bytes(batch)))
                     batch, count = [], 0
             if batch:
-                names.append(self.repo.save_json(FileType.INDEX, encode_index(batch)))
+                names.append(self.repo.save_unpacked(FileType.INDEX, index_bytes(batch)))
         except BaseException:
             with self._lock:  # keep them for a retry or the next checkpoint
                 self._uploaded = packs + self._uploaded

@@ -249,3 +249,20 @@ def test_master_index_concurrent_adds() -> None:
         th.join()
     assert len(index) == 4 * 50 * 20
     assert len(index.packs()) == 4 * 50
+
+
+def test_index_bytes_is_the_json_of_encode_index():
+    """The fast text encoder writes exactly the document encode_index describes."""
+    import json
+
+    from desktop_agent.engine.ids import BlobId, BlobType, PackId
+    from desktop_agent.engine.index import encode_index, index_bytes
+    from desktop_agent.engine.pack import PackedBlob
+
+    packs = [
+        (PackId(bytes([i]) * 32), [PackedBlob(BlobType(j % 2), BlobId(bytes([i, j]) * 16), j * 100, 90, j * 3) for j in range(5)])
+        for i in range(3)
+    ]
+    for sup in ([], [b"\x07" * 32]):
+        assert json.loads(index_bytes(packs, sup)) == encode_index(packs, sup)
+    assert json.loads(index_bytes([])) == {"packs": []}
