@@ -58,7 +58,10 @@ def make_mixed(root: Path, total_mib: int) -> None:
     (root / "shifted").mkdir()
     for i in range(n_rand):
         (root / "random" / f"r{i}.bin").write_bytes(os.urandom(unit * MiB))
-    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    vocab = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+        for _ in range(5000)
+    ]
     for i in range(n_text):
         out = bytearray()
         while len(out) < unit * MiB:
@@ -98,8 +101,18 @@ def dataset(workdir: Path, name: str, args: argparse.Namespace) -> Path:
     # in a child process: this one must stay small, because a child's peak
     # RSS (wait4) starts from the parent's size at fork
     subprocess.run(
-        [sys.executable, __file__, "--generate", name, "--workdir", str(workdir),
-         "--mixed-mib", str(args.mixed_mib), "--small-files", str(args.small_files)],
+        [
+            sys.executable,
+            __file__,
+            "--generate",
+            name,
+            "--workdir",
+            str(workdir),
+            "--mixed-mib",
+            str(args.mixed_mib),
+            "--small-files",
+            str(args.small_files),
+        ],
         check=True,
     )
     marker.write_text("ok")
@@ -208,7 +221,9 @@ class Restic:
 
     def __init__(self, workdir: Path, source: Path) -> None:
         self.source = source
-        self.env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, RESTIC_CACHE_DIR=str(workdir / "restic-cache"))
+        self.env = dict(
+            os.environ, RESTIC_PASSWORD=PASSWORD, RESTIC_CACHE_DIR=str(workdir / "restic-cache")
+        )
 
     def init(self, repo: Path) -> None:
         run(["restic", "-r", str(repo), "-q", "init"], self.env)
@@ -217,13 +232,22 @@ class Restic:
         return run(["restic", "-r", str(repo), "-q", "backup", str(self.source)], self.env)
 
     def restore(self, repo: Path, target: Path) -> tuple[float, int]:
-        return run(["restic", "-r", str(repo), "-q", "restore", "latest", "--target", str(target)], self.env)
+        return run(
+            ["restic", "-r", str(repo), "-q", "restore", "latest", "--target", str(target)],
+            self.env,
+        )
 
 
 # --------------------------------------------------------------- measuring
-def measure(tool: Ours | Restic, workdir: Path, repeat: int, tag: str) -> dict[str, tuple[float, int]]:
+def measure(
+    tool: Ours | Restic, workdir: Path, repeat: int, tag: str
+) -> dict[str, tuple[float, int]]:
     """Median (seconds, peak RSS) per operation, and the repository size."""
-    results: dict[str, list[tuple[float, int]]] = {"initial backup": [], "unchanged re-run": [], "restore": []}
+    results: dict[str, list[tuple[float, int]]] = {
+        "initial backup": [],
+        "unchanged re-run": [],
+        "restore": [],
+    }
     size = 0
     repo = workdir / f"repo-{tag}-{tool.name}"
     target = workdir / f"restore-{tag}-{tool.name}"
@@ -241,7 +265,10 @@ def measure(tool: Ours | Restic, workdir: Path, repeat: int, tag: str) -> dict[s
         shutil.rmtree(target, ignore_errors=True)
         print(f"  {tool.name} run {i + 1}/{repeat} done", flush=True)
     shutil.rmtree(repo, ignore_errors=True)
-    med = {k: (statistics.median(t for t, _ in v), int(statistics.median(m for _, m in v))) for k, v in results.items()}
+    med = {
+        k: (statistics.median(t for t, _ in v), int(statistics.median(m for _, m in v)))
+        for k, v in results.items()
+    }
     med["repository size"] = (0.0, size)
     return med
 
@@ -262,9 +289,17 @@ def fmt_mib(n: int) -> str:
     return f"{n / MiB:8.1f} MiB"
 
 
-def report(name: str, ours: dict[str, tuple[float, int]], theirs: dict[str, tuple[float, int]], same_kdf: float | None) -> None:
+def report(
+    name: str,
+    ours: dict[str, tuple[float, int]],
+    theirs: dict[str, tuple[float, int]],
+    same_kdf: float | None,
+) -> None:
     print(f"\n== data set: {name}")
-    print(f"{'operation':<20}{'desktop-agent':>16}{'restic':>12}{'ratio':>8}{'target':>9}   peak RSS ours / restic (ratio)")
+    print(
+        f"{'operation':<20}{'desktop-agent':>16}{'restic':>12}{'ratio':>8}{'target':>9}   "
+        f"peak RSS ours / restic (ratio)"
+    )
     for op in ("initial backup", "unchanged re-run", "restore"):
         (t1, m1), (t2, m2) = ours[op], theirs[op]
         ratio = t1 / t2 if t2 else float("nan")
@@ -275,16 +310,27 @@ def report(name: str, ours: dict[str, tuple[float, int]], theirs: dict[str, tupl
             f"{fmt_mib(m1)} / {fmt_mib(m2)} ({m1 / m2:.2f})"
         )
     s1, s2 = ours["repository size"][1], theirs["repository size"][1]
-    print(f"{'repository size':<20}{fmt_mib(s1):>16}{fmt_mib(s2):>12}{s1 / s2:>8.2f}{'<= 1.05':>9} {'ok' if s1 / s2 <= 1.05 else 'MISSED'}")
+    print(
+        f"{'repository size':<20}{fmt_mib(s1):>16}{fmt_mib(s2):>12}{s1 / s2:>8.2f}"
+        f"{'<= 1.05':>9} {'ok' if s1 / s2 <= 1.05 else 'MISSED'}"
+    )
     m1, m2 = ours["initial backup"][1], theirs["initial backup"][1]
-    print(f"{'backup peak memory':<20}{fmt_mib(m1):>16}{fmt_mib(m2):>12}{m1 / m2:>8.2f}{'<= 1.0':>9} {'ok' if m1 / m2 <= 1.0 else 'MISSED'}")
+    print(
+        f"{'backup peak memory':<20}{fmt_mib(m1):>16}{fmt_mib(m2):>12}{m1 / m2:>8.2f}"
+        f"{'<= 1.0':>9} {'ok' if m1 / m2 <= 1.0 else 'MISSED'}"
+    )
     if same_kdf is not None:
         t1 = ours["unchanged re-run"][0]
-        print(f"{'re-run vs restic with the same KDF cost':<44}{t1:>6.2f} s / {same_kdf:.2f} s = {t1 / same_kdf:.2f}")
+        print(
+            f"{'re-run vs restic with the same KDF cost':<44}{t1:>6.2f} s / {same_kdf:.2f} s "
+            f"= {t1 / same_kdf:.2f}"
+        )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/desktop-agent-bench"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--mixed-mib", type=int, default=1024)

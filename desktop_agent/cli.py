@@ -64,7 +64,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
     p = _Parser(prog="desktop-agent", description="Backups you can keep an eye on.")
-    p.add_argument("--config", metavar="PATH", help="configuration file (default: platform config dir; env DESKTOP_AGENT_CONFIG)")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: platform config dir; env DESKTOP_AGENT_CONFIG)",
+    )
     p.add_argument("--version", action="version", version=f"desktop-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -72,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("backup", help="back up the configured sources once, then exit")
     b.add_argument("--json", action="store_true", help="print status and summary as JSON lines")
-    b.add_argument("--tag", action="append", default=[], help="add a tag to the snapshot (repeatable)")
+    b.add_argument(
+        "--tag", action="append", default=[], help="add a tag to the snapshot (repeatable)"
+    )
 
     s = sub.add_parser("snapshots", help="list snapshots")
     s.add_argument("--json", action="store_true", help="print JSON")
@@ -80,8 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("restore", help="restore a snapshot into a directory")
     r.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot id, id prefix or `latest`")
     r.add_argument("--target", metavar="DIR", required=True, help="directory to restore into")
-    r.add_argument("--include", metavar="PATH", nargs="+", action="extend", default=[], help="restore only these paths (as in the snapshot)")
-    r.add_argument("--overwrite", action="store_true", help="replace files that already exist in DIR")
+    r.add_argument(
+        "--include",
+        metavar="PATH",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="restore only these paths (as in the snapshot)",
+    )
+    r.add_argument(
+        "--overwrite", action="store_true", help="replace files that already exist in DIR"
+    )
 
     c = sub.add_parser("check", help="verify the repository")
     c.add_argument("--read-data", action="store_true", help="also read and verify every blob")
@@ -213,7 +228,11 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     if result.skipped:
         for sk in result.skipped:
             print(f"skipped: {sk.path}: {sk.reason}", file=sys.stderr)
-        print(f"desktop-agent: {len(result.skipped)} path(s) could not be read and are not in the snapshot", file=sys.stderr)
+        print(
+            f"desktop-agent: {len(result.skipped)} path(s) could not be read and are not in "
+            f"the snapshot",
+            file=sys.stderr,
+        )
         return EXIT_SKIPPED
     return EXIT_OK
 
@@ -305,7 +324,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         f"in {human_duration(time.monotonic() - started)}"
     )
     if result.errors:
-        raise CliError(f"{len(result.errors)} problem(s) during restore; some data was not restored")
+        raise CliError(
+            f"{len(result.errors)} problem(s) during restore; some data was not restored"
+        )
     return EXIT_OK
 
 
@@ -327,7 +348,10 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
     if not result.ok:
         raise CliError(f"the repository has {len(result.errors)} error(s); see above")
-    print(f"no errors were found ({result.snapshots} snapshots, {result.trees} trees, {result.packs} packs)")
+    print(
+        f"no errors were found ({result.snapshots} snapshots, {result.trees} trees, "
+        f"{result.packs} packs)"
+    )
     return EXIT_OK
 
 
@@ -372,4 +396,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"; details in {log_path}" if log_path else ""
         print(f"desktop-agent: internal error: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
         return EXIT_FAIL
-

@@ -33,10 +33,16 @@ def restic(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     exe = need_restic()
     cache = tmp_path / "restic-cache"
 
-    def run(repo: str | os.PathLike[str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        repo: str | os.PathLike[str], *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, RESTIC_CACHE_DIR=str(cache))
         proc = subprocess.run(
-            [exe, "-r", os.fspath(repo), *args], env=env, capture_output=True, text=True, timeout=300
+            [exe, "-r", os.fspath(repo), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         if check and proc.returncode != 0:
             raise AssertionError(

@@ -63,7 +63,9 @@ def build_odd_tree(root: Path) -> Path:
     return root
 
 
-def signature(root: Path, *, times: bool = True, dir_times: bool = True) -> dict[bytes, tuple[Any, ...]]:
+def signature(
+    root: Path, *, times: bool = True, dir_times: bool = True
+) -> dict[bytes, tuple[Any, ...]]:
     """Everything that must survive a backup and restore, per relative path."""
     base = os.fsencode(root)
     out: dict[bytes, tuple[Any, ...]] = {}
@@ -94,7 +96,14 @@ def signature(root: Path, *, times: bool = True, dir_times: bool = True) -> dict
     return out
 
 
-def write_config(path: Path, *, repo: Path, sources: list[Path], exclude: list[str] | None = None, password_file: Path | None = None) -> Path:
+def write_config(
+    path: Path,
+    *,
+    repo: Path,
+    sources: list[Path],
+    exclude: list[str] | None = None,
+    password_file: Path | None = None,
+) -> Path:
     """A config file for CLI tests."""
     lines = [
         "[agent]",

@@ -40,7 +40,9 @@ def setup(tmp_path, cli):
     write(src / "a.txt", b"alpha\n")
     write(src / "sub" / "b.bin", os.urandom(200_000))
     write(src / "skip.tmp", b"tmp")
-    cfg = write_config(tmp_path / "config.toml", repo=tmp_path / "repo", sources=[src], exclude=["*.tmp"])
+    cfg = write_config(
+        tmp_path / "config.toml", repo=tmp_path / "repo", sources=[src], exclude=["*.tmp"]
+    )
     return src, cfg
 
 
@@ -79,7 +81,9 @@ def test_full_cycle(tmp_path, cli, setup):
     assert signature(out) == expected
 
     partial = tmp_path / "partial"
-    inc = cli(*c, "restore", "latest", "--target", str(partial), "--include", str(src / "sub"), env=ENV)
+    inc = cli(
+        *c, "restore", "latest", "--target", str(partial), "--include", str(src / "sub"), env=ENV
+    )
     assert inc.returncode == 0, inc.stderr
     assert (partial / str(src).lstrip("/") / "sub" / "b.bin").exists()
     assert not (partial / str(src).lstrip("/") / "a.txt").exists()
@@ -138,14 +142,20 @@ def test_newer_repository_version_is_refused(tmp_path, cli, setup):
 
 def test_missing_source_is_listed_and_exit_3(tmp_path, cli, setup):
     src, _cfg = setup
-    cfg = write_config(tmp_path / "c2.toml", repo=tmp_path / "repo", sources=[src, tmp_path / "unplugged"])
+    cfg = write_config(
+        tmp_path / "c2.toml", repo=tmp_path / "repo", sources=[src, tmp_path / "unplugged"]
+    )
     assert cli("--config", str(cfg), "init", env=ENV).returncode == 0
     proc = cli("--config", str(cfg), "backup", env=ENV)
     _no_traceback(proc)
     assert proc.returncode == 3, proc.stderr
     assert f"skipped: {tmp_path / 'unplugged'}: source does not exist" in proc.stderr
-    only_missing = write_config(tmp_path / "c3.toml", repo=tmp_path / "repo", sources=[tmp_path / "nothing"])
-    _one_line_error(cli("--config", str(only_missing), "backup", env=ENV), "no backup source exists")
+    only_missing = write_config(
+        tmp_path / "c3.toml", repo=tmp_path / "repo", sources=[tmp_path / "nothing"]
+    )
+    _one_line_error(
+        cli("--config", str(only_missing), "backup", env=ENV), "no backup source exists"
+    )
 
 
 @pytest.fixture

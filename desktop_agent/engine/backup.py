@@ -49,13 +49,20 @@ from .lock import Lock
 from .memory import limit_malloc_arenas
 from .pack import PackedBlob
 from .progress import ProgressState, Reporter
-from .smallfiles import FileResult, Helpers, open_for_reading, read_small, unportable
 from .repository import Repository, hostname, username
+from .smallfiles import FileResult, Helpers, open_for_reading, read_small, unportable
 from .snapshot import Snapshot, SnapshotSummary
 from .tree import Node, NodeType, encode_tree, go_mode
 from .writer import BlobWriter, SaveResult
 
-__all__ = ["BackupOptions", "BackupResult", "SkippedPath", "backup", "find_parent", "node_from_stat"]
+__all__ = [
+    "BackupOptions",
+    "BackupResult",
+    "SkippedPath",
+    "backup",
+    "find_parent",
+    "node_from_stat",
+]
 
 # Files up to this size are read whole and travel in batches.
 SMALL_FILE = MIN_SIZE
@@ -112,7 +119,18 @@ def _display(path: bytes) -> str:
 class _FileJob:
     """A file whose content is being stored."""
 
-    __slots__ = ("path", "node", "futures", "submitted", "pending", "content", "error", "vanished", "size", "changed")
+    __slots__ = (
+        "path",
+        "node",
+        "futures",
+        "submitted",
+        "pending",
+        "content",
+        "error",
+        "vanished",
+        "size",
+        "changed",
+    )
 
     def __init__(self, path: bytes, node: Node) -> None:
         self.path = path
@@ -432,7 +450,7 @@ class _Backup:
             return
         saved = self.writer.save_many(BlobType.DATA, [d for _, d in plain])
         nbytes = new = 0
-        for (job, data), r in zip(plain, saved):
+        for (job, data), r in zip(plain, saved, strict=True):
             job.content = [r.id]
             nbytes += len(data)
             new += r.stored
@@ -476,7 +494,7 @@ class _Backup:
         """
         nbytes = files = new = 0
         provisional = self.helper_provisional[helper]
-        for job, res in zip(jobs, results):
+        for job, res in zip(jobs, results, strict=True):
             if res[0] == "stored":
                 _, blob_id, size, changed, mtime, stored = res
                 job.size = size
@@ -503,7 +521,9 @@ class _Backup:
                 files += 1
         self.progress.add_done(nbytes=nbytes, files=files, new=new)
 
-    def helper_packs(self, helper: int, packs: list[tuple[PackId, str, list[PackedBlob], int]]) -> None:
+    def helper_packs(
+        self, helper: int, packs: list[tuple[PackId, str, list[PackedBlob], int]]
+    ) -> None:
         """A helper finished packs: everything it reported so far is durable."""
         for pack in packs:
             self.writer.adopt(pack)
@@ -557,7 +577,12 @@ class _Backup:
         known = b"".join(self.repo.index.blob_ids(BlobType.DATA))
         try:
             self.helpers = Helpers(
-                n, self.repo.key, self.repo.compression, self.repo.storage.spool_dir(), self.writer.pack_size, known
+                n,
+                self.repo.key,
+                self.repo.compression,
+                self.repo.storage.spool_dir(),
+                self.writer.pack_size,
+                known,
             )
         except (OSError, ValueError) as exc:
             self.warn(f"cannot start helper processes ({exc}); using threads only")
@@ -669,7 +694,7 @@ class _Backup:
                     job.vanished = True
                     return
                 total = 0
-                for view in self.chunker.blocks(fh):  # type: ignore[arg-type]
+                for view in self.chunker.blocks(fh):
                     self.control.checkpoint()
                     total += len(view)
                     job.futures.append(self.submit(self.save_chunk, len(view), view))  # type: ignore[arg-type]
@@ -685,7 +710,9 @@ class _Backup:
         self.progress.add_done(files=1)
 
     # --------------------------------------------------------------- walk
-    def entry(self, path: bytes, name: bytes, s: os.stat_result, old: Node | None, out: _DirJob) -> None:
+    def entry(
+        self, path: bytes, name: bytes, s: os.stat_result, old: Node | None, out: _DirJob
+    ) -> None:
         """Back up one directory entry into ``out``."""
         node = node_from_stat(name, s)
         self.stats.files += node.type == NodeType.FILE
@@ -745,7 +772,9 @@ class _Backup:
                 self.skip(child, exc.strerror or str(exc))
         return listing
 
-    def list_trie(self, path: bytes, trie: dict[bytes, object]) -> list[tuple[bytes, bytes, os.stat_result]]:
+    def list_trie(
+        self, path: bytes, trie: dict[bytes, object]
+    ) -> list[tuple[bytes, bytes, os.stat_result]]:
         """``(name, path, lstat)`` of the sources and their parents below ``path``."""
         listing = []
         for name in sorted(trie):
@@ -753,7 +782,9 @@ class _Backup:
             try:
                 s = os.lstat(child)
             except OSError as exc:
-                reason = "does not exist" if exc.errno == errno.ENOENT else (exc.strerror or str(exc))
+                reason = (
+                    "does not exist" if exc.errno == errno.ENOENT else (exc.strerror or str(exc))
+                )
                 self.skip(child, f"source {reason}")
                 continue
             if trie[name] is not None and not st.S_ISDIR(s.st_mode):
@@ -789,7 +820,11 @@ class _Backup:
         for name, path, s in listing:
             if st.S_ISDIR(s.st_mode):
                 prev = old_nodes.get(name) if old_nodes is not None else None
-                sub = _DirJob(path, node_from_stat(name, s), prev.subtree if prev is not None and prev.type == NodeType.DIR else None)
+                sub = _DirJob(
+                    path,
+                    node_from_stat(name, s),
+                    prev.subtree if prev is not None and prev.type == NodeType.DIR else None,
+                )
                 sub_trie = trie[name] if trie is not None else None
                 assert sub_trie is None or isinstance(sub_trie, dict)
                 self.walk_dir(sub, sub_trie)
@@ -801,16 +836,18 @@ class _Backup:
         if old_nodes is None:
             old_nodes = self.parent_nodes(job.parent_subtree)
         for name, path, s in listing:
-            sub = subdirs.get(name)
-            if sub is not None:
-                job.entries.append(sub)
+            done_sub = subdirs.get(name)
+            if done_sub is not None:
+                job.entries.append(done_sub)
             else:
                 self.entry(path, name, s, old_nodes.get(name), job)
             self.progress.maybe_report()
         self.pending_dirs.append(job)
         self.reap()
 
-    def reuse_dir(self, job: _DirJob, listing: list[tuple[bytes, bytes, os.stat_result]], tree_id: BlobId) -> None:
+    def reuse_dir(
+        self, job: _DirJob, listing: list[tuple[bytes, bytes, os.stat_result]], tree_id: BlobId
+    ) -> None:
         """An unchanged directory: account for it and reuse its tree."""
         files = 0
         nbytes = 0
@@ -880,7 +917,9 @@ class _Backup:
         if job.size >= 0 and job.size != node.size:
             node.size = job.size
         if job.changed:
-            self.warn(f"{_display(job.path)} changed while it was read; the snapshot holds what was read")
+            self.warn(
+                f"{_display(job.path)} changed while it was read; the snapshot holds what was read"
+            )
         return node
 
     # ---------------------------------------------------------------- run
@@ -921,7 +960,9 @@ class _Backup:
             self.writer.close()
 
 
-def _scan(sources: list[bytes], flt: ExcludeFilter, progress: ProgressState, stop: threading.Event) -> None:
+def _scan(
+    sources: list[bytes], flt: ExcludeFilter, progress: ProgressState, stop: threading.Event
+) -> None:
     stack = list(sources)
     while stack and not stop.is_set():
         path = stack.pop()
@@ -1082,4 +1123,3 @@ def backup(
         skipped=tuple(job.skipped),
         warnings=tuple(job.warnings),
     )
-

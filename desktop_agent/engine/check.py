@@ -83,7 +83,9 @@ def check(
         if bytes.fromhex(name) in superseded:
             continue
         for pack_id, blobs in packs:
-            if pack_id in index_packs and sorted(b.id for b in index_packs[pack_id]) != sorted(b.id for b in blobs):
+            if pack_id in index_packs and sorted(b.id for b in index_packs[pack_id]) != sorted(
+                b.id for b in blobs
+            ):
                 res.errors.append(f"pack {pack_id.hex()} is listed differently by two index files")
             index_packs[pack_id] = blobs
             repo.index.add_pack(pack_id, blobs)
@@ -95,13 +97,19 @@ def check(
     for pack_id, blobs in index_packs.items():
         size = stored.get(pack_id)
         if size is None:
-            res.errors.append(f"pack {pack_id.hex()}: listed in the index but missing from the repository")
+            res.errors.append(
+                f"pack {pack_id.hex()}: listed in the index but missing from the repository"
+            )
         elif size != _expected_size(blobs):
             res.errors.append(
-                f"pack {pack_id.hex()}: size {size} does not match the {_expected_size(blobs)} bytes its index entry implies"
+                f"pack {pack_id.hex()}: size {size} does not match the "
+                f"{_expected_size(blobs)} bytes its index entry implies"
             )
     for pack_id in stored.keys() - index_packs.keys():
-        res.warnings.append(f"pack {pack_id.hex()}: not referenced by any index (left by an interrupted run; prune removes it)")
+        res.warnings.append(
+            f"pack {pack_id.hex()}: not referenced by any index (left by an interrupted run; "
+            f"prune removes it)"
+        )
     res.packs = len(stored)
 
     # --- snapshots and trees
@@ -124,7 +132,10 @@ def check(
             tree_id, path = stack.pop()
             if tree_id in seen:
                 if tree_id in bad_trees:
-                    res.errors.append(f"snapshot {snap.id.hex()[:8] if snap.id else '?'} path {path}: {bad_trees[tree_id]}")
+                    res.errors.append(
+                        f"snapshot {snap.id.hex()[:8] if snap.id else '?'} path {path}: "
+                        f"{bad_trees[tree_id]}"
+                    )
                 continue
             seen.add(tree_id)
             if not repo.index.has(BlobType.TREE, tree_id):
@@ -148,7 +159,10 @@ def check(
                         continue
                     for blob in node.content:
                         if not repo.index.has(BlobType.DATA, blob):
-                            res.errors.append(f"file {npath}: data blob {blob.hex()} not found in index (tree {tree_id.hex()[:12]})")
+                            res.errors.append(
+                                f"file {npath}: data blob {blob.hex()} not found in index "
+                                f"(tree {tree_id.hex()[:12]})"
+                            )
                 elif node.type == NodeType.DIR:
                     if node.subtree is None:
                         res.errors.append(f"tree {tree_id.hex()}: directory {npath} has no subtree")
@@ -191,7 +205,9 @@ def _read_data(
         if hashlib.sha256(raw).digest() != pack_id:
             errs.append(f"pack {name}: content does not match its name (corrupted file)")
         try:
-            header = parse_pack_tail(repo.key, raw[-(16 << 20) :] if len(raw) > (16 << 20) else raw, len(raw))
+            header = parse_pack_tail(
+                repo.key, raw[-(16 << 20) :] if len(raw) > (16 << 20) else raw, len(raw)
+            )
         except EngineError as exc:
             errs.append(f"pack {name}: header unreadable: {exc}")
             header = index_packs[pack_id]
@@ -199,11 +215,16 @@ def _read_data(
             want = {(b.id, b.type, b.offset, b.length) for b in index_packs[pack_id]}
             have = {(b.id, b.type, b.offset, b.length) for b in header}
             if want - have:
-                errs.append(f"pack {name}: header does not list {len(want - have)} blob(s) the index places there")
+                errs.append(
+                    f"pack {name}: header does not list {len(want - have)} blob(s) the index "
+                    f"places there"
+                )
         view = memoryview(raw)
         for b in header:
             try:
-                repo.decode_blob(b.type, b.id, view[b.offset : b.offset + b.length], b.uncompressed_length)
+                repo.decode_blob(
+                    b.type, b.id, view[b.offset : b.offset + b.length], b.uncompressed_length
+                )
             except EngineError as exc:
                 errs.append(f"pack {name}: {exc}")
         state.add_done(nbytes=len(raw), files=1)
@@ -215,4 +236,3 @@ def _read_data(
             res.errors.extend(errs)
             res.packs_read += 1
     state.report_final()
-

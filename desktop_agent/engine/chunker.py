@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from pyfastcdc import FastCDC
 
@@ -20,6 +20,12 @@ MIN_SIZE = 512 * 1024
 AVG_SIZE = 1024 * 1024
 MAX_SIZE = 8 * 1024 * 1024
 BLOCK = MAX_SIZE  # read size of :meth:`Chunker.blocks`
+
+
+class Readable(Protocol):
+    """Anything with ``readinto`` (raw files, BytesIO)."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 class Chunker:
@@ -37,7 +43,7 @@ class Chunker:
             self._local.cdc = cdc
         return cdc
 
-    def blocks(self, fh: BinaryIO, block: int = BLOCK) -> Iterator[memoryview]:
+    def blocks(self, fh: Readable, block: int = BLOCK) -> Iterator[memoryview]:
         """Chunks of a file, read in blocks; each view stays valid.
 
         Every block is a fresh buffer and the chunks are views into it, so

@@ -96,7 +96,9 @@ def signature(
 
 def cache_file(cache_dir: str, host: str, paths: list[str]) -> str:
     """The cache file for one host and set of backup paths."""
-    key = hashlib.sha256("\0".join([host, *sorted(paths)]).encode("utf-8", "surrogateescape")).hexdigest()
+    key = hashlib.sha256(
+        "\0".join([host, *sorted(paths)]).encode("utf-8", "surrogateescape")
+    ).hexdigest()
     return os.path.join(cache_dir, f"dirs-{key[:24]}")
 
 

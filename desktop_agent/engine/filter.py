@@ -37,7 +37,9 @@ class _Pattern:
         self.parts: list[re.Pattern[str] | None] = [
             None if c == b"**" else re.compile(fnmatch.translate(_text(c))) for c in comps
         ]
-        self.basename_only = not self.anchored and len(self.parts) == 1 and self.parts[0] is not None
+        self.basename_only = (
+            not self.anchored and len(self.parts) == 1 and self.parts[0] is not None
+        )
 
     def match(self, comps: Sequence[str]) -> bool:
         if not self.parts:

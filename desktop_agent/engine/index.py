@@ -16,7 +16,14 @@ from .errors import IntegrityError
 from .ids import BlobId, BlobType, PackId, parse_id
 from .pack import PackedBlob
 
-__all__ = ["IndexEntry", "MasterIndex", "encode_index", "index_bytes", "decode_index", "MAX_BLOBS_PER_FILE"]
+__all__ = [
+    "IndexEntry",
+    "MasterIndex",
+    "encode_index",
+    "index_bytes",
+    "decode_index",
+    "MAX_BLOBS_PER_FILE",
+]
 
 # restic starts a new index file after this many blobs; keeps files < 8 MiB.
 MAX_BLOBS_PER_FILE = 50_000
@@ -40,7 +47,9 @@ class IndexEntry:
         return self.length - 32
 
 
-def encode_index(packs: Iterable[tuple[PackId, list[PackedBlob]]], supersedes: Iterable[bytes] = ()) -> dict[str, Any]:
+def encode_index(
+    packs: Iterable[tuple[PackId, list[PackedBlob]]], supersedes: Iterable[bytes] = ()
+) -> dict[str, Any]:
     """Build the JSON document of an index file."""
     out_packs = []
     for pack_id, blobs in packs:
@@ -64,7 +73,9 @@ def encode_index(packs: Iterable[tuple[PackId, list[PackedBlob]]], supersedes: I
     return doc
 
 
-def index_bytes(packs: Iterable[tuple[PackId, list[PackedBlob]]], supersedes: Iterable[bytes] = ()) -> bytes:
+def index_bytes(
+    packs: Iterable[tuple[PackId, list[PackedBlob]]], supersedes: Iterable[bytes] = ()
+) -> bytes:
     """The index document as compact JSON, built directly as text.
 
     Equal to ``json.dumps(encode_index(...))`` but without building a dict per
@@ -82,7 +93,9 @@ def index_bytes(packs: Iterable[tuple[PackId, list[PackedBlob]]], supersedes: It
         first_pack = False
         items = []
         for b in blobs:
-            ulen = f',"uncompressed_length":{b.uncompressed_length}' if b.uncompressed_length else ""
+            ulen = (
+                f',"uncompressed_length":{b.uncompressed_length}' if b.uncompressed_length else ""
+            )
             items.append(
                 f'{{"id":"{b.id.hex()}","type":"{b.type.label}","offset":{b.offset},"length":{b.length}{ulen}}}'
             )

@@ -56,7 +56,8 @@ class LockInfo:
     def describe(self) -> str:
         """Who holds it, for error messages."""
         kind = "an exclusive" if self.exclusive else "a"
-        return f"{kind} lock held by PID {self.pid} on {self.hostname} since {format_time(self.time_ns)}"
+        since = format_time(self.time_ns)
+        return f"{kind} lock held by PID {self.pid} on {self.hostname} since {since}"
 
 
 def _read_locks(repo: Repository) -> list[LockInfo]:
@@ -125,7 +126,9 @@ class Lock:
             self.release()
             raise RepositoryLocked(f"the repository is locked: {conflicts[0].describe()}")
         if self._refresh:
-            self._thread = threading.Thread(target=self._refresher, name="lock-refresh", daemon=True)
+            self._thread = threading.Thread(
+                target=self._refresher, name="lock-refresh", daemon=True
+            )
             self._thread.start()
 
     def refresh(self) -> None:
@@ -161,6 +164,9 @@ class Lock:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.release()

@@ -74,8 +74,12 @@ class ProgressState:
     def snapshot(self, final: bool = False) -> Progress:
         """The current state as a value."""
         with self._lock:
-            total = self.bytes_total if self.scan_finished else max(self.bytes_total, self.bytes_done)
-            files_total = self.files_total if self.scan_finished else max(self.files_total, self.files_done)
+            total = (
+                self.bytes_total if self.scan_finished else max(self.bytes_total, self.bytes_done)
+            )
+            files_total = (
+                self.files_total if self.scan_finished else max(self.files_total, self.files_done)
+            )
             return Progress(
                 bytes_done=self.bytes_done,
                 bytes_total=max(total, self.bytes_done),

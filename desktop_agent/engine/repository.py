@@ -14,7 +14,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +27,11 @@ from .errors import (
     NotFound,
     RepositoryExists,
     RepositoryNotFound,
-    StorageError,
     UnsupportedRepository,
     WrongPassword,
 )
 from .gocompat import format_time
-from .ids import BlobId, BlobType, SnapshotId, parse_id
+from .ids import BlobType, SnapshotId
 from .index import MasterIndex, decode_index
 from .polynomial import random_polynomial
 from .snapshot import Snapshot
@@ -72,7 +70,11 @@ class RepoConfig:
 
     def to_bytes(self) -> bytes:
         """JSON as restic writes it (the polynomial as a hex string)."""
-        doc = {"version": self.version, "id": self.id, "chunker_polynomial": f"{self.chunker_polynomial:x}"}
+        doc = {
+            "version": self.version,
+            "id": self.id,
+            "chunker_polynomial": f"{self.chunker_polynomial:x}",
+        }
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -103,7 +105,9 @@ class _Codecs(threading.local):
 class Repository:
     """An open repository: storage + master key + config + index."""
 
-    def __init__(self, storage: Storage, key: crypto.Key, config: RepoConfig, key_name: str) -> None:
+    def __init__(
+        self, storage: Storage, key: crypto.Key, config: RepoConfig, key_name: str
+    ) -> None:
         self.storage = storage
         self.key = key
         self.config = config
@@ -240,7 +244,9 @@ class Repository:
 
     def save_json(self, ftype: FileType, doc: Any) -> str:
         """Serialize compactly and store as an unpacked file."""
-        return self.save_unpacked(ftype, json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
+        return self.save_unpacked(
+            ftype, json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        )
 
     # ---------------------------------------------------------------- index
     def load_index(self, *, workers: int = 4) -> None:
@@ -276,18 +282,32 @@ class Repository:
                 self.load_index()
 
     # ---------------------------------------------------------------- blobs
-    def decode_blob(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, ulen: int, *, verify: bool = True) -> bytes:
+    def decode_blob(
+        self,
+        blob_type: BlobType,
+        blob_id: bytes,
+        sealed: bytes | bytearray | memoryview,
+        ulen: int,
+        *,
+        verify: bool = True,
+    ) -> bytes:
         """Decrypt (and decompress) one blob read from a pack."""
         plain = crypto.decrypt(self.key, sealed)
         if ulen:
             try:
                 plain = self._codecs.decompressor.decompress(plain, max_output_size=ulen)
             except zstandard.ZstdError as exc:
-                raise IntegrityError(f"{blob_type.label} blob {blob_id.hex()}: cannot decompress: {exc}") from None
+                raise IntegrityError(
+                    f"{blob_type.label} blob {blob_id.hex()}: cannot decompress: {exc}"
+                ) from None
             if len(plain) != ulen:
-                raise IntegrityError(f"{blob_type.label} blob {blob_id.hex()}: wrong decompressed length")
+                raise IntegrityError(
+                    f"{blob_type.label} blob {blob_id.hex()}: wrong decompressed length"
+                )
         if verify and crypto.sha256(plain) != blob_id:
-            raise IntegrityError(f"{blob_type.label} blob {blob_id.hex()}: content does not match its id")
+            raise IntegrityError(
+                f"{blob_type.label} blob {blob_id.hex()}: content does not match its id"
+            )
         return plain
 
     def load_blob(self, blob_type: BlobType, blob_id: bytes) -> bytes:
@@ -330,9 +350,10 @@ class Repository:
         if len(matches) > 1:
             raise NotFound(f"{ref!r} matches {len(matches)} snapshots; give more digits")
         name = matches[0]
-        return Snapshot.from_json(self.load_json(FileType.SNAPSHOT, name), SnapshotId(bytes.fromhex(name)))
+        return Snapshot.from_json(
+            self.load_json(FileType.SNAPSHOT, name), SnapshotId(bytes.fromhex(name))
+        )
 
     def save_snapshot(self, snap: Snapshot) -> SnapshotId:
         """Store a snapshot document; returns its id."""
         return SnapshotId(bytes.fromhex(self.save_unpacked(FileType.SNAPSHOT, snap.to_bytes())))
-

@@ -113,7 +113,9 @@ def walk_snapshot(repo: Repository, snap: Snapshot, includes: Sequence[str] = ()
 
 
 class _Restorer:
-    def __init__(self, repo: Repository, options: RestoreOptions, progress: ProgressState, control: Control) -> None:
+    def __init__(
+        self, repo: Repository, options: RestoreOptions, progress: ProgressState, control: Control
+    ) -> None:
         self.repo = repo
         self.options = options
         self.progress = progress
@@ -217,7 +219,9 @@ class _Restorer:
             for blob_id in pf.node.content or ():
                 entry = self.repo.index.lookup(BlobType.DATA, blob_id)
                 if entry is None:
-                    self.error(dest, f"data blob {blob_id.hex()[:12]} is missing from the repository")
+                    self.error(
+                        dest, f"data blob {blob_id.hex()[:12]} is missing from the repository"
+                    )
                     self.failed_files.add(dest)
                     break
                 needs[blob_id].append((i, offset))
@@ -227,7 +231,12 @@ class _Restorer:
                 self.progress.add_done(files=1)
         return needs
 
-    def restore_pack(self, pack: PackId, blobs: list[tuple[BlobId, int, int, int]], needs: dict[BlobId, list[tuple[int, int]]]) -> None:
+    def restore_pack(
+        self,
+        pack: PackId,
+        blobs: list[tuple[BlobId, int, int, int]],
+        needs: dict[BlobId, list[tuple[int, int]]],
+    ) -> None:
         """Read the needed ranges of one pack and write its blobs out."""
         self.control.checkpoint()
         blobs.sort(key=lambda b: b[1])
@@ -251,7 +260,10 @@ class _Restorer:
                 self.control.checkpoint()
                 try:
                     plain = self.repo.decode_blob(
-                        BlobType.DATA, blob_id, view[offset - start : offset - start + length], ulen,
+                        BlobType.DATA,
+                        blob_id,
+                        view[offset - start : offset - start + length],
+                        ulen,
                         verify=self.options.verify,
                     )
                 except IntegrityError as exc:
@@ -259,7 +271,9 @@ class _Restorer:
                     continue
                 self.write_blob(plain, needs[blob_id])
 
-    def _blob_failed(self, blob_id: BlobId, needs: dict[BlobId, list[tuple[int, int]]], message: str) -> None:
+    def _blob_failed(
+        self, blob_id: BlobId, needs: dict[BlobId, list[tuple[int, int]]], message: str
+    ) -> None:
         for idx, _off in needs[blob_id]:
             dest = self.files[idx].dest
             self.error(dest, f"content lost: {message}")
@@ -273,7 +287,9 @@ class _Restorer:
             pf = self.files[idx]
             if not zero:
                 try:
-                    fd = os.open(pf.dest, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                    fd = os.open(
+                        pf.dest, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                    )
                     try:
                         view = memoryview(plain)
                         pos = offset
@@ -288,7 +304,9 @@ class _Restorer:
                     with self._lock:
                         self.failed_files.add(pf.dest)
                     if exc.errno == errno.ENOSPC:
-                        raise StorageError(f"the restore target is full (no space left) at {os.fsdecode(pf.dest)}") from None
+                        raise StorageError(
+                            f"the restore target is full (no space left) at {os.fsdecode(pf.dest)}"
+                        ) from None
                     continue
             with self._lock:
                 self.bytes_written += len(plain)
@@ -306,11 +324,14 @@ class _Restorer:
         for blob_id in needs:
             entry = self.repo.index.lookup(BlobType.DATA, blob_id)
             assert entry is not None
-            by_pack[entry.pack].append((blob_id, entry.offset, entry.length, entry.uncompressed_length))
+            by_pack[entry.pack].append(
+                (blob_id, entry.offset, entry.length, entry.uncompressed_length)
+            )
         workers = self.options.workers or min(8, (os.cpu_count() or 2) * 2)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
             futures: list[Future[None]] = [
-                pool.submit(self.restore_pack, pack, blobs, needs) for pack, blobs in by_pack.items()
+                pool.submit(self.restore_pack, pack, blobs, needs)
+                for pack, blobs in by_pack.items()
             ]
             try:
                 for fut in futures:
@@ -352,7 +373,9 @@ class _Restorer:
                 continue
             if pf.node.size == 0 or self.ends[i] != pf.node.size:  # empty, sparse, ending in zeros
                 try:
-                    fd = os.open(pf.dest, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                    fd = os.open(
+                        pf.dest, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                    )
                     try:
                         os.ftruncate(fd, pf.node.size)
                     finally:
@@ -413,7 +436,9 @@ def restore(
     r = _Restorer(repo, options, state, control)
     r.plan(snap)
     if options.includes and not (r.dirs or r.files or r.others):
-        raise NotFound("none of the --include paths is in the snapshot: " + ", ".join(options.includes))
+        raise NotFound(
+            "none of the --include paths is in the snapshot: " + ", ".join(options.includes)
+        )
     try:
         r.make_dirs()
         needs = r.create_files()

@@ -35,7 +35,10 @@ SMALL_FILE = 512 * 1024  # = chunker.MIN_SIZE (kept import-light for the helpers
 MAX_PACK_BLOBS = 2048  # a helper finishes its pack after this many blobs
 
 _OPEN_FLAGS = (
-    os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
 )
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
@@ -128,13 +131,23 @@ def _helper_main(
 
 def _portable(done: tuple[Any, str, list[PackedBlob], int]) -> tuple[Any, ...]:
     pack_id, path, blobs, size = done
-    return (pack_id, path, [(int(b.type), b.id, b.offset, b.length, b.uncompressed_length) for b in blobs], size)
+    return (
+        pack_id,
+        path,
+        [(int(b.type), b.id, b.offset, b.length, b.uncompressed_length) for b in blobs],
+        size,
+    )
 
 
 def unportable(packed: tuple[Any, ...]) -> tuple[PackId, str, list[PackedBlob], int]:
     """A finished pack as sent by a helper, back into engine types."""
     pack_id, path, blobs, size = packed
-    return (PackId(pack_id), path, [PackedBlob(BlobType(t), BlobId(i), o, n, u) for t, i, o, n, u in blobs], size)
+    return (
+        PackId(pack_id),
+        path,
+        [PackedBlob(BlobType(t), BlobId(i), o, n, u) for t, i, o, n, u in blobs],
+        size,
+    )
 
 
 def _seal(
@@ -171,8 +184,13 @@ def _seal(
     finished: list[tuple[Any, ...]] = []
     if payloads:
         sealed = crypto.encrypt_many(key, payloads)
-        builder.add_many([(BlobType.DATA, BlobId(b), blob, u) for (_, b, u), blob in zip(new, sealed)])
-        for (i, _b, _u), blob in zip(new, sealed):
+        builder.add_many(
+            [
+                (BlobType.DATA, BlobId(b), blob, u)
+                for (_, b, u), blob in zip(new, sealed, strict=True)
+            ]
+        )
+        for (i, _b, _u), blob in zip(new, sealed, strict=True):
             r = results[i]
             results[i] = (r[0], r[1], r[2], r[3], r[4], len(blob))
         # small packs are fine: the parent keeps every file of an unfinished
@@ -217,7 +235,16 @@ class Helpers:
                 conn = Connection(ours.detach())
                 self.conns.append(conn)
                 self.procs.append(proc)
-                conn.send(("init", (key.encrypt, key.mac_k, key.mac_r), compression, spool_dir, pack_size, known))
+                conn.send(
+                    (
+                        "init",
+                        (key.encrypt, key.mac_k, key.mac_r),
+                        compression,
+                        spool_dir,
+                        pack_size,
+                        known,
+                    )
+                )
         except BaseException:
             self.close()
             raise
@@ -232,7 +259,7 @@ class Helpers:
 
     def receive(self, timeout: float | None = 0.0) -> list[tuple[int, tuple[Any, ...]]]:
         """Messages that arrived (waits up to ``timeout``; None = until one does)."""
-        busy = [c for c, n in zip(self.conns, self.outstanding) if n > 0]
+        busy = [c for c, n in zip(self.conns, self.outstanding, strict=True) if n > 0]
         if not busy:
             return []
         out = []
@@ -246,7 +273,7 @@ class Helpers:
 
     def flush(self) -> list[tuple[PackId, str, list[PackedBlob], int]]:
         """Finish every helper's open pack; returns the packs."""
-        packs = []
+        packs: list[tuple[PackId, str, list[PackedBlob], int]] = []
         for i, conn in enumerate(self.conns):
             conn.send(("flush",))
             self.outstanding[i] += 1

@@ -261,7 +261,7 @@ def _go_json(value: Any) -> str:
 def encode_tree(nodes: list[Node]) -> bytes:
     """Serialize nodes (sorted by raw name, which must be unique)."""
     nodes = sorted(nodes, key=lambda n: n.name)
-    for a, b in zip(nodes, nodes[1:]):
+    for a, b in zip(nodes, nodes[1:], strict=False):
         if a.name == b.name:
             raise IntegrityError(f"duplicate name {a.name!r} in tree")
     return ('{"nodes":[' + ",".join(n.encode() for n in nodes) + "]}\n").encode("utf-8")

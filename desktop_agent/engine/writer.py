@@ -59,7 +59,10 @@ class BlobWriter:
         self._lock = threading.Lock()
         self._claimed: dict[BlobType, set[bytes]] = {BlobType.DATA: set(), BlobType.TREE: set()}
         spool = repo.storage.spool_dir()
-        self._builders = {BlobType.DATA: PackBuilder(repo.key, spool), BlobType.TREE: PackBuilder(repo.key, spool)}
+        self._builders = {
+            BlobType.DATA: PackBuilder(repo.key, spool),
+            BlobType.TREE: PackBuilder(repo.key, spool),
+        }
         self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
         self._upload_slots = threading.BoundedSemaphore(_MAX_PENDING_UPLOADS)
         self._uploads: list[Future[None]] = []
@@ -73,7 +76,12 @@ class BlobWriter:
         """True when the blob is in the index or already being written."""
         return self.repo.index.has(blob_type, blob_id) or blob_id in self._claimed[blob_type]
 
-    def save(self, blob_type: BlobType, data: bytes | bytearray | memoryview, blob_id: bytes | None = None) -> SaveResult:
+    def save(
+        self,
+        blob_type: BlobType,
+        data: bytes | bytearray | memoryview,
+        blob_id: bytes | None = None,
+    ) -> SaveResult:
         """Store a blob unless it is already known. Thread-safe."""
         if self._error is not None:
             raise self._error
@@ -140,7 +148,9 @@ class BlobWriter:
             payloads.append(data)
             ulens.append(0)
         sealed = crypto.encrypt_many(self.repo.key, payloads)
-        entries = [(blob_type, bid, sl, ul) for (_i, bid), sl, ul in zip(fresh, sealed, ulens)]
+        entries = [
+            (blob_type, bid, sl, ul) for (_i, bid), sl, ul in zip(fresh, sealed, ulens, strict=True)
+        ]
         full = None
         with self._lock:
             builder = self._builders[blob_type]
@@ -149,7 +159,7 @@ class BlobWriter:
                 full = builder.finish()
         if full is not None:
             self._submit(full)
-        for (i, bid), sl in zip(fresh, sealed):
+        for (i, bid), sl in zip(fresh, sealed, strict=True):
             results[i] = SaveResult(bid, True, len(sl))
         return results
 

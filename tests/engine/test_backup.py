@@ -20,7 +20,9 @@ from desktop_agent.engine.storage import FileType
 
 def _restore_all(repo, tmp_path, name="out"):
     target = tmp_path / name
-    res = restore(reopen(repo), reopen(repo).find_snapshot("latest"), RestoreOptions(target=str(target)))
+    res = restore(
+        reopen(repo), reopen(repo).find_snapshot("latest"), RestoreOptions(target=str(target))
+    )
     assert res.errors == ()
     return target
 
@@ -43,7 +45,11 @@ def test_unchanged_files_are_not_read_again(tmp_path, new_repo):
     write(src / "d1" / "f4.bin", b"changed")
     write(src / "d2" / "new.bin", b"brand new")
     third = backup(reopen(repo), BackupOptions(sources=[str(src)]))
-    assert (third.summary.files_new, third.summary.files_changed, third.summary.files_unmodified) == (1, 1, 29)
+    assert (
+        third.summary.files_new,
+        third.summary.files_changed,
+        third.summary.files_unmodified,
+    ) == (1, 1, 29)
     assert third.summary.dirs_unmodified >= 1  # d0 did not change
     assert signature(_restore_all(repo, tmp_path) / str(src).lstrip("/")) == signature(src)
 
@@ -79,7 +85,11 @@ def test_excludes_apply(tmp_path, new_repo):
     repo = new_repo()
     backup(repo, BackupOptions(sources=[str(src)], excludes=["*.tmp", "**/.cache"]))
     out = _restore_all(repo, tmp_path) / str(src).lstrip("/")
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["keep.txt", "sub", "sub/keep2.txt"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "keep.txt",
+        "sub",
+        "sub/keep2.txt",
+    ]
 
 
 def test_progress_reports_seed_fields_and_ends_complete(tmp_path, new_repo):
@@ -142,7 +152,13 @@ def test_pause_holds_still_and_resume_finishes(tmp_path, new_repo):
             started.set()
 
     t, box = _run_in_thread(
-        lambda: backup(repo, BackupOptions(sources=[str(src)]), progress=on_progress, control=control, progress_interval=0)
+        lambda: backup(
+            repo,
+            BackupOptions(sources=[str(src)]),
+            progress=on_progress,
+            control=control,
+            progress_interval=0,
+        )
     )
     assert started.wait(30)
     control.pause()
@@ -176,7 +192,13 @@ def test_cancel_leaves_a_valid_repository_and_no_snapshot(tmp_path, new_repo, re
             control.cancel()
 
     with pytest.raises(Cancelled):
-        backup(repo, BackupOptions(sources=[str(src)]), progress=on_progress, control=control, progress_interval=0)
+        backup(
+            repo,
+            BackupOptions(sources=[str(src)]),
+            progress=on_progress,
+            control=control,
+            progress_interval=0,
+        )
     assert list(repo.storage.list(FileType.SNAPSHOT)) == []
     assert list(repo.storage.list(FileType.LOCK)) == []
     assert check(reopen(repo), read_data=True).ok
@@ -194,7 +216,9 @@ def test_cancel_while_paused(tmp_path, new_repo):
     repo = new_repo()
     control = Control()
     control.pause()
-    t, box = _run_in_thread(lambda: backup(repo, BackupOptions(sources=[str(src)]), control=control))
+    t, box = _run_in_thread(
+        lambda: backup(repo, BackupOptions(sources=[str(src)]), control=control)
+    )
     assert control.wait_paused(10)
     control.cancel()
     t.join(30)
@@ -233,7 +257,9 @@ def test_file_shrinking_while_read_is_stored_as_read(tmp_path, new_repo):
     # the next backup notices the change and stores the file as it is now
     again = backup(reopen(repo), BackupOptions(sources=[str(src)]))
     assert again.summary.files_changed == 1
-    assert (_restore_all(repo, tmp_path, "again") / str(src).lstrip("/") / "shrinks.bin").read_bytes() == big.read_bytes()
+    assert (
+        _restore_all(repo, tmp_path, "again") / str(src).lstrip("/") / "shrinks.bin"
+    ).read_bytes() == big.read_bytes()
 
 
 def test_file_vanishing_before_it_is_read(tmp_path, new_repo):
@@ -315,7 +341,12 @@ def test_many_small_files_go_through_helper_processes(tmp_path, new_repo, restic
         if not saw_helper and calls[0] % 25 == 0 and _helper_pids():
             saw_helper.append(True)
 
-    res = backup(repo, BackupOptions(sources=[str(src)], helpers=2), progress=on_progress, progress_interval=0)
+    res = backup(
+        repo,
+        BackupOptions(sources=[str(src)], helpers=2),
+        progress=on_progress,
+        progress_interval=0,
+    )
     assert saw_helper, "no helper process was started"
     assert not _helper_pids()  # and they are gone
     assert res.summary.files_new == 2601
@@ -340,7 +371,12 @@ def test_a_helper_that_dies_is_replaced_by_the_backup_itself(tmp_path, new_repo,
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
-    res = backup(repo, BackupOptions(sources=[str(src)], helpers=1), progress=on_progress, progress_interval=0)
+    res = backup(
+        repo,
+        BackupOptions(sources=[str(src)], helpers=1),
+        progress=on_progress,
+        progress_interval=0,
+    )
     assert killed
     assert any("helper process failed" in w for w in res.warnings)
     restic(repo.storage.location, "check", "--read-data")

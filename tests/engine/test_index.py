@@ -260,7 +260,13 @@ def test_index_bytes_is_the_json_of_encode_index():
     from desktop_agent.engine.pack import PackedBlob
 
     packs = [
-        (PackId(bytes([i]) * 32), [PackedBlob(BlobType(j % 2), BlobId(bytes([i, j]) * 16), j * 100, 90, j * 3) for j in range(5)])
+        (
+            PackId(bytes([i]) * 32),
+            [
+                PackedBlob(BlobType(j % 2), BlobId(bytes([i, j]) * 16), j * 100, 90, j * 3)
+                for j in range(5)
+            ],
+        )
         for i in range(3)
     ]
     for sup in ([], [b"\x07" * 32]):

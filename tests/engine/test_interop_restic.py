@@ -36,7 +36,9 @@ def _as_restic_restores(sig: dict[bytes, tuple], restic) -> dict[bytes, tuple]:
     return fixed
 
 
-def test_our_repository_passes_restic_check_and_restores_identically(tmp_path, new_repo, odd_tree, restic):
+def test_our_repository_passes_restic_check_and_restores_identically(
+    tmp_path, new_repo, odd_tree, restic
+):
     src = odd_tree(tmp_path / "src")
     repo = new_repo()
     result = backup(repo, BackupOptions(sources=[str(src)]))
@@ -52,7 +54,12 @@ def test_our_repository_passes_restic_check_and_restores_identically(tmp_path, n
     assert signature(_restored(target, src)) == _as_restic_restores(signature(src), restic)
 
     ours = tmp_path / "our-restore"
-    assert restore(reopen(repo), reopen(repo).find_snapshot("latest"), RestoreOptions(target=str(ours))).errors == ()
+    assert (
+        restore(
+            reopen(repo), reopen(repo).find_snapshot("latest"), RestoreOptions(target=str(ours))
+        ).errors
+        == ()
+    )
     assert signature(_restored(ours, src)) == signature(src)
 
 
@@ -109,10 +116,16 @@ def test_partial_restore_with_include_matches_restic(tmp_path, new_repo, odd_tre
     backup(repo, BackupOptions(sources=[str(src)]))
     ours = tmp_path / "ours"
     include = str(src / "dir")
-    res = restore(reopen(repo), reopen(repo).find_snapshot("latest"), RestoreOptions(target=str(ours), includes=[include]))
+    res = restore(
+        reopen(repo),
+        reopen(repo).find_snapshot("latest"),
+        RestoreOptions(target=str(ours), includes=[include]),
+    )
     assert res.errors == ()
     theirs = tmp_path / "theirs"
-    restic(repo.storage.location, "restore", "latest", "--target", str(theirs), "--include", include)
+    restic(
+        repo.storage.location, "restore", "latest", "--target", str(theirs), "--include", include
+    )
     assert signature(_restored(ours, src) / "dir") == signature(_restored(theirs, src) / "dir")
     assert not (_restored(ours, src) / "small.txt").exists()
 

@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-
 from ..errors import NotFound, StorageError
 from .base import Buffer, FileType, is_storage_id
 
@@ -237,5 +236,3 @@ class LocalStorage:
 
     def __fspath__(self) -> str:
         return self.root
-
-

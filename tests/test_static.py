@@ -1,0 +1,27 @@
+"""Static checks as tests: ruff (lint + format) and mypy (strict for the core packages)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_ruff_lint_and_format() -> None:
+    lint = _run(str(BIN / "ruff"), "check", "desktop_agent", "tests", "bench")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = _run(str(BIN / "ruff"), "format", "--check", "desktop_agent", "tests", "bench")
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_mypy_strict_core() -> None:
+    # strictness per package is configured in pyproject.toml
+    result = _run(str(BIN / "mypy"), "desktop_agent")
+    assert result.returncode == 0, result.stdout + result.stderr
