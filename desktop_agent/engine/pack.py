@@ -19,12 +19,15 @@ from . import crypto
 from .errors import IntegrityError
 from .ids import BlobId, BlobType, PackId
 
-__all__ = ["PackedBlob", "PackBuilder", "encode_header", "parse_header", "parse_pack_tail"]
+__all__ = ["BLOB_ZSTD_LEVEL", "PackedBlob", "PackBuilder", "encode_header", "parse_header", "parse_pack_tail"]
 
 _PLAIN = struct.Struct("<BI32s")  # 37 bytes
 _COMPRESSED = struct.Struct("<BII32s")  # 41 bytes
 _LEN = struct.Struct("<I")
 MAX_HEADER_SIZE = 16 * 1024 * 1024
+# zstd level for blobs: on bench/engine.py's data, level 2 stores within 0.5%
+# of level 3's size (and below restic's) with about 20% less CPU.
+BLOB_ZSTD_LEVEL = 2
 
 
 @dataclass(frozen=True, slots=True)

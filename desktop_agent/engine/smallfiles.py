@@ -27,7 +27,7 @@ import zstandard
 
 from . import crypto
 from .ids import BlobId, BlobType, PackId
-from .pack import PackBuilder, PackedBlob
+from .pack import BLOB_ZSTD_LEVEL, PackBuilder, PackedBlob
 
 __all__ = ["read_small", "open_for_reading", "Helpers", "unportable", "SMALL_FILE", "FileResult"]
 
@@ -109,7 +109,7 @@ def _helper_main(
     format allows a blob in two packs; prune drops one).
     """
     key = crypto.Key(*key_parts)
-    zstd = zstandard.ZstdCompressor(level=3) if compression else None
+    zstd = zstandard.ZstdCompressor(level=BLOB_ZSTD_LEVEL) if compression else None
     seen = {known[i : i + 32] for i in range(0, len(known), 32)}
     builder = PackBuilder(key, spool_dir)
     try:

@@ -25,7 +25,7 @@ from . import crypto
 from .errors import EngineError, StorageError
 from .ids import BlobId, BlobType, PackId
 from .index import MAX_BLOBS_PER_FILE, index_bytes
-from .pack import PackBuilder, PackedBlob
+from .pack import BLOB_ZSTD_LEVEL, PackBuilder, PackedBlob
 from .repository import Repository
 from .storage import FileType
 
@@ -46,7 +46,7 @@ class SaveResult:
 
 class _Codec(threading.local):
     def __init__(self) -> None:
-        self.zstd = zstandard.ZstdCompressor(level=3)
+        self.zstd = zstandard.ZstdCompressor(level=BLOB_ZSTD_LEVEL)
 
 
 class BlobWriter:
