@@ -19,7 +19,14 @@ from . import crypto
 from .errors import IntegrityError
 from .ids import BlobId, BlobType, PackId
 
-__all__ = ["BLOB_ZSTD_LEVEL", "PackedBlob", "PackBuilder", "encode_header", "parse_header", "parse_pack_tail"]
+__all__ = [
+    "BLOB_ZSTD_LEVEL",
+    "PackedBlob",
+    "PackBuilder",
+    "encode_header",
+    "parse_header",
+    "parse_pack_tail",
+]
 
 _PLAIN = struct.Struct("<BI32s")  # 37 bytes
 _COMPRESSED = struct.Struct("<BII32s")  # 41 bytes
