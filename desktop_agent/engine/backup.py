@@ -332,6 +332,7 @@ class _Backup:
         self._budget = threading.Condition()
         self._inflight = 0  # bytes submitted to the pool and not yet processed
         self._failure: BaseException | None = None
+        self.walker = threading.get_ident()  # the thread that walks (and reports pauses)
         self.pending_dirs: deque[_DirJob] = deque()
         self.stats = _Stats()
         self.skipped: list[SkippedPath] = []
@@ -372,12 +373,15 @@ class _Backup:
         bytes are released when it completes, and its failure is remembered
         for the walker to raise.
         """
-        with self._budget:
-            while self._inflight > 0 and self._inflight + nbytes > _INFLIGHT_BYTES:
+        while True:
+            with self._budget:
                 if self._failure is not None:
                     raise self._failure
+                if self._inflight == 0 or self._inflight + nbytes <= _INFLIGHT_BYTES:
+                    self._inflight += nbytes
+                    break
                 self._budget.wait(0.05)
-            self._inflight += nbytes
+            self.pause_point()
         fut = self.pool.submit(self._guarded, fn, *args)
         fut.add_done_callback(lambda f: self._release(nbytes, f))
         return fut
@@ -390,8 +394,30 @@ class _Backup:
             self._budget.notify_all()
 
     def _guarded(self, fn: Callable[..., object], *args: object) -> object:
-        self.control.checkpoint()  # workers stop too while paused
+        # Work already queued finishes even during a pause (the walker waits
+        # for it before reporting the pause); a cancel stops it at once.
+        if self.control.cancelled:
+            raise Cancelled()
         return fn(*args)
+
+    def pause_point(self) -> None:
+        """A checkpoint in a wait: primary on the walker thread, secondary elsewhere."""
+        if threading.get_ident() == self.walker:
+            self.control.checkpoint(quiesce=self.quiesce)
+        else:
+            self.control.checkpoint(secondary=True)
+
+    def quiesce(self) -> None:
+        """Before a pause counts as effective: let work in flight finish (walker)."""
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if self.helpers is not None:
+                self.poll_helpers()
+            helpers_busy = self.helpers is not None and any(self.helpers.outstanding)
+            with self._budget:
+                if self._inflight == 0 and not helpers_busy:
+                    return
+                self._budget.wait(0.01)
 
     def check_failure(self) -> None:
         """Raise the first failure of any task or reader."""
@@ -409,16 +435,15 @@ class _Backup:
 
     def wait_all(self) -> None:
         """Wait until every queued file is stored and every tree finalized."""
-        for fut in list(self.reading):
-            fut.result()
-        self.reading.clear()
-        while self.pending_dirs:
-            self.check_failure()
+        while self.reading or self.pending_dirs:
+            self.check_failure()  # also takes in finished readers
+            self.pause_point()
             self.drain()
-            if self.pending_dirs:
-                with self._budget:
-                    if not self.pending_dirs[0].ready():
-                        self._budget.wait(0.05)
+            with self._budget:
+                reading = bool(self.reading) and not self.reading[0].done()
+                waiting = bool(self.pending_dirs) and not self.pending_dirs[0].ready()
+                if reading or waiting:
+                    self._budget.wait(0.05)
 
     # ----------------------------------------------------------- file data
     def save_chunk(self, data: bytes | memoryview) -> SaveResult:
@@ -680,7 +705,7 @@ class _Backup:
                 self._budget.notify_all()
 
     def _read_large(self, job: _FileJob) -> None:
-        self.control.checkpoint()
+        self.control.checkpoint(secondary=True)
         try:
             fd = open_for_reading(job.path)
         except OSError as exc:
@@ -695,7 +720,7 @@ class _Backup:
                     return
                 total = 0
                 for view in self.chunker.blocks(fh):
-                    self.control.checkpoint()
+                    self.control.checkpoint(secondary=True)
                     total += len(view)
                     job.futures.append(self.submit(self.save_chunk, len(view), view))  # type: ignore[arg-type]
                     self.progress.maybe_report()
@@ -803,7 +828,7 @@ class _Backup:
         with a directory cache, when they are all unchanged and this
         listing's signature matches, the cached tree id is reused as is.
         """
-        self.control.checkpoint()
+        self.control.checkpoint(quiesce=self.quiesce)
         listing = self.list_dir(job.path) if trie is None else self.list_trie(job.path, trie)
         cached = None
         old_nodes: dict[bytes, Node] | None = None

@@ -8,6 +8,7 @@ calling thread blocks on an event (no CPU); cancel wakes it and raises
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from .errors import Cancelled
 
@@ -47,18 +48,31 @@ class Control:
         return self._cancelled.is_set()
 
     def wait_paused(self, timeout: float | None = None) -> bool:
-        """Block until the engine has actually stopped at a checkpoint."""
+        """Block until the engine has actually stopped: nothing is read,
+        hashed or written until :meth:`resume` (uploads of finished packs
+        may complete)."""
         return self._paused_ack.wait(timeout)
 
-    def checkpoint(self) -> None:
-        """Called by the engine: block while paused, raise if cancelled."""
+    def checkpoint(
+        self, *, secondary: bool = False, quiesce: Callable[[], None] | None = None
+    ) -> None:
+        """Called by the engine: block while paused, raise if cancelled.
+
+        The engine's primary thread reports the pause as effective (see
+        :meth:`wait_paused`) after ``quiesce`` has let work already in flight
+        settle; ``secondary`` threads (workers, readers) just block.
+        """
         if self._cancelled.is_set():
             raise Cancelled()
         if not self._running.is_set():
-            self._paused_ack.set()
+            if quiesce is not None:
+                quiesce()
+            if not secondary:
+                self._paused_ack.set()
             try:
                 self._running.wait()
             finally:
-                self._paused_ack.clear()
+                if not secondary:
+                    self._paused_ack.clear()
             if self._cancelled.is_set():
                 raise Cancelled()

@@ -1,0 +1,209 @@
+"""Parsing and serializing ``/ws`` messages: pure functions, no I/O.
+
+``decode_command`` turns a text frame from a client into a command or raises
+:class:`ProtocolError` carrying the reply the agent sends back (message and
+``request_type``). ``encode_event`` turns an event into a text frame. The
+client-side pair (``encode_command``, ``decode_event``) serves the remote
+CLI and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+from .messages import (
+    AGENT_STATES,
+    AgentStatus,
+    BackupCancel,
+    BackupCompleted,
+    BackupFailed,
+    BackupPause,
+    BackupPaused,
+    BackupProgress,
+    BackupResume,
+    BackupResumed,
+    BackupStart,
+    BackupStarted,
+    Command,
+    ErrorReply,
+    Event,
+    JobId,
+    StatusRequest,
+)
+
+__all__ = [
+    "ProtocolError",
+    "decode_command",
+    "encode_event",
+    "encode_command",
+    "decode_event",
+    "MAX_JOB_ID",
+]
+
+MAX_JOB_ID = 128
+_EVENT_TYPES = {
+    "backup:progress",
+    "backup:started",
+    "backup:completed",
+    "backup:failed",
+    "backup:paused",
+    "backup:resumed",
+    "error",
+}
+
+
+class ProtocolError(Exception):
+    """A message the agent cannot act on; becomes an ``error`` reply."""
+
+    def __init__(self, message: str, request_type: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_type = request_type
+
+    def reply(self) -> ErrorReply:
+        """The ``error`` message to send to the client."""
+        return ErrorReply(self.message, self.request_type)
+
+
+def _parse(text: str | bytes) -> tuple[str, Any]:
+    if isinstance(text, bytes):
+        raise ProtocolError("binary frames are not supported; send JSON text")
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("a message must be a JSON object with type and payload")
+    kind = doc.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError('a message needs a string "type"')
+    if "payload" not in doc:
+        raise ProtocolError('a message needs a "payload" (null when empty)', kind)
+    return kind, doc["payload"]
+
+
+def _job_id(kind: str, payload: Any) -> JobId:
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"{kind} needs a payload object with job_id", kind)
+    job_id = payload.get("job_id")
+    if not isinstance(job_id, str) or not job_id:
+        raise ProtocolError(f"{kind} needs a non-empty string job_id", kind)
+    if len(job_id) > MAX_JOB_ID:
+        raise ProtocolError(f"job_id is longer than {MAX_JOB_ID} characters", kind)
+    return JobId(job_id)
+
+
+def decode_command(text: str | bytes) -> Command:
+    """Parse a frame a client sent; :class:`ProtocolError` when it is not a valid command."""
+    kind, payload = _parse(text)
+    if kind == "backup:pause":
+        return BackupPause(_job_id(kind, payload))
+    if kind == "backup:resume":
+        return BackupResume(_job_id(kind, payload))
+    if kind == "backup:cancel":
+        return BackupCancel(_job_id(kind, payload))
+    if kind == "agent:status":
+        if payload is not None and payload != {}:
+            raise ProtocolError("agent:status takes a null payload", kind)
+        return StatusRequest()
+    if kind == "backup:start":
+        if payload is None or payload == {}:
+            return BackupStart(None)
+        if not isinstance(payload, dict) or set(payload) - {"paths"}:
+            raise ProtocolError('backup:start takes {} or {"paths": [...]}', kind)
+        paths = payload.get("paths")
+        if paths is None:
+            return BackupStart(None)
+        if not isinstance(paths, list) or not paths:
+            raise ProtocolError("paths must be a non-empty list of paths", kind)
+        if not all(isinstance(p, str) and p and "\0" not in p for p in paths):
+            raise ProtocolError("every path must be a non-empty string", kind)
+        return BackupStart(tuple(paths))
+    if kind in _EVENT_TYPES:
+        raise ProtocolError(f"{kind} is an event the agent sends, not a command", kind)
+    raise ProtocolError(f"unknown message type {kind!r}", kind)
+
+
+def _payload(event: Event) -> dict[str, Any]:
+    data = asdict(event)
+    if isinstance(event, BackupProgress):
+        pct = float(event.percent)
+        data["percent"] = round(pct, 2) if math.isfinite(pct) else 0.0
+    return data
+
+
+def encode_event(event: Event) -> str:
+    """The text frame for an event."""
+    return json.dumps({"type": event.TYPE, "payload": _payload(event)}, separators=(",", ":"))
+
+
+def encode_command(command: Command) -> str:
+    """The text frame for a command (client side)."""
+    payload: Any
+    if isinstance(command, StatusRequest):
+        payload = None
+    elif isinstance(command, BackupStart):
+        payload = {} if command.paths is None else {"paths": list(command.paths)}
+    else:
+        payload = {"job_id": command.job_id}
+    return json.dumps({"type": command.TYPE, "payload": payload}, separators=(",", ":"))
+
+
+def _int(p: dict[str, Any], key: str) -> int:
+    v = p[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ProtocolError(f"{key} must be an integer")
+    return v
+
+
+def _str(p: dict[str, Any], key: str) -> str:
+    v = p[key]
+    if not isinstance(v, str):
+        raise ProtocolError(f"{key} must be a string")
+    return v
+
+
+def decode_event(text: str | bytes) -> Event:
+    """Parse a frame the agent sent (client side)."""
+    kind, p = _parse(text)
+    try:
+        if kind == "backup:progress":
+            cf = p["current_file"]
+            pct = p["percent"]
+            if isinstance(pct, bool) or not isinstance(pct, int | float):
+                raise ProtocolError("percent must be a number")
+            return BackupProgress(
+                job_id=JobId(_str(p, "job_id")),
+                percent=float(pct),
+                transferred_bytes=_int(p, "transferred_bytes"),
+                total_bytes=_int(p, "total_bytes"),
+                bytes_per_second=_int(p, "bytes_per_second"),
+                eta_seconds=_int(p, "eta_seconds"),
+                current_file=None if cf is None else str(cf),
+                files_processed=_int(p, "files_processed"),
+                total_files=_int(p, "total_files"),
+            )
+        if kind == "backup:started":
+            return BackupStarted(JobId(_str(p, "job_id")))
+        if kind == "backup:completed":
+            return BackupCompleted(JobId(_str(p, "job_id")), _int(p, "total_bytes"))
+        if kind == "backup:failed":
+            return BackupFailed(JobId(_str(p, "job_id")), _str(p, "error"))
+        if kind == "backup:paused":
+            return BackupPaused(JobId(_str(p, "job_id")))
+        if kind == "backup:resumed":
+            return BackupResumed(JobId(_str(p, "job_id")))
+        if kind == "agent:status":
+            status = _str(p, "status")
+            if status not in AGENT_STATES:
+                raise ProtocolError(f"unknown agent status {status!r}")
+            return AgentStatus(status, _int(p, "active_jobs"), _int(p, "uptime_secs"))
+        if kind == "error":
+            rt = p.get("request_type")
+            return ErrorReply(_str(p, "message"), None if rt is None else str(rt))
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(f"{kind}: missing or malformed field {exc}", kind) from None
+    raise ProtocolError(f"unknown message type {kind!r}", kind)
