@@ -28,7 +28,6 @@ from desktop_agent.config import (
     read_password,
     resolve_config_path,
     user_cache_dir,
-    user_log_dir,
     write_password_file,
 )
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
@@ -39,6 +38,7 @@ from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.restore import RestoreOptions, restore
 from desktop_agent.engine.snapshot import Snapshot
 from desktop_agent.engine.storage import open_storage
+from desktop_agent.logsetup import setup_logging
 from desktop_agent.termprogress import ProgressLine, human_bytes, human_duration
 
 __all__ = ["main", "build_parser"]
@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration file (default: platform config dir; env DESKTOP_AGENT_CONFIG)",
     )
     p.add_argument("--version", action="version", version=f"desktop-agent {__version__}")
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="run the agent without UI: the /ws server and the scheduler",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     sub.add_parser("init", help="create the repository named in the config")
@@ -106,21 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------- helpers
-def _setup_logging() -> str | None:
-    try:
-        log_dir = user_log_dir()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        path = str(log_dir / "desktop-agent.log")
-        handler = logging.FileHandler(path, encoding="utf-8")
-    except OSError:
-        return None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    return path
-
-
 def _password(config: Config) -> str:
     pw = read_password(config)
     if pw:
@@ -374,16 +364,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (``sys.exit`` is the caller's)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.command is None and not args.headless:
         parser.print_usage(sys.stderr)
-        print("desktop-agent: error: no command given", file=sys.stderr)
+        print(
+            "desktop-agent: error: no command given (the tray app is not built yet)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
-    log_path = _setup_logging()
+    log_path = setup_logging(stderr=args.headless)
     try:
         config = load_or_create(resolve_config_path(args.config))
+        if args.command is None:
+            from desktop_agent.app import run_headless
+
+            return run_headless(config)
         return COMMANDS[args.command](config, args)
     except (EngineError, ConfigError, CliError) as exc:
-        log.info("%s failed: %s", args.command, exc)
+        log.info("%s failed: %s", args.command or "agent", exc)
         print(f"desktop-agent: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
@@ -392,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_FAIL
     except Exception as exc:  # noqa: BLE001 - the last line of defence
-        log.error("unexpected error in %s:\n%s", args.command, traceback.format_exc())
+        log.error("unexpected error in %s:\n%s", args.command or "agent", traceback.format_exc())
         where = f"; details in {log_path}" if log_path else ""
         print(f"desktop-agent: internal error: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
         return EXIT_FAIL

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 _KEYS: dict[str, tuple[str, ...]] = {
     "agent": ("listen", "token", "allowed_origins", "tls_cert", "tls_key"),
     "repository": ("path", "password_file"),
-    "backup": ("sources", "exclude"),
+    "backup": ("sources", "exclude", "interval_minutes"),
 }
 
 # restic's remote backends; a local path is all this version stores to.
@@ -102,6 +102,17 @@ class _Section:
             raise self.error(key, f"expected a string, got {_toml_type(value)}{shown}")
         if "\x00" in value:
             raise self.error(key, "contains a NUL character")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
+        """The key's integer value within ``[minimum, maximum]``; ``default`` when absent."""
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {_toml_type(value)} {_show(value)}")
+        if not minimum <= value <= maximum:
+            raise self.error(key, f"{value} is out of range {minimum}-{maximum}")
         return value
 
     def string_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -208,6 +219,9 @@ def _parse_backup(section: _Section) -> BackupConfig:
     return BackupConfig(
         sources=section.string_list("sources", defaults.sources),
         exclude=section.string_list("exclude", defaults.exclude),
+        interval_minutes=section.integer(
+            "interval_minutes", defaults.interval_minutes, minimum=0, maximum=7 * 24 * 60
+        ),
     )
 
 
@@ -259,6 +273,7 @@ def to_document(config: Config) -> dict[str, Any]:
         "backup": {
             "sources": list(config.backup.sources),
             "exclude": list(config.backup.exclude),
+            "interval_minutes": config.backup.interval_minutes,
         },
     }
 

@@ -82,6 +82,7 @@ class BackupConfig:
 
     sources: tuple[str, ...] = ("~/Documents",)
     exclude: tuple[str, ...] = ("*.tmp", "**/.cache")
+    interval_minutes: int = 60  # the agent backs up when the last backup is older; 0 = never
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,11 @@ sources = {sources}
 # within one path element, "**" any number of them; a pattern without "/"
 # matches the name anywhere.
 exclude = {exclude}
+
+# The running agent starts a backup when the last one is older than this many
+# minutes (checked every minute, also after the laptop wakes up); 0 = only
+# when asked (tray, backup server, `desktop-agent backup`).
+interval_minutes = {interval_minutes}
 """
 
 
@@ -103,4 +108,5 @@ def render_default(token: str) -> str:
         password_file=toml_string(repository.password_file or ""),
         sources=_toml_array(backup.sources),
         exclude=_toml_array(backup.exclude),
+        interval_minutes=backup.interval_minutes,
     )

@@ -860,7 +860,9 @@ class _Backup:
             return
         if old_nodes is None:
             old_nodes = self.parent_nodes(job.parent_subtree)
+        checkpoint = self.control.checkpoint
         for name, path, s in listing:
+            checkpoint(quiesce=self.quiesce)
             done_sub = subdirs.get(name)
             if done_sub is not None:
                 job.entries.append(done_sub)

@@ -195,6 +195,24 @@ class Repository:
             raise IntegrityError(f"repository config cannot be read: {exc}") from None
         return cls(storage, master, config, used)
 
+    @classmethod
+    def open_with_key(cls, storage: Storage, key: crypto.Key) -> Repository:
+        """Open again with a master key kept from an earlier :meth:`open`.
+
+        A long-running agent derives the key once; every job still gets a
+        fresh Repository (and so a freshly loaded index).
+        """
+        if not storage.exists():
+            raise RepositoryNotFound(f"there is no repository at {storage.location}")
+        try:
+            config = RepoConfig.from_bytes(crypto.decrypt(key, storage.load(FileType.CONFIG, "")))
+        except IntegrityError:
+            raise WrongPassword(
+                f"the repository at {storage.location} no longer opens with the remembered "
+                "key (was it replaced?)"
+            ) from None
+        return cls(storage, key, config, "")
+
     # ------------------------------------------------------- unpacked files
     def decode_unpacked(self, plain: bytes) -> bytes:
         """Strip the v2 encoding byte; decompress when it says zstd."""

@@ -1,1 +1,7 @@
-"""The websockets server for /ws: authentication, fan-out, command routing."""
+"""The ``/ws`` server (websockets asyncio API, no Qt)."""
+
+from __future__ import annotations
+
+from .ws import AgentServer
+
+__all__ = ["AgentServer"]

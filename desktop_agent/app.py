@@ -1,0 +1,76 @@
+"""Composition root: builds the agent's parts and starts and stops them in order.
+
+The same :class:`Agent` runs headless (plain asyncio, here) and inside the
+tray app (on the qasync loop, in :mod:`desktop_agent.ui`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from desktop_agent.config import Config
+from desktop_agent.jobs import EventBus, JobController
+from desktop_agent.jobs.scheduler import Scheduler
+from desktop_agent.server import AgentServer
+
+__all__ = ["Agent", "run_headless"]
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """The event bus, the job controller, the /ws server and the scheduler."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        schedule: bool = True,
+    ) -> None:
+        self.config = config
+        self.bus = EventBus()
+        self.controller = JobController(config, self.bus)
+        self.server = AgentServer(config.agent, self.controller, self.bus, host=host, port=port)
+        self.scheduler = Scheduler(self.controller) if schedule else None
+
+    async def start(self) -> None:
+        """Controller first (so commands have somewhere to go), then the server."""
+        await self.controller.start()
+        await self.server.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
+
+    async def stop(self) -> None:
+        """Stop scheduling, end jobs (clients see them end), then close the server."""
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        await self.controller.stop()
+        await asyncio.sleep(0.05)  # let the last events reach the clients
+        await self.server.stop()
+
+
+async def _serve(config: Config) -> None:
+    agent = Agent(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    await agent.start()
+    log.info("desktop-agent running headless; /ws at %s", agent.server.url)
+    await stop.wait()
+    log.info("stopping: a running backup is cancelled (what it stored is kept)")
+    await agent.stop()
+    log.info("stopped")
+
+
+def run_headless(config: Config) -> int:
+    """Run the agent without UI until SIGTERM/SIGINT; returns the exit status."""
+    asyncio.run(_serve(config))
+    return 0

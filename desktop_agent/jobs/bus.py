@@ -1,0 +1,63 @@
+"""One fan-out for everything the agent reports.
+
+Every consumer (the /ws server, the tray) subscribes to the same bus and so
+sees the same events in the same order. Publishing calls the subscribers
+synchronously, in subscription order, on the event loop thread; a
+subscriber must not block (the server only enqueues). A failing subscriber
+is logged and does not affect the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from desktop_agent.protocol import Event
+
+from .state import JobState
+
+__all__ = ["EventBus", "JobChanged", "BusEvent", "Subscriber"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobChanged:
+    """Internal event: a job changed state (the UI shows queued jobs, say)."""
+
+    job_id: str
+    old: JobState | None
+    new: JobState
+
+
+BusEvent = Event | JobChanged
+Subscriber = Callable[[BusEvent], None]
+
+
+class EventBus:
+    """Synchronous, ordered fan-out of events to subscribers."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def publish(self, event: BusEvent) -> None:
+        """Deliver an event to every subscriber, in order."""
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:  # noqa: BLE001 - one broken consumer must not stop the others
+                log.exception("event subscriber failed on %s", type(event).__name__)
+
+    def __len__(self) -> int:
+        return len(self._subscribers)

@@ -1,0 +1,303 @@
+"""The ``/ws`` endpoint: authentication, fan-out and command routing.
+
+This module only moves messages: parsing and validation live in
+:mod:`desktop_agent.protocol`, decisions in :mod:`desktop_agent.jobs`.
+
+* Upgrade requests: any path but ``/ws`` gets 404; a browser ``Origin`` not
+  in ``allowed_origins`` gets 403; a missing or wrong token gets 401, all
+  before the upgrade. The token comes as ``Authorization: Bearer <token>``
+  or, for browsers (which cannot set that header), as the WebSocket
+  subprotocol ``desktop-agent.token.<token>`` offered next to
+  ``desktop-agent`` (the server selects ``desktop-agent``; the token is
+  never echoed). Tokens are compared in constant time and never logged.
+* Frames over 64 KiB are refused (the connection is closed with 1009), no
+  compression, pings every 20 s.
+* Fan-out: every client has a bounded queue. Progress of a job waiting in a
+  queue is replaced by newer progress (only the newest matters); a client
+  whose queue overflows is disconnected, so it never slows the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from desktop_agent.config import AgentConfig
+from desktop_agent.jobs import BusEvent, EventBus, JobController, JobError
+from desktop_agent.protocol import (
+    BackupCancel,
+    BackupPause,
+    BackupProgress,
+    BackupResume,
+    BackupStart,
+    ErrorReply,
+    Event,
+    JobId,
+    ProtocolError,
+    StatusRequest,
+    decode_command,
+    encode_event,
+)
+
+__all__ = ["AgentServer", "SUBPROTOCOL", "TOKEN_PREFIX", "MAX_MESSAGE", "QUEUE_LIMIT"]
+
+log = logging.getLogger(__name__)
+# websockets logs request headers at debug level: keep it quieter than that
+logging.getLogger("websockets").setLevel(logging.WARNING)
+
+SUBPROTOCOL = "desktop-agent"
+TOKEN_PREFIX = "desktop-agent.token."
+MAX_MESSAGE = 64 * 1024
+QUEUE_LIMIT = 1024  # messages waiting for one client before it is dropped
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _normalize_origin(origin: str) -> str:
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return origin
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+class _Slot:
+    """A place in a client's queue holding the newest progress of one job."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: BackupProgress) -> None:
+        self.event = event
+
+
+class _Client:
+    def __init__(self, ws: ServerConnection, limit: int) -> None:
+        self.ws = ws
+        self.limit = limit
+        self.queue: deque[Event | _Slot] = deque()
+        self.pending: dict[JobId, _Slot] = {}
+        self.wake = asyncio.Event()
+        self.dropped = False
+
+    def offer(self, event: Event) -> bool:
+        """Queue an event; False when the client is too far behind."""
+        if isinstance(event, BackupProgress):
+            slot = self.pending.get(event.job_id)
+            if slot is not None:
+                slot.event = event  # only the newest progress matters
+                return True
+            slot = _Slot(event)
+            self.pending[event.job_id] = slot
+            self.queue.append(slot)
+        else:
+            job_id = getattr(event, "job_id", None)
+            if job_id is not None:
+                # later progress must come after this event, not before it
+                self.pending.pop(job_id, None)
+            self.queue.append(event)
+        self.wake.set()
+        return len(self.queue) <= self.limit
+
+    def next(self) -> Event | None:
+        if not self.queue:
+            return None
+        item = self.queue.popleft()
+        if isinstance(item, _Slot):
+            if self.pending.get(item.event.job_id) is item:
+                del self.pending[item.event.job_id]
+            return item.event
+        return item
+
+
+class AgentServer:
+    """Serves ``/ws`` for one agent (controller + bus)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        controller: JobController,
+        bus: EventBus,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        queue_limit: int = QUEUE_LIMIT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config
+        self.controller = controller
+        self.bus = bus
+        self.host = host if host is not None else config.host
+        self.port = port if port is not None else config.port
+        self.queue_limit = queue_limit
+        self.ssl_context = ssl_context if ssl_context is not None else _tls(config)
+        self.clients: set[_Client] = set()
+        self._server: Server | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    @property
+    def url(self) -> str:
+        """Where clients connect (with the port actually bound)."""
+        scheme = "wss" if self.ssl_context else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}/ws"
+
+    async def start(self) -> None:
+        """Bind and start serving."""
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._check_request,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            compression=None,
+            max_size=MAX_MESSAGE,
+            ping_interval=20,
+            ping_timeout=20,
+            ssl=self.ssl_context,
+            server_header=None,
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = sock.getsockname()[1]
+        self._unsubscribe = self.bus.subscribe(self._on_event)
+        if self.host not in ("127.0.0.1", "::1", "localhost") and self.ssl_context is None:
+            log.warning(
+                "/ws listens on %s without TLS: put a TLS proxy in front or set tls_cert/tls_key",
+                self.host,
+            )
+        log.info("listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Close every connection and stop listening."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    # ------------------------------------------------------------ upgrade
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        peer = connection.remote_address[0] if connection.remote_address else "?"
+        if urlsplit(request.path).path != "/ws":
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not found: the endpoint is /ws\n")
+        origin = request.headers.get("Origin")
+        if origin is not None and _normalize_origin(origin) not in self.config.allowed_origins:
+            log.warning("refused a browser connection from %s: origin not allowed", peer)
+            return connection.respond(HTTPStatus.FORBIDDEN, "Forbidden: origin not allowed\n")
+        if not self._authorized(request.headers):
+            log.warning("refused a connection from %s: missing or wrong token", peer)
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized: token required\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="desktop-agent"'
+            return response
+        return None
+
+    def _authorized(self, headers: Headers) -> bool:
+        expected = self.config.token.encode()
+        if not expected:
+            return False
+        offered: list[str] = []
+        auth = headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            offered.append(auth[7:].strip())
+        for value in headers.get_all("Sec-WebSocket-Protocol"):
+            for proto in value.split(","):
+                proto = proto.strip()
+                if proto.startswith(TOKEN_PREFIX):
+                    offered.append(proto[len(TOKEN_PREFIX) :])
+        return any(hmac.compare_digest(t.encode(), expected) for t in offered)
+
+    # ------------------------------------------------------------ clients
+    async def _handle(self, ws: ServerConnection) -> None:
+        client = _Client(ws, self.queue_limit)
+        self.clients.add(client)
+        peer = ws.remote_address[0] if ws.remote_address else "?"
+        log.info("client %s connected (%d now)", peer, len(self.clients))
+        sender = asyncio.create_task(self._send_loop(client))
+        try:
+            async for message in ws:
+                self._dispatch(client, message)
+                if client.dropped:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients.discard(client)
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            log.info("client %s disconnected (%d left)", peer, len(self.clients))
+
+    async def _send_loop(self, client: _Client) -> None:
+        try:
+            while True:
+                await client.wake.wait()
+                client.wake.clear()
+                while (event := client.next()) is not None:
+                    await client.ws.send(encode_event(event))
+        except ConnectionClosed:
+            pass
+
+    def _deliver(self, client: _Client, event: Event) -> None:
+        if client.dropped:
+            return
+        if not client.offer(event):
+            client.dropped = True
+            self.clients.discard(client)
+            log.warning(
+                "dropped a client that stopped reading (%d events waiting)", len(client.queue)
+            )
+            transport = client.ws.transport
+            if transport is not None:
+                transport.abort()
+
+    def _on_event(self, event: BusEvent) -> None:
+        if not hasattr(event, "TYPE"):  # internal events (JobChanged) stay inside
+            return
+        for client in list(self.clients):
+            self._deliver(client, event)  # type: ignore[arg-type]
+
+    def _dispatch(self, client: _Client, message: str | bytes) -> None:
+        try:
+            command = decode_command(message)
+        except ProtocolError as exc:
+            self._deliver(client, exc.reply())
+            return
+        try:
+            if isinstance(command, StatusRequest):
+                self._deliver(client, self.controller.status())
+            elif isinstance(command, BackupStart):
+                self.controller.start_backup(command.paths)  # backup:started goes to everyone
+            elif isinstance(command, BackupPause):
+                self.controller.pause(command.job_id)
+            elif isinstance(command, BackupResume):
+                self.controller.resume(command.job_id)
+            elif isinstance(command, BackupCancel):
+                self.controller.cancel(command.job_id)
+        except JobError as exc:
+            self._deliver(client, ErrorReply(str(exc), command.TYPE))
+
+
+def _tls(config: AgentConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert or not config.tls_key:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    return ctx
