@@ -24,7 +24,7 @@ import hmac
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -32,6 +32,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from desktop_agent.config import AgentConfig
 from desktop_agent.jobs import BusEvent, EventBus, JobController, JobError
@@ -165,7 +166,7 @@ class AgentServer:
             self.host,
             self.port,
             process_request=self._check_request,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            select_subprotocol=_select_subprotocol,
             compression=None,
             max_size=MAX_MESSAGE,
             ping_interval=20,
@@ -292,6 +293,14 @@ class AgentServer:
                 self.controller.cancel(command.job_id)
         except JobError as exc:
             self._deliver(client, ErrorReply(str(exc), command.TYPE))
+
+
+def _select_subprotocol(
+    connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    # Browsers offer ["desktop-agent", "desktop-agent.token.<token>"]: select
+    # the first, never echo the token. Other clients need no subprotocol.
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
 def _tls(config: AgentConfig) -> ssl.SSLContext | None:
