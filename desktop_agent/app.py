@@ -36,6 +36,7 @@ class Agent:
         self.controller = JobController(config, self.bus)
         self.server = AgentServer(config.agent, self.controller, self.bus, host=host, port=port)
         self.scheduler = Scheduler(self.controller) if schedule else None
+        self._restart: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Controller first (so commands have somewhere to go), then the server."""
@@ -43,6 +44,31 @@ class Agent:
         await self.server.start()
         if self.scheduler is not None:
             self.scheduler.start()
+
+    def apply_config(self, config: Config) -> None:
+        """Use a new configuration without a restart.
+
+        Jobs that start from now on use it; the /ws server takes a new token
+        and origins at once (open connections stay) and rebinds when the
+        listen address or TLS files changed.
+        """
+        old = self.config.agent
+        self.config = config
+        self.controller.update_config(config)
+        self.server.config = config.agent
+        rebind = (old.listen, old.tls_cert, old.tls_key) != (
+            config.agent.listen,
+            config.agent.tls_cert,
+            config.agent.tls_key,
+        )
+        if rebind:
+            self._restart = asyncio.get_event_loop().create_task(self._rebind())
+
+    async def _rebind(self) -> None:
+        await self.server.stop()
+        self.server = AgentServer(self.config.agent, self.controller, self.bus)
+        await self.server.start()
+        log.info("/ws now at %s", self.server.url)
 
     async def stop(self) -> None:
         """Stop scheduling, end jobs (clients see them end), then close the server."""

@@ -192,6 +192,10 @@ class JobController:
         """One job; :class:`JobError` if unknown."""
         return self._get(job_id).view()
 
+    def repository_exists(self) -> bool:
+        """Whether the configured repository has been created."""
+        return open_storage(self.config.repository_path).exists()
+
     def current(self) -> JobView | None:
         """The running or paused job, if any."""
         job = self._current

@@ -1,0 +1,211 @@
+"""What the tray shows, as plain state (no Qt): fed by bus events, read by views.
+
+One :class:`TrayModel` turns the agent's events into the things a user sees
+at a glance: which icon (idle, running, paused, warning, error), the
+progress, the tooltip in words, "Last backup: 5 minutes ago". Views read it
+when they draw; nothing here decides anything about jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from desktop_agent.jobs import BusEvent, JobChanged, JobState
+from desktop_agent.protocol import (
+    CANCELLED,
+    BackupCompleted,
+    BackupFailed,
+    BackupPaused,
+    BackupProgress,
+    BackupResumed,
+    BackupStarted,
+)
+from desktop_agent.termprogress import human_bytes
+
+__all__ = ["TrayModel", "Kind", "ago", "eta_words"]
+
+Kind = str  # "idle" | "running" | "paused" | "warning" | "error"
+
+
+def ago(seconds: float) -> str:
+    """``300`` -> ``"5 minutes ago"``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return "just now"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if s >= size:
+            n = s // size
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "just now"
+
+
+def eta_words(seconds: int) -> str:
+    """``130`` -> ``"3 min left"`` (rounded up), ``0`` -> ``""``."""
+    if seconds <= 0:
+        return ""
+    if seconds < 60:
+        return "less than a minute left"
+    minutes = (seconds + 59) // 60
+    if minutes < 90:
+        return f"{minutes} min left"
+    return f"{(minutes + 30) // 60} h left"
+
+
+@dataclass
+class _Last:
+    finished: float  # wall clock
+    ok: bool
+    error: str | None = None
+    total_bytes: int = 0
+    duration: float = 0.0
+    skipped: int = 0
+
+
+class TrayModel:
+    """Aggregated agent state for the tray icon, tooltip, menu and windows."""
+
+    def __init__(
+        self, *, wall_clock: Callable[[], float] = time.time, stale_after: float = 2 * 86400
+    ) -> None:
+        self._now = wall_clock
+        self.stale_after = stale_after  # a warning when the last backup is older
+        self.job_id: str | None = None
+        self.state: JobState | None = None
+        self.queued = 0
+        self.progress: BackupProgress | None = None
+        self.started_at: float | None = None
+        self.last_success: float | None = None
+        self.last: _Last | None = None
+
+    # ------------------------------------------------------------- events
+    def apply(self, event: BusEvent) -> None:
+        """Update from one bus event."""
+        if isinstance(event, JobChanged):
+            if event.new is JobState.QUEUED:
+                self.queued += 1
+            elif event.new is JobState.RUNNING:
+                if event.old is JobState.QUEUED:
+                    self.queued = max(0, self.queued - 1)
+                    self.job_id = event.job_id
+                    self.progress = None
+                    self.started_at = self._now()
+                self.state = JobState.RUNNING
+            elif event.job_id == self.job_id:
+                self.state = event.new
+            elif event.new is JobState.CANCELLED and event.old is JobState.QUEUED:
+                self.queued = max(0, self.queued - 1)
+        elif isinstance(event, BackupProgress):
+            if event.job_id == self.job_id:
+                self.progress = event
+        elif isinstance(event, BackupPaused):
+            if event.job_id == self.job_id:
+                self.state = JobState.PAUSED
+        elif isinstance(event, BackupResumed):
+            if event.job_id == self.job_id:
+                self.state = JobState.RUNNING
+        elif isinstance(event, BackupCompleted):
+            if event.job_id == self.job_id:
+                now = self._now()
+                self.last = _Last(
+                    now, True, None, event.total_bytes, now - (self.started_at or now)
+                )
+                self.last_success = now
+                self._end()
+        elif isinstance(event, BackupFailed):
+            if event.job_id == self.job_id:
+                now = self._now()
+                if event.error != CANCELLED:
+                    self.last = _Last(now, False, event.error, 0, now - (self.started_at or now))
+                self._end()
+        elif isinstance(event, BackupStarted):
+            pass
+
+    def _end(self) -> None:
+        self.job_id = None
+        self.state = None
+        self.progress = None
+        self.started_at = None
+
+    def note_skipped(self, count: int) -> None:
+        """The last completed backup left ``count`` unreadable files out."""
+        if self.last is not None:
+            self.last.skipped = count
+
+    # -------------------------------------------------------------- views
+    @property
+    def active(self) -> bool:
+        """A job is running or paused."""
+        return self.state in (JobState.RUNNING, JobState.PAUSED)
+
+    @property
+    def percent(self) -> float:
+        """Progress of the current job, 0-100."""
+        return self.progress.percent if self.progress is not None else 0.0
+
+    def kind(self) -> Kind:
+        """Which icon: running, paused, error, warning or idle."""
+        if self.state is JobState.RUNNING:
+            return "running"
+        if self.state is JobState.PAUSED:
+            return "paused"
+        if self.last is not None and not self.last.ok:
+            return "error"
+        if self.warning() is not None:
+            return "warning"
+        return "idle"
+
+    def warning(self) -> str | None:
+        """Why the backups need attention, if they do (not counting failures)."""
+        if self.last_success is None:
+            return "no backup yet"
+        age = self._now() - self.last_success
+        if age > self.stale_after:
+            return f"the last backup is {ago(age).removesuffix(' ago')} old"
+        if self.last is not None and self.last.ok and self.last.skipped:
+            n = self.last.skipped
+            return f"the last backup skipped {n} unreadable file{'s' if n != 1 else ''}"
+        return None
+
+    def last_backup_line(self) -> str:
+        """``"Last backup: 5 minutes ago"``."""
+        if self.last_success is None:
+            return "Last backup: never"
+        return f"Last backup: {ago(self._now() - self.last_success)}"
+
+    def status_line(self) -> str:
+        """The state in words, for the tooltip and the menu's first line."""
+        if self.state is JobState.RUNNING:
+            p = self.progress
+            if p is None:
+                return "Backing up: starting"
+            left = eta_words(p.eta_seconds)
+            return f"Backing up: {p.percent:.0f}%" + (f" - {left}" if left else "")
+        if self.state is JobState.PAUSED:
+            return f"Paused at {self.percent:.0f}%"
+        if self.last is not None and not self.last.ok:
+            return f"Backup failed: {self.last.error}"
+        warning = self.warning()
+        if warning is not None:
+            return f"Needs attention: {warning}"
+        return "Backups are up to date"
+
+    def tooltip(self) -> str:
+        """Tooltip text: the state and the last backup."""
+        lines = ["desktop-agent", self.status_line()]
+        if self.state is None:
+            lines.append(self.last_backup_line())
+        if self.queued:
+            lines.append(f"{self.queued} more backup{'s' if self.queued != 1 else ''} waiting")
+        return "\n".join(lines)
+
+    def completion_message(self) -> str:
+        """Notification text for a finished backup."""
+        last = self.last
+        if last is None:
+            return ""
+        if not last.ok:
+            return f"Backup failed: {last.error}"
+        took = int(last.duration)
+        return f"Backup complete: {human_bytes(last.total_bytes)} in {took // 60} min {took % 60} s"

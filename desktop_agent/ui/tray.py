@@ -1,0 +1,130 @@
+"""The tray icon and its menu.
+
+The icon says at a glance whether backups are fine (idle, running with a
+progress ring, paused, warning, error); the tooltip says it in words. The
+menu is rebuilt from the current state every time it opens (as Vorta does),
+so it never shows a stale "Pause" next to a finished backup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtCore import QObject
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+
+from .bridge import Bridge
+from .icons import state_icon
+
+__all__ = ["Tray"]
+
+
+class Tray(QObject):
+    """The system tray icon, driven by the bridge's model."""
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        *,
+        open_progress: Callable[[], None],
+        open_restore: Callable[[], None],
+        open_settings: Callable[[], None],
+        open_log: Callable[[], None],
+        quit_app: Callable[[], None],
+    ) -> None:
+        super().__init__(bridge)
+        self.bridge = bridge
+        self._open_progress = open_progress
+        self._open_restore = open_restore
+        self._open_settings = open_settings
+        self._open_log = open_log
+        self._quit = quit_app
+        self.icon = QSystemTrayIcon(self)
+        self.menu = QMenu()
+        self.menu.aboutToShow.connect(self.rebuild)
+        self.icon.setContextMenu(self.menu)
+        self.icon.activated.connect(self._activated)
+        self._shown: tuple[str, int] | None = None
+        bridge.changed.connect(self.refresh)
+        bridge.notify.connect(self.show_notice)
+        self.refresh()
+        self.rebuild()
+
+    def show(self) -> None:
+        """Put the icon in the tray."""
+        self.icon.show()
+
+    def hide(self) -> None:
+        """Take the icon out of the tray."""
+        self.icon.hide()
+
+    # -------------------------------------------------------------- state
+    def refresh(self) -> None:
+        """Icon and tooltip from the model (icons re-rendered only on change)."""
+        model = self.bridge.model
+        kind = model.kind()
+        shown = (kind, int(model.percent) if kind == "running" else -1)
+        if shown != self._shown:
+            self._shown = shown
+            self.icon.setIcon(state_icon(kind, model.percent))
+        self.icon.setToolTip(model.tooltip())
+
+    def rebuild(self) -> None:
+        """Recreate the menu from the current state."""
+        model = self.bridge.model
+        menu = self.menu
+        menu.clear()
+        status = menu.addAction(model.status_line())
+        status.setEnabled(False)
+        last = menu.addAction(model.last_backup_line())
+        last.setEnabled(False)
+        menu.addSeparator()
+        now = menu.addAction("Back up now")
+        now.setEnabled(not model.active)
+        now.triggered.connect(self.bridge.back_up_now)
+        if model.state is not None and model.kind() == "paused":
+            toggle = menu.addAction("Resume")
+            toggle.triggered.connect(self.bridge.resume)
+        else:
+            toggle = menu.addAction("Pause")
+            toggle.setEnabled(model.kind() == "running")
+            toggle.triggered.connect(self.bridge.pause)
+        cancel = menu.addAction("Cancel backup")
+        cancel.setEnabled(model.active)
+        cancel.triggered.connect(self.bridge.cancel)
+        progress = menu.addAction("Show progress...")
+        progress.triggered.connect(self._open_progress)
+        menu.addSeparator()
+        menu.addAction("Restore files...").triggered.connect(self._open_restore)
+        menu.addAction("Settings...").triggered.connect(self._open_settings)
+        menu.addAction("Show log").triggered.connect(self._open_log)
+        menu.addSeparator()
+        menu.addAction("Quit").triggered.connect(self._quit)
+
+    def action(self, text: str) -> QAction:
+        """The menu action with this text (rebuilding the menu first)."""
+        self.rebuild()
+        for act in self.menu.actions():
+            if act.text() == text:
+                return act
+        raise KeyError(text)
+
+    # ---------------------------------------------------------- reactions
+    def show_notice(self, title: str, message: str, is_error: bool) -> None:
+        """A desktop notification through the tray."""
+        if not self.icon.isVisible() or not QSystemTrayIcon.supportsMessages():
+            return
+        icon = (
+            QSystemTrayIcon.MessageIcon.Critical
+            if is_error
+            else QSystemTrayIcon.MessageIcon.Information
+        )
+        self.icon.showMessage(title, message, icon, 10_000)
+
+    def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
+        if reason in (
+            QSystemTrayIcon.ActivationReason.Trigger,
+            QSystemTrayIcon.ActivationReason.DoubleClick,
+        ):
+            self._open_progress()

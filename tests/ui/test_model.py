@@ -1,0 +1,89 @@
+"""The tray's state machine in words and icons (no Qt needed)."""
+
+from __future__ import annotations
+
+from desktop_agent.jobs import JobChanged, JobState
+from desktop_agent.protocol import (
+    BackupCompleted,
+    BackupFailed,
+    BackupPaused,
+    BackupProgress,
+    BackupResumed,
+    JobId,
+)
+from desktop_agent.ui.model import TrayModel, ago, eta_words
+
+
+def progress(percent: float, eta: int = 130) -> BackupProgress:
+    return BackupProgress(JobId("j"), percent, 45, 100, 10, eta, "/x", 1, 2)
+
+
+def test_words():
+    assert ago(30) == "just now"
+    assert ago(300) == "5 minutes ago"
+    assert ago(3600) == "1 hour ago"
+    assert ago(3 * 86400 + 5) == "3 days ago"
+    assert eta_words(0) == ""
+    assert eta_words(30) == "less than a minute left"
+    assert eta_words(130) == "3 min left"
+    assert eta_words(3 * 3600) == "3 h left"
+
+
+def test_a_backup_from_start_to_end():
+    now = [1_000_000.0]
+    m = TrayModel(wall_clock=lambda: now[0])
+    assert m.kind() == "warning" and "no backup yet" in m.status_line()
+    m.apply(JobChanged("j", None, JobState.QUEUED))
+    assert m.queued == 1 and "1 more backup waiting" in m.tooltip()
+    m.apply(JobChanged("j", JobState.QUEUED, JobState.RUNNING))
+    assert m.kind() == "running" and m.status_line() == "Backing up: starting"
+    m.apply(progress(45.0))
+    assert m.status_line() == "Backing up: 45% - 3 min left"
+    assert m.tooltip() == "desktop-agent\nBacking up: 45% - 3 min left"
+    m.apply(BackupPaused(JobId("j")))
+    assert m.kind() == "paused" and m.status_line() == "Paused at 45%"
+    m.apply(BackupResumed(JobId("j")))
+    assert m.kind() == "running"
+    now[0] += 125
+    m.apply(BackupCompleted(JobId("j"), 2_000_000))
+    assert m.kind() == "idle" and not m.active
+    assert m.status_line() == "Backups are up to date"
+    assert m.last_backup_line() == "Last backup: just now"
+    assert m.completion_message() == "Backup complete: 1.9 MiB in 2 min 5 s"
+    now[0] += 300
+    assert m.last_backup_line() == "Last backup: 5 minutes ago"
+    now[0] += 3 * 86400
+    assert m.kind() == "warning" and "3 days" in m.status_line()
+
+
+def test_failure_is_an_error_but_cancel_is_not():
+    m = TrayModel()
+    m.last_success = m._now()
+    m.apply(JobChanged("a", JobState.QUEUED, JobState.RUNNING))
+    m.apply(BackupFailed(JobId("a"), "cancelled"))
+    assert m.kind() == "idle"
+    m.apply(JobChanged("b", JobState.QUEUED, JobState.RUNNING))
+    m.apply(BackupFailed(JobId("b"), "the backup destination is full"))
+    assert m.kind() == "error"
+    assert m.status_line() == "Backup failed: the backup destination is full"
+    m.apply(JobChanged("c", JobState.QUEUED, JobState.RUNNING))
+    m.apply(BackupCompleted(JobId("c"), 1))
+    assert m.kind() == "idle"
+
+
+def test_skipped_files_are_a_warning():
+    m = TrayModel()
+    m.apply(JobChanged("a", JobState.QUEUED, JobState.RUNNING))
+    m.apply(BackupCompleted(JobId("a"), 1))
+    m.note_skipped(2)
+    assert m.kind() == "warning"
+    assert m.status_line() == "Needs attention: the last backup skipped 2 unreadable files"
+
+
+def test_events_of_other_jobs_do_not_disturb_the_current_one():
+    m = TrayModel()
+    m.apply(JobChanged("a", JobState.QUEUED, JobState.RUNNING))
+    m.apply(progress(10.0))
+    m.apply(BackupPaused(JobId("other")))
+    m.apply(BackupFailed(JobId("other"), "x"))
+    assert m.kind() == "running" and m.percent == 0.0  # progress was for job "j"
