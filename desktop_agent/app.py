@@ -14,6 +14,7 @@ from desktop_agent.config import Config
 from desktop_agent.jobs import EventBus, JobController
 from desktop_agent.jobs.scheduler import Scheduler
 from desktop_agent.server import AgentServer
+from desktop_agent.server.ws import make_tls_context
 
 __all__ = ["Agent", "run_headless"]
 
@@ -34,7 +35,8 @@ class Agent:
         self.config = config
         self.bus = EventBus()
         self.controller = JobController(config, self.bus)
-        self.server = AgentServer(config.agent, self.controller, self.bus, host=host, port=port)
+        self._host, self._port = host, port
+        self.server = self._make_server(config)
         self.scheduler = Scheduler(self.controller) if schedule else None
         self._restart: asyncio.Task[None] | None = None
 
@@ -44,6 +46,19 @@ class Agent:
         await self.server.start()
         if self.scheduler is not None:
             self.scheduler.start()
+
+    def _make_server(self, config: Config) -> AgentServer:
+        # TLS files resolved like every path in the config (relative to its folder)
+        tls = config.tls_files
+        ssl_context = make_tls_context(*tls) if tls is not None else None
+        return AgentServer(
+            config.agent,
+            self.controller,
+            self.bus,
+            host=self._host,
+            port=self._port,
+            ssl_context=ssl_context,
+        )
 
     def apply_config(self, config: Config) -> None:
         """Use a new configuration without a restart.
@@ -56,6 +71,8 @@ class Agent:
         self.config = config
         self.controller.update_config(config)
         self.server.config = config.agent
+        if config.agent.token != old.token:
+            self.server.disconnect_all("the access token changed")
         rebind = (old.listen, old.tls_cert, old.tls_key) != (
             config.agent.listen,
             config.agent.tls_cert,
@@ -66,7 +83,7 @@ class Agent:
 
     async def _rebind(self) -> None:
         await self.server.stop()
-        self.server = AgentServer(self.config.agent, self.controller, self.bus)
+        self.server = self._make_server(self.config)
         await self.server.start()
         log.info("/ws now at %s", self.server.url)
 
@@ -75,7 +92,7 @@ class Agent:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.controller.stop()
-        await asyncio.sleep(0.05)  # let the last events reach the clients
+        await self.server.drain(timeout=2.0)  # the last events reach the clients
         await self.server.stop()
 
 

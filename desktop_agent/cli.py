@@ -39,6 +39,9 @@ from desktop_agent.engine.restore import RestoreOptions, restore
 from desktop_agent.engine.snapshot import Snapshot
 from desktop_agent.engine.storage import open_storage
 from desktop_agent.logsetup import setup_logging
+from desktop_agent.remote import RemoteError, RemoteUsageError
+from desktop_agent.remote import add_arguments as add_remote_arguments
+from desktop_agent.remote import run as run_remote
 from desktop_agent.termprogress import ProgressLine, human_bytes, human_duration
 
 __all__ = ["main", "build_parser"]
@@ -107,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--read-data", action="store_true", help="also read and verify every blob")
 
     sub.add_parser("token", help="print the /ws access token")
+    add_remote_arguments(
+        sub.add_parser(
+            "remote",
+            help="talk to a running agent over /ws: status, start, pause, resume, cancel, watch",
+        )
+    )
     return p
 
 
@@ -350,6 +359,17 @@ def cmd_token(config: Config, _args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_remote(args: argparse.Namespace) -> int:
+    """``remote URL COMMAND``: needs no local configuration, only the URL and the token."""
+    try:
+        return run_remote(args)
+    except RemoteUsageError as exc:
+        print(f"desktop-agent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RemoteError as exc:
+        raise CliError(str(exc)) from None
+
+
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "init": cmd_init,
     "backup": cmd_backup,
@@ -373,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     log_path = setup_logging(stderr=args.headless)
     try:
+        if args.command == "remote":
+            return cmd_remote(args)
         config = load_or_create(resolve_config_path(args.config))
         if args.command is None:
             from desktop_agent.app import run_headless

@@ -91,6 +91,7 @@ class _Job:
     error: str | None = None
     result: BackupResult | None = None
     pause_requested: bool = False
+    resume_requested: bool = False  # a resume that arrived before the pause took effect
     # progress bookkeeping (loop thread only)
     last_sent: float = 0.0
     dirty: bool = False
@@ -134,6 +135,8 @@ class JobController:
         self._queue: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
+        # Password checks must not queue behind a backup that runs for hours.
+        self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-check")
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -165,6 +168,7 @@ class JobController:
         for task in list(self._tasks):
             task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._checks.shutdown(wait=False, cancel_futures=True)
 
     def update_config(self, config: Config) -> None:
         """Use a new configuration for jobs that start from now on."""
@@ -176,10 +180,10 @@ class JobController:
     def status(self) -> AgentStatus:
         """The agent as a whole, as ``agent:status`` reports it."""
         active = [j for j in self._jobs.values() if j.state not in TERMINAL]
-        if any(j.state is JobState.RUNNING for j in active):
-            status = "running"
-        elif any(j.state is JobState.PAUSED for j in active):
-            status = "paused"
+        if any(j.state is JobState.PAUSED for j in active):
+            status = "paused"  # queued jobs wait behind the paused one
+        elif active:
+            status = "running"  # running, or about to
         else:
             status = "idle"
         return AgentStatus(status, len(active), int(self._clock() - self._born))
@@ -257,12 +261,17 @@ class JobController:
         """Resume a paused job."""
         job = self._get(job_id)
         if job.state is JobState.RUNNING and job.pause_requested:
-            job.pause_requested = False  # the pause never took effect
-            job.control.resume()
+            # The pause has not taken effect yet: let it, then resume at once,
+            # so that whoever asked for the pause still sees backup:paused.
+            job.resume_requested = True
             return
         if job.state is not JobState.PAUSED:
             raise JobError(f"job {job_id} is {job.state.value}; only a paused job can be resumed")
+        self._do_resume(job)
+
+    def _do_resume(self, job: _Job) -> None:
         job.pause_requested = False
+        job.resume_requested = False
         job.control.resume()
         self._transition(job, Action.RESUME)
         self.bus.publish(BackupResumed(job.id))
@@ -279,6 +288,37 @@ class JobController:
             self._finish_cancelled(job)
             return
         job.control.cancel()  # the runner reports when the engine has stopped
+
+    async def create_repository(self, path: str, password: str) -> None:
+        """Create an empty repository in ``path`` (an absolute path; new or empty folder).
+
+        Runs on the job thread, so it never overlaps a backup. Raises the
+        engine's errors: :class:`~desktop_agent.engine.errors.RepositoryExists`
+        (also for a folder that is not empty), ``StorageError``, and
+        ``EngineError`` for an empty password. Where the password is kept is
+        the caller's business.
+        """
+        loop = asyncio.get_running_loop()
+
+        def init() -> None:
+            Repository.init(open_storage(path), password)
+            log.info("created a repository at %s", path)
+
+        await loop.run_in_executor(self._executor, init)
+
+    async def check_password(self, path: str, password: str) -> None:
+        """Open the repository in ``path`` with ``password``; raise if it does not open.
+
+        Raises ``WrongPassword``, ``RepositoryNotFound`` or another
+        ``EngineError``. Nothing is stored or cached: the caller decides
+        where to keep a password that works.
+        """
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            Repository.open(open_storage(path), password)
+
+        await loop.run_in_executor(self._checks, check)
 
     # ------------------------------------------------------------- internals
     def _get(self, job_id: str) -> _Job:
@@ -318,6 +358,8 @@ class JobController:
             if took and job.pause_requested and job.state is JobState.RUNNING:
                 self._transition(job, Action.PAUSE)
                 self.bus.publish(BackupPaused(job.id))
+                if job.resume_requested:
+                    self._do_resume(job)
                 return
 
     async def _run_queue(self) -> None:
@@ -377,6 +419,7 @@ class JobController:
 
     def _end(self, job: _Job, action: Action, error: str | None) -> None:
         job.pause_requested = False
+        job.resume_requested = False
         try:
             self._transition(job, action)
         except IllegalTransition:
@@ -389,6 +432,11 @@ class JobController:
             self.bus.publish(BackupFailed(job.id, error))
 
     # -------------------------------------------------- engine (worker thread)
+    def open_repository(self) -> Repository:
+        """A fresh Repository of the configured path, for work beside the jobs
+        (browsing, restoring). Blocking: call it from a worker thread."""
+        return self._repository()
+
     def _repository(self) -> Repository:
         """Open the repository; the key is derived once per path and kept."""
         path = self.config.repository_path

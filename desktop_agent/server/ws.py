@@ -35,6 +35,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from desktop_agent.config import AgentConfig
+from desktop_agent.config.network import normalize_origin
 from desktop_agent.jobs import BusEvent, EventBus, JobController, JobError
 from desktop_agent.protocol import (
     BackupCancel,
@@ -61,22 +62,14 @@ SUBPROTOCOL = "desktop-agent"
 TOKEN_PREFIX = "desktop-agent.token."
 MAX_MESSAGE = 64 * 1024
 QUEUE_LIMIT = 1024  # messages waiting for one client before it is dropped
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _normalize_origin(origin: str) -> str:
+def _normalize_origin(origin: str) -> str | None:
+    # the same normal form the config gives allowed_origins; None if not an origin
     try:
-        parts = urlsplit(origin.strip())
-        port = parts.port
+        return normalize_origin(origin.strip())
     except ValueError:
-        return origin
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None or port == _DEFAULT_PORTS.get(scheme):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
+        return None
 
 
 class _Slot:
@@ -183,6 +176,21 @@ class AgentServer:
                 self.host,
             )
         log.info("listening on %s", self.url)
+
+    def disconnect_all(self, reason: str) -> None:
+        """Close every connection (e.g. their token is no longer valid)."""
+        for client in list(self.clients):
+            client.dropped = True
+            self.clients.discard(client)
+            asyncio.get_event_loop().create_task(client.ws.close(1008, reason))
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until every client's queue is sent (or ``timeout`` passes)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while any(c.queue for c in self.clients):
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
@@ -303,10 +311,15 @@ def _select_subprotocol(
     return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
+def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2 or newer) from PEM files."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def _tls(config: AgentConfig) -> ssl.SSLContext | None:
     if not config.tls_cert or not config.tls_key:
         return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(config.tls_cert, config.tls_key)
-    return ctx
+    return make_tls_context(config.tls_cert, config.tls_key)
