@@ -380,26 +380,40 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
 }
 
 
+def _has_display() -> bool:
+    """Whether Qt can show windows here (a display server, or a chosen platform)."""
+    if os.environ.get("QT_QPA_PLATFORM"):
+        return True
+    if sys.platform.startswith("linux") or "bsd" in sys.platform:
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True  # macOS and Windows always have one
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (``sys.exit`` is the caller's)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None and not args.headless:
-        parser.print_usage(sys.stderr)
+    headless = args.headless
+    if args.command is None and not headless and not _has_display():
         print(
-            "desktop-agent: error: no command given (the tray app is not built yet)",
+            "desktop-agent: no display found: running headless (the /ws server and the "
+            "scheduler, no tray); use --headless to say so explicitly",
             file=sys.stderr,
         )
-        return EXIT_USAGE
-    log_path = setup_logging(stderr=args.headless)
+        headless = True
+    log_path = setup_logging(stderr=headless)
     try:
         if args.command == "remote":
             return cmd_remote(args)
         config = load_or_create(resolve_config_path(args.config))
-        if args.command is None:
+        if args.command is None and headless:
             from desktop_agent.app import run_headless
 
             return run_headless(config)
+        if args.command is None:
+            from desktop_agent.ui.bootstrap import run_tray
+
+            return run_tray(config, log_path=log_path)
         return COMMANDS[args.command](config, args)
     except (EngineError, ConfigError, CliError) as exc:
         log.info("%s failed: %s", args.command or "agent", exc)
