@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import qasync
@@ -158,6 +159,9 @@ def run_tray(config: Config, *, log_path: str | None = None) -> int:
     app.setWindowIcon(app_icon())
     app.setQuitOnLastWindowClosed(False)
     loop = qasync.QEventLoop(app)
+    # plain threads for to_thread(): a QThread still alive at exit aborts the process
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="loop")
+    loop.set_default_executor(pool)
     asyncio.set_event_loop(loop)
     shell = Shell(config, log_path=log_path)
     keep = _route_signals(shell)
@@ -169,4 +173,5 @@ def run_tray(config: Config, *, log_path: str | None = None) -> int:
         return 1
     finally:
         del keep
+        pool.shutdown(wait=False, cancel_futures=True)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from PySide6.QtCore import QRectF, Qt
+from PySide6.QtCore import QByteArray, QRectF, Qt
 from PySide6.QtGui import QColor, QIcon, QPainter, QPen, QPixmap
 from PySide6.QtSvg import QSvgRenderer
 
@@ -17,8 +17,14 @@ SIZES = (16, 22, 24, 32, 48, 64, 128)
 
 
 @cache
+def _svg(name: str) -> bytes:
+    # Only the SVG text is cached: Qt objects kept in module globals outlive
+    # the QApplication and crash the interpreter at exit.
+    return resource_path("icons", f"{name}.svg").read_bytes()
+
+
 def _renderer(name: str) -> QSvgRenderer:
-    renderer = QSvgRenderer(str(resource_path("icons", f"{name}.svg")))
+    renderer = QSvgRenderer(QByteArray(_svg(name)))
     if not renderer.isValid():
         raise FileNotFoundError(f"icon {name}.svg is missing or invalid")
     return renderer

@@ -201,11 +201,11 @@ class TrayModel:
         return "\n".join(lines)
 
     def completion_message(self) -> str:
-        """Notification text for a finished backup."""
+        """Notification text for a finished backup (the title says which)."""
         last = self.last
         if last is None:
             return ""
         if not last.ok:
-            return f"Backup failed: {last.error}"
+            return str(last.error)
         took = int(last.duration)
-        return f"Backup complete: {human_bytes(last.total_bytes)} in {took // 60} min {took % 60} s"
+        return f"{human_bytes(last.total_bytes)} backed up in {took // 60} min {took % 60} s"

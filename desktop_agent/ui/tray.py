@@ -27,11 +27,11 @@ class Tray(QObject):
         self,
         bridge: Bridge,
         *,
-        open_progress: Callable[[], None],
-        open_restore: Callable[[], None],
-        open_settings: Callable[[], None],
-        open_log: Callable[[], None],
-        quit_app: Callable[[], None],
+        open_progress: Callable[[], object],
+        open_restore: Callable[[], object],
+        open_settings: Callable[[], object],
+        open_log: Callable[[], object],
+        quit_app: Callable[[], object],
     ) -> None:
         super().__init__(bridge)
         self.bridge = bridge
@@ -81,7 +81,7 @@ class Tray(QObject):
         last.setEnabled(False)
         menu.addSeparator()
         now = menu.addAction("Back up now")
-        now.setEnabled(not model.active)
+        now.setEnabled(not model.active and not model.queued)
         now.triggered.connect(self.bridge.back_up_now)
         if model.state is not None and model.kind() == "paused":
             toggle = menu.addAction("Resume")

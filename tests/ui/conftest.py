@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,10 +26,15 @@ T = TypeVar("T")
 def loop(qapp: Any) -> Iterator[asyncio.AbstractEventLoop]:
     """A qasync loop on the test's QApplication (Qt and asyncio together)."""
     ev = qasync.QEventLoop(qapp)
+    # plain threads for run_in_executor/to_thread: qasync's QThread executor
+    # aborts the interpreter at exit if a QThread is still alive
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-loop")
+    ev.set_default_executor(pool)
     asyncio.set_event_loop(ev)
     yield ev
     try:
         ev.run_until_complete(asyncio.sleep(0))
+        ev.close()  # while Qt is alive: a loop collected at exit crashes the interpreter
     finally:
         asyncio.set_event_loop(None)
 

@@ -49,7 +49,7 @@ def test_a_backup_from_start_to_end():
     assert m.kind() == "idle" and not m.active
     assert m.status_line() == "Backups are up to date"
     assert m.last_backup_line() == "Last backup: just now"
-    assert m.completion_message() == "Backup complete: 1.9 MiB in 2 min 5 s"
+    assert m.completion_message() == "1.9 MiB backed up in 2 min 5 s"
     now[0] += 300
     assert m.last_backup_line() == "Last backup: 5 minutes ago"
     now[0] += 3 * 86400

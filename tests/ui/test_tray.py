@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import pytest
+import shiboken6
 from PySide6.QtGui import QImage
 from support import write
 from uisupport import TOKEN
@@ -20,8 +23,28 @@ from desktop_agent.ui.tray import Tray
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+_made: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _delete_qt_objects(qapp: Any) -> Iterator[None]:
+    """Delete the test's Qt objects while the QApplication lives: Qt objects
+    collected at interpreter exit crash it."""
+    yield
+    while _made:
+        obj = _made.pop()
+        if isinstance(obj, Bridge):
+            obj.close()
+        if isinstance(obj, Tray):
+            obj.hide()
+            shiboken6.delete(obj.menu)
+        shiboken6.delete(obj)
+    qapp.processEvents()
+
+
 def make_tray(agent: Any) -> tuple[Bridge, Tray, list[str]]:
     bridge = Bridge(agent)
+    _made.append(bridge)
     opened: list[str] = []
     tray = Tray(
         bridge,
@@ -31,6 +54,7 @@ def make_tray(agent: Any) -> tuple[Bridge, Tray, list[str]]:
         open_log=lambda: opened.append("log"),
         quit_app=lambda: opened.append("quit"),
     )
+    _made.append(tray)
     return bridge, tray, opened
 
 
@@ -166,7 +190,7 @@ def test_failures_and_completions_notify(agent, run, source):
     assert bridge.model.kind() == "error"
 
 
-def test_icons_are_crisp_at_every_size_and_show_progress():
+def test_icons_are_crisp_at_every_size_and_show_progress(qapp):
     for kind in KINDS:
         for size in SIZES:
             image: QImage = render(kind, size).toImage()
