@@ -9,12 +9,13 @@ Imported by every other package; imports nothing else of desktop-agent's.
 from __future__ import annotations
 
 from desktop_agent.config.errors import ConfigError
-from desktop_agent.config.loader import load, load_or_create, save
+from desktop_agent.config.loader import load, load_or_create, save, validate
 from desktop_agent.config.model import (
     AgentConfig,
     BackupConfig,
     Config,
     RepositoryConfig,
+    UiConfig,
     generate_token,
     with_token,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "RepositoryConfig",
+    "UiConfig",
     "default_config_path",
     "generate_token",
     "load",
@@ -50,6 +52,7 @@ __all__ = [
     "save",
     "user_cache_dir",
     "user_log_dir",
+    "validate",
     "with_token",
     "write_password_file",
 ]

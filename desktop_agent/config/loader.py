@@ -26,13 +26,14 @@ from desktop_agent.config.model import (
     BackupConfig,
     Config,
     RepositoryConfig,
+    UiConfig,
     generate_token,
 )
 from desktop_agent.config.network import normalize_origin, parse_listen
 from desktop_agent.config.paths import default_password_file, default_repository_path, expand_path
 from desktop_agent.config.template import render_default
 
-__all__ = ["load", "load_or_create", "parse_document", "save", "to_document"]
+__all__ = ["load", "load_or_create", "parse_document", "save", "to_document", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "agent": ("listen", "token", "allowed_origins", "tls_cert", "tls_key"),
     "repository": ("path", "password_file"),
     "backup": ("sources", "exclude", "interval_minutes"),
+    "ui": ("notify_success",),
 }
 
 # restic's remote backends; a local path is all this version stores to.
@@ -113,6 +115,17 @@ class _Section:
             raise self.error(key, f"expected an integer, got {_toml_type(value)} {_show(value)}")
         if not minimum <= value <= maximum:
             raise self.error(key, f"{value} is out of range {minimum}-{maximum}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        """The key's boolean value; ``default`` when absent."""
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if not isinstance(value, bool):
+            raise self.error(
+                key, f"expected a boolean (true or false), got {_toml_type(value)} {_show(value)}"
+            )
         return value
 
     def string_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -225,6 +238,11 @@ def _parse_backup(section: _Section) -> BackupConfig:
     )
 
 
+def _parse_ui(section: _Section) -> UiConfig:
+    defaults = UiConfig()
+    return UiConfig(notify_success=section.boolean("notify_success", defaults.notify_success))
+
+
 def parse_document(document: Mapping[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document and build the :class:`Config`.
 
@@ -250,7 +268,8 @@ def parse_document(document: Mapping[str, Any], path: Path) -> Config:
     agent = _parse_agent(sections["agent"])
     repository = _parse_repository(sections["repository"])
     backup = _parse_backup(sections["backup"])
-    return Config(agent=agent, repository=repository, backup=backup, path=path)
+    ui = _parse_ui(sections["ui"])
+    return Config(agent=agent, repository=repository, backup=backup, path=path, ui=ui)
 
 
 def to_document(config: Config) -> dict[str, Any]:
@@ -275,7 +294,18 @@ def to_document(config: Config) -> dict[str, Any]:
             "exclude": list(config.backup.exclude),
             "interval_minutes": config.backup.interval_minutes,
         },
+        "ui": {"notify_success": config.ui.notify_success},
     }
+
+
+def validate(config: Config) -> Config:
+    """``config`` checked exactly as :func:`save` and :func:`load` would check it.
+
+    Returns the configuration as it would be read back (origins normalized);
+    raises :class:`ConfigError` naming the file and key otherwise. Nothing is
+    written: a settings window validates with this before it saves.
+    """
+    return parse_document(to_document(config), config.path)
 
 
 def load(path: Path) -> Config:

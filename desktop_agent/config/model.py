@@ -27,6 +27,7 @@ __all__ = [
     "BackupConfig",
     "Config",
     "RepositoryConfig",
+    "UiConfig",
     "generate_token",
     "with_token",
 ]
@@ -86,6 +87,13 @@ class BackupConfig:
 
 
 @dataclass(frozen=True)
+class UiConfig:
+    """The ``[ui]`` section: how the tray app talks to the user."""
+
+    notify_success: bool = True  # failures are always shown
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole configuration and the file it belongs to."""
 
@@ -93,6 +101,7 @@ class Config:
     repository: RepositoryConfig
     backup: BackupConfig
     path: Path
+    ui: UiConfig = UiConfig()
 
     def resolve_path(self, value: str) -> str:
         """Expand ``~`` and ``$VARS`` in ``value``; relative means relative to the file's dir."""

@@ -6,7 +6,7 @@ explaining each key reach the user. The loader's tests load it back.
 
 from __future__ import annotations
 
-from desktop_agent.config.model import AgentConfig, BackupConfig, RepositoryConfig
+from desktop_agent.config.model import AgentConfig, BackupConfig, RepositoryConfig, UiConfig
 
 __all__ = ["render_default", "toml_string"]
 
@@ -92,6 +92,11 @@ exclude = {exclude}
 # minutes (checked every minute, also after the laptop wakes up); 0 = only
 # when asked (tray, backup server, `desktop-agent backup`).
 interval_minutes = {interval_minutes}
+
+[ui]
+# Show a notification when a backup completes (true or false). Failures are
+# always shown.
+notify_success = {notify_success}
 """
 
 
@@ -100,6 +105,7 @@ def render_default(token: str) -> str:
     agent = AgentConfig(token=token)
     repository = RepositoryConfig()
     backup = BackupConfig()
+    ui = UiConfig()
     return _TEMPLATE.format(
         listen=toml_string(agent.listen),
         token=toml_string(agent.token),
@@ -109,4 +115,5 @@ def render_default(token: str) -> str:
         sources=_toml_array(backup.sources),
         exclude=_toml_array(backup.exclude),
         interval_minutes=backup.interval_minutes,
+        notify_success="true" if ui.notify_success else "false",
     )

@@ -144,6 +144,7 @@ class AgentServer:
         self.clients: set[_Client] = set()
         self._server: Server | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -182,7 +183,9 @@ class AgentServer:
         for client in list(self.clients):
             client.dropped = True
             self.clients.discard(client)
-            asyncio.get_event_loop().create_task(client.ws.close(1008, reason))
+            task = asyncio.get_event_loop().create_task(client.ws.close(1008, reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def drain(self, timeout: float) -> None:
         """Wait until every client's queue is sent (or ``timeout`` passes)."""

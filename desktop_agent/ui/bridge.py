@@ -40,7 +40,7 @@ class Bridge(QObject):
         super().__init__(parent)
         self.agent = agent
         self.model = TrayModel()
-        self.notify_success = True
+        self.notify_success = agent.config.ui.notify_success
         self._unsubscribe = agent.bus.subscribe(self._on_event)
         self._tasks: set[asyncio.Task[Any]] = set()
         # "Last backup: 5 minutes ago" and the staleness warning age with time
@@ -129,5 +129,6 @@ class Bridge(QObject):
     def apply_config(self, config: Config) -> None:
         """Use a new (validated, saved) configuration without a restart."""
         self.agent.apply_config(config)
+        self.notify_success = config.ui.notify_success
         self.config_changed.emit(config)
         self.changed.emit()

@@ -45,6 +45,7 @@ def test_first_start_writes_private_commented_defaults(tmp_path: Path) -> None:
     assert config.agent.listen == "127.0.0.1:8080"
     assert config.agent.allowed_origins == ()
     assert config.agent.tls_cert is None and config.agent.tls_key is None
+    assert config.ui.notify_success is True
     assert config.backup.sources == ("~/Documents",)
     assert config.backup.exclude == ("*.tmp", "**/.cache")
     assert config.repository.path == str(tmp_path / "xdg-data" / "desktop-agent" / "repository")
@@ -321,6 +322,11 @@ VALIDATION_ERRORS = [
     (
         f'[agent]\n{T}\n[backup]\nsource = ["~"]',
         '[backup] source: unknown key (did you mean "sources"?)',
+    ),
+    # [ui]
+    (
+        f'[agent]\n{T}\n[ui]\nnotify_success = "yes"',
+        '[ui] notify_success: expected a boolean (true or false), got a string "yes"',
     ),
 ]
 

@@ -17,6 +17,7 @@ from desktop_agent.config import (
     Config,
     ConfigError,
     RepositoryConfig,
+    UiConfig,
     generate_token,
     load,
     load_or_create,
@@ -35,9 +36,11 @@ def test_save_then_load_round_trips(tmp_path: Path) -> None:
         repository=RepositoryConfig(path="/media/usb/backup", password_file=None),
         backup=BackupConfig(sources=("~/Documents", "/etc"), exclude=()),
         path=tmp_path / "config.toml",
+        ui=UiConfig(notify_success=False),
     )
     save(config)
     assert load(config.path) == config
+    assert "notify_success = false" in config.path.read_text()
 
 
 def test_saved_file_is_private_and_replaces_atomically(tmp_path: Path) -> None:

@@ -1,0 +1,691 @@
+"""The settings window: what to back up, where to, the /ws agent, notifications.
+
+Nothing here touches the engine: repository work goes through the job
+controller (``create_repository``, ``check_password``), the configuration
+through :mod:`desktop_agent.config`. A change is validated by the loader's
+own rules before it is saved, and applied at once through
+:meth:`Bridge.apply_config` - no restart. Errors are shown inline, never in
+a modal box, and file, keyring and repository work runs off the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields, replace
+from typing import Any, TypeVar
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication, QHideEvent, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_agent.config import (
+    KEYRING_SERVICE,
+    PASSWORD_ENV,
+    Config,
+    ConfigError,
+    generate_token,
+    save,
+    validate,
+    write_password_file,
+)
+from desktop_agent.engine.errors import EngineError
+
+from .bridge import Bridge
+from .icons import app_icon
+
+__all__ = [
+    "SettingsDialog",
+    "StringList",
+    "keyring_usable",
+    "open_folder_dialog",
+    "run_off_loop",
+    "start_dir",
+    "store_password",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ERROR_STYLE = "color: #c62828;"
+MAX_INTERVAL = 7 * 24 * 60  # the loader's limit for [backup] interval_minutes
+
+# Keyring calls may wait on D-Bus or an unlock prompt; config and password
+# files are fsynced. Neither belongs on the loop thread. A plain thread pool,
+# not qasync's default executor: its QThreads outlive test loops noisily.
+_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settings-io")
+
+
+async def run_off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call (file, keyring) on a worker thread and await it."""
+    return await asyncio.get_running_loop().run_in_executor(_io, fn, *args)
+
+
+# ------------------------------------------------------------ passwords
+def keyring_usable() -> bool:
+    """Whether ``keyring`` has a real backend (not the fail or null one)."""
+    try:
+        import keyring
+        import keyring.backends.fail
+        import keyring.backends.null
+
+        backend = keyring.get_keyring()
+        return not isinstance(
+            backend, keyring.backends.fail.Keyring | keyring.backends.null.Keyring
+        )
+    except Exception as exc:  # noqa: BLE001 - any keyring failure means "no keyring"
+        log.debug("no usable OS keyring: %s", type(exc).__name__)
+        return False
+
+
+def store_password(config: Config, repository_path: str, password: str) -> str:
+    """Keep ``password`` where :func:`read_password` finds it; returns where, in words.
+
+    The OS keyring (service ``KEYRING_SERVICE``, user name the expanded
+    ``repository_path``) when it is usable, otherwise the configured
+    password file (mode 0600). An existing password file is rewritten
+    instead of the keyring: it is read first, and would hide the keyring's
+    entry. Blocking (keyring, fsync): call it off the loop thread.
+    """
+    file = config.password_file_path
+    if file is not None and os.path.lexists(file):
+        write_password_file(file, password)
+        return f"the password file {file}"
+    if keyring_usable():
+        try:
+            import keyring
+
+            keyring.set_password(KEYRING_SERVICE, repository_path, password)
+            return "the OS keyring"
+        except Exception as exc:  # noqa: BLE001 - fall back to the file, or say why not
+            if file is None:
+                raise ConfigError(
+                    f"the OS keyring did not take the password ({type(exc).__name__}) and no "
+                    f"password file is configured ([repository] password_file in {config.path})"
+                ) from None
+            log.info("OS keyring refused the password (%s); using the file", type(exc).__name__)
+    if file is None:
+        raise ConfigError(
+            "there is no usable OS keyring and no password file is configured: "
+            f"set [repository] password_file in {config.path}"
+        )
+    write_password_file(file, password)
+    return f"the password file {file}"
+
+
+# ------------------------------------------------------------ widgets
+def open_folder_dialog(
+    parent: QWidget, title: str, start: str, chosen: Callable[[str], None]
+) -> QFileDialog:
+    """Open a folder chooser without blocking (``open()``); ``chosen`` gets the folder.
+
+    The caller keeps the returned dialog: it is the only reference.
+    """
+    dialog = QFileDialog(parent, title, start)
+    dialog.setFileMode(QFileDialog.FileMode.Directory)
+    dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+    dialog.fileSelected.connect(chosen)
+    dialog.open()
+    return dialog
+
+
+def start_dir(text: str, config: Config) -> str:
+    """Where a folder chooser opens: the folder in ``text`` or its nearest existing parent."""
+    path = config.resolve_path(text) if text.strip() else os.path.expanduser("~")
+    while path and not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def error_label() -> QLabel:
+    """A red, wrapping, selectable label, hidden while empty."""
+    label = QLabel()
+    label.setStyleSheet(ERROR_STYLE)
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    label.hide()
+    return label
+
+
+def show_text(label: QLabel, text: str) -> None:
+    """Set a label's text; hide it while there is none."""
+    label.setText(text)
+    label.setVisible(bool(text))
+
+
+class StringList(QWidget):
+    """An editable list of lines with Add / Edit / Remove.
+
+    ``add`` replaces the default Add (a new empty line, edited in place),
+    e.g. with a folder chooser. Blank lines are dropped by :meth:`values`.
+    """
+
+    def __init__(
+        self,
+        add_text: str = "Add",
+        add: Callable[[], None] | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.list = QListWidget()
+        self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.add_button = QPushButton(add_text)
+        self.edit_button = QPushButton("Edit")
+        self.remove_button = QPushButton("Remove")
+        self.add_button.clicked.connect(add or self.add_empty)
+        self.edit_button.clicked.connect(self.edit_current)
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.list.itemSelectionChanged.connect(self._update_buttons)
+        buttons = QVBoxLayout()
+        for button in (self.add_button, self.edit_button, self.remove_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.list, 1)
+        layout.addLayout(buttons)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        selected = bool(self.list.selectedItems())
+        self.edit_button.setEnabled(len(self.list.selectedItems()) == 1)
+        self.remove_button.setEnabled(selected)
+
+    def _item(self, text: str) -> QListWidgetItem:
+        item = QListWidgetItem(text)
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+        return item
+
+    def set_values(self, values: Iterable[str]) -> None:
+        """Replace the lines."""
+        self.list.clear()
+        for value in values:
+            self.list.addItem(self._item(value))
+        self._update_buttons()
+
+    def values(self) -> tuple[str, ...]:
+        """The lines, stripped, without blank ones, in order."""
+        out = []
+        for row in range(self.list.count()):
+            text = self.list.item(row).text().strip()
+            if text:
+                out.append(text)
+        return tuple(out)
+
+    def append(self, text: str) -> None:
+        """Add a line (unless it is already there) and select it."""
+        for row in range(self.list.count()):
+            if self.list.item(row).text() == text:
+                self.list.setCurrentRow(row)
+                return
+        self.list.addItem(self._item(text))
+        self.list.setCurrentRow(self.list.count() - 1)
+
+    def add_empty(self) -> None:
+        """Add an empty line and start editing it."""
+        item = self._item("")
+        self.list.addItem(item)
+        self.list.setCurrentItem(item)
+        self.list.editItem(item)
+
+    def edit_current(self) -> None:
+        """Edit the selected line in place."""
+        item = self.list.currentItem()
+        if item is not None:
+            self.list.editItem(item)
+
+    def remove_selected(self) -> None:
+        """Remove the selected lines."""
+        for item in self.list.selectedItems():
+            self.list.takeItem(self.list.row(item))
+        self._update_buttons()
+
+
+def _hint(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    font = label.font()
+    font.setPointSizeF(font.pointSizeF() * 0.9)
+    label.setFont(font)
+    return label
+
+
+# ------------------------------------------------------------ the dialog
+def _merge(base: Config, mine: Config, theirs: Config) -> Config:
+    """``theirs`` with the values ``mine`` changed relative to ``base``, key by key."""
+    sections: dict[str, Any] = {}
+    for name in ("agent", "repository", "backup", "ui"):
+        old, new = getattr(base, name), getattr(mine, name)
+        changed = {
+            f.name: getattr(new, f.name)
+            for f in fields(new)
+            if getattr(new, f.name) != getattr(old, f.name)
+        }
+        sections[name] = replace(getattr(theirs, name), **changed)
+    return replace(theirs, **sections)
+
+
+class SettingsDialog(QDialog):
+    """Backup, Repository, Agent and Notifications tabs; Apply / OK / Cancel.
+
+    Non-modal. Apply builds a new :class:`Config`, validates it with the
+    loader's rules (an error shows in red at the bottom and nothing is
+    saved), saves it atomically and applies it to the running agent.
+    """
+
+    def __init__(self, bridge: Bridge, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.setWindowTitle("Settings - desktop-agent")
+        self.setWindowIcon(app_icon())
+        self.setModal(False)
+        self.setMinimumWidth(560)
+        self.chooser: QFileDialog | None = None  # the open folder chooser, if any
+        self.task: asyncio.Task[Any] | None = None  # the running Apply
+        self.password_task: asyncio.Task[Any] | None = None
+        self._token = ""
+        self._loaded = bridge.config  # what the form was filled from
+        self._stale = False
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._backup_tab(), "Backup")
+        self.tabs.addTab(self._repository_tab(), "Repository")
+        self.tabs.addTab(self._agent_tab(), "Agent")
+        self.tabs.addTab(self._notifications_tab(), "Notifications")
+
+        self.error = error_label()
+        self.error.setObjectName("error")
+        self.status = QLabel()
+        self.status.setObjectName("status")
+        self.status.setWordWrap(True)
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok
+            | QDialogButtonBox.StandardButton.Apply
+            | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.ok_button = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
+        self.apply_button = self.buttons.button(QDialogButtonBox.StandardButton.Apply)
+        self.cancel_button = self.buttons.button(QDialogButtonBox.StandardButton.Cancel)
+        # bound methods, not lambdas: PySide would keep a lambda (and so self) alive
+        self.ok_button.clicked.connect(self._ok_clicked)
+        self.apply_button.clicked.connect(self._apply_clicked)
+        self.cancel_button.clicked.connect(self.reject)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.tabs, 1)
+        layout.addWidget(self.error)
+        layout.addWidget(self.status)
+        layout.addWidget(self.buttons)
+        self.load(bridge.config)
+        bridge.config_changed.connect(self._config_changed)
+
+    # ---------------------------------------------------------- tabs
+    def _backup_tab(self) -> QWidget:
+        tab = QWidget()
+        self.sources = StringList("Add folder...", add=self.choose_source)
+        self.excludes = StringList("Add")
+        self.interval = QSpinBox()
+        self.interval.setRange(0, MAX_INTERVAL)
+        self.interval.setSuffix(" minutes")
+        self.interval.setSpecialValueText("Only on request")
+        form = QFormLayout(tab)
+        form.addRow("Folders to back up:", self.sources)
+        form.addRow("Leave out:", self.excludes)
+        form.addRow(
+            "",
+            _hint('restic --exclude patterns: "*.tmp", "**/.cache"; "*" stays within a folder.'),
+        )
+        form.addRow("Back up every:", self.interval)
+        form.addRow("", _hint("Back up every N minutes; 0 = only on request."))
+        return tab
+
+    def _repository_tab(self) -> QWidget:
+        tab = QWidget()
+        self.location = QLineEdit()
+        self.location.setPlaceholderText("/media/usb/backup")
+        self.choose_location_button = QPushButton("Choose...")
+        self.choose_location_button.clicked.connect(self.choose_location)
+        row = QHBoxLayout()
+        row.addWidget(self.location, 1)
+        row.addWidget(self.choose_location_button)
+
+        self.new_password = QLineEdit()
+        self.new_password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.repeat_password = QLineEdit()
+        self.repeat_password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.store_password_button = QPushButton("Check and store password")
+        self.store_password_button.clicked.connect(self.store_new_password)
+        self.password_error = error_label()
+        self.password_error.setObjectName("password_error")
+        self.password_status = QLabel()
+        self.password_status.setObjectName("password_status")
+        self.password_status.setWordWrap(True)
+        self.password_where = _hint("")
+        self.env_note = _hint(
+            f"{PASSWORD_ENV} is set in this program's environment: it is used before "
+            "any stored password."
+        )
+        self.env_note.setVisible(bool(os.environ.get(PASSWORD_ENV)))
+        button_row = QHBoxLayout()
+        button_row.addStretch(1)
+        button_row.addWidget(self.store_password_button)
+
+        form = QFormLayout(tab)
+        form.addRow("Location:", row)
+        form.addRow("", _hint("A folder, ideally on another disk, in restic's format."))
+        form.addRow(QLabel("<b>Change stored password</b>"))
+        form.addRow(
+            _hint(
+                "desktop-agent reads the repository password from the OS keyring or its "
+                "password file. This does not re-key the repository: enter the password "
+                "the repository was created with. It is checked by opening the "
+                "repository before it is stored."
+            )
+        )
+        form.addRow(self.password_where)
+        form.addRow("Password:", self.new_password)
+        form.addRow("Repeat:", self.repeat_password)
+        form.addRow(button_row)
+        form.addRow(self.password_error)
+        form.addRow(self.password_status)
+        form.addRow(self.env_note)
+        return tab
+
+    def _agent_tab(self) -> QWidget:
+        tab = QWidget()
+        self.listen = QLineEdit()
+        self.listen.setPlaceholderText("127.0.0.1:8080")
+        self.token = QLineEdit()
+        self.token.setReadOnly(True)
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.show_token_button = QPushButton("Show")
+        self.show_token_button.setCheckable(True)
+        self.show_token_button.toggled.connect(self._show_token)
+        self.copy_token_button = QPushButton("Copy")
+        self.copy_token_button.clicked.connect(self.copy_token)
+        self.regenerate_button = QPushButton("Regenerate")
+        self.regenerate_button.clicked.connect(self.regenerate_token)
+        token_row = QHBoxLayout()
+        token_row.addWidget(self.token, 1)
+        for button in (self.show_token_button, self.copy_token_button, self.regenerate_button):
+            token_row.addWidget(button)
+        self.token_note = _hint(
+            "A new token: connected backup servers keep their connection, but need the "
+            "new token to connect again. It takes effect when you click Apply."
+        )
+        self.token_note.hide()
+        self.origins = StringList("Add")
+
+        form = QFormLayout(tab)
+        form.addRow("Listen on:", self.listen)
+        form.addRow(
+            "",
+            _hint("host:port of the /ws endpoint; 127.0.0.1 accepts this machine only."),
+        )
+        form.addRow("Access token:", token_row)
+        form.addRow("", self.token_note)
+        form.addRow("Allowed origins:", self.origins)
+        form.addRow(
+            "",
+            _hint(
+                'Browser pages allowed to connect, e.g. "https://backup.example.com"; '
+                "none: no browser may connect."
+            ),
+        )
+        return tab
+
+    def _notifications_tab(self) -> QWidget:
+        tab = QWidget()
+        self.notify_success = QCheckBox("Notify me when a backup completes")
+        layout = QVBoxLayout(tab)
+        layout.addWidget(self.notify_success)
+        layout.addWidget(_hint("Failed backups are always shown."))
+        layout.addStretch(1)
+        return tab
+
+    # ---------------------------------------------------------- values
+    def load(self, config: Config) -> None:
+        """Show ``config``'s values, discarding edits."""
+        self._loaded = config
+        self.sources.set_values(config.backup.sources)
+        self.excludes.set_values(config.backup.exclude)
+        self.interval.setValue(config.backup.interval_minutes)
+        self.location.setText(config.repository.path)
+        self.listen.setText(config.agent.listen)
+        self._set_token(config.agent.token)
+        self.token_note.hide()
+        self.origins.set_values(config.agent.allowed_origins)
+        self.notify_success.setChecked(config.ui.notify_success)
+        self.new_password.clear()
+        self.repeat_password.clear()
+        file = config.password_file_path
+        if file is None:
+            where = "It is stored in the OS keyring (no password file is configured)."
+        else:
+            where = (
+                f"It is stored in the password file {file} if that exists (it is read "
+                "first), otherwise in the OS keyring, or in that file when there is no keyring."
+            )
+        self.password_where.setText(where)
+        show_text(self.password_error, "")
+        self.password_status.clear()
+        show_text(self.error, "")
+        self.status.clear()
+        self._stale = False
+
+    def _form(self, base: Config) -> Config:
+        """``base`` with every value the form shows."""
+        return replace(
+            base,
+            agent=replace(
+                base.agent,
+                listen=self.listen.text().strip(),
+                token=self._token,
+                allowed_origins=self.origins.values(),
+            ),
+            repository=replace(base.repository, path=self.location.text().strip()),
+            backup=replace(
+                base.backup,
+                sources=self.sources.values(),
+                exclude=self.excludes.values(),
+                interval_minutes=self.interval.value(),
+            ),
+            ui=replace(base.ui, notify_success=self.notify_success.isChecked()),
+        )
+
+    def edited(self) -> bool:
+        """Whether anything was typed or changed since the form was filled."""
+        typed = bool(self.new_password.text() or self.repeat_password.text())
+        return typed or self._form(self._loaded) != self._loaded
+
+    def build(self) -> Config:
+        """The configuration in use with this window's edits (not validated yet).
+
+        Only what was edited here comes from the form: a change applied
+        elsewhere while the window was open (the first-run window moving
+        the repository, say) is kept, not reverted to what the form showed.
+        """
+        return _merge(self._loaded, self._form(self._loaded), self.bridge.config)
+
+    def _config_changed(self, config: Config) -> None:
+        if not self.edited():
+            self.load(config)
+
+    # ---------------------------------------------------------- apply
+    def _ok_clicked(self) -> None:
+        self.apply(close=True)
+
+    def _apply_clicked(self) -> None:
+        self.apply(close=False)
+
+    def apply(self, *, close: bool = False) -> None:
+        """Validate, then save and apply in the background; ``close`` when it worked."""
+        if self.task is not None and not self.task.done():
+            return
+        show_text(self.error, "")
+        self.status.clear()
+        if self.new_password.text() or self.repeat_password.text():
+            show_text(
+                self.error,
+                'The new password is not stored yet: click "Check and store password" '
+                "on the Repository tab, or clear the password fields.",
+            )
+            return
+        try:
+            checked = validate(self.build())
+        except ConfigError as exc:
+            show_text(self.error, str(exc))
+            return
+        if checked == self.bridge.config:
+            if close:
+                self.accept()
+            else:
+                self.status.setText("Nothing changed.")
+            return
+        self._busy(True)
+        self.task = self.bridge.spawn(self._save_and_apply(checked, close))
+
+    async def _save_and_apply(self, config: Config, close: bool) -> None:
+        try:
+            await run_off_loop(save, config)
+        except ConfigError as exc:
+            show_text(self.error, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - shown inline, logged with its traceback
+            log.exception("saving the settings failed")
+            show_text(self.error, f"Could not save the settings: {exc}")
+            return
+        finally:
+            self._busy(False)
+        self.bridge.apply_config(config)
+        log.info("settings saved to %s and applied", config.path)
+        self.load(config)
+        self.status.setText("Saved; in use now.")
+        if close:
+            self.accept()
+
+    def _busy(self, busy: bool) -> None:
+        for button in (self.ok_button, self.apply_button):
+            button.setEnabled(not busy)
+
+    # ---------------------------------------------------------- folders
+    def _choose(self, title: str, start: str, chosen: Callable[[str], None]) -> None:
+        if self.chooser is not None:
+            self.chooser.deleteLater()
+        self.chooser = open_folder_dialog(self, title, start, chosen)
+
+    def choose_source(self) -> None:
+        """Add a folder to back up (chooser opens without blocking)."""
+        current = self.sources.list.currentItem()
+        start = start_dir(current.text() if current else "", self.bridge.config)
+        self._choose("Add a folder to back up", start, self._source_chosen)
+
+    def _source_chosen(self, folder: str) -> None:
+        if folder:
+            self.sources.append(os.path.normpath(folder))
+
+    def choose_location(self) -> None:
+        """Choose the repository folder (chooser opens without blocking)."""
+        start = start_dir(self.location.text(), self.bridge.config)
+        self._choose("Repository folder", start, self._location_chosen)
+
+    def _location_chosen(self, folder: str) -> None:
+        if folder:
+            self.location.setText(os.path.normpath(folder))
+
+    # ---------------------------------------------------------- token
+    def _set_token(self, token: str) -> None:
+        self._token = token
+        self.token.setText(token)
+
+    def _show_token(self, shown: bool) -> None:
+        self.token.setEchoMode(QLineEdit.EchoMode.Normal if shown else QLineEdit.EchoMode.Password)
+        self.show_token_button.setText("Hide" if shown else "Show")
+
+    def copy_token(self) -> None:
+        """Put the token (as shown, maybe not applied yet) on the clipboard."""
+        QGuiApplication.clipboard().setText(self._token)
+        self.status.setText("Token copied to the clipboard.")
+
+    def regenerate_token(self) -> None:
+        """A fresh random token; used once applied."""
+        self._set_token(generate_token())
+        self.token_note.show()
+
+    # ---------------------------------------------------------- password
+    def store_new_password(self) -> None:
+        """Check the typed password against the repository, then store it."""
+        if self.password_task is not None and not self.password_task.done():
+            return
+        show_text(self.password_error, "")
+        self.password_status.clear()
+        password = self.new_password.text()
+        if not password:
+            show_text(self.password_error, "Enter the repository password.")
+            return
+        if password != self.repeat_password.text():
+            show_text(self.password_error, "The two passwords differ.")
+            return
+        location = self.location.text().strip()
+        if not location:
+            show_text(self.password_error, "Enter the repository location first.")
+            return
+        path = self.bridge.config.resolve_path(location)
+        self.store_password_button.setEnabled(False)
+        self.password_status.setText("Opening the repository with this password...")
+        self.password_task = self.bridge.spawn(self._check_and_store(path, password))
+
+    async def _check_and_store(self, path: str, password: str) -> None:
+        try:
+            await self.bridge.agent.controller.check_password(path, password)
+            where = await run_off_loop(store_password, self.bridge.config, path, password)
+        except (EngineError, ConfigError) as exc:
+            self.password_status.clear()
+            show_text(self.password_error, str(exc))
+        except Exception as exc:  # noqa: BLE001 - shown inline, logged with its traceback
+            log.exception("storing the repository password failed")
+            self.password_status.clear()
+            show_text(self.password_error, f"Could not store the password: {exc}")
+        else:
+            self.new_password.clear()
+            self.repeat_password.clear()
+            self.password_status.setText(f"The password opens the repository; stored in {where}.")
+        finally:
+            self.store_password_button.setEnabled(True)
+
+    # ---------------------------------------------------------- Qt
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt's name
+        """Show the configuration in use when reopened after Cancel or OK."""
+        if self._stale:
+            self.load(self.bridge.config)
+        super().showEvent(event)
+
+    def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802 - Qt's name
+        """Edits not applied are dropped once the window closes."""
+        if not event.spontaneous():
+            self._stale = True
+        super().hideEvent(event)
