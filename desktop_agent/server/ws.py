@@ -14,12 +14,15 @@ This module only moves messages: parsing and validation live in
   compression, pings every 20 s.
 * Fan-out: every client has a bounded queue. Progress of a job waiting in a
   queue is replaced by newer progress (only the newest matters); a client
-  whose queue overflows is disconnected, so it never slows the others.
+  whose queue overflows, or that cannot take a frame for 10 s (it stopped
+  reading: its TCP window is full), is disconnected, so it never slows the
+  others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import ssl
@@ -62,6 +65,8 @@ SUBPROTOCOL = "desktop-agent"
 TOKEN_PREFIX = "desktop-agent.token."
 MAX_MESSAGE = 64 * 1024
 QUEUE_LIMIT = 1024  # messages waiting for one client before it is dropped
+SEND_TIMEOUT = 10.0  # a frame that cannot be written for this long: the client is gone
+STOP_TIMEOUT = 3.0  # waiting for clients to acknowledge the close at shutdown
 
 
 def _normalize_origin(origin: str) -> str | None:
@@ -132,6 +137,7 @@ class AgentServer:
         host: str | None = None,
         port: int | None = None,
         queue_limit: int = QUEUE_LIMIT,
+        send_timeout: float = SEND_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
@@ -140,6 +146,7 @@ class AgentServer:
         self.host = host if host is not None else config.host
         self.port = port if port is not None else config.port
         self.queue_limit = queue_limit
+        self.send_timeout = send_timeout
         self.ssl_context = ssl_context if ssl_context is not None else _tls(config)
         self.clients: set[_Client] = set()
         self._server: Server | None = None
@@ -202,7 +209,11 @@ class AgentServer:
             self._unsubscribe = None
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), STOP_TIMEOUT)
+            except TimeoutError:  # clients that do not answer the close: cut them off
+                for client in list(self.clients):
+                    self._drop(client, "no answer to the close")
             self._server = None
 
     # ------------------------------------------------------------ upgrade
@@ -262,9 +273,25 @@ class AgentServer:
                 await client.wake.wait()
                 client.wake.clear()
                 while (event := client.next()) is not None:
-                    await client.ws.send(encode_event(event))
+                    try:
+                        text = _encoded(event)
+                        await asyncio.wait_for(client.ws.send(text), self.send_timeout)
+                    except TimeoutError:
+                        # its TCP window stays full: it stopped reading
+                        self._drop(client, "it stopped reading")
+                        return
         except ConnectionClosed:
             pass
+
+    def _drop(self, client: _Client, why: str) -> None:
+        if client.dropped:
+            return
+        client.dropped = True
+        self.clients.discard(client)
+        log.warning("dropped a client: %s (%d events waiting)", why, len(client.queue))
+        transport = client.ws.transport
+        if transport is not None:
+            transport.abort()
 
     def _deliver(self, client: _Client, event: Event) -> None:
         if client.dropped:
@@ -304,6 +331,12 @@ class AgentServer:
                 self.controller.cancel(command.job_id)
         except JobError as exc:
             self._deliver(client, ErrorReply(str(exc), command.TYPE))
+
+
+@functools.lru_cache(maxsize=512)
+def _encoded(event: Event) -> str:
+    # events are frozen (hashable): each is encoded once, not once per client
+    return encode_event(event)
 
 
 def _select_subprotocol(

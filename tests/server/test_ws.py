@@ -532,6 +532,74 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_are_served(tmp_pa
     run(scenario)
 
 
+def test_a_client_whose_window_stays_full_is_dropped(tmp_path):
+    """A client that reads nothing while events keep coming (merged progress
+    never overflows its queue) is dropped once a frame cannot be written for
+    the send timeout; the healthy client gets every event meanwhile."""
+    from desktop_agent.protocol import BackupProgress, JobId
+
+    async def scenario() -> None:
+        config = make_config(tmp_path, [tmp_path])
+        bus = EventBus()
+        controller = JobController(config, bus)
+        await controller.start()
+        server = AgentServer(
+            config.agent, controller, bus, host="127.0.0.1", port=0, send_timeout=1.0
+        )
+        await server.start()
+        try:
+            stuck = await _stuck_client(server.port)
+            async with connect(server.url, additional_headers=AUTH, max_size=None) as healthy:
+                received = []
+
+                async def read() -> None:
+                    while True:
+                        received.append(json.loads(await healthy.recv()))
+
+                reader = asyncio.create_task(read())
+                big_name = "/" + "x" * 60_000
+                deadline = time.monotonic() + 20
+                n = 0
+                while len(server.clients) > 1 and time.monotonic() < deadline:
+                    n += 1
+                    bus.publish(BackupProgress(JobId("j"), 1.0, n, 10**9, 0, 0, big_name, 0, 0))
+                    await asyncio.sleep(0.01)
+                assert len(server.clients) == 1, "the stuck client was not dropped"
+                await asyncio.sleep(0.2)
+                reader.cancel()
+                assert received and received[-1]["payload"]["transferred_bytes"] == n
+            stuck.close()
+        finally:
+            await server.stop()
+            await controller.stop()
+
+    run(scenario)
+
+
+async def _stuck_client(port: int) -> socket.socket:
+    """A raw WebSocket client with a tiny receive buffer that never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    lines = [
+        "GET /ws HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        f"Authorization: Bearer {TOKEN}",
+    ]
+    await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock
+
+
 def test_progress_waiting_for_a_slow_client_is_merged(tmp_path):
     """Queued progress of a job is replaced by newer progress, not piled up."""
     from desktop_agent.protocol import BackupPaused, BackupProgress, JobId
