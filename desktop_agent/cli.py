@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the agent without UI: the /ws server and the scheduler",
     )
+    p.add_argument(
+        "--show",
+        choices=["progress", "restore", "settings", "log"],
+        help="tray app: open this window at start (for desktop launchers)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     sub.add_parser("init", help="create the repository named in the config")
@@ -413,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             from desktop_agent.ui.bootstrap import run_tray
 
-            return run_tray(config, log_path=log_path)
+            return run_tray(config, log_path=log_path, show=args.show)
         return COMMANDS[args.command](config, args)
     except (EngineError, ConfigError, CliError) as exc:
         log.info("%s failed: %s", args.command or "agent", exc)

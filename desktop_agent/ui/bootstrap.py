@@ -37,12 +37,18 @@ class Shell(QObject):
     """Owns the agent, the bridge, the tray (or the main window) and the windows."""
 
     def __init__(
-        self, config: Config, *, agent: Agent | None = None, log_path: str | None = None
+        self,
+        config: Config,
+        *,
+        agent: Agent | None = None,
+        log_path: str | None = None,
+        show: str | None = None,
     ) -> None:
         super().__init__()
         self.agent = agent or Agent(config)
         self.bridge = Bridge(self.agent, self)
         self.log_path = log_path
+        self.show_at_start = show
         self.windows: dict[str, QWidget] = {}
         self.quitting = asyncio.Event()
         self.tray = Tray(
@@ -109,6 +115,8 @@ class Shell(QObject):
             self.open("main")
         if not self.agent.controller.repository_exists():
             self.open("first_run")
+        elif self.show_at_start:
+            self.open(self.show_at_start)
 
     def quit(self) -> None:
         """Ask the application to stop (the loop finishes the shutdown)."""
@@ -150,7 +158,7 @@ def _route_signals(shell: Shell) -> Any:
     return (rsock, wsock, notifier)  # keep them alive
 
 
-def run_tray(config: Config, *, log_path: str | None = None) -> int:
+def run_tray(config: Config, *, log_path: str | None = None, show: str | None = None) -> int:
     """Run the tray application until Quit; returns the exit status."""
     app = QApplication.instance() or QApplication(sys.argv)
     assert isinstance(app, QApplication)
@@ -163,7 +171,7 @@ def run_tray(config: Config, *, log_path: str | None = None) -> int:
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="loop")
     loop.set_default_executor(pool)
     asyncio.set_event_loop(loop)
-    shell = Shell(config, log_path=log_path)
+    shell = Shell(config, log_path=log_path, show=show)
     keep = _route_signals(shell)
     try:
         with loop:
