@@ -494,7 +494,9 @@ class JobController:
             weight = 1.0 - math.exp(-dt / RATE_WINDOW)
             job.rate = inst if job.rate == 0.0 else job.rate + weight * (inst - job.rate)
             job.rate_at, job.rate_bytes = now, p.bytes_done
-        if p.bytes_total > 0:
+        # Until the scan has counted everything the total is not known: a
+        # percent of a growing total would race ahead and then have to stop.
+        if p.scan_finished and p.bytes_total > 0:
             job.percent = max(job.percent, min(99.9, 100.0 * p.bytes_done / p.bytes_total))
         eta = 0
         if p.scan_finished and job.rate > 1 and p.bytes_total > p.bytes_done:

@@ -181,9 +181,9 @@ class TrayModel:
             if p is None:
                 return "Backing up: starting"
             left = eta_words(p.eta_seconds)
-            return f"Backing up: {p.percent:.0f}%" + (f" - {left}" if left else "")
+            return f"Backing up: {int(p.percent)}%" + (f" - {left}" if left else "")
         if self.state is JobState.PAUSED:
-            return f"Paused at {self.percent:.0f}%"
+            return f"Paused at {int(self.percent)}%"
         if self.last is not None and not self.last.ok:
             return f"Backup failed: {self.last.error}"
         warning = self.warning()

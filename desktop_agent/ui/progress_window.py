@@ -48,7 +48,7 @@ class ProgressWindow(QWidget):
         self.bytes = QLabel()
         self.current = QLabel()
         self.current.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.current.setWordWrap(True)
+        self.current.setMinimumWidth(200)
         self.last = QLabel()
 
         grid = QGridLayout()
@@ -115,7 +115,7 @@ class ProgressWindow(QWidget):
             self.bytes.setText(
                 f"{human_bytes(p.transferred_bytes)} of {human_bytes(p.total_bytes)}"
             )
-            self.current.setText(p.current_file or "")
+            self._show_path(p.current_file or "")
         else:
             for label in (self.speed, self.eta, self.files, self.bytes, self.current):
                 label.setText("-")
@@ -124,6 +124,13 @@ class ProgressWindow(QWidget):
         self.pause_button.setEnabled(active)
         self.pause_button.setText("Resume" if model.kind() == "paused" else "Pause")
         self.cancel_button.setEnabled(active)
+
+    def _show_path(self, path: str) -> None:
+        # long paths lose their middle, not their file name
+        width = max(200, self.current.width())
+        metrics = self.current.fontMetrics()
+        self.current.setText(metrics.elidedText(path, Qt.TextElideMode.ElideMiddle, width))
+        self.current.setToolTip(path)
 
     def showEvent(self, event: object) -> None:  # noqa: N802 - Qt's name
         """Redraw on show (nothing is drawn while hidden)."""
