@@ -9,6 +9,7 @@ is released), queued ones are dropped.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import qasync
-from PySide6.QtCore import QObject, QSocketNotifier
+from PySide6.QtCore import QObject, QSocketNotifier, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon, QWidget
 
 from desktop_agent.app import Agent
@@ -158,6 +159,28 @@ def _route_signals(shell: Shell) -> Any:
     return (rsock, wsock, notifier)  # keep them alive
 
 
+def _collect_on_this_thread(parent: QObject) -> QTimer:
+    """Run the cycle collector from the Qt thread only.
+
+    Backups allocate heavily in worker threads; an automatic collection there
+    could destroy a garbage QObject off its thread, which Qt cannot do safely
+    (its timers would later fire at freed memory). Young generations are
+    collected every few seconds, everything once a minute.
+    """
+    gc.disable()
+    ticks = [0]
+
+    def collect() -> None:
+        ticks[0] += 1
+        gc.collect(2 if ticks[0] % 12 == 0 else 0)
+
+    timer = QTimer(parent)
+    timer.setInterval(5_000)
+    timer.timeout.connect(collect)
+    timer.start()
+    return timer
+
+
 def run_tray(config: Config, *, log_path: str | None = None, show: str | None = None) -> int:
     """Run the tray application until Quit; returns the exit status."""
     app = QApplication.instance() or QApplication(sys.argv)
@@ -172,7 +195,7 @@ def run_tray(config: Config, *, log_path: str | None = None, show: str | None = 
     loop.set_default_executor(pool)
     asyncio.set_event_loop(loop)
     shell = Shell(config, log_path=log_path, show=show)
-    keep = _route_signals(shell)
+    keep = (_route_signals(shell), _collect_on_this_thread(shell))
     try:
         with loop:
             loop.run_until_complete(shell.run())

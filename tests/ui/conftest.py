@@ -4,6 +4,7 @@ and a real Agent (repository, controller, /ws on port 0) behind a Bridge."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,13 +41,34 @@ def loop(qapp: Any) -> Iterator[asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture
-def run(loop: asyncio.AbstractEventLoop) -> Callable[[Awaitable[T]], T]:
-    """Run a coroutine to completion on the qasync loop (Qt events flow meanwhile)."""
+def run(loop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
+    """Run a coroutine on the qasync loop until it is done (Qt events flow meanwhile).
+
+    Unlike ``loop.run_until_complete``, which after its future is done
+    processes Qt events once more with no asyncio loop running (a task
+    stepped there fails in ``get_running_loop``).
+    """
 
     def runner(coro: Awaitable[T], timeout: float = 60) -> T:
-        return loop.run_until_complete(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
+        fut = asyncio.ensure_future(asyncio.wait_for(coro, timeout), loop=loop)
+        fut.add_done_callback(lambda _f: loop.stop())
+        loop.run_forever()
+        return fut.result()
 
     return runner
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_the_main_thread() -> Iterator[None]:
+    """Collect garbage Qt objects on this thread, not in a worker.
+
+    A QObject destroyed by the cycle collector in a worker thread cannot stop
+    its timers; Qt later fires them at freed memory. The app does the same
+    (ui/bootstrap.py runs the collector from a Qt timer).
+    """
+    gc.collect()
+    yield
+    gc.collect()
 
 
 @pytest.fixture

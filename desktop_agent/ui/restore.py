@@ -1,0 +1,815 @@
+"""The restore window: pick a snapshot, tick files and folders, restore them.
+
+Nothing here touches the repository: snapshots, folder listings and the
+restore itself come from :class:`~desktop_agent.jobs.browse.RepositoryBrowser`
+(worker threads), awaited in tasks the bridge keeps. Folders are listed when
+first expanded; until then they hold a "Loading..." row.
+
+Restores never replace anything: the default target is a new folder, and
+when the chosen one already has files in it the window says so and the
+files that exist are reported, not overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractItemModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QCloseEvent, QColor, QFont, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QFileIconProvider,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTreeView,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+from shiboken6 import isValid
+
+from desktop_agent.engine.control import Control
+from desktop_agent.engine.errors import Cancelled, EngineError
+from desktop_agent.engine.progress import Progress
+from desktop_agent.engine.restore import RestoreResult
+from desktop_agent.engine.snapshot import Snapshot
+from desktop_agent.jobs.browse import Entry, RepositoryBrowser
+from desktop_agent.protocol import BackupCompleted
+from desktop_agent.termprogress import human_bytes
+
+from .bridge import Bridge
+from .icons import app_icon
+
+__all__ = ["RestoreWindow", "SnapshotTreeModel", "default_target"]
+
+log = logging.getLogger(__name__)
+
+AnyIndex = QModelIndex | QPersistentModelIndex
+Lister = Callable[[Snapshot, str], Coroutine[Any, Any, list[Entry]]]
+Spawner = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
+
+CHECKED = Qt.CheckState.Checked
+UNCHECKED = Qt.CheckState.Unchecked
+PARTIAL = Qt.CheckState.PartiallyChecked
+
+RESTORED_DIR = "Restored files"
+
+
+def printable(text: str) -> str:
+    """Text with undecodable bytes of file names (surrogate escapes) shown as ``\\xff``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _local(ns: int, fmt: str) -> str:
+    return datetime.fromtimestamp(ns / 1e9).strftime(fmt) if ns else ""
+
+
+def default_target(snapshot: Snapshot, base: Path | None = None) -> str:
+    """A folder that does not exist yet: ``~/Restored files/<short id> <date>``."""
+    root = base if base is not None else Path.home() / RESTORED_DIR
+    name = f"{snapshot.short_id} {_local(snapshot.time_ns, '%Y-%m-%d')}"
+    candidate = root / name
+    n = 2
+    while os.path.lexists(candidate):
+        candidate = root / f"{name} ({n})"
+        n += 1
+    return str(candidate)
+
+
+# ---------------------------------------------------------------- the tree
+class _Item:
+    """A row of the tree: an entry, the top of the snapshot, or a placeholder."""
+
+    __slots__ = ("entry", "parent", "row", "children", "state", "loaded", "loading", "note")
+
+    def __init__(
+        self, entry: Entry | None, parent: _Item | None, row: int, state: Qt.CheckState
+    ) -> None:
+        self.entry = entry
+        self.parent = parent
+        self.row = row
+        self.children: list[_Item] = []
+        self.state = state
+        self.loaded = False
+        self.loading = False
+        self.note = ""  # placeholder text
+
+    @property
+    def placeholder(self) -> bool:
+        return self.entry is None and self.parent is not None
+
+    @property
+    def path(self) -> str:
+        return self.entry.path if self.entry is not None else "/"
+
+    def real_children(self) -> list[_Item]:
+        return [c for c in self.children if not c.placeholder]
+
+
+class SnapshotTreeModel(QAbstractItemModel):
+    """The files of one snapshot, listed folder by folder as they are expanded, with checkboxes.
+
+    Ticking a folder ticks everything in it, including what is not listed
+    yet; a folder with some of its contents ticked shows a partial tick.
+    """
+
+    COLUMNS = ("Name", "Size", "Modified")
+
+    selection_changed = Signal()
+    loaded = Signal(QModelIndex)  # a folder's rows arrived (invalid index: the top)
+    load_failed = Signal(str)
+
+    def __init__(self, lister: Lister, spawn: Spawner, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._lister = lister
+        self._spawn = spawn
+        self._snapshot: Snapshot | None = None
+        self._root = _Item(None, None, 0, UNCHECKED)
+        self._generation = 0
+        self._icons = QFileIconProvider()
+        self._folder_icon = self._icons.icon(QFileIconProvider.IconType.Folder)
+        self._file_icon = self._icons.icon(QFileIconProvider.IconType.File)
+
+    # ------------------------------------------------------------ content
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The snapshot shown."""
+        return self._snapshot
+
+    def set_snapshot(self, snapshot: Snapshot | None) -> None:
+        """Show another snapshot (its top folder is listed at once)."""
+        self.beginResetModel()
+        self._generation += 1  # listings still on their way are for the old one
+        self._snapshot = snapshot
+        # indexes point at items without holding them: the old ones must
+        # outlive the reset
+        old = self._root
+        self._root = _Item(None, None, 0, UNCHECKED)
+        if snapshot is not None:
+            self._root.children = [self._placeholder(self._root)]
+        self.endResetModel()
+        del old
+        self.selection_changed.emit()
+        if snapshot is not None:
+            self._fetch(self._root)
+
+    def fetch(self, index: AnyIndex) -> None:
+        """List an expanded folder, unless it is listed or being listed."""
+        item = self._item(index)
+        if item.entry is not None and item.entry.has_children:
+            self._fetch(item)
+
+    def is_loaded(self, index: AnyIndex) -> bool:
+        """Whether a folder's contents have been listed."""
+        return self._item(index).loaded
+
+    def entry(self, index: AnyIndex) -> Entry | None:
+        """The entry of a row (None for the top and for placeholders)."""
+        return self._item(index).entry
+
+    def includes(self) -> list[str]:
+        """Snapshot paths of the ticked files and folders (a ticked folder stands for all in it)."""
+        out: list[str] = []
+
+        def walk(item: _Item) -> None:
+            for child in item.real_children():
+                if child.state == CHECKED:
+                    out.append(child.path)
+                elif child.state == PARTIAL:
+                    walk(child)
+
+        walk(self._root)
+        return out
+
+    def has_selection(self) -> bool:
+        """Whether anything is ticked."""
+        return any(c.state != UNCHECKED for c in self._root.real_children())
+
+    def _placeholder(self, parent: _Item) -> _Item:
+        item = _Item(None, parent, 0, UNCHECKED)
+        item.note = "Loading..."
+        return item
+
+    def _fetch(self, item: _Item) -> None:
+        if item.loaded or item.loading or self._snapshot is None:
+            return
+        item.loading = True
+        self._set_note(item, "Loading...")
+        self._spawn(self._load(item, self._snapshot, self._generation))
+
+    async def _load(self, item: _Item, snapshot: Snapshot, generation: int) -> None:
+        try:
+            entries = await self._lister(snapshot, item.path)
+        except EngineError as exc:
+            if generation == self._generation and isValid(self):
+                item.loading = False
+                self._set_note(item, f"Could not list this folder: {exc}")
+                self.load_failed.emit(str(exc))
+            return
+        if generation != self._generation or not isValid(self):
+            return  # another snapshot is shown, or the window is gone
+        self._insert(item, entries)
+
+    def _set_note(self, item: _Item, note: str) -> None:
+        if item.children and item.children[0].placeholder:
+            item.children[0].note = note
+            index = self.createIndex(0, 0, item.children[0])
+            self.dataChanged.emit(index, index)
+
+    def _insert(self, item: _Item, entries: list[Entry]) -> None:
+        parent = self._index(item)
+        if item.children:
+            self.beginRemoveRows(parent, 0, len(item.children) - 1)
+            placeholders, item.children = item.children, []
+            self.endRemoveRows()
+            del placeholders  # only now that no index refers to them
+        entries = sorted(entries, key=lambda e: (not e.is_dir, e.name.casefold(), e.raw_name))
+        # what is listed now inherits the folder's tick
+        state = CHECKED if item.state == CHECKED else UNCHECKED
+        children = []
+        for row, entry in enumerate(entries):
+            child = _Item(entry, item, row, state)
+            if entry.has_children:
+                child.children = [self._placeholder(child)]
+            children.append(child)
+        if children:
+            self.beginInsertRows(parent, 0, len(children) - 1)
+            item.children = children
+            self.endInsertRows()
+        item.loaded = True
+        item.loading = False
+        self.loaded.emit(parent)
+
+    # ------------------------------------------------------------ ticking
+    def _set_state(self, item: _Item, state: Qt.CheckState) -> None:
+        item.state = state
+        kids = item.real_children()
+        for child in kids:
+            self._set_state(child, state)
+        if kids:
+            first = self.createIndex(0, 0, item.children[0])
+            last = self.createIndex(len(item.children) - 1, 0, item.children[-1])
+            self.dataChanged.emit(first, last, [Qt.ItemDataRole.CheckStateRole])
+
+    def _update_ancestors(self, item: _Item) -> None:
+        parent = item.parent
+        while parent is not None and parent is not self._root:
+            states = {c.state for c in parent.real_children()}
+            if states == {CHECKED}:
+                new = CHECKED
+            elif states == {UNCHECKED}:
+                new = UNCHECKED
+            else:
+                new = PARTIAL
+            if new == parent.state:
+                return
+            parent.state = new
+            index = self._index(parent)
+            self.dataChanged.emit(index, index, [Qt.ItemDataRole.CheckStateRole])
+            parent = parent.parent
+
+    # -------------------------------------------------------- Qt's model API
+    def _item(self, index: AnyIndex) -> _Item:
+        if not index.isValid():
+            return self._root
+        item = index.internalPointer()
+        assert isinstance(item, _Item)
+        return item
+
+    def _index(self, item: _Item, column: int = 0) -> QModelIndex:
+        if item is self._root or item.parent is None:
+            return QModelIndex()
+        return self.createIndex(item.row, column, item)
+
+    def index(self, row: int, column: int, parent: AnyIndex = QModelIndex()) -> QModelIndex:  # noqa: B008
+        """Qt: the index of a cell."""
+        item = self._item(parent)
+        if parent.isValid() and parent.column() != 0:
+            return QModelIndex()
+        if not 0 <= row < len(item.children) or not 0 <= column < len(self.COLUMNS):
+            return QModelIndex()
+        return self.createIndex(row, column, item.children[row])
+
+    def parent(self, child: AnyIndex | None = None) -> Any:
+        """Qt: the parent of a cell (without an argument: QObject's parent)."""
+        if child is None:
+            return super().parent()
+        if not child.isValid():
+            return QModelIndex()
+        item = self._item(child)
+        return self._index(item.parent) if item.parent is not None else QModelIndex()
+
+    def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008, N802
+        """Qt: rows under a cell."""
+        if parent.isValid() and parent.column() != 0:
+            return 0
+        return len(self._item(parent).children)
+
+    def columnCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008, N802
+        """Qt: columns."""
+        return len(self.COLUMNS)
+
+    def headerData(  # noqa: N802
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        """Qt: column titles."""
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.COLUMNS[section]
+        return None
+
+    def flags(self, index: AnyIndex) -> Qt.ItemFlag:
+        """Qt: rows can be ticked (in the first column), placeholders cannot."""
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        item = self._item(index)
+        if item.placeholder:
+            return Qt.ItemFlag.ItemIsEnabled
+        flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        if index.column() == 0:
+            flags |= Qt.ItemFlag.ItemIsUserCheckable
+        return flags
+
+    def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        """Qt: what a cell shows."""
+        if not index.isValid():
+            return None
+        item = self._item(index)
+        col = index.column()
+        entry = item.entry
+        if entry is None:  # placeholder
+            if col == 0 and role == Qt.ItemDataRole.DisplayRole:
+                return item.note
+            if role == Qt.ItemDataRole.ForegroundRole:
+                return QColor(Qt.GlobalColor.gray)
+            if role == Qt.ItemDataRole.FontRole:
+                font = QFont()
+                font.setItalic(True)
+                return font
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            if col == 0:
+                return entry.name
+            if col == 1:
+                return "" if entry.is_dir else human_bytes(entry.size)
+            return _local(entry.mtime_ns, "%Y-%m-%d %H:%M")
+        if role == Qt.ItemDataRole.CheckStateRole and col == 0:
+            return item.state
+        if role == Qt.ItemDataRole.DecorationRole and col == 0:
+            return self._folder_icon if entry.is_dir else self._file_icon
+        if role == Qt.ItemDataRole.TextAlignmentRole and col == 1:
+            return Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+        if role == Qt.ItemDataRole.ToolTipRole and col == 0:
+            return printable(entry.path)
+        return None
+
+    def setData(  # noqa: N802
+        self, index: AnyIndex, value: Any, role: int = Qt.ItemDataRole.EditRole
+    ) -> bool:
+        """Qt: a tick changed: the folder's contents and its parents follow."""
+        if role != Qt.ItemDataRole.CheckStateRole or not index.isValid() or index.column():
+            return False
+        item = self._item(index)
+        if item.placeholder:
+            return False
+        state = value if isinstance(value, Qt.CheckState) else Qt.CheckState(int(value))
+        if state == PARTIAL:
+            state = CHECKED
+        self._set_state(item, state)
+        self.dataChanged.emit(index, index, [Qt.ItemDataRole.CheckStateRole])
+        self._update_ancestors(item)
+        self.selection_changed.emit()
+        return True
+
+
+# -------------------------------------------------------------- the window
+class RestoreWindow(QWidget):
+    """Snapshots on the left, their files on the right, where to and "Restore" below."""
+
+    restore_finished = Signal(object)  # RestoreResult, or the error message (str)
+
+    def __init__(self, bridge: Bridge, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.browser = RepositoryBrowser(bridge.agent.controller)
+        self.setWindowTitle("Restore files - desktop-agent")
+        self.setWindowIcon(app_icon())
+        self.resize(960, 640)
+
+        self._snapshots: list[Snapshot] = []
+        self._control: Control | None = None
+        self._restore_task: asyncio.Task[Any] | None = None
+        self._refresh_task: asyncio.Task[Any] | None = None
+        self._default_target = ""
+        self._target_check = 0
+        self._dialog: QFileDialog | None = None
+        self._stale = False  # a backup finished while the window was hidden
+        self._refresh_again = False
+
+        # left: the snapshots
+        self.snapshot_list = QTreeWidget()
+        self.snapshot_list.setHeaderLabels(["Time", "Host", "Paths", "Size"])
+        self.snapshot_list.setRootIsDecorated(False)
+        self.snapshot_list.setUniformRowHeights(True)
+        self.snapshot_list.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.snapshot_list.itemSelectionChanged.connect(self._snapshot_selected)
+        self.snapshot_status = QLabel()
+        self.snapshot_status.setWordWrap(True)
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.clicked.connect(self.refresh)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(QLabel("Snapshots:"))
+        left_layout.addWidget(self.snapshot_list, 1)
+        row = QHBoxLayout()
+        row.addWidget(self.snapshot_status, 1)
+        row.addWidget(self.refresh_button)
+        left_layout.addLayout(row)
+
+        # right: the files of the selected snapshot
+        self.model = SnapshotTreeModel(
+            # looked up per call, so that the browser can be swapped (tests)
+            lambda snap, path: self.browser.list_dir(snap, path),
+            bridge.spawn,
+            self,
+        )
+        self.tree = QTreeView()
+        self.tree.setModel(self.model)
+        self.tree.setUniformRowHeights(True)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for col in (1, 2):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        self.tree.expanded.connect(self.model.fetch)
+        self.model.loaded.connect(self._folder_loaded)
+        self.model.selection_changed.connect(self._update_buttons)
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addWidget(QLabel("Tick the files and folders to restore:"))
+        right_layout.addWidget(self.tree, 1)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(left)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(0, 2)
+        splitter.setStretchFactor(1, 3)
+
+        # below: where to, and the restore itself
+        self.target = QLineEdit()
+        self.target.setPlaceholderText("Folder to restore into")
+        self.target.textChanged.connect(self._target_changed)
+        self.choose_button = QPushButton("Choose...")
+        self.choose_button.clicked.connect(self.choose_target)
+        target_row = QHBoxLayout()
+        target_row.addWidget(QLabel("Restore into:"))
+        target_row.addWidget(self.target, 1)
+        target_row.addWidget(self.choose_button)
+        self.warning = QLabel()
+        self.warning.setObjectName("warning")
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet("color: #b35c00;")
+        self.warning.hide()
+
+        self.status = QLabel()
+        self.status.setObjectName("status")
+        self.status.setWordWrap(True)
+        self.restore_button = QPushButton("Restore")
+        self.restore_button.setDefault(True)
+        self.restore_button.clicked.connect(self.start_restore)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the restore (closing this window stops it too)")
+        self.cancel_button.clicked.connect(self.cancel_restore)
+        self.cancel_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.status, 1)
+        buttons.addWidget(self.restore_button)
+        buttons.addWidget(self.cancel_button)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.result = QLabel()
+        self.result.setObjectName("result")
+        self.result.setWordWrap(True)
+        self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.errors = QPlainTextEdit()
+        self.errors.setReadOnly(True)
+        self.errors.setMaximumHeight(110)
+        self.errors.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.errors.hide()
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(splitter, 1)
+        layout.addLayout(target_row)
+        layout.addWidget(self.warning)
+        layout.addLayout(buttons)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.result)
+        layout.addWidget(self.errors)
+
+        bridge.bus_event.connect(self._bus_event)
+        self._update_buttons()
+        self.refresh()
+
+    # ------------------------------------------------------------ snapshots
+    @property
+    def restoring(self) -> bool:
+        """Whether a restore is running."""
+        return self._control is not None
+
+    def selected_snapshot(self) -> Snapshot | None:
+        """The snapshot whose files are shown."""
+        return self.model.snapshot
+
+    def refresh(self) -> None:
+        """Read the list of snapshots again (keeps the selection)."""
+        if self._refresh_task is not None and not self._refresh_task.done():
+            self._refresh_again = True  # what is being read may predate the request
+            return
+        self.refresh_button.setEnabled(False)
+        self.snapshot_status.setText("Reading the snapshots...")
+        self._refresh_task = self.bridge.spawn(self._load_snapshots())
+
+    async def _load_snapshots(self) -> None:
+        while True:
+            self._refresh_again = False
+            snaps: list[Snapshot] | None = None
+            error = ""
+            try:
+                snaps = await self.browser.snapshots()
+            except EngineError as exc:
+                error = str(exc)
+            if not isValid(self):
+                return  # the window is gone
+            if not self._refresh_again:
+                break
+        self.refresh_button.setEnabled(True)
+        if snaps is None:
+            self.snapshot_status.setText(f"Could not read the snapshots: {error}")
+        else:
+            self._show_snapshots(snaps)
+
+    def _show_snapshots(self, snaps: list[Snapshot]) -> None:
+        current = self.selected_snapshot()
+        keep = current.id if current is not None else None
+        self._snapshots = snaps
+        self.snapshot_list.blockSignals(True)
+        self.snapshot_list.clear()
+        select: QTreeWidgetItem | None = None
+        for i, snap in enumerate(snaps):
+            size = human_bytes(snap.summary.total_bytes_processed) if snap.summary else ""
+            item = QTreeWidgetItem(
+                [
+                    _local(snap.time_ns, "%Y-%m-%d %H:%M:%S"),
+                    snap.hostname,
+                    printable(", ".join(snap.paths)),
+                    size,
+                ]
+            )
+            item.setData(0, Qt.ItemDataRole.UserRole, i)
+            item.setTextAlignment(3, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            item.setToolTip(0, f"Snapshot {snap.short_id}")
+            item.setToolTip(2, printable("\n".join(snap.paths)))
+            self.snapshot_list.addTopLevelItem(item)
+            if keep is not None and snap.id == keep:
+                select = item
+        if select is None and snaps:
+            select = self.snapshot_list.topLevelItem(0)  # the newest
+        for col in (0, 1, 3):
+            self.snapshot_list.resizeColumnToContents(col)
+        self.snapshot_list.blockSignals(False)
+        n = len(snaps)
+        self.snapshot_status.setText(
+            f"{n} snapshot{'s' if n != 1 else ''}" if n else "No backups yet."
+        )
+        if select is not None:
+            select.setSelected(True)
+            self.snapshot_list.setCurrentItem(select)
+        self._snapshot_selected()
+
+    def _snapshot_selected(self) -> None:
+        items = self.snapshot_list.selectedItems()
+        snap = self._snapshots[int(items[0].data(0, Qt.ItemDataRole.UserRole))] if items else None
+        current = self.selected_snapshot()
+        if snap is not None and current is not None and snap.id == current.id:
+            return
+        self.model.set_snapshot(snap)
+        if snap is not None and self._target_is_default and not self.restoring:
+            self._set_default_target(snap)
+        self._update_buttons()
+
+    def _bus_event(self, event: object) -> None:
+        if isinstance(event, BackupCompleted):  # a new snapshot
+            if self.isVisible():
+                self.refresh()
+            else:
+                self._stale = True
+
+    def _folder_loaded(self, index: QModelIndex) -> None:
+        # a folder holding just one folder (/home/me...): open it too
+        if self.model.rowCount(index) == 1:
+            child = self.model.index(0, 0, index)
+            entry = self.model.entry(child)
+            if entry is not None and entry.has_children:
+                self.tree.expand(child)
+                self.model.fetch(child)  # expand() says nothing while hidden
+
+    # --------------------------------------------------------------- target
+    def target_path(self) -> str:
+        """The chosen target folder, absolute ("" when none)."""
+        text = self.target.text().strip()
+        return os.path.abspath(os.path.expanduser(text)) if text else ""
+
+    @property
+    def _target_is_default(self) -> bool:
+        return self.target.text() == self._default_target
+
+    def _set_default_target(self, snap: Snapshot) -> None:
+        self._default_target = default_target(snap)
+        self.target.setText(self._default_target)
+
+    def _target_changed(self, _text: str) -> None:
+        self._update_buttons()
+        self._target_check += 1
+        self.bridge.spawn(self._check_target(self.target_path(), self._target_check))
+
+    async def _check_target(self, path: str, generation: int) -> None:
+        try:
+            problem = await self.browser.target_state(path) if path else ""
+        except EngineError:
+            return  # the window is gone
+        if isValid(self) and generation == self._target_check:
+            self._show_target_warning(path, problem)
+
+    def _show_target_warning(self, path: str, problem: str) -> None:
+        if not problem:
+            self.warning.hide()
+            self.warning.setText("")
+            return
+        text = f"{path} {problem}."
+        if problem == "is not empty":
+            text += (
+                " Nothing in it is replaced: files that already exist are reported, not restored."
+            )
+        self.warning.setText(text)
+        self.warning.show()
+
+    def choose_target(self) -> None:
+        """Pick the target folder in a (window-modal, non-blocking) dialog."""
+        dialog = QFileDialog(self, "Restore into folder")
+        dialog.setFileMode(QFileDialog.FileMode.Directory)
+        dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+        start = self.target_path() or str(Path.home())
+        while start and not os.path.isdir(start) and os.path.dirname(start) != start:
+            start = os.path.dirname(start)
+        dialog.setDirectory(start)
+        dialog.fileSelected.connect(self._target_chosen)
+        dialog.finished.connect(dialog.deleteLater)
+        self._dialog = dialog
+        dialog.open()
+
+    def _target_chosen(self, path: str) -> None:
+        self._dialog = None
+        if path:
+            self.target.setText(path)
+
+    # -------------------------------------------------------------- restore
+    def _update_buttons(self) -> None:
+        busy = self.restoring
+        self.restore_button.setEnabled(
+            not busy
+            and self.selected_snapshot() is not None
+            and self.model.has_selection()
+            and bool(self.target_path())
+        )
+        self.cancel_button.setEnabled(
+            busy and self._control is not None and not self._control.cancelled
+        )
+        self.target.setEnabled(not busy)
+        self.choose_button.setEnabled(not busy)
+
+    def start_restore(self) -> None:
+        """Restore the ticked files and folders of the selected snapshot."""
+        snap = self.selected_snapshot()
+        includes = self.model.includes()
+        target = self.target_path()
+        if self.restoring or snap is None or not includes or not target:
+            return
+        self._control = Control()
+        self._restore_task = self.bridge.spawn(self._restore(snap, includes, target, self._control))
+        self._update_buttons()
+
+    def cancel_restore(self) -> None:
+        """Stop the running restore (what it wrote stays)."""
+        if self._control is not None and not self._control.cancelled:
+            self._control.cancel()
+            self.status.setText("Cancelling...")
+            self._update_buttons()
+
+    async def _restore(
+        self, snap: Snapshot, includes: list[str], target: str, control: Control
+    ) -> None:
+        self.bar.setValue(0)
+        self.bar.setFormat("%p%")
+        self.result.setText("")
+        self.errors.clear()
+        self.errors.hide()
+        self.status.setText("Preparing the restore...")
+        self._update_buttons()
+        outcome: RestoreResult | str
+        try:
+            problem = await self.browser.target_state(target)
+            self._show_target_warning(target, problem)
+            result = await self.browser.restore(snap, includes, target, self._progress, control)
+        except Cancelled:
+            outcome = "cancelled"
+            self.status.setText("Restore cancelled.")
+            self.result.setText(f"What was restored before the cancel is in {printable(target)}.")
+        except EngineError as exc:
+            outcome = str(exc)
+            self.status.setText("Restore failed.")
+            self.result.setText(printable(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - the window must say that it ended
+            log.exception("restore failed unexpectedly")
+            outcome = f"internal error: {type(exc).__name__}: {exc}"
+            self.status.setText("Restore failed.")
+            self.result.setText(printable(outcome) + " (see the log)")
+        else:
+            outcome = result
+            self._show_result(result, target)
+        finally:
+            self._control = None
+            if self._target_is_default:
+                # the next restore goes somewhere new again
+                self._set_default_target(self.selected_snapshot() or snap)
+            else:
+                self._target_changed(self.target.text())
+            self._update_buttons()
+        self.restore_finished.emit(outcome)
+
+    def _progress(self, p: Progress) -> None:
+        if self._control is None:
+            return
+        if p.bytes_total:
+            fraction = p.bytes_done / p.bytes_total
+        else:
+            fraction = p.files_done / p.files_total if p.files_total else 0.0
+        self.bar.setValue(int(min(1.0, fraction) * 1000))
+        if not self._control.cancelled:
+            self.status.setText(
+                f"Restoring: {p.files_done:,} of {p.files_total:,} files, "
+                f"{human_bytes(p.bytes_done)} of {human_bytes(p.bytes_total)}"
+            )
+
+    def _show_result(self, result: RestoreResult, target: str) -> None:
+        self.bar.setValue(self.bar.maximum())
+        n = len(result.errors)
+        self.status.setText(
+            "Restore finished."
+            if not n
+            else f"Restore finished with {n} problem{'s' if n != 1 else ''}."
+        )
+        line = (
+            f"Restored {result.files:,} file{'s' if result.files != 1 else ''} "
+            f"({human_bytes(result.bytes_written)}) into {printable(target)}; "
+            f"{n} error{'s' if n != 1 else ''}."
+        )
+        self.result.setText(line)
+        if n:
+            self.errors.setPlainText("\n".join(printable(e) for e in result.errors))
+            self.errors.show()
+
+    # ------------------------------------------------------------ lifecycle
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt's name
+        """Catch up with backups made while the window was hidden."""
+        if self._stale:
+            self._stale = False
+            self.refresh()
+        super().showEvent(event)
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
+        """Closing the window (or quitting) stops a running restore."""
+        self.cancel_restore()
+        super().closeEvent(event)
