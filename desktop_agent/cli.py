@@ -227,6 +227,13 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     finally:
         line.done()
     _print_backup(result, time.monotonic() - started, args.json)
+    log.info(
+        "backup: snapshot %s saved, %d files, %d bytes added, %d skipped",
+        result.snapshot.short_id,
+        result.summary.total_files_processed,
+        result.summary.data_added_packed,
+        len(result.skipped),
+    )
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if result.skipped:
