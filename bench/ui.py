@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import shutil
 import statistics
@@ -93,6 +94,8 @@ def measure_lag(workdir: Path, source: Path, repeat_until: float) -> dict[str, f
     config = load(write_config(workdir, source, repo))
 
     app = QApplication.instance() or QApplication(sys.argv)
+    assert isinstance(app, QApplication)
+    app.setQuitOnLastWindowClosed(False)  # as the tray app does
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     shell = Shell(config)
@@ -128,19 +131,33 @@ def measure_lag(workdir: Path, source: Path, repeat_until: float) -> dict[str, f
         clock.start()
         expected[0] = interval
         timer.start(interval)
+        n = 0
         while time.monotonic() - t0 < repeat_until:
+            # a fresh repository each time: every byte is hashed, compressed,
+            # encrypted and written (a repeat into the same one only re-reads)
+            n += 1
+            fresh = workdir / f"repo-lag-{n}"
+            await asyncio.to_thread(shutil.rmtree, fresh, True)
+            await asyncio.to_thread(Repository.init, LocalStorage(fresh), PASSWORD)
+            repo_cfg = dataclasses.replace(shell.agent.config.repository, path=str(fresh))
+            shell.bridge.apply_config(dataclasses.replace(shell.agent.config, repository=repo_cfg))
             ended.clear()
-            shutil.rmtree(workdir / "cache", ignore_errors=True)  # no directory cache: full work
             shell.bridge.back_up_now()
             await ended.wait()
             backups[0] += 1
+            await asyncio.to_thread(shutil.rmtree, fresh, True)
         timer.stop()
         elapsed = time.monotonic() - t0
         await shell.stop()
         return elapsed
 
     with loop:
-        elapsed = loop.run_until_complete(scenario())
+        # run_forever + stop: qasync's run_until_complete steps Qt once more
+        # after the future is done, without a running asyncio loop
+        fut = asyncio.ensure_future(scenario(), loop=loop)
+        fut.add_done_callback(lambda _f: loop.stop())
+        loop.run_forever()
+        elapsed = fut.result()
     lateness.sort()
     return {
         "samples": len(lateness),
