@@ -580,6 +580,9 @@ class _Backup:
         self.helper_provisional = [[] for _ in self.helper_provisional]
         unanswered = [job for jobs in self.helper_batches.values() for job in jobs]
         self.helper_batches.clear()
+        # batches still being filled for the helpers were never sent
+        unanswered += [job for batch in self.helper_open for job in batch.jobs]
+        self.helper_open = [_Batch() for _ in self.helper_open]
         for jobs, counted in ((redo, True), (unanswered, False)):
             if not jobs:
                 continue
@@ -590,6 +593,7 @@ class _Backup:
             self.run_batch(batch, counted=counted)
             for job in jobs:
                 job.pending = False
+                job.submitted = True
 
     def start_helpers(self) -> None:
         """Start helper processes for small files (see :mod:`.smallfiles`)."""
