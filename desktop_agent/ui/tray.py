@@ -45,6 +45,8 @@ class Tray(QObject):
         self.menu.aboutToShow.connect(self.rebuild)
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated)
+        self.icon.messageClicked.connect(self._notice_clicked)
+        self._last_notice_error = False
         self._shown: tuple[str, int] | None = None
         bridge.changed.connect(self.refresh)
         bridge.notify.connect(self.show_notice)
@@ -113,6 +115,7 @@ class Tray(QObject):
     # ---------------------------------------------------------- reactions
     def show_notice(self, title: str, message: str, is_error: bool) -> None:
         """A desktop notification through the tray."""
+        self._last_notice_error = is_error
         if not self.icon.isVisible() or not QSystemTrayIcon.supportsMessages():
             return
         icon = (
@@ -121,6 +124,13 @@ class Tray(QObject):
             else QSystemTrayIcon.MessageIcon.Information
         )
         self.icon.showMessage(title, message, icon, 10_000)
+
+    def _notice_clicked(self) -> None:
+        # a failure notice leads to the log, a completion to the progress window
+        if self._last_notice_error:
+            self._open_log()
+        else:
+            self._open_progress()
 
     def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
         if reason in (
