@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from desktop_agent.config import Config
 from desktop_agent.jobs import EventBus, JobController
@@ -19,6 +20,8 @@ from desktop_agent.server.ws import make_tls_context
 __all__ = ["Agent", "run_headless"]
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL = 0.001  # seconds (Python's default is 0.005)
 
 
 class Agent:
@@ -42,6 +45,9 @@ class Agent:
 
     async def start(self) -> None:
         """Controller first (so commands have somewhere to go), then the server."""
+        # The loop thread shares the GIL with the backup's threads; a shorter
+        # switch interval lets it answer /ws and redraw within milliseconds.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         await self.controller.start()
         await self.server.start()
         if self.scheduler is not None:
