@@ -53,7 +53,7 @@ from .repository import Repository, hostname, username
 from .smallfiles import FileResult, Helpers, open_for_reading, read_small, unportable
 from .snapshot import Snapshot, SnapshotSummary
 from .tree import Node, NodeType, encode_tree, go_mode
-from .writer import BlobWriter, SaveResult
+from .writer import BlobWriter, SaveResult, remove_stale_spool
 
 __all__ = [
     "BackupOptions",
@@ -1072,7 +1072,8 @@ def backup(
         raise SourceError(f"no backup source exists ({which})")
 
     host = options.host or hostname()
-    with Lock(repo, exclusive=False), _fewer_collections():
+    with Lock(repo, exclusive=False) as lock, _fewer_collections():
+        remove_stale_spool(repo)
         # the index is loaded on first need: a run where nothing changed never needs it
         parent: Snapshot | None
         if options.parent:
@@ -1141,6 +1142,7 @@ def backup(
             summary=summary,
         )
         control.checkpoint()  # a cancel that arrived at the very end still wins
+        lock.ensure_held()  # never a snapshot after another client could prune
         snap_id = repo.save_snapshot(snap)
         if cache_path is not None and job.new_cache is not None:
             try:

@@ -95,6 +95,7 @@ class Lock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
+        self.refreshed_at = 0.0  # wall clock: it keeps counting while the computer sleeps
 
     def _doc(self) -> dict[str, Any]:
         return {
@@ -115,11 +116,19 @@ class Lock:
         ]
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`RepositoryLocked`."""
+        """Take the lock or raise :class:`RepositoryLocked`.
+
+        Locks this host's dead processes left behind (killed, crashed) are
+        removed first, as ``restic unlock`` would: nobody holds them.
+        """
+        for lk in _read_locks(self.repo):
+            if lk.hostname == hostname() and lk.pid > 0 and lk.stale():
+                self.repo.storage.remove(FileType.LOCK, lk.name)
         conflicts = self._conflicts()
         if conflicts:
             raise RepositoryLocked(f"the repository is locked: {conflicts[0].describe()}")
         self._name = self.repo.save_json(FileType.LOCK, self._doc())
+        self.refreshed_at = time.time()
         # restic re-checks after writing: two clients may have raced.
         conflicts = self._conflicts()
         if conflicts:
@@ -138,7 +147,35 @@ class Lock:
                 return
             old = self._name
             self._name = self.repo.save_json(FileType.LOCK, self._doc())
+            self.refreshed_at = time.time()
             self.repo.storage.remove(FileType.LOCK, old)
+
+    def ensure_held(self) -> None:
+        """Raise unless the lock is still ours and fresh.
+
+        Called before anything that must not happen without the lock (writing
+        a snapshot). If the lock was not refreshed for almost the stale age
+        (the computer slept, the disk hung), another client may have
+        considered it stale and, say, pruned data this run relies on.
+        """
+        with self._mutex:
+            name = self._name
+        if name is None:
+            raise RepositoryLocked("the repository lock is not held")
+        age = time.time() - self.refreshed_at
+        if age > STALE_AFTER - 60:
+            raise RepositoryLocked(
+                f"the repository lock was not refreshed for {int(age // 60)} minutes (did the "
+                "computer sleep?); another client may have changed the repository meanwhile, "
+                "so no snapshot was written: run the backup again"
+            )
+        try:
+            self.repo.storage.load(FileType.LOCK, name)
+        except NotFound:
+            raise RepositoryLocked(
+                "another client removed this backup's repository lock; no snapshot was "
+                "written: run the backup again"
+            ) from None
 
     def _refresher(self) -> None:
         while not self._stop.wait(REFRESH_EVERY):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import struct
 import tempfile
 from collections.abc import Iterable
@@ -121,6 +122,12 @@ def parse_pack_tail(key: crypto.Key, tail: bytes, pack_size: int) -> list[Packed
     return blobs
 
 
+def _spool_prefix() -> str:
+    # pack-<host>-<pid>-<random>: a later run on this host can tell an
+    # unfinished pack of a dead process (writer.remove_stale_spool)
+    return f"pack-{socket.gethostname().replace('/', '_')}-{os.getpid()}-"
+
+
 class PackBuilder:
     """Accumulates encrypted blobs of one type into a pack file.
 
@@ -151,7 +158,7 @@ class PackBuilder:
     def add(self, blob_type: BlobType, blob_id: BlobId, sealed: bytes, uncompressed: int) -> None:
         """Append an already encrypted blob (``uncompressed`` 0: not compressed)."""
         if self._fd < 0:
-            fd, self._path = tempfile.mkstemp(prefix=f"pack-{os.getpid()}-", dir=self._dir)
+            fd, self._path = tempfile.mkstemp(prefix=_spool_prefix(), dir=self._dir)
             self._fd = fd
         self._write(sealed)
         self._blobs.append(PackedBlob(blob_type, blob_id, self.size, len(sealed), uncompressed))
@@ -163,7 +170,7 @@ class PackBuilder:
         if not blobs:
             return
         if self._fd < 0:
-            fd, self._path = tempfile.mkstemp(prefix=f"pack-{os.getpid()}-", dir=self._dir)
+            fd, self._path = tempfile.mkstemp(prefix=_spool_prefix(), dir=self._dir)
             self._fd = fd
         data = b"".join(b[2] for b in blobs)
         self._write(data)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -26,12 +27,51 @@ from .errors import EngineError, StorageError
 from .ids import BlobId, BlobType, PackId
 from .index import MAX_BLOBS_PER_FILE, index_bytes
 from .pack import BLOB_ZSTD_LEVEL, PackBuilder, PackedBlob
-from .repository import Repository
+from .repository import Repository, hostname
 from .storage import FileType
 
-__all__ = ["BlobWriter", "SaveResult", "PACK_SIZE"]
+__all__ = ["BlobWriter", "SaveResult", "PACK_SIZE", "remove_stale_spool"]
+
+
+def remove_stale_spool(repo: Repository) -> int:
+    """Delete spool files that a dead process of this host left behind.
+
+    Spool files are named ``pack-<host>-<pid>-...``; one whose process no
+    longer exists is an unfinished pack of a killed run: no index lists it.
+    Returns how many were removed.
+    """
+    spool = repo.storage.spool_dir()
+    me = hostname()
+    removed = 0
+    try:
+        names = os.listdir(spool)
+    except OSError:
+        return 0
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 4 or parts[0] != "pack" or "-".join(parts[1:-2]) != me:
+            continue
+        try:
+            pid = int(parts[-2])
+            os.kill(pid, 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except (ValueError, OSError):
+            continue
+        try:
+            os.unlink(os.path.join(spool, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
 
 PACK_SIZE = 16 * 1024 * 1024
+# Index checkpoints while a backup runs: after this many stored packs or
+# seconds, whichever comes first (a killed run loses at most that much).
+CHECKPOINT_PACKS = 2
+CHECKPOINT_SECONDS = 60.0
 _MAX_PENDING_UPLOADS = 2
 
 
@@ -70,6 +110,7 @@ class BlobWriter:
         self._error: BaseException | None = None
         self.packs_written = 0
         self.bytes_written = 0
+        self._last_index = time.monotonic()
 
     # ------------------------------------------------------------- blobs
     def known(self, blob_type: BlobType, blob_id: bytes) -> bool:
@@ -189,6 +230,13 @@ class BlobWriter:
                 self.bytes_written += size
                 for b in blobs:
                     self._claimed[b.type].discard(b.id)
+                due = (
+                    len(self._uploaded) >= CHECKPOINT_PACKS
+                    or time.monotonic() - self._last_index >= CHECKPOINT_SECONDS
+                )
+            if due:
+                # a checkpoint: a run killed later keeps what is stored so far
+                self.write_index()
         except BaseException as exc:
             if self._error is None:
                 self._error = exc if isinstance(exc, EngineError) else StorageError(str(exc))
@@ -248,6 +296,7 @@ class BlobWriter:
             raise
         for n in names:
             self.repo.index.files.add(bytes.fromhex(n))
+        self._last_index = time.monotonic()
         return names
 
     def close(self) -> None:
