@@ -9,6 +9,7 @@ the log directory and summarized in one line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -31,8 +32,16 @@ from desktop_agent.config import (
     write_password_file,
 )
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
-from desktop_agent.engine.check import check
+from desktop_agent.engine.check import check, parse_subset
 from desktop_agent.engine.errors import EngineError, RepositoryNotFound
+from desktop_agent.engine.forget import (
+    Duration,
+    ForgetGroup,
+    ForgetResult,
+    KeepPolicy,
+    forget,
+    parse_duration,
+)
 from desktop_agent.engine.progress import Progress
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.restore import RestoreOptions, restore
@@ -112,7 +121,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     c = sub.add_parser("check", help="verify the repository")
-    c.add_argument("--read-data", action="store_true", help="also read and verify every blob")
+    reading = c.add_mutually_exclusive_group()
+    reading.add_argument("--read-data", action="store_true", help="also read and verify every blob")
+    reading.add_argument(
+        "--read-data-subset",
+        metavar="n/t|x%",
+        type=_subset,
+        help="read only group n of t (as restic picks them: by the pack id's first byte), "
+        "or x%% of the packs at random",
+    )
+
+    _add_forget_arguments(
+        sub.add_parser(
+            "forget",
+            help="remove snapshots by a keep policy, per host and paths (as restic forget)",
+            description=(
+                "Apply a keep policy to each group of snapshots with the same host and paths "
+                "and remove the snapshots it does not keep. Only the snapshots are removed: "
+                "their data stays in the repository until prune runs (--prune). Calendar "
+                "buckets (hour, day, ISO week, month, year) use the time each snapshot was "
+                "taken at; durations such as 1y5m7d2h count back from the newest snapshot, "
+                "not from now."
+            ),
+        )
+    )
+
+    pr = sub.add_parser(
+        "prune",
+        help="remove data no snapshot references (repacks partly used packs)",
+        description=(
+            "Delete the packs no snapshot uses and repack those that are at least a tenth "
+            "unused, in restic's safe order: new packs and index first, deletions last. "
+            "Takes an exclusive lock: no backup can run meanwhile."
+        ),
+    )
+    pr.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     sub.add_parser("token", help="print the /ws access token")
     add_remote_arguments(
@@ -124,7 +167,93 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+_KEEP_SPANS = (
+    "within",
+    "within-hourly",
+    "within-daily",
+    "within-weekly",
+    "within-monthly",
+    "within-yearly",
+)
+
+
+def _keep_count(text: str) -> int:
+    """A --keep-* count: 0 or more, or `unlimited` (also -1, as restic < 0.17 wrote it)."""
+    if text.strip().lower() == "unlimited":
+        return -1
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number (give a count, or `unlimited`)"
+        ) from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(
+            f"{value} is negative (give a count, or `unlimited` to keep all)"
+        )
+    return value
+
+
+def _keep_duration(text: str) -> str:
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _add_forget_arguments(f: argparse.ArgumentParser) -> None:
+    """The options of `forget` (restic's names)."""
+    for name in _KEEP_COUNTS:
+        what = "snapshots" if name == "last" else f"{name} snapshots"
+        f.add_argument(
+            f"--keep-{name}",
+            type=_keep_count,
+            default=0,
+            metavar="N",
+            help=f"keep the last N {what} (`unlimited`: all)",
+        )
+    for name in _KEEP_SPANS:
+        kind = name.partition("-")[2]
+        f.add_argument(
+            f"--keep-{name}",
+            type=_keep_duration,
+            metavar="DURATION",
+            help=(
+                f"keep {f'{kind} snapshots' if kind else 'all snapshots'} made within DURATION "
+                "(e.g. 1y5m7d2h) of the newest snapshot"
+            ),
+        )
+    f.add_argument(
+        "--keep-tag",
+        action="append",
+        default=[],
+        metavar="TAG[,TAG...]",
+        help="keep snapshots that have all these tags (repeatable: any of the lists; '' "
+        "matches untagged snapshots)",
+    )
+    f.add_argument("-n", "--dry-run", action="store_true", help="only show what would be removed")
+    f.add_argument(
+        "--prune",
+        action="store_true",
+        help="then remove the data no snapshot references any more",
+    )
+    f.add_argument(
+        "--json",
+        action="store_true",
+        help="print restic's forget JSON (a list of groups with keep, remove and reasons)",
+    )
+
+
 # --------------------------------------------------------------- helpers
+def _subset(text: str) -> tuple[int, int] | float:
+    try:
+        return parse_subset(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _password(config: Config) -> str:
     pw = read_password(config)
     if pw:
@@ -345,9 +474,12 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
     repo = _open(config)
     line = ProgressLine("check")
     try:
+        subset = args.read_data_subset
         result = check(
             repo,
             read_data=args.read_data,
+            read_data_subset=subset if isinstance(subset, tuple) else None,
+            read_data_percent=subset if isinstance(subset, float) else None,
             progress=line if line.enabled else None,
             log=lambda m: print(m, flush=True),
         )
@@ -364,6 +496,170 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
         f"{result.packs} packs)"
     )
     return EXIT_OK
+
+
+def _keep_policy(args: argparse.Namespace) -> KeepPolicy:
+    def span(text: str | None) -> Duration | None:
+        return None if text is None else parse_duration(text)
+
+    return KeepPolicy(
+        last=args.keep_last,
+        hourly=args.keep_hourly,
+        daily=args.keep_daily,
+        weekly=args.keep_weekly,
+        monthly=args.keep_monthly,
+        yearly=args.keep_yearly,
+        within=span(args.keep_within),
+        within_hourly=span(args.keep_within_hourly),
+        within_daily=span(args.keep_within_daily),
+        within_weekly=span(args.keep_within_weekly),
+        within_monthly=span(args.keep_within_monthly),
+        within_yearly=span(args.keep_within_yearly),
+        keep_tags=tuple(args.keep_tag),
+    )
+
+
+def _forget_json(result: ForgetResult) -> list[dict[str, Any]]:
+    """restic's ``forget --json`` document (lists are [] rather than null)."""
+    return [
+        {
+            "tags": None,
+            "host": g.hostname,
+            "paths": list(g.paths),
+            "keep": [_snapshot_json(s) for s in g.keep],
+            "remove": [_snapshot_json(s) for s in g.remove],
+            "reasons": [
+                {"snapshot": _snapshot_json(s), "matches": list(g.reasons[s.id])}
+                for s in g.keep
+                if s.id is not None
+            ],
+        }
+        for g in result.groups
+    ]
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str | Sequence[str]]]) -> None:
+    """A restic-style table; a cell given as a list takes one line per item."""
+    cells = [[[c] if isinstance(c, str) else list(c) or [""] for c in row] for row in rows]
+    widths = [len(h) for h in header]
+    for row in cells:
+        for i, lines in enumerate(row):
+            widths[i] = max(widths[i], *(len(line) for line in lines))
+
+    def line(items: Sequence[str]) -> str:
+        return "  ".join(f"{item:<{widths[i]}}" for i, item in enumerate(items)).rstrip()
+
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    print(line(header))
+    print(rule)
+    for row in cells:
+        for n in range(max(len(lines) for lines in row)):
+            print(line([lines[n] if n < len(lines) else "" for lines in row]))
+    print(rule)
+
+
+def _print_snapshots(group: ForgetGroup, snaps: Sequence[Snapshot], reasons: bool) -> None:
+    # oldest first, as `snapshots` and restic's forget list them
+    header = ["ID", "Time", "Host", "Tags"] + (["Reasons"] if reasons else []) + ["Paths"]
+    rows: list[list[str | list[str]]] = []
+    for s in reversed(snaps):
+        row: list[str | list[str]] = [s.short_id, s.time.replace("T", " ")[:19], s.hostname]
+        row.append(list(s.tags))
+        if reasons and s.id is not None:
+            row.append(list(group.reasons[s.id]))
+        row.append(list(s.paths))
+        rows.append(row)
+    _print_table(header, rows)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _print_forget(result: ForgetResult, *, pruning: bool) -> None:
+    print(f"Applying policy: {result.policy.describe()}")
+    if not result.groups:
+        print("the repository has no snapshots")
+    for g in result.groups:
+        print(f"\nsnapshots of {g.describe()}:")
+        print(f"keep {_plural(len(g.keep), 'snapshot')}:")
+        _print_snapshots(g, g.keep, reasons=True)
+        if g.remove:
+            verb = "would remove" if result.dry_run else "remove"
+            print(f"\n{verb} {_plural(len(g.remove), 'snapshot')}:")
+            _print_snapshots(g, g.remove, reasons=False)
+    print()
+    total = len(result.remove)
+    if result.dry_run:
+        print(f"dry run: {_plural(total, 'snapshot')} would be removed; nothing was changed")
+    elif result.removed and pruning:
+        print(f"removed {_plural(len(result.removed), 'snapshot')}")
+    elif result.removed:
+        print(
+            f"removed {_plural(len(result.removed), 'snapshot')}; their data stays in the "
+            "repository until prune runs (forget --prune)"
+        )
+    else:
+        print("no snapshots removed")
+
+
+def cmd_forget(config: Config, args: argparse.Namespace) -> int:
+    policy = _keep_policy(args)
+    if policy.empty:
+        print(
+            "desktop-agent: error: nothing to keep: give at least one --keep-* option",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    repo = _open(config)
+    result = forget(repo, policy, dry_run=args.dry_run)
+    if args.json:
+        sys.stdout.write(json.dumps(_forget_json(result), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    else:
+        _print_forget(result, pruning=args.prune)
+    log.info(
+        "forget: %d kept, %d removed%s",
+        len(result.keep),
+        len(result.removed),
+        " (dry run)" if result.dry_run else "",
+    )
+    for sid, reason in result.failed:
+        print(f"error: cannot remove snapshot {sid.hex()[:8]}: {reason}", file=sys.stderr)
+    if result.failed:
+        raise CliError(f"{len(result.failed)} snapshot(s) could not be removed; see above")
+    if args.prune:
+        return _prune_after_forget(repo, result, as_json=args.json)
+    return EXIT_OK
+
+
+def _prune_after_forget(repo: Repository, result: ForgetResult, *, as_json: bool) -> int:
+    # restic prunes only when forget removed something; a dry run prunes nothing
+    if not result.removed:
+        if not as_json:
+            why = "dry run" if result.dry_run and result.remove else "no snapshot was removed"
+            print(f"prune skipped: {why}")
+        return EXIT_OK
+    return _prune(repo, as_json=as_json)
+
+
+def _prune(repo: Repository, *, as_json: bool) -> int:
+    from desktop_agent.engine.prune import prune
+
+    line = ProgressLine("prune")
+    try:
+        pruned = prune(repo, progress=line if line.enabled else None, control=None)
+    finally:
+        line.done()
+    if as_json:
+        _emit({"message_type": "prune", "summary": pruned.summary(), **dataclasses.asdict(pruned)})
+    else:
+        print(pruned.summary())
+    return EXIT_OK
+
+
+def cmd_prune(config: Config, args: argparse.Namespace) -> int:
+    return _prune(_open(config), as_json=args.json)
 
 
 def cmd_token(config: Config, _args: argparse.Namespace) -> int:
@@ -388,6 +684,8 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "snapshots": cmd_snapshots,
     "restore": cmd_restore,
     "check": cmd_check,
+    "forget": cmd_forget,
+    "prune": cmd_prune,
     "token": cmd_token,
 }
 

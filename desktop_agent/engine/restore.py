@@ -22,7 +22,7 @@ import os
 import stat as st
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -95,12 +95,29 @@ def _selected(comps: list[bytes], includes: list[list[bytes]]) -> tuple[bool, bo
     return take, descend
 
 
-def walk_snapshot(repo: Repository, snap: Snapshot, includes: Sequence[str] = ()):  # type: ignore[no-untyped-def]
-    """Yield ``(components, node)`` for every selected node, parents first."""
+def walk_snapshot(  # type: ignore[no-untyped-def]
+    repo: Repository,
+    snap: Snapshot,
+    includes: Sequence[str] = (),
+    on_error: Callable[[list[bytes], EngineError], None] | None = None,
+):
+    """Yield ``(components, node)`` for every selected node, parents first.
+
+    A directory whose tree cannot be read (damaged or missing) is passed to
+    ``on_error`` with the error, and its contents are skipped; without
+    ``on_error``, or for the snapshot's root tree, the error is raised.
+    """
     inc = _includes(includes)
 
     def rec(tree_id: BlobId, prefix: list[bytes]):  # type: ignore[no-untyped-def]
-        for node in repo.load_tree(tree_id):
+        try:
+            nodes = repo.load_tree(tree_id)
+        except EngineError as exc:
+            if on_error is None or not prefix:
+                raise
+            on_error(prefix, exc)
+            return
+        for node in nodes:
             comps = prefix + [node.name]
             take, descend = _selected(comps, inc)
             if not take:
@@ -140,7 +157,11 @@ class _Restorer:
     # ---------------------------------------------------------------- plan
     def plan(self, snap: Snapshot) -> None:
         hardlinks: dict[tuple[int, int], bytes] = {}
-        for comps, node in walk_snapshot(self.repo, snap, self.options.includes):
+
+        def lost(comps: list[bytes], exc: EngineError) -> None:
+            self.error(self.target + b"/" + b"/".join(comps), f"directory contents lost: {exc}")
+
+        for comps, node in walk_snapshot(self.repo, snap, self.options.includes, lost):
             if any(c in (b"..", b".") or b"/" in c or not c for c in comps):
                 self.error(b"/".join(comps), "unsafe name in snapshot; skipped")
                 continue

@@ -173,7 +173,10 @@ class LocalStorage:
     def spool_dir(self) -> str:
         """``tmp/`` inside the repository: same filesystem, so rename works."""
         d = os.path.join(self.root, "tmp")
-        os.makedirs(d, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise _describe(exc, d) from None
         return d
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
