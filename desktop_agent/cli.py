@@ -416,9 +416,29 @@ def _print_backup(result: BackupResult, seconds: float, as_json: bool) -> None:
     print(f"snapshot {snap.short_id} saved")
 
 
+def _warn_damaged(repo: Repository) -> int:
+    """Name the snapshot files the last listing could not read; returns how many."""
+    for name, exc in repo.damaged_snapshots:
+        print(
+            f"warning: snapshot {name[:8]} cannot be read and is left out ({exc}); "
+            "run `desktop-agent check`",
+            file=sys.stderr,
+        )
+    return len(repo.damaged_snapshots)
+
+
 def cmd_snapshots(config: Config, args: argparse.Namespace) -> int:
     repo = _open(config)
-    snaps = repo.list_snapshots()
+    snaps = repo.list_snapshots(skip_damaged=True)
+    try:
+        return _show_snapshots(snaps, args)
+    finally:
+        if _warn_damaged(repo):
+            # the list is incomplete: say so in the exit status too
+            raise CliError(f"{len(repo.damaged_snapshots)} snapshot(s) cannot be read; see above")
+
+
+def _show_snapshots(snaps: list[Snapshot], args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps([_snapshot_json(s) for s in snaps], ensure_ascii=False) + "\n")
         return EXIT_OK
@@ -445,6 +465,7 @@ def cmd_snapshots(config: Config, args: argparse.Namespace) -> int:
 def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     repo = _open(config)
     snap = repo.find_snapshot(args.snapshot)
+    _warn_damaged(repo)  # `latest` is the newest readable one
     line = ProgressLine("restore")
     started = time.monotonic()
     try:
@@ -613,6 +634,7 @@ def cmd_forget(config: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     repo = _open(config)
     result = forget(repo, policy, dry_run=args.dry_run)
+    _warn_damaged(repo)
     if args.json:
         sys.stdout.write(json.dumps(_forget_json(result), ensure_ascii=False) + "\n")
         sys.stdout.flush()

@@ -50,7 +50,14 @@ from .memory import limit_malloc_arenas
 from .pack import PackedBlob
 from .progress import ProgressState, Reporter
 from .repository import Repository, hostname, username
-from .smallfiles import FileResult, Helpers, open_for_reading, read_small, unportable
+from .smallfiles import (
+    FileResult,
+    Helpers,
+    open_for_reading,
+    raise_if_failed,
+    read_small,
+    unportable,
+)
 from .snapshot import Snapshot, SnapshotSummary
 from .tree import Node, NodeType, encode_tree, go_mode
 from .writer import BlobWriter, SaveResult, remove_stale_spool
@@ -274,7 +281,7 @@ def find_parent(repo: Repository, paths: Sequence[str], host: str) -> Snapshot |
     """The latest snapshot of the same host and the same set of paths."""
     want = sorted(paths)
     best: Snapshot | None = None
-    for snap in repo.list_snapshots():
+    for snap in repo.list_snapshots(skip_damaged=True):  # an unreadable one is no parent
         if snap.hostname == host and sorted(snap.paths) == want:
             best = snap
     return best
@@ -408,7 +415,11 @@ class _Backup:
             self.control.checkpoint(secondary=True)
 
     def quiesce(self) -> None:
-        """Before a pause counts as effective: let work in flight finish (walker)."""
+        """Before a pause counts as effective: let work in flight finish (walker).
+
+        That includes packs being stored and the index checkpoint that may
+        follow them, so that nothing is written while the pause lasts.
+        """
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             if self.helpers is not None:
@@ -416,8 +427,9 @@ class _Backup:
             helpers_busy = self.helpers is not None and any(self.helpers.outstanding)
             with self._budget:
                 if self._inflight == 0 and not helpers_busy:
-                    return
+                    break
                 self._budget.wait(0.01)
+        self.writer.wait_idle()
 
     def check_failure(self) -> None:
         """Raise the first failure of any task or reader."""
@@ -563,6 +575,7 @@ class _Backup:
             return
         try:
             for i, msg in helpers.receive(None if block else 0.0):
+                raise_if_failed(msg)  # a StorageError: the backup fails, as in-process
                 jobs = self.helper_batches.pop(msg[1])
                 self.apply_helper(i, jobs, msg[2])
                 if msg[3]:
@@ -982,10 +995,14 @@ class _Backup:
         except BaseException:  # noqa: BLE001 - aborting anyway
             self.stop_helpers(keep_work=False)
         try:
-            self.writer.flush()
-            self.writer.write_index()
-        except EngineError:
-            pass  # e.g. the disk is full: what is stored but unindexed is harmless
+            try:
+                self.writer.flush()
+            except EngineError:
+                pass  # e.g. the disk is full: the packs that did get stored are indexed below
+            try:
+                self.writer.write_index()
+            except EngineError:
+                pass  # what is stored but unindexed is harmless (prune removes it)
         finally:
             self.writer.abandon()
             self.writer.close()

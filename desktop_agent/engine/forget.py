@@ -513,7 +513,10 @@ def forget(
         lock.acquire()
     try:
         groups = []
-        for (host, paths), snaps in group_snapshots(repo.list_snapshots()).items():
+        # unreadable snapshots are left alone (and named in repo.damaged_snapshots):
+        # the policy applies to the others, which stay removable
+        readable = repo.list_snapshots(skip_damaged=True)
+        for (host, paths), snaps in group_snapshots(readable).items():
             keep, remove, reasons = apply_policy(snaps, policy, now_ns=now_ns)
             group = ForgetGroup(
                 host, paths, tuple(keep), tuple(remove), {k: tuple(v) for k, v in reasons.items()}

@@ -151,27 +151,53 @@ class PackBuilder:
 
     def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            self._roll_back(exc)
+            raise
 
-    def add(self, blob_type: BlobType, blob_id: BlobId, sealed: bytes, uncompressed: int) -> None:
-        """Append an already encrypted blob (``uncompressed`` 0: not compressed)."""
+    def _roll_back(self, exc: OSError) -> None:
+        """After a failed write (disk full, I/O error) cut the spool file back
+        to its last complete blob, so that the blobs already in it stay where
+        the header will say they are. If even that fails, the whole pack is
+        dropped: a pack with a torn blob in it must never be sealed."""
+        try:
+            os.ftruncate(self._fd, self.size)
+            os.lseek(self._fd, self.size, os.SEEK_SET)
+        except OSError:
+            self.discard()
+            raise exc from None
+
+    def _open(self) -> None:
         if self._fd < 0:
             fd, self._path = tempfile.mkstemp(prefix=_spool_prefix(), dir=self._dir)
             self._fd = fd
+
+    @property
+    def path(self) -> str:
+        """The spool file being filled ('' when none is open)."""
+        return self._path
+
+    def add(self, blob_type: BlobType, blob_id: BlobId, sealed: bytes, uncompressed: int) -> None:
+        """Append an already encrypted blob (``uncompressed`` 0: not compressed).
+
+        Raises ``OSError`` when the spool file cannot take it; the pack then
+        holds exactly the blobs added before (or none, see :meth:`_roll_back`).
+        """
+        self._open()
         self._write(sealed)
         self._blobs.append(PackedBlob(blob_type, blob_id, self.size, len(sealed), uncompressed))
         self._hash.update(sealed)
         self.size += len(sealed)
 
     def add_many(self, blobs: list[tuple[BlobType, BlobId, bytes, int]]) -> None:
-        """Append several encrypted blobs with one write."""
+        """Append several encrypted blobs with one write (all or none of them)."""
         if not blobs:
             return
-        if self._fd < 0:
-            fd, self._path = tempfile.mkstemp(prefix=_spool_prefix(), dir=self._dir)
-            self._fd = fd
+        self._open()
         data = b"".join(b[2] for b in blobs)
         self._write(data)
         self._hash.update(data)
@@ -187,9 +213,14 @@ class PackBuilder:
             raise ValueError("cannot finish an empty pack")
         header = crypto.encrypt(self._key, encode_header(self._blobs))
         tail = header + _LEN.pack(len(header))
-        self._write(tail)
+        self._write(tail)  # on failure the pack stays open, unsealed, for a retry
         self._hash.update(tail)
-        os.close(self._fd)
+        try:
+            os.close(self._fd)
+        except OSError as exc:  # NFS and friends report write errors at close
+            self._fd = -1
+            self.discard()
+            raise exc from None
         result = (PackId(self._hash.digest()), self._path, self._blobs, self.size + len(tail))
         self._fd, self._path = -1, ""
         self._blobs = []
@@ -200,7 +231,11 @@ class PackBuilder:
     def discard(self) -> None:
         """Drop an unfinished pack and its spool file."""
         if self._fd >= 0:
-            os.close(self._fd)
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass  # the file goes anyway
+        if self._path:
             try:
                 os.unlink(self._path)
             except OSError:

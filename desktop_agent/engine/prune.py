@@ -34,7 +34,7 @@ from .progress import ProgressState, Reporter
 from .repository import Repository
 from .storage import FileType
 from .tree import NodeType
-from .writer import PACK_SIZE
+from .writer import PACK_SIZE, remove_stale_spool
 
 __all__ = ["prune", "PruneResult", "PrunePlan", "plan_prune"]
 
@@ -88,7 +88,16 @@ def _mark_used(repo: Repository, control: Control) -> dict[BlobType, set[bytes]]
     used: dict[BlobType, set[bytes]] = {BlobType.DATA: set(), BlobType.TREE: set()}
     trees = used[BlobType.TREE]
     data = used[BlobType.DATA]
-    for snap in repo.list_snapshots():
+    try:
+        snaps = repo.list_snapshots()
+    except IntegrityError as exc:
+        # the data such a snapshot needs would look unused and be deleted
+        raise IntegrityError(
+            f"{exc}; prune stops so that the data it refers to is not deleted: restore that "
+            "file from a copy of the repository, or remove it from snapshots/ if it is lost, "
+            "then run prune again"
+        ) from None
+    for snap in snaps:
         stack = [snap.tree]
         while stack:
             control.checkpoint()
@@ -141,6 +150,18 @@ def plan_prune(
             "prune stops so that nothing else is lost: run `desktop-agent check`"
         )
     plan.used = _mark_used(repo, control)
+    # restic's rule: every blob a snapshot needs must be in the index, or
+    # the pack that still holds it (unindexed after an index file was lost)
+    # would be deleted as an orphan
+    for blob_type, ids in plan.used.items():
+        absent = [b for b in ids if not repo.index.has(blob_type, b)]
+        if absent:
+            raise IntegrityError(
+                f"{len(absent)} {blob_type.label} blob(s) that snapshots need are not in the "
+                f"index (e.g. {absent[0].hex()}); prune stops so that no data is lost: run "
+                "`desktop-agent check`; if the index is damaged, `restic rebuild-index` "
+                "(restic 0.16 and newer: `restic repair index`) rebuilds it from the packs"
+            )
     for pack_id, blobs in plan.packs.items():
         size = plan.sizes[pack_id]
         plan.total_bytes += size
@@ -178,6 +199,7 @@ def prune(
     started = time.monotonic()
     state = ProgressState(progress, 0.2)
     with Lock(repo, exclusive=True):
+        remove_stale_spool(repo)  # half-built packs of killed runs on this host
         plan = plan_prune(repo, repack_threshold=repack_threshold, control=control)
         # --- 4. repack, still encrypted, into new durable packs
         spool = repo.storage.spool_dir()

@@ -47,6 +47,12 @@ MAX_KEYS_TRIED = 20
 _MAX_UNPACKED = 1 << 30
 
 
+def _reason(name: str, exc: EngineError) -> str:
+    """The error without a leading ``snapshots/<name>: `` (the caller names it)."""
+    text = str(exc)
+    return text.removeprefix(f"{FileType.SNAPSHOT.value}/{name}: ")
+
+
 def hostname() -> str:
     """This machine's name as recorded in snapshots and locks."""
     return socket.gethostname()
@@ -116,6 +122,8 @@ class Repository:
         self._codecs = _Codecs()
         self._index_loaded = False
         self._index_lock = threading.Lock()
+        # unreadable snapshot files met by the last listing: (name, error)
+        self.damaged_snapshots: list[tuple[str, EngineError]] = []
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -342,21 +350,52 @@ class Repository:
         return decode_tree(self.load_blob(BlobType.TREE, tree_id))
 
     # ------------------------------------------------------------ snapshots
-    def list_snapshots(self) -> list[Snapshot]:
-        """All snapshots, oldest first. Unreadable ones raise IntegrityError."""
+    def load_snapshots(self) -> tuple[list[Snapshot], list[tuple[str, EngineError]]]:
+        """Every readable snapshot (oldest first) and the unreadable ones with why.
+
+        A snapshot removed while we list (another client's forget) is neither.
+        """
         names = [name for name, _ in self.storage.list(FileType.SNAPSHOT)]
-        snaps = [
-            Snapshot.from_json(self.load_json(FileType.SNAPSHOT, n), SnapshotId(bytes.fromhex(n)))
-            for n in names
-        ]
+        snaps: list[Snapshot] = []
+        damaged: list[tuple[str, EngineError]] = []
+        for n in names:
+            try:
+                doc = self.load_json(FileType.SNAPSHOT, n)
+                snaps.append(Snapshot.from_json(doc, SnapshotId(bytes.fromhex(n))))
+            except NotFound:
+                continue
+            except (IntegrityError, UnsupportedRepository) as exc:
+                damaged.append((n, exc))
         snaps.sort(key=lambda s: (s.time_ns, s.id or b""))
+        self.damaged_snapshots = damaged
+        return snaps, damaged
+
+    def list_snapshots(self, *, skip_damaged: bool = False) -> list[Snapshot]:
+        """All snapshots, oldest first.
+
+        An unreadable snapshot raises :class:`IntegrityError` unless
+        ``skip_damaged``: then it is left out and named in
+        :attr:`damaged_snapshots` (listing and restoring go on; prune must
+        not, it would delete the data that snapshot needs).
+        """
+        snaps, damaged = self.load_snapshots()
+        if damaged and not skip_damaged:
+            name, exc = damaged[0]
+            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+            raise IntegrityError(f"snapshot {name} cannot be read{more}: {_reason(name, exc)}")
         return snaps
 
     def find_snapshot(self, ref: str) -> Snapshot:
         """Resolve ``latest``, a full id or a unique id prefix."""
         ref = ref.strip().lower()
         if ref == "latest":
-            snaps = self.list_snapshots()
+            # a damaged snapshot file must not make the others unreachable
+            snaps = self.list_snapshots(skip_damaged=True)
+            if not snaps and self.damaged_snapshots:
+                name, exc = self.damaged_snapshots[0]
+                raise IntegrityError(
+                    f"no readable snapshot: snapshot {name} cannot be read: {_reason(name, exc)}"
+                )
             if not snaps:
                 raise NotFound("the repository has no snapshots yet")
             return snaps[-1]

@@ -28,8 +28,17 @@ import zstandard
 from . import crypto
 from .ids import BlobId, BlobType, PackId
 from .pack import BLOB_ZSTD_LEVEL, PackBuilder, PackedBlob
+from .storage.local import describe_oserror
 
-__all__ = ["read_small", "open_for_reading", "Helpers", "unportable", "SMALL_FILE", "FileResult"]
+__all__ = [
+    "read_small",
+    "open_for_reading",
+    "Helpers",
+    "unportable",
+    "raise_if_failed",
+    "SMALL_FILE",
+    "FileResult",
+]
 
 SMALL_FILE = 512 * 1024  # = chunker.MIN_SIZE (kept import-light for the helpers)
 MAX_PACK_BLOBS = 2048  # a helper finishes its pack after this many blobs
@@ -115,15 +124,24 @@ def _helper_main(
     try:
         while True:
             msg = conn.recv()
-            if msg[0] == "batch":
-                results, finished = _seal(msg[2], key, zstd, seen, builder, pack_size)
-                conn.send(("done", msg[1], results, finished))
-            elif msg[0] == "flush":
-                finished = [_portable(builder.finish())] if len(builder) else []
-                conn.send(("flushed", None, [], finished))
-            else:  # "stop"
+            try:
+                if msg[0] == "batch":
+                    results, finished = _seal(msg[2], key, zstd, seen, builder, pack_size)
+                    conn.send(("done", msg[1], results, finished))
+                elif msg[0] == "flush":
+                    finished = [_portable(builder.finish())] if len(builder) else []
+                    conn.send(("flushed", None, [], finished))
+                else:  # "stop"
+                    break
+            except (BrokenPipeError, ConnectionResetError):
+                raise
+            except OSError as exc:
+                # the spool file could not be written (disk full, I/O error):
+                # the parent turns this into the backup's error; we are done
+                where = builder.path or spool_dir
+                conn.send(("failed", msg[1] if len(msg) > 1 else None, exc.errno, where))
                 break
-    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+    except (EOFError, KeyboardInterrupt, BrokenPipeError, ConnectionResetError):
         pass
     finally:
         builder.discard()
@@ -279,6 +297,7 @@ class Helpers:
             self.outstanding[i] += 1
         while any(self.outstanding):
             for _i, msg in self.receive(None):
+                raise_if_failed(msg)
                 if msg[0] != "flushed":
                     raise RuntimeError("helper answered out of order")
                 packs.extend(unportable(p) for p in msg[3])
@@ -301,6 +320,13 @@ class Helpers:
             conn.close()
         self.conns = []
         self.procs = []
+
+
+def raise_if_failed(msg: tuple[Any, ...]) -> None:
+    """Raise the StorageError a helper reported instead of an answer."""
+    if msg[0] == "failed":
+        code, where = msg[2], msg[3]
+        raise describe_oserror(OSError(code, os.strerror(code) if code else "error"), where)
 
 
 def _helper_command() -> list[str]:

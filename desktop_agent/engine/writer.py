@@ -28,7 +28,7 @@ from .ids import BlobId, BlobType, PackId
 from .index import MAX_BLOBS_PER_FILE, index_bytes
 from .pack import BLOB_ZSTD_LEVEL, PackBuilder, PackedBlob
 from .repository import Repository, hostname
-from .storage import FileType
+from .storage import FileType, describe_oserror
 
 __all__ = ["BlobWriter", "SaveResult", "PACK_SIZE", "remove_stale_spool"]
 
@@ -142,15 +142,33 @@ class BlobWriter:
             if len(packed) < len(data):
                 payload, ulen = packed, len(data)
         sealed = crypto.encrypt(self.repo.key, payload)
-        full = None
-        with self._lock:
-            builder = self._builders[blob_type]
-            builder.add(blob_type, bid, sealed, ulen)
-            if builder.size >= self.pack_size:
-                full = builder.finish()
+        full = self._append(blob_type, [(blob_type, bid, sealed, ulen)])
         if full is not None:
             self._submit(full)
         return SaveResult(bid, True, len(sealed))
+
+    def _append(
+        self, blob_type: BlobType, entries: list[tuple[BlobType, BlobId, bytes, int]]
+    ) -> tuple[PackId, str, list[PackedBlob], int] | None:
+        """Append sealed blobs to the open pack; returns the pack if it is full.
+
+        A spool file that cannot take them (disk full, I/O error) fails the
+        save with a StorageError; the pack keeps exactly its earlier blobs
+        and the failed ones are no longer claimed (they are not stored).
+        """
+        with self._lock:
+            builder = self._builders[blob_type]
+            try:
+                builder.add_many(entries)
+                if builder.size >= self.pack_size:
+                    return builder.finish()
+            except OSError as exc:
+                claimed = self._claimed[blob_type]
+                for e in entries:
+                    claimed.discard(e[1])
+                where = builder.path or self.repo.storage.spool_dir()
+                raise describe_oserror(exc, where) from None
+        return None
 
     def save_many(self, blob_type: BlobType, datas: list[bytes]) -> list[SaveResult]:
         """Store several (small) blobs at once: one cipher context, one write.
@@ -192,12 +210,7 @@ class BlobWriter:
         entries = [
             (blob_type, bid, sl, ul) for (_i, bid), sl, ul in zip(fresh, sealed, ulens, strict=True)
         ]
-        full = None
-        with self._lock:
-            builder = self._builders[blob_type]
-            builder.add_many(entries)
-            if builder.size >= self.pack_size:
-                full = builder.finish()
+        full = self._append(blob_type, entries)
         if full is not None:
             self._submit(full)
         for (i, bid), sl in zip(fresh, sealed, strict=True):
@@ -253,10 +266,27 @@ class BlobWriter:
         for blob_type in (BlobType.DATA, BlobType.TREE):
             with self._lock:
                 builder = self._builders[blob_type]
-                full = builder.finish() if len(builder) else None
+                try:
+                    full = builder.finish() if len(builder) else None
+                except OSError as exc:
+                    raise describe_oserror(exc, builder.path) from None
             if full is not None:
                 self._submit(full)
         self.wait_uploads()
+
+    def wait_idle(self) -> None:
+        """Block until no upload (nor the index checkpoint after it) is running.
+
+        Unlike :meth:`wait_uploads` it does not raise: a pause waits here so
+        that nothing is written while it lasts; failures surface later.
+        """
+        with self._lock:
+            pending = list(self._uploads)
+        for fut in pending:
+            try:
+                fut.result()
+            except BaseException:  # noqa: BLE001 - reported by wait_uploads
+                pass
 
     def wait_uploads(self) -> None:
         """Block until pending uploads are done; re-raise their failure."""

@@ -215,7 +215,7 @@ class RepositoryBrowser:
         return self._repo
 
     def _snapshots(self) -> list[Snapshot]:
-        return list(reversed(self._repository(fresh=True).list_snapshots()))
+        return list(reversed(self._repository(fresh=True).list_snapshots(skip_damaged=True)))
 
     def _tree(self, tree_id: BlobId) -> list[Node]:
         nodes = self._cache.get(tree_id)

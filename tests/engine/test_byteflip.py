@@ -232,23 +232,50 @@ def test_a_snapshot_file(built, tmp_path, restic, cli):
     assert cli_restore(cli, tmp_path, copy, built, newer[:8]).returncode == 0
 
 
-@pytest.mark.xfail(
-    reason="Repository.list_snapshots raises on the first damaged snapshot, so `latest` "
-    "(and `snapshots`) fail although the newest snapshot is intact",
-    raises=IntegrityError,
-    strict=False,
-)
-def test_latest_is_found_past_a_damaged_older_snapshot(built, tmp_path):
+def test_latest_is_found_past_a_damaged_older_snapshot(built, tmp_path, cli, restic):
     older, newer = built.snapshots
     copy = damaged(built, tmp_path, f"snapshots/{older}")
-    assert open_repo(copy).find_snapshot("latest").id.hex() == newer
+    repo = open_repo(copy)
+    assert repo.find_snapshot("latest").id.hex() == newer
+    ((name, _exc),) = repo.damaged_snapshots
+    assert name == older
+    # `snapshots` lists the readable one, names the damaged one, and says so in its status
+    cfg = write_config(tmp_path / "config.toml", repo=copy, sources=[built.src])
+    proc = cli("--config", str(cfg), "snapshots", env=ENV)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert newer[:8] in proc.stdout and older[:8] not in proc.stdout
+    assert f"warning: snapshot {older[:8]} cannot be read" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "desktop-agent: error: 1 snapshot(s) cannot be read; see above"
+    )
+    # restoring `latest` works, with the warning
+    proc = cli_restore(cli, tmp_path, copy, built, "latest")
+    assert proc.returncode == 0 and f"snapshot {older[:8]} cannot be read" in proc.stderr
+    # a backup is not stopped by it either
+    result = backup(open_repo(copy), BackupOptions(sources=[str(built.src)]))
+    assert result.snapshot.parent is not None and result.snapshot.parent.hex() == newer
+    # prune refuses: it would take the damaged snapshot's data for unused
+    from desktop_agent.engine.prune import prune
+
+    with pytest.raises(IntegrityError, match=f"snapshot {older} cannot be read.*prune stops"):
+        prune(open_repo(copy))
+    assert check(open_repo(copy)).errors  # and check names it
 
 
 @pytest.mark.parametrize("where", ["key data", "json syntax"])
 def test_a_key_file_with_a_good_second_key(built, tmp_path, restic, where):
     bad, good = built.keys
     raw = (built.repo / "keys" / bad).read_bytes()
-    offset = raw.index(b'"data":"') + 20 if where == "key data" else 0  # '{' -> 'z'
+    if where == "key data":
+        # a character of the base64 key data whose flip is another base64
+        # character: the file still parses, only its MAC fails (a flip to,
+        # say, '{' is the "json syntax" case, which restic treats differently)
+        b64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        offset = raw.index(b'"data":"') + 20
+        while raw[offset] not in b64 or raw[offset] ^ 0x01 not in b64:
+            offset += 1
+    else:
+        offset = 0  # '{' -> 'z'
     copy = damaged(built, tmp_path, f"keys/{bad}", offset)
     # the flip matters: that key file alone no longer opens the repository
     with pytest.raises((WrongPassword, IntegrityError)):

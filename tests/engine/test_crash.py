@@ -168,12 +168,16 @@ def test_a_backup_whose_lock_went_stale_writes_no_snapshot(tmp_path, new_repo, m
     clock = _Clock()
     monkeypatch.setattr(lockmod, "time", clock)
 
+    calls = []
+
     def sleep_laptop(p: Progress) -> None:
-        if p.bytes_done > 0:
-            clock.offset = 31 * 60
+        # the first report comes while the backup runs, after the lock was taken
+        calls.append(p)
+        clock.offset = 31 * 60
 
     with pytest.raises(RepositoryLocked, match="not refreshed for 31 minutes"):
         backup(repo, BackupOptions(sources=[str(src)]), progress=sleep_laptop, progress_interval=0)
+    assert calls and not calls[0].final
     assert list(repo.storage.list(FileType.SNAPSHOT)) == []
     assert list(repo.storage.list(FileType.LOCK)) == []
     assert check(reopen(repo), read_data=True).ok

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from .base import FileType, Storage, is_storage_id
-from .local import LocalStorage
+from .local import LocalStorage, describe_oserror
 from .memory import MemoryStorage
 
-__all__ = ["FileType", "Storage", "LocalStorage", "MemoryStorage", "is_storage_id", "open_storage"]
+__all__ = [
+    "FileType",
+    "Storage",
+    "LocalStorage",
+    "MemoryStorage",
+    "is_storage_id",
+    "open_storage",
+    "describe_oserror",
+]
 
 
 def open_storage(location: str) -> Storage:

@@ -2,7 +2,7 @@
 
 :class:`FaultyStorage` delegates every call to a real backend and, when a
 programmed fault matches, raises the ``OSError`` the backend would have met
-instead. The error is mapped by the same ``_describe`` as
+instead. The error is mapped by the same ``describe_oserror`` as
 :class:`~.local.LocalStorage` uses, so the engine sees exactly the
 :class:`~desktop_agent.engine.errors.StorageError` (same message, same path)
 a real full or failing disk produces.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Literal, NoReturn, TypeVar, overload
 
 from .base import Buffer, FileType, Storage
-from .local import LocalStorage, _describe
+from .local import LocalStorage, describe_oserror
 
 __all__ = ["Fault", "FaultyStorage", "Op"]
 
@@ -273,7 +273,7 @@ class FaultyStorage:
                     else:
                         self._unplug_at = (left - 1, only, err)
             if self._unplugged is not None:
-                raise _describe(
+                raise describe_oserror(
                     OSError(self._unplugged, os.strerror(self._unplugged)),
                     self._what(ftype, name, op),
                 )
@@ -282,7 +282,7 @@ class FaultyStorage:
             for fault in self.faults:
                 if fault.matches(op, ftype, name) and fault.trigger():
                     if op != "save":
-                        raise _describe(fault.error(), self._what(ftype, name, op))
+                        raise describe_oserror(fault.error(), self._what(ftype, name, op))
                     return fault
         return None
 
@@ -296,8 +296,8 @@ class FaultyStorage:
             else:
                 self.inner.save(ftype, name, _Interrupted(prefix, exc))
         except OSError as inner_exc:  # a backend that does not map its errors
-            raise _describe(inner_exc, self._what(ftype, name)) from None
-        raise _describe(exc, self._what(ftype, name))
+            raise describe_oserror(inner_exc, self._what(ftype, name)) from None
+        raise describe_oserror(exc, self._what(ftype, name))
 
     # ---------------------------------------------------------- the protocol
     @property
@@ -350,7 +350,7 @@ class FaultyStorage:
         try:
             yield from self.inner.list(ftype)
         except OSError as exc:
-            raise _describe(exc, self._what(ftype, "", "list")) from None
+            raise describe_oserror(exc, self._what(ftype, "", "list")) from None
 
     def remove(self, ftype: FileType, name: str) -> None:
         """Delegate, or fail as programmed."""
@@ -362,7 +362,7 @@ class FaultyStorage:
         try:
             return fn()
         except OSError as exc:
-            raise _describe(exc, self._what(ftype, name, op)) from None
+            raise describe_oserror(exc, self._what(ftype, name, op)) from None
 
     def __repr__(self) -> str:
         return f"FaultyStorage({self.inner!r})"

@@ -15,12 +15,13 @@ from collections.abc import Iterator, Sequence
 from ..errors import NotFound, StorageError
 from .base import Buffer, FileType, is_storage_id
 
-__all__ = ["LocalStorage", "durable_write"]
+__all__ = ["LocalStorage", "durable_write", "describe_oserror"]
 
 _DIRS = [t.value for t in FileType if t is not FileType.CONFIG] + ["tmp"]
 
 
-def _describe(exc: OSError, what: str) -> StorageError:
+def describe_oserror(exc: OSError, what: str) -> StorageError:
+    """The StorageError, in words a user can act on, for an OSError met at ``what``."""
     if exc.errno == errno.ENOSPC:
         return StorageError(f"the backup destination is full (no space left) while writing {what}")
     if exc.errno == errno.EDQUOT:
@@ -137,7 +138,7 @@ class LocalStorage:
             for i in range(256):
                 os.makedirs(os.path.join(self.root, "data", f"{i:02x}"), mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise _describe(exc, f"creating {self.root}") from None
+            raise describe_oserror(exc, f"creating {self.root}") from None
 
     def save(self, ftype: FileType, name: str, parts: Sequence[Buffer]) -> None:
         """Durably store a file (read-only afterwards, as restic does)."""
@@ -149,7 +150,7 @@ class LocalStorage:
                 os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
                 durable_write(final, parts, 0o400 if ftype is not FileType.LOCK else 0o600)
         except OSError as exc:
-            raise _describe(exc, final) from None
+            raise describe_oserror(exc, final) from None
 
     def save_file(self, ftype: FileType, name: str, path: str) -> None:
         """fsync the spooled file, rename it into place, fsync the directory."""
@@ -168,7 +169,7 @@ class LocalStorage:
                 _replace(path, final)
             _fsync_dir(os.path.dirname(final))
         except OSError as exc:
-            raise _describe(exc, final) from None
+            raise describe_oserror(exc, final) from None
 
     def spool_dir(self) -> str:
         """``tmp/`` inside the repository: same filesystem, so rename works."""
@@ -176,7 +177,7 @@ class LocalStorage:
         try:
             os.makedirs(d, mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise _describe(exc, d) from None
+            raise describe_oserror(exc, d) from None
         return d
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -190,7 +191,7 @@ class LocalStorage:
         except FileNotFoundError:
             raise NotFound(f"{p} does not exist") from None
         except OSError as exc:
-            raise _describe(exc, p) from None
+            raise describe_oserror(exc, p) from None
         if length is not None and len(data) != length:
             raise StorageError(f"{p}: file is shorter than expected (truncated?)")
         return data
@@ -215,7 +216,7 @@ class LocalStorage:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise _describe(exc, base) from None
+            raise describe_oserror(exc, base) from None
 
     def remove(self, ftype: FileType, name: str) -> None:
         """Delete a file if present."""
@@ -230,9 +231,9 @@ class LocalStorage:
                 os.chmod(p, 0o600)
                 os.unlink(p)
             except OSError as exc:
-                raise _describe(exc, p) from None
+                raise describe_oserror(exc, p) from None
         except OSError as exc:
-            raise _describe(exc, p) from None
+            raise describe_oserror(exc, p) from None
 
     def __repr__(self) -> str:
         return f"LocalStorage({self.root!r})"
