@@ -96,55 +96,155 @@ def test_resume_after_a_kill_stores_little_again(tmp_path, restic):
     both_checks(repo_dir, restic)
 
 
+class RepoWatch:
+    """What another process has done to a repository so far, read off its directory.
+
+    ``changes()`` counts packs, index and snapshot files added or removed
+    since the watch began, plus the fraction of a pack being spooled in
+    ``tmp/`` (so a target below 1 falls while the first pack is written);
+    ``new_bytes()`` is the size of new packs and spool files.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.base = self.files()
+
+    def files(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for sub in ("index", "snapshots"):
+            with os.scandir(self.root / sub) as it:
+                for e in it:
+                    out[f"{sub}/{e.name}"] = 0
+        with os.scandir(self.root / "data") as dirs:
+            for d in dirs:
+                with os.scandir(d.path) as it:
+                    for e in it:
+                        try:
+                            out[f"data/{e.name}"] = e.stat().st_size
+                        except FileNotFoundError:
+                            pass  # being deleted
+        return out
+
+    def spool_bytes(self) -> int:
+        total = 0
+        with os.scandir(self.root / "tmp") as it:
+            for e in it:
+                try:
+                    total += e.stat().st_size
+                except FileNotFoundError:
+                    pass  # renamed into place meanwhile
+        return total
+
+    def changes(self) -> float:
+        now = self.files()
+        done = len(now.keys() ^ self.base.keys())
+        return done + min(self.spool_bytes() / (16 << 20), 0.99)
+
+    def new_bytes(self) -> int:
+        now = self.files()
+        return sum(size for name, size in now.items() if name not in self.base) + (
+            self.spool_bytes()
+        )
+
+
+def kill_when(proc: subprocess.Popen, reached) -> float:  # type: ignore[no-untyped-def]
+    """SIGKILL ``proc`` as soon as ``reached()`` is true; returns the seconds it ran.
+
+    Polls every 2 ms: the process is watched from outside, as a power cut
+    would meet it. Fails the test if the process ended first (no kill point).
+    """
+    started = time.monotonic()
+    while proc.poll() is None:
+        if reached():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return time.monotonic() - started
+        time.sleep(0.002)
+    raise AssertionError(f"the process ended (status {proc.returncode}) before the kill point")
+
+
+def prune_events(repo_dir: Path) -> int:
+    """How many files a prune of this repository will add or remove (read-only plan)."""
+    from desktop_agent.engine.prune import plan_prune
+
+    plan = plan_prune(Repository.open(LocalStorage(repo_dir), PASSWORD))
+    repacked = sum(plan.sizes[p] for p in plan.repack)
+    new_packs = max(1, -(-repacked // (16 << 20))) if plan.repack else 0
+    return new_packs + 1 + len(plan.old_indexes) + len(plan.repack + plan.delete + plan.orphans)
+
+
+def restores_exactly(repo_dir: Path, src: Path, out: Path) -> None:
+    repo = Repository.open(LocalStorage(repo_dir), PASSWORD)
+    assert restore(repo, repo.find_snapshot("latest"), RestoreOptions(target=str(out))).errors == ()
+    assert signature(out / str(src).lstrip("/")) == signature(src)
+
+
+PRUNE = (
+    "from desktop_agent.engine.repository import Repository; "
+    "from desktop_agent.engine.storage import LocalStorage; "
+    "from desktop_agent.engine.prune import prune; "
+    "prune(Repository.open(LocalStorage({repo!r}), {password!r}))"
+)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_kill_9_during_backup_or_prune_leaves_a_valid_repository(tmp_path, restic, seed):
-    """Two random kill points per seed (one backup, one prune): 12 in all."""
+    """Two kill points per seed, 12 in all: a first backup killed after a random
+    share of its data reached the repository, and a prune killed after a
+    random number of its writes and deletions. After each: both checks pass;
+    then a backup completes and restores exactly the source."""
     rng = random.Random(seed)
     src = tmp_path / "src"
     for i in range(6):
-        write(src / f"big{i}.bin", os.urandom(12 * 1024 * 1024))
+        write(src / f"big{i}.bin", rng.randbytes(12 * 1024 * 1024))
     for i in range(300):
-        write(src / "small" / f"f{i}.txt", os.urandom(rng.randint(100, 9000)))
+        write(src / "small" / f"f{i}.txt", rng.randbytes(rng.randint(100, 9000)))
     repo_dir = tmp_path / "repo"
     cfg = write_config(tmp_path / "c.toml", repo=repo_dir, sources=[src])
     assert start(tmp_path, cfg, "init").wait() == 0
-    assert start(tmp_path, cfg, "backup").wait() == 0
+    total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
 
-    # change things, then kill a backup at a random moment
+    # 1. a first backup, killed once a random share of the data is stored or spooled
+    share = rng.uniform(0.02, 0.9)
+    watch = RepoWatch(repo_dir)
+    kill_when(start(tmp_path, cfg, "backup"), lambda: watch.new_bytes() >= share * total)
+    assert list(LocalStorage(repo_dir).list(FileType.SNAPSHOT)) == []
+    both_checks(repo_dir, restic)
+    done = start(tmp_path, cfg, "backup")
+    assert done.wait(timeout=300) == 0, done.stderr.read() if done.stderr else ""
+
+    # 2. changes, a second snapshot, the first one forgotten
     for i in range(0, 300, 3):
         os.unlink(src / "small" / f"f{i}.txt")
-    write(src / "big0.bin", os.urandom(12 * 1024 * 1024))
-    proc = start(tmp_path, cfg, "backup")
-    time.sleep(rng.uniform(0.2, 1.2))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    both_checks(repo_dir, restic)
-
-    # forget the first snapshot, kill a prune at a random moment
+    write(src / "big0.bin", rng.randbytes(12 * 1024 * 1024))
+    done = start(tmp_path, cfg, "backup")
+    assert done.wait(timeout=300) == 0, done.stderr.read() if done.stderr else ""
     repo = Repository.open(LocalStorage(repo_dir), PASSWORD)
     oldest = repo.list_snapshots()[0]
     repo.storage.remove(FileType.SNAPSHOT, oldest.id.hex())
-    code = (
-        "import sys; from desktop_agent.engine.repository import Repository; "
-        "from desktop_agent.engine.storage import LocalStorage; "
-        "from desktop_agent.engine.prune import prune; "
-        f"prune(Repository.open(LocalStorage({str(repo_dir)!r}), {PASSWORD!r}))"
-    )
+
+    # 3. a prune, killed after a random number of its steps
+    events = prune_events(repo_dir)
+    assert events >= 4, events  # something to repack, index files to replace, packs to delete
+    target = rng.uniform(0.3, events - 0.5)
+    watch = RepoWatch(repo_dir)
+    code = PRUNE.format(repo=str(repo_dir), password=PASSWORD)
     proc = subprocess.Popen([sys.executable, "-c", code], env=cli_env(tmp_path))
-    time.sleep(rng.uniform(0.15, 0.8))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: watch.changes() >= target)
+    print(f"seed {seed}: backup killed at {share:.0%}, prune at step {target:.1f} of {events}")
     both_checks(repo_dir, restic)
 
-    # the next backup completes and restores what is there now
+    # 4. the next backup completes and restores exactly; a full prune then loses nothing
+    write(src / "after.txt", b"after the crashes\n")
     done = start(tmp_path, cfg, "backup")
     _out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err
     both_checks(repo_dir, restic)
-    repo = Repository.open(LocalStorage(repo_dir), PASSWORD)
-    out = tmp_path / "out"
-    assert restore(repo, repo.find_snapshot("latest"), RestoreOptions(target=str(out))).errors == ()
-    assert signature(out / str(src).lstrip("/")) == signature(src)
+    restores_exactly(repo_dir, src, tmp_path / "out1")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=cli_env(tmp_path))
+    assert proc.wait(timeout=300) == 0
+    both_checks(repo_dir, restic)
+    restores_exactly(repo_dir, src, tmp_path / "out2")
 
 
 class _Clock:
