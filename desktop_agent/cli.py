@@ -9,6 +9,7 @@ the log directory and summarized in one line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import getpass
 import json
@@ -18,7 +19,7 @@ import secrets
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from desktop_agent import __version__
@@ -33,7 +34,7 @@ from desktop_agent.config import (
 )
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
 from desktop_agent.engine.check import check, parse_subset
-from desktop_agent.engine.errors import EngineError, RepositoryNotFound
+from desktop_agent.engine.errors import EngineError, RepositoryNotFound, StorageError
 from desktop_agent.engine.forget import (
     Duration,
     ForgetGroup,
@@ -42,6 +43,7 @@ from desktop_agent.engine.forget import (
     forget,
     parse_duration,
 )
+from desktop_agent.engine.lock import Lock
 from desktop_agent.engine.progress import Progress
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.restore import RestoreOptions, restore
@@ -277,6 +279,31 @@ def _open(config: Config) -> Repository:
     return Repository.open(storage, _password(config))
 
 
+@contextlib.contextmanager
+def _reading(repo: Repository) -> Iterator[None]:
+    """Hold a shared lock while reading, as restic does: a prune (exclusive)
+    cannot delete what we read, and we refuse to read while one runs.
+
+    A repository where no lock can be written (read-only media) is read
+    without one, with a warning.
+    """
+    lock: Lock | None = Lock(repo, exclusive=False)
+    try:
+        assert lock is not None
+        lock.acquire()
+    except StorageError as exc:
+        print(
+            f"warning: cannot lock the repository ({exc}); reading it without a lock",
+            file=sys.stderr,
+        )
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def _snapshot_json(s: Snapshot) -> dict[str, Any]:
     doc = s.to_json()
     if s.id is not None:
@@ -468,15 +495,16 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     _warn_damaged(repo)  # `latest` is the newest readable one
     line = ProgressLine("restore")
     started = time.monotonic()
-    try:
-        result = restore(
-            repo,
-            snap,
-            RestoreOptions(target=args.target, includes=args.include, overwrite=args.overwrite),
-            progress=line if line.enabled else None,
-        )
-    finally:
-        line.done()
+    with _reading(repo):
+        try:
+            result = restore(
+                repo,
+                snap,
+                RestoreOptions(target=args.target, includes=args.include, overwrite=args.overwrite),
+                progress=line if line.enabled else None,
+            )
+        finally:
+            line.done()
     for err in result.errors:
         print(f"error: {err}", file=sys.stderr)
     print(
@@ -494,18 +522,19 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
     repo = _open(config)
     line = ProgressLine("check")
-    try:
-        subset = args.read_data_subset
-        result = check(
-            repo,
-            read_data=args.read_data,
-            read_data_subset=subset if isinstance(subset, tuple) else None,
-            read_data_percent=subset if isinstance(subset, float) else None,
-            progress=line if line.enabled else None,
-            log=lambda m: print(m, flush=True),
-        )
-    finally:
-        line.done()
+    with _reading(repo):
+        try:
+            subset = args.read_data_subset
+            result = check(
+                repo,
+                read_data=args.read_data,
+                read_data_subset=subset if isinstance(subset, tuple) else None,
+                read_data_percent=subset if isinstance(subset, float) else None,
+                progress=line if line.enabled else None,
+                log=lambda m: print(m, flush=True),
+            )
+        finally:
+            line.done()
     for w in result.warnings:
         print(f"warning: {w}")
     for e in result.errors:

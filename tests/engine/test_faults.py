@@ -11,8 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -417,29 +415,6 @@ def test_disk_full_for_a_moment_while_a_pack_is_assembled(
 
 
 # ------------------------------------------------------------ a real full filesystem
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path):
-    """A 40 MB tmpfs (root only); unmounted afterwards."""
-    if not IS_ROOT:
-        pytest.skip("mounting a tmpfs needs root")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def _fully_stored(repo: Repository, path: Path) -> bool:

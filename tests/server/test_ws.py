@@ -438,6 +438,46 @@ def test_cancel_ends_with_failed_cancelled_and_a_clean_repository(tmp_path, rest
     restic(tmp_path / "repo", "check", "--read-data")
 
 
+def test_a_full_destination_ends_in_one_clear_backup_failed(tmp_path, tmpfs, restic):
+    """A real 40 MB filesystem and 120 MB to back up: every client sees one
+    backup:failed naming the problem; the repository checks clean, with no
+    snapshot and no lock left."""
+    src = big_source(tmp_path, files=3)
+    repo = tmpfs / "repo"
+    Repository.init(LocalStorage(repo), PASSWORD, kdf_params=FAST_KDF)
+    config = make_config(tmp_path, [src])
+    config = Config(
+        agent=config.agent,
+        repository=RepositoryConfig(path=str(repo), password_file=None),
+        backup=config.backup,
+        path=config.path,
+    )
+
+    async def scenario() -> None:
+        async with Agented(config) as agent:
+            async with client(agent) as ws, client(agent) as watcher:
+                await send(ws, "backup:start", {})
+                started = await until(ws, lambda m: m["type"] == "backup:started")
+                job_id = started[-1]["payload"]["job_id"]
+                for conn in (ws, watcher):
+                    end = await until(conn, terminal(job_id))
+                    assert end[-1]["type"] == "backup:failed"
+                    error = end[-1]["payload"]["error"]
+                    assert error.startswith(
+                        "the backup destination is full (no space left) while writing "
+                    ), error
+                    assert "\n" not in error and "Traceback" not in error
+                await send(ws, "agent:status", None)
+                status = await until(ws, lambda m: m["type"] == "agent:status")
+                assert status[-1]["payload"]["status"] == "idle"
+
+    run(scenario)
+    storage = LocalStorage(repo)
+    assert list(storage.list(FileType.SNAPSHOT)) == []
+    assert list(storage.list(FileType.LOCK)) == []
+    restic(repo, "check", "--read-data")
+
+
 def test_a_queued_job_can_be_cancelled_before_it_runs(tmp_path):
     src = big_source(tmp_path, files=3)
 
