@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -182,9 +181,36 @@ def test_a_locked_repository_is_reported_in_one_line(cli, setup):
     assert len(list(repo.storage.list(FileType.LOCK))) == 0
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("desktop_agent.engine.prune") is None, reason="prune not written yet"
-)
+def test_check_and_restore_wait_for_no_prune_but_share_with_backups(cli, setup, tmp_path):
+    c, repo_dir, _ids, _snapshot_ids = setup
+    repo = Repository.open(LocalStorage(repo_dir), PASSWORD)
+    target = tmp_path / "out"
+    with Lock(repo, exclusive=True, refresh=False):  # a prune is running
+        for args in (["check"], ["restore", "latest", "--target", str(target)]):
+            line = _error_line(cli(*c, *args, env=ENV), 1)
+            assert line.startswith("desktop-agent: error: the repository is locked: an exclusive")
+    assert not target.exists()
+    with Lock(repo, exclusive=False, refresh=False):  # a backup is running
+        assert cli(*c, "check", env=ENV).returncode == 0
+        assert cli(*c, "restore", "latest", "--target", str(target), env=ENV).returncode == 0
+    assert list(repo.storage.list(FileType.LOCK)) == []
+
+
+def test_a_read_only_repository_is_checked_and_restored_without_a_lock(cli, template, tmpfs):
+    repo_dir = tmpfs / "repo"
+    shutil.copytree(template[0], repo_dir)
+    cfg = write_config(tmpfs.parent / "config.toml", repo=repo_dir, sources=[template[1]])
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    proc = cli("--config", str(cfg), "check", "--read-data", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: cannot lock the repository" in proc.stderr
+    assert "reading it without a lock" in proc.stderr
+    target = tmpfs.parent / "restored"
+    proc = cli("--config", str(cfg), "restore", "latest", "--target", str(target), env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert any(target.rglob("f.txt"))
+
+
 def test_forget_with_prune(cli, restic, setup):
     c, repo_dir, ids, snapshot_ids = setup
     packs_before = sum(1 for p in (repo_dir / "data").rglob("*") if p.is_file())
