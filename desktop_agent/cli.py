@@ -542,8 +542,8 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
     if not result.ok:
         raise CliError(f"the repository has {len(result.errors)} error(s); see above")
     print(
-        f"no errors were found ({result.snapshots} snapshots, {result.trees} trees, "
-        f"{result.packs} packs)"
+        f"no errors were found ({_plural(result.snapshots, 'snapshot')}, "
+        f"{_plural(result.trees, 'tree')}, {_plural(result.packs, 'pack')})"
     )
     return EXIT_OK
 

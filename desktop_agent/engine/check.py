@@ -278,7 +278,7 @@ def check(
         if read_data_subset is not None:
             n, t = read_data_subset
             to_read = packs_in_subset(to_read, n, t)
-            say(f"read group #{n} of {len(to_read)} packs (out of {total} packs in {t} groups)")
+            say(f"read group {n}/{t}: {len(to_read)} of {total} packs")
         elif read_data_percent is not None:
             to_read = _random_packs(to_read, read_data_percent)
             say(f"read {read_data_percent:.1f}% of the packs ({len(to_read)} of {total})")

@@ -144,7 +144,7 @@ def test_cli_read_data_subset(many_packs, tmp_path, cli) -> None:
     cfg = write_config(tmp_path / "c.toml", repo=many_packs, sources=[tmp_path])
     ok = cli("--config", str(cfg), "check", "--read-data-subset", "2/5", env=ENV)
     assert ok.returncode == 0, ok.stderr
-    assert "read group #2 of" in ok.stdout and "no errors were found" in ok.stdout
+    assert "read group 2/5: " in ok.stdout and "no errors were found" in ok.stdout
     pct = cli("--config", str(cfg), "check", "--read-data-subset", "5%", env=ENV)
     assert pct.returncode == 0 and "read 5.0% of the packs (1 of" in pct.stdout
     for bad in (["--read-data-subset", "0/5"], ["--read-data", "--read-data-subset", "1/2"]):
