@@ -60,6 +60,12 @@ class LockInfo:
         return f"{kind} lock held by PID {self.pid} on {self.hostname} since {since}"
 
 
+_REMOVED = (
+    "another client removed this backup's repository lock; no snapshot was written: "
+    "run the backup again"
+)
+
+
 def _read_locks(repo: Repository) -> list[LockInfo]:
     locks = []
     for name, _ in repo.storage.list(FileType.LOCK):
@@ -96,6 +102,7 @@ class Lock:
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
         self.refreshed_at = 0.0  # wall clock: it keeps counting while the computer sleeps
+        self._lost: str | None = None  # why the lock can no longer be trusted
 
     def _doc(self) -> dict[str, Any]:
         return {
@@ -141,11 +148,31 @@ class Lock:
             self._thread.start()
 
     def refresh(self) -> None:
-        """Replace the lock file with a fresh one."""
+        """Replace the lock file with a fresh one, unless the lock is already lost.
+
+        A lock that went unrefreshed for almost the stale age (the computer
+        slept: the refresh timer does not count suspended time, the wall
+        clock does), or whose file another client removed, is not revived:
+        others may have acted on it being stale, so :meth:`ensure_held`
+        fails from then on.
+        """
         with self._mutex:
-            if self._name is None:
+            if self._name is None or self._lost is not None:
+                return
+            age = time.time() - self.refreshed_at
+            if age > STALE_AFTER - 60:
+                self._lost = (
+                    f"the repository lock was not refreshed for {int(age // 60)} minutes (did "
+                    "the computer sleep?); another client may have changed the repository "
+                    "meanwhile, so no snapshot was written: run the backup again"
+                )
                 return
             old = self._name
+            try:
+                self.repo.storage.load(FileType.LOCK, old)
+            except NotFound:
+                self._lost = _REMOVED
+                return
             self._name = self.repo.save_json(FileType.LOCK, self._doc())
             self.refreshed_at = time.time()
             self.repo.storage.remove(FileType.LOCK, old)
@@ -160,6 +187,9 @@ class Lock:
         """
         with self._mutex:
             name = self._name
+            lost = self._lost
+        if lost is not None:
+            raise RepositoryLocked(lost)
         if name is None:
             raise RepositoryLocked("the repository lock is not held")
         age = time.time() - self.refreshed_at
@@ -172,10 +202,7 @@ class Lock:
         try:
             self.repo.storage.load(FileType.LOCK, name)
         except NotFound:
-            raise RepositoryLocked(
-                "another client removed this backup's repository lock; no snapshot was "
-                "written: run the backup again"
-            ) from None
+            raise RepositoryLocked(_REMOVED) from None
 
     def _refresher(self) -> None:
         while not self._stop.wait(REFRESH_EVERY):

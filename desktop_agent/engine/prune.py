@@ -32,7 +32,7 @@ from .lock import Lock
 from .pack import PackBuilder, PackedBlob
 from .progress import ProgressState, Reporter
 from .repository import Repository
-from .storage import FileType
+from .storage import FileType, describe_oserror
 from .tree import NodeType
 from .writer import PACK_SIZE, remove_stale_spool
 
@@ -225,7 +225,10 @@ def prune(
         try:
             for pack_id in plan.repack:
                 control.checkpoint()
-                raw = repo.storage.load(FileType.PACK, pack_id.hex())
+                try:
+                    raw = repo.storage.load(FileType.PACK, pack_id.hex())
+                except EngineError as exc:
+                    raise _stopped(pack_id, exc) from None
                 for b in plan.packs[pack_id]:
                     entry = repo.index.lookup(b.type, b.id)
                     home = entry is not None and entry.pack == pack_id and entry.offset == b.offset
@@ -234,14 +237,23 @@ def prune(
                         continue
                     sealed = raw[b.offset : b.offset + b.length]
                     # verify before copying: never spread a damaged blob
-                    repo.decode_blob(b.type, b.id, sealed, b.uncompressed_length)
-                    builders[b.type].add(b.type, BlobId(b.id), sealed, b.uncompressed_length)
-                    if builders[b.type].size >= PACK_SIZE:
-                        finish(b.type)
+                    try:
+                        repo.decode_blob(b.type, b.id, sealed, b.uncompressed_length)
+                    except EngineError as exc:
+                        raise _stopped(pack_id, exc) from None
+                    try:
+                        builders[b.type].add(b.type, BlobId(b.id), sealed, b.uncompressed_length)
+                        if builders[b.type].size >= PACK_SIZE:
+                            finish(b.type)
+                    except OSError as exc:
+                        raise describe_oserror(exc, builders[b.type].path or spool) from None
                 state.add_done(nbytes=plan.sizes[pack_id], files=1)
                 state.maybe_report()
-            finish(BlobType.DATA)
-            finish(BlobType.TREE)
+            try:
+                finish(BlobType.DATA)
+                finish(BlobType.TREE)
+            except OSError as exc:
+                raise describe_oserror(exc, spool) from None
         except BaseException:
             for builder in builders.values():
                 builder.discard()
@@ -269,6 +281,14 @@ def prune(
         bytes_after=after,
         unused_blobs=unused_blobs,
         seconds=time.monotonic() - started,
+    )
+
+
+def _stopped(pack_id: PackId, exc: EngineError) -> EngineError:
+    """The error for a pack that cannot be repacked: nothing was deleted yet."""
+    return type(exc)(
+        f"pack {pack_id.hex()} cannot be repacked ({exc}); prune stopped before deleting "
+        "anything: run `desktop-agent check --read-data`"
     )
 
 

@@ -105,6 +105,46 @@ def test_refresh_writes_a_new_lock_then_removes_the_old(new_repo, monkeypatch):
     assert lock_names(repo) == set()
 
 
+class _Clock:
+    """The wall clock as the lock module sees it, with a jump (the computer slept)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def time_ns(self) -> int:
+        return time.time_ns() + int(self.offset * 1e9)
+
+
+def test_a_refresh_after_a_long_sleep_does_not_revive_the_lock(new_repo, monkeypatch):
+    """The refresh timer does not count suspended time: the first refresh after
+    waking must not make a lock others may have taken for stale look fresh."""
+    repo = new_repo()
+    clock = _Clock()
+    monkeypatch.setattr(lockmod, "time", clock)
+    with Lock(repo, refresh=False) as held:
+        before = lock_names(repo)
+        clock.offset = 40 * 60  # asleep for 40 minutes; another host may have pruned
+        held.refresh()  # what the refresh thread does when it wakes up
+        assert lock_names(repo) == before  # not renewed
+        clock.offset += 60  # and a minute later, with time to spare, still lost
+        with pytest.raises(RepositoryLocked, match="not refreshed for 40 minutes"):
+            held.ensure_held()
+    assert lock_names(repo) == set()
+
+
+def test_a_refresh_notices_a_removed_lock(new_repo):
+    repo = new_repo()
+    with Lock(repo, refresh=False) as held:
+        repo.storage.remove(FileType.LOCK, held._name)  # another client ran `unlock`
+        held.refresh()
+        assert lock_names(repo) == set()  # not written again
+        with pytest.raises(RepositoryLocked, match="another client removed"):
+            held.ensure_held()
+
+
 def test_ensure_held_notices_a_removed_lock(new_repo):
     repo = new_repo()
     with Lock(repo, refresh=False) as held:

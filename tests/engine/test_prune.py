@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from support import PASSWORD, reopen, signature, write
 
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.check import check
+from desktop_agent.engine.errors import IntegrityError, RepositoryLocked
+from desktop_agent.engine.ids import BlobType
+from desktop_agent.engine.lock import Lock
 from desktop_agent.engine.prune import plan_prune, prune
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.restore import RestoreOptions, restore
@@ -119,3 +123,81 @@ def test_our_check_accepts_restic_prune_and_restic_accepts_ours(tmp_path, restic
     prune(reopen(repo))
     restic(repo_dir, "check", "--read-data")
     assert check(reopen(repo), read_data=True).ok
+
+
+# ------------------------------------------------------------- refusing to lose data
+
+
+def _two_snapshots_sharing_packs(tmp_path, new_repo):
+    """Small files in shared packs; the first snapshot forgotten: packs to repack."""
+    src = tmp_path / "src"
+    for i in range(300):
+        write(src / f"f{i}.bin", os.urandom(30_000))
+    repo = new_repo()
+    first = backup(repo, BackupOptions(sources=[str(src)], helpers=0))
+    for i in range(0, 300, 2):
+        os.unlink(src / f"f{i}.bin")
+    backup(reopen(repo), BackupOptions(sources=[str(src)], helpers=0))
+    repo.storage.remove(FileType.SNAPSHOT, first.snapshot.id.hex())
+    return repo, src
+
+
+def _files(repo) -> dict[FileType, set[str]]:
+    return {t: {n for n, _ in repo.storage.list(t)} for t in (FileType.PACK, FileType.INDEX)}
+
+
+def test_a_lost_index_file_stops_prune_before_it_deletes_the_packs_it_listed(
+    tmp_path, new_repo, restic
+):
+    repo, _src = _two_snapshots_sharing_packs(tmp_path, new_repo)
+    # the index file that lists the data of the remaining snapshot goes missing
+    snap = reopen(repo).find_snapshot("latest")
+    r = reopen(repo)
+    r.ensure_index()
+    tree = r.index.lookup(BlobType.TREE, snap.tree)
+    for name, _ in list(repo.storage.list(FileType.INDEX)):
+        doc = r.load_json(FileType.INDEX, name)
+        if not any(p["id"] == tree.pack.hex() for p in doc["packs"]):
+            repo.storage.remove(FileType.INDEX, name)
+    before = _files(repo)
+    with pytest.raises(IntegrityError, match="not in the index.*prune stops"):
+        prune(reopen(repo))
+    assert _files(repo) == before  # nothing deleted, nothing written
+    assert list(repo.storage.list(FileType.LOCK)) == []
+    # once the index is rebuilt, everything is there again
+    restic(repo.storage.location, "rebuild-index")
+    assert check(reopen(repo), read_data=True).ok
+
+
+def test_a_damaged_pack_stops_prune_before_it_deletes_anything(tmp_path, new_repo):
+    repo, _src = _two_snapshots_sharing_packs(tmp_path, new_repo)
+    plan = plan_prune(reopen(repo))
+    assert plan.repack
+    victim = plan.repack[0].hex()
+    # a byte inside a blob the remaining snapshot still needs
+    kept = next(b for b in plan.packs[plan.repack[0]] if b.id in plan.used[b.type])
+    at = kept.offset + kept.length // 2
+    path = os.path.join(repo.storage.location, "data", victim[:2], victim)
+    os.chmod(path, 0o600)
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        byte = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([byte[0] ^ 1]))
+    before = _files(repo)
+    with pytest.raises(IntegrityError, match=f"pack {victim} cannot be repacked.*before deleting"):
+        prune(reopen(repo))
+    after = _files(repo)
+    assert after[FileType.INDEX] == before[FileType.INDEX]
+    assert before[FileType.PACK] <= after[FileType.PACK]  # new packs at most, unindexed
+    assert list(repo.storage.list(FileType.LOCK)) == []
+
+
+def test_prune_waits_for_no_one_but_refuses_while_a_backup_holds_its_lock(tmp_path, new_repo):
+    repo, _src = _two_snapshots_sharing_packs(tmp_path, new_repo)
+    before = _files(repo)
+    with Lock(reopen(repo), exclusive=False, refresh=False):
+        with pytest.raises(RepositoryLocked, match="the repository is locked: a lock held by"):
+            prune(reopen(repo))
+    assert _files(repo) == before
+    assert prune(reopen(repo)).packs_repacked >= 1
