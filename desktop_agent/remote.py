@@ -610,7 +610,14 @@ def _describe(ev: Event) -> str | None:
     if isinstance(ev, BackupResumed):
         return f"{ev.job_id} resumed"
     if isinstance(ev, BackupCompleted):
-        return f"{ev.job_id} completed: {human_bytes(ev.total_bytes)}"
+        text = f"{ev.job_id} completed: {human_bytes(ev.total_bytes)}"
+        if ev.skipped_total:
+            named = "; ".join(f"{k.path}: {k.reason}" for k in ev.skipped)
+            more = ev.skipped_total - len(ev.skipped)
+            text += f"; {ev.skipped_total} path(s) could not be read and are not in it: {named}"
+            if more > 0:
+                text += f"; and {more} more"
+        return text
     if isinstance(ev, BackupFailed):
         return f"{ev.job_id} failed: {ev.error}"
     return None

@@ -37,6 +37,7 @@ from desktop_agent.engine.repository import Repository, hostname
 from desktop_agent.engine.storage import open_storage
 from desktop_agent.protocol import (
     CANCELLED,
+    MAX_SKIPPED_LISTED,
     AgentStatus,
     BackupCompleted,
     BackupFailed,
@@ -45,6 +46,7 @@ from desktop_agent.protocol import (
     BackupResumed,
     BackupStarted,
     JobId,
+    Skipped,
 )
 
 from .bus import EventBus, JobChanged
@@ -411,7 +413,10 @@ class JobController:
                 job.progress = done
                 self.bus.publish(done)
             self._end(job, Action.COMPLETE, None)
-            self.bus.publish(BackupCompleted(job.id, total))
+            skipped = tuple(Skipped(k.path, k.reason) for k in result.skipped)
+            self.bus.publish(
+                BackupCompleted(job.id, total, skipped[:MAX_SKIPPED_LISTED], len(skipped))
+            )
         finally:
             if self._ticker is not None:
                 self._ticker.cancel()

@@ -31,6 +31,7 @@ from .messages import (
     ErrorReply,
     Event,
     JobId,
+    Skipped,
     StatusRequest,
 )
 
@@ -129,6 +130,8 @@ def decode_command(text: str | bytes) -> Command:
 
 def _payload(event: Event) -> dict[str, Any]:
     data = asdict(event)
+    if isinstance(event, BackupCompleted) and not event.skipped_total:
+        del data["skipped"], data["skipped_total"]  # the seed's event, exactly
     if isinstance(event, BackupProgress):
         pct = float(event.percent)
         data["percent"] = round(pct, 2) if math.isfinite(pct) else 0.0
@@ -189,7 +192,17 @@ def decode_event(text: str | bytes) -> Event:
         if kind == "backup:started":
             return BackupStarted(JobId(_str(p, "job_id")))
         if kind == "backup:completed":
-            return BackupCompleted(JobId(_str(p, "job_id")), _int(p, "total_bytes"))
+            skipped = p.get("skipped", [])
+            if not isinstance(skipped, list) or not all(
+                isinstance(k, dict) and isinstance(k.get("path"), str) for k in skipped
+            ):
+                raise ProtocolError("skipped must be a list of {path, reason}")
+            return BackupCompleted(
+                JobId(_str(p, "job_id")),
+                _int(p, "total_bytes"),
+                tuple(Skipped(k["path"], str(k.get("reason", ""))) for k in skipped),
+                _int(p, "skipped_total") if "skipped_total" in p else len(skipped),
+            )
         if kind == "backup:failed":
             return BackupFailed(JobId(_str(p, "job_id")), _str(p, "error"))
         if kind == "backup:paused":

@@ -18,6 +18,8 @@ __all__ = [
     "BackupProgress",
     "BackupStarted",
     "BackupCompleted",
+    "Skipped",
+    "MAX_SKIPPED_LISTED",
     "BackupFailed",
     "BackupPaused",
     "BackupResumed",
@@ -66,11 +68,30 @@ class BackupStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped:
+    """A path a completed backup left out (unreadable), and why."""
+
+    path: str
+    reason: str
+
+
+MAX_SKIPPED_LISTED = 100  # paths named in one backup:completed; skipped_total counts all
+
+
+@dataclass(frozen=True, slots=True)
 class BackupCompleted:
-    """``backup:completed``: the snapshot is stored."""
+    """``backup:completed``: the snapshot is stored.
+
+    ``skipped`` (an addition) names up to :data:`MAX_SKIPPED_LISTED` paths
+    that could not be read and are not in the snapshot, ``skipped_total``
+    counts them all; both are on the wire only when something was skipped,
+    so a clean backup's event is exactly the seed's.
+    """
 
     job_id: JobId
     total_bytes: int
+    skipped: tuple[Skipped, ...] = ()
+    skipped_total: int = 0
 
     TYPE = "backup:completed"
 

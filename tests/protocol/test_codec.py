@@ -24,6 +24,7 @@ from desktop_agent.protocol import (
     ErrorReply,
     JobId,
     ProtocolError,
+    Skipped,
     StatusRequest,
     decode_command,
     decode_event,
@@ -65,6 +66,23 @@ def test_the_seed_progress_example_in_detail():
     assert event == BackupProgress(
         JobId("abc-123"), 45.5, 1048576, 2097152, 524288, 2, "/data/file.txt", 10, 25
     )
+
+
+def test_skipped_paths_are_an_addition_only_when_there_are_some():
+    clean = BackupCompleted(JobId("j"), 10)
+    assert json.loads(encode_event(clean))["payload"] == {"job_id": "j", "total_bytes": 10}
+    partial = BackupCompleted(JobId("j"), 10, (Skipped("/a", "Permission denied"),), 250)
+    assert json.loads(encode_event(partial))["payload"] == {
+        "job_id": "j",
+        "total_bytes": 10,
+        "skipped": [{"path": "/a", "reason": "Permission denied"}],
+        "skipped_total": 250,
+    }
+    assert decode_event(encode_event(partial)) == partial
+    with pytest.raises(ProtocolError, match="skipped"):
+        decode_event(
+            '{"type":"backup:completed","payload":{"job_id":"j","total_bytes":1,"skipped":3}}'
+        )
 
 
 def test_additions_encode_as_documented():
@@ -169,6 +187,15 @@ _events = st.one_of(
     ),
     st.builds(BackupStarted, _ids),
     st.builds(BackupCompleted, _ids, st.integers(0, 2**62)),
+    st.lists(st.builds(Skipped, st.text(), st.text()), min_size=1, max_size=5).flatmap(
+        lambda sk: st.builds(
+            BackupCompleted,
+            _ids,
+            st.integers(0, 2**62),
+            st.just(tuple(sk)),
+            st.integers(len(sk), 10**6),
+        )
+    ),
     st.builds(BackupFailed, _ids, st.text()),
     st.builds(BackupPaused, _ids),
     st.builds(BackupResumed, _ids),

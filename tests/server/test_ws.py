@@ -478,6 +478,41 @@ def test_a_full_destination_ends_in_one_clear_backup_failed(tmp_path, tmpfs, res
     restic(repo, "check", "--read-data")
 
 
+def test_skipped_paths_are_listed_in_backup_completed(tmp_path, monkeypatch):
+    """A directory that cannot be listed: the backup completes, and its event
+    names the path and why (the clean backup before it carries no such fields)."""
+    src = small_source(tmp_path)
+    victim = src / "d1"
+    real_scandir = os.scandir
+    blocked: set[bytes] = set()
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        # root reads everything: refuse the listing as the kernel would for a user
+        if os.fsencode(path) in blocked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+    async def scenario() -> None:
+        async with Agented(make_config(tmp_path, [src])) as agent:
+            async with client(agent) as ws:
+                await send(ws, "backup:start", {})
+                clean = await until(ws, lambda m: m["type"] == "backup:completed")
+                assert set(clean[-1]["payload"]) == {"job_id", "total_bytes"}
+                blocked.add(os.fsencode(victim))
+                await send(ws, "backup:start", {})
+                done = await until(ws, lambda m: m["type"] in ("backup:completed", "backup:failed"))
+                payload = done[-1]["payload"]
+                assert done[-1]["type"] == "backup:completed", payload
+                assert payload["skipped"] == [
+                    {"path": str(victim), "reason": "cannot list directory: Permission denied"}
+                ]
+                assert payload["skipped_total"] == 1
+
+    run(scenario)
+
+
 def test_a_queued_job_can_be_cancelled_before_it_runs(tmp_path):
     src = big_source(tmp_path, files=3)
 
