@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,4 +129,56 @@ def tmpfs(tmp_path: Path):
         yield mnt
     finally:
         if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+class Drive:
+    """An ext4 filesystem in a file, loop-mounted: a USB disk that can be
+    unplugged (lazily unmounted: new path lookups land on the empty mount
+    point, as after a yanked cable) and plugged back in with its data."""
+
+    def __init__(self, image: Path, mount_point: Path) -> None:
+        self.image = image
+        self.path = mount_point
+        self.mounted = False
+
+    def plug(self) -> None:
+        # the image must be free: mounting an ext4 twice would corrupt it
+        deadline = time.monotonic() + 30
+        while subprocess.run(
+            ["losetup", "-j", str(self.image)], capture_output=True, text=True
+        ).stdout.strip():
+            if time.monotonic() > deadline:
+                raise AssertionError("the unplugged drive is still in use")
+            time.sleep(0.05)
+        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.path)], check=True)
+        self.mounted = True
+
+    def unplug(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=True)
+        self.mounted = False
+
+
+@pytest.fixture
+def usb_drive(tmp_path: Path):
+    """A 256 MB loop-mounted ext4 (root only); skipped where loop mounts are refused."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        pytest.skip("loop mounts need root")
+    if shutil.which("mkfs.ext4") is None or shutil.which("losetup") is None:
+        pytest.skip("no mkfs.ext4 or losetup")
+    image = tmp_path / "usb.img"
+    with open(image, "wb") as fh:
+        fh.truncate(256 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mnt = tmp_path / "media-usb"
+    mnt.mkdir()
+    drive = Drive(image, mnt)
+    try:
+        drive.plug()
+    except (subprocess.CalledProcessError, AssertionError) as exc:
+        pytest.skip(f"cannot loop-mount here: {exc}")
+    try:
+        yield drive
+    finally:
+        if drive.mounted:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

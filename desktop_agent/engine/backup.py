@@ -41,7 +41,7 @@ from . import crypto
 from .chunker import MIN_SIZE, Chunker
 from .control import Control
 from .dircache import DirCache, cache_file, signature
-from .errors import Cancelled, EngineError, SourceError
+from .errors import Cancelled, EngineError, SourceError, StorageError
 from .filter import ExcludeFilter
 from .gocompat import format_time
 from .ids import BlobId, BlobType, PackId, SnapshotId
@@ -59,6 +59,7 @@ from .smallfiles import (
     unportable,
 )
 from .snapshot import Snapshot, SnapshotSummary
+from .storage import gone_message
 from .tree import Node, NodeType, encode_tree, go_mode
 from .writer import BlobWriter, SaveResult, remove_stale_spool
 
@@ -1118,9 +1119,12 @@ def backup(
             job.writer.flush()
             job.writer.write_index()
             job.writer.close()
-        except BaseException:
+        except BaseException as exc:
             stop_scan.set()
             job.abort()
+            if isinstance(exc, StorageError) and not repo.storage.exists():
+                # whatever call met it first, the cause is the same
+                raise StorageError(gone_message(repo.storage.location)) from None
             raise
         finally:
             stop_scan.set()

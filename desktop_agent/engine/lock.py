@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from .errors import IntegrityError, NotFound, RepositoryLocked
+from .errors import EngineError, IntegrityError, NotFound, RepositoryLocked
 from .gocompat import format_time, parse_time
 from .repository import Repository, hostname, username
 from .storage import FileType
@@ -59,6 +59,10 @@ class LockInfo:
         since = format_time(self.time_ns)
         return f"{kind} lock held by PID {self.pid} on {self.hostname} since {since}"
 
+
+# lock files this process could not remove (storage location, name)
+_left_behind: set[tuple[str, str]] = set()
+_left_lock = threading.Lock()
 
 _REMOVED = (
     "another client removed this backup's repository lock; no snapshot was written: "
@@ -131,6 +135,13 @@ class Lock:
         for lk in _read_locks(self.repo):
             if lk.hostname == hostname() and lk.pid > 0 and lk.stale():
                 self.repo.storage.remove(FileType.LOCK, lk.name)
+        where = self.repo.storage.location
+        with _left_lock:
+            mine = [n for loc, n in _left_behind if loc == where]
+        for name in mine:  # ours, from a run that could not remove them
+            self.repo.storage.remove(FileType.LOCK, name)
+            with _left_lock:
+                _left_behind.discard((where, name))
         conflicts = self._conflicts()
         if conflicts:
             raise RepositoryLocked(f"the repository is locked: {conflicts[0].describe()}")
@@ -212,16 +223,29 @@ class Lock:
                 continue
 
     def release(self) -> None:
-        """Remove the lock file and stop refreshing."""
+        """Remove the lock file and stop refreshing.
+
+        A lock file that cannot be removed (the drive was unplugged) is
+        remembered and removed by the next lock this process takes on the
+        same repository: it names a live process, so nobody else would.
+        """
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         with self._mutex:
             if self._name is not None:
+                name, self._name = self._name, None
                 try:
-                    self.repo.storage.remove(FileType.LOCK, self._name)
-                finally:
-                    self._name = None
+                    self.repo.storage.remove(FileType.LOCK, name)
+                except EngineError:
+                    with _left_lock:
+                        _left_behind.add((self.repo.storage.location, name))
+                    raise
+                if not self.repo.storage.exists():
+                    # removing a file from a vanished mount "succeeds": it is
+                    # not there to remove, but it is still on the drive
+                    with _left_lock:
+                        _left_behind.add((self.repo.storage.location, name))
 
     def __enter__(self) -> Lock:
         self.acquire()

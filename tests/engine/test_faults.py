@@ -14,13 +14,13 @@ import random
 from pathlib import Path
 
 import pytest
-from support import PASSWORD, signature, write
+from support import FAST_KDF, PASSWORD, signature, write
 
 from desktop_agent.engine import crypto
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.check import check
 from desktop_agent.engine.chunker import Chunker
-from desktop_agent.engine.errors import NotFound, StorageError
+from desktop_agent.engine.errors import EngineError, NotFound, StorageError
 from desktop_agent.engine.ids import BlobType
 from desktop_agent.engine.progress import Progress
 from desktop_agent.engine.repository import Repository
@@ -175,6 +175,7 @@ def test_errors_read_exactly_as_local_storage_writes_them(tmp_path: Path) -> Non
 def test_local_spool_dir_errors_are_storage_errors(tmp_path: Path) -> None:
     local = LocalStorage(tmp_path / "r")
     local.create_layout()
+    local.save(FileType.CONFIG, "", [b"config"])
     os.rmdir(tmp_path / "r" / "tmp")
     (tmp_path / "r" / "tmp").write_bytes(b"not a directory")
     with pytest.raises(StorageError, match=f"^{tmp_path}/r/tmp: "):
@@ -473,3 +474,51 @@ def test_a_really_full_filesystem(tmp_path, tmpfs, new_repo, restic, kind, capfd
     assert restore(fresh(repo), result.snapshot, RestoreOptions(target=str(out))).errors == ()
     assert signature(out / str(small).lstrip("/")) == signature(small)
     restic(repo.storage.location, "check", "--read-data")
+
+
+# ------------------------------------------------------------ a real drive, unplugged
+
+
+def test_a_drive_unplugged_mid_backup(tmp_path, usb_drive, restic, source, small_packs):
+    """A loop-mounted ext4 is lazily unmounted while the backup writes to it:
+    the backup fails saying the repository is gone, writes nothing onto the
+    disk under the mount point, and once the drive is back everything is
+    valid and the next backup completes."""
+    repo_dir = usb_drive.path / "repo"
+    Repository.init(LocalStorage(repo_dir), PASSWORD, kdf_params=FAST_KDF)
+    unplugged = []
+
+    class YankedAfterThreePacks(LocalStorage):
+        """The real drive; the cable is pulled right after the third pack is stored."""
+
+        def save_file(self, ftype: FileType, name: str, path: str) -> None:
+            super().save_file(ftype, name, path)
+            if ftype is FileType.PACK and len(unplugged) < 3:
+                unplugged.append(name)
+                if len(unplugged) == 3:
+                    usb_drive.unplug()
+
+    repo = Repository.open(YankedAfterThreePacks(repo_dir), PASSWORD)
+    with pytest.raises(StorageError) as info:
+        backup(repo, BackupOptions(sources=[str(source)], helpers=0))
+    assert len(unplugged) == 3
+    assert str(info.value) == (
+        f"the repository at {repo_dir} is gone (was the drive unplugged or unmounted?); "
+        "nothing more was written to it: plug it back in and run the backup again"
+    )
+    # nothing landed on the disk underneath the mount point
+    assert list(usb_drive.path.iterdir()) == []
+    # while it is away, a backup says so at once
+    with pytest.raises(EngineError, match="there is no repository at"):
+        Repository.open(LocalStorage(repo_dir), PASSWORD)
+    usb_drive.plug()
+    plain = Repository.open(LocalStorage(repo_dir), PASSWORD)
+    assert list(plain.storage.list(FileType.SNAPSHOT)) == []
+    assert check(plain, read_data=True).ok
+    # the lock the unplugged run could not remove names this live process:
+    # restic 0.14's check (exclusive) would wait for it
+    restic(repo_dir, "--no-lock", "check", "--read-data")
+    assert len(list(plain.storage.list(FileType.LOCK))) == 1
+    # the next run of this process removes the lock the unplugged run left behind
+    assert_next_run_works(plain, source, tmp_path, restic)
+    assert list(LocalStorage(repo_dir).list(FileType.LOCK)) == []

@@ -225,10 +225,21 @@ def test_local_missing_directories(tmp_path: Path) -> None:
     assert list(local.list(FileType.PACK)) == []
     with pytest.raises(NotFound):
         local.load(FileType.SNAPSHOT, "ab" * 32)
-    # save creates a missing data/xx directory on its own
+    # save creates a missing data/xx directory on its own, in a repository
     local2 = LocalStorage(tmp_path / "partial")
+    local2.create_layout()
+    local2.save(FileType.CONFIG, "", [b"config"])
+    os.rmdir(tmp_path / "partial" / "data" / "ff")
     local2.save(FileType.PACK, "ff" * 32, [b"x"])
     assert local2.load(FileType.PACK, "ff" * 32) == b"x"
+    # but not where there is no repository (any more): an unplugged drive's
+    # mount point must not fill up with what was meant for the drive
+    gone = LocalStorage(tmp_path / "gone")
+    with pytest.raises(StorageError, match="is gone \\(was the drive unplugged"):
+        gone.save(FileType.PACK, "ff" * 32, [b"x"])
+    with pytest.raises(StorageError, match="is gone"):
+        gone.spool_dir()
+    assert not (tmp_path / "gone").exists()
 
 
 def test_local_remove_of_a_read_only_file(tmp_path: Path) -> None:

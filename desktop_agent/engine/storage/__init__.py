@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import FileType, Storage, is_storage_id
-from .local import LocalStorage, describe_oserror
+from .local import LocalStorage, describe_oserror, gone_message
 from .memory import MemoryStorage
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "is_storage_id",
     "open_storage",
     "describe_oserror",
+    "gone_message",
 ]
 
 

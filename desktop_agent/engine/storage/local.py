@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from ..errors import NotFound, StorageError
 from .base import Buffer, FileType, is_storage_id
 
-__all__ = ["LocalStorage", "durable_write", "describe_oserror"]
+__all__ = ["LocalStorage", "durable_write", "describe_oserror", "gone_message"]
 
 _DIRS = [t.value for t in FileType if t is not FileType.CONFIG] + ["tmp"]
 
@@ -34,6 +34,14 @@ def describe_oserror(exc: OSError, what: str) -> StorageError:
             "is the drive still connected?"
         )
     return StorageError(f"{what}: {exc.strerror or exc}")
+
+
+def gone_message(location: str) -> str:
+    """What to say when the whole repository disappeared in the middle of work."""
+    return (
+        f"the repository at {location} is gone (was the drive unplugged or unmounted?); "
+        "nothing more was written to it: plug it back in and run the backup again"
+    )
 
 
 def _fsync(fd: int) -> None:
@@ -140,6 +148,23 @@ class LocalStorage:
         except OSError as exc:
             raise describe_oserror(exc, f"creating {self.root}") from None
 
+    def _make_parent(self, final: str) -> None:
+        """Create the missing directory of ``final`` (a ``data/xx`` that another
+        tool removed, say), but only inside a repository that is still there.
+
+        When the whole repository is gone, its drive was most likely unplugged
+        or unmounted: recreating the path would write the backup onto the
+        disk underneath the mount point, where nobody would ever find it.
+        """
+        if not self.exists():
+            raise StorageError(gone_message(self.root))
+        parent = os.path.dirname(final)
+        try:
+            os.mkdir(parent, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(parent):
+                raise
+
     def save(self, ftype: FileType, name: str, parts: Sequence[Buffer]) -> None:
         """Durably store a file (read-only afterwards, as restic does)."""
         final = self.path(ftype, name)
@@ -147,7 +172,7 @@ class LocalStorage:
             try:
                 durable_write(final, parts, 0o400 if ftype is not FileType.LOCK else 0o600)
             except FileNotFoundError:
-                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+                self._make_parent(final)
                 durable_write(final, parts, 0o400 if ftype is not FileType.LOCK else 0o600)
         except OSError as exc:
             raise describe_oserror(exc, final) from None
@@ -165,7 +190,9 @@ class LocalStorage:
             try:
                 _replace(path, final)
             except FileNotFoundError:
-                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+                if not os.path.exists(path):
+                    raise
+                self._make_parent(final)
                 _replace(path, final)
             _fsync_dir(os.path.dirname(final))
         except OSError as exc:
@@ -174,8 +201,10 @@ class LocalStorage:
     def spool_dir(self) -> str:
         """``tmp/`` inside the repository: same filesystem, so rename works."""
         d = os.path.join(self.root, "tmp")
+        if os.path.isdir(d):
+            return d
         try:
-            os.makedirs(d, mode=0o700, exist_ok=True)
+            self._make_parent(os.path.join(d, "x"))
         except OSError as exc:
             raise describe_oserror(exc, d) from None
         return d
