@@ -181,7 +181,9 @@ class PackBuilder:
         """The spool file being filled ('' when none is open)."""
         return self._path
 
-    def add(self, blob_type: BlobType, blob_id: BlobId, sealed: bytes, uncompressed: int) -> None:
+    def add(
+        self, blob_type: BlobType, blob_id: BlobId, sealed: bytes | memoryview, uncompressed: int
+    ) -> None:
         """Append an already encrypted blob (``uncompressed`` 0: not compressed).
 
         Raises ``OSError`` when the spool file cannot take it; the pack then

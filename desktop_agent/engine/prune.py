@@ -29,6 +29,7 @@ from .errors import EngineError, IntegrityError
 from .ids import BlobId, BlobType, PackId
 from .index import MAX_BLOBS_PER_FILE, decode_index, index_bytes
 from .lock import Lock
+from .memory import map_large_buffers
 from .pack import PackBuilder, PackedBlob
 from .progress import ProgressState, Reporter
 from .repository import Repository
@@ -198,6 +199,7 @@ def prune(
     control = control or Control()
     started = time.monotonic()
     state = ProgressState(progress, 0.2)
+    map_large_buffers()  # one 16 MiB pack after another: give each back when done
     with Lock(repo, exclusive=True):
         remove_stale_spool(repo)  # half-built packs of killed runs on this host
         plan = plan_prune(repo, repack_threshold=repack_threshold, control=control)
@@ -229,13 +231,15 @@ def prune(
                     raw = repo.storage.load(FileType.PACK, pack_id.hex())
                 except EngineError as exc:
                     raise _stopped(pack_id, exc) from None
+                view = memoryview(raw)
+                sealed: memoryview | bytes = b""
                 for b in plan.packs[pack_id]:
                     entry = repo.index.lookup(b.type, b.id)
                     home = entry is not None and entry.pack == pack_id and entry.offset == b.offset
                     if not (b.id in plan.used[b.type] and home):
                         unused_blobs += 1
                         continue
-                    sealed = raw[b.offset : b.offset + b.length]
+                    sealed = view[b.offset : b.offset + b.length]  # no copy
                     # verify before copying: never spread a damaged blob
                     try:
                         repo.decode_blob(b.type, b.id, sealed, b.uncompressed_length)
@@ -247,6 +251,9 @@ def prune(
                             finish(b.type)
                     except OSError as exc:
                         raise describe_oserror(exc, builders[b.type].path or spool) from None
+                # let go of this pack before the next one is read (peak memory)
+                sealed = b""
+                del view, raw
                 state.add_done(nbytes=plan.sizes[pack_id], files=1)
                 state.maybe_report()
             try:
