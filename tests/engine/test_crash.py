@@ -319,3 +319,84 @@ def test_stale_spool_files_of_dead_processes_are_cleaned(tmp_path, new_repo):
     other_host.write_bytes(b"not ours to judge")
     assert remove_stale_spool(repo) == 1
     assert not stale.exists() and alive.exists() and other_host.exists()
+
+
+# ------------------------------------------------------------------ write ordering
+
+
+class _Recording(LocalStorage):
+    """The real local storage, noting each save when it has completed."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.done: list[tuple[FileType, str]] = []
+
+    def save(self, ftype, name, parts):  # type: ignore[no-untyped-def]
+        super().save(ftype, name, parts)
+        self.done.append((ftype, name))
+
+    def save_file(self, ftype, name, path):  # type: ignore[no-untyped-def]
+        super().save_file(ftype, name, path)
+        self.done.append((ftype, name))
+
+
+def test_packs_are_stored_before_their_index_and_the_index_before_the_snapshot(
+    tmp_path, new_repo, monkeypatch
+):
+    from desktop_agent.engine.writer import BlobWriter
+
+    monkeypatch.setitem(BlobWriter.__init__.__kwdefaults__, "pack_size", 512 * 1024)
+    src = tmp_path / "src"
+    for i in range(12):
+        write(src / f"f{i}.bin", os.urandom(700_000))
+    for i in range(300):
+        write(src / "small" / f"s{i}.txt", os.urandom(3000))
+    path = new_repo().storage.location
+    storage = _Recording(Path(path))
+    repo = Repository.open(storage, PASSWORD)
+    backup(repo, BackupOptions(sources=[str(src)]))
+    saved = storage.done
+    when = {name: i for i, (_t, name) in enumerate(saved)}
+    indexes = [(i, n) for i, (t, n) in enumerate(saved) if t is FileType.INDEX]
+    assert len(indexes) >= 2  # checkpoints, and the last index
+    listed = 0
+    for i, name in indexes:
+        for pack in repo.load_json(FileType.INDEX, name)["packs"]:
+            assert when[pack["id"]] < i, f"index {name[:8]} lists pack {pack['id'][:8]} early"
+            listed += 1
+    assert listed == sum(1 for t, _ in saved if t is FileType.PACK)  # every pack indexed
+    (snap,) = [i for i, (t, _n) in enumerate(saved) if t is FileType.SNAPSHOT]
+    assert snap > max(i for i, _n in indexes)
+
+
+def test_a_durable_write_is_temp_fsync_rename_fsync_dir(tmp_path, monkeypatch):
+    from desktop_agent.engine.storage import local
+
+    events: list[tuple[str, str]] = []
+    fds: dict[int, str] = {}
+    real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+
+    def open_(path, flags, mode=0o777, **kw):  # type: ignore[no-untyped-def]
+        fd = real_open(path, flags, mode, **kw)
+        fds[fd] = os.fsdecode(path)
+        return fd
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", fds.get(fd, "?")))
+        real_fsync(fd)
+
+    def replace(src, dst):  # type: ignore[no-untyped-def]
+        events.append(("rename", f"{src} -> {dst}"))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store = local.LocalStorage(tmp_path / "repo")
+    store.create_layout()
+    store.save(FileType.SNAPSHOT, "ab" * 32, [b"hello"])
+    final = str(tmp_path / "repo" / "snapshots" / ("ab" * 32))
+    (f1, tmp), (r, move), (f2, d) = events
+    assert (f1, r, f2) == ("fsync", "rename", "fsync")
+    assert tmp.startswith(final + "-tmp-") and move == f"{tmp} -> {final}"
+    assert d == str(tmp_path / "repo" / "snapshots")  # the directory, after the rename
