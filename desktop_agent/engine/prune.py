@@ -29,7 +29,6 @@ from .errors import EngineError, IntegrityError
 from .ids import BlobId, BlobType, PackId
 from .index import MAX_BLOBS_PER_FILE, decode_index, index_bytes
 from .lock import Lock
-from .memory import map_large_buffers
 from .pack import PackBuilder, PackedBlob
 from .progress import ProgressState, Reporter
 from .repository import Repository
@@ -199,7 +198,6 @@ def prune(
     control = control or Control()
     started = time.monotonic()
     state = ProgressState(progress, 0.2)
-    map_large_buffers()  # one 16 MiB pack after another: give each back when done
     with Lock(repo, exclusive=True):
         remove_stale_spool(repo)  # half-built packs of killed runs on this host
         plan = plan_prune(repo, repack_threshold=repack_threshold, control=control)
