@@ -173,11 +173,25 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
 
 
 def du(path: Path) -> int:
+    """Bytes in the files under ``path`` (files renamed meanwhile are skipped)."""
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for f in files:
-            total += os.lstat(os.path.join(dirpath, f)).st_size
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except FileNotFoundError:
+                pass
     return total
+
+
+def prepare(workdir: Path) -> None:
+    """Check for restic, create the workdir and print what runs where."""
+    if shutil.which("restic") is None:
+        raise SystemExit("restic is not installed (apt-get install restic)")
+    version = subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.strip()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "home").mkdir(exist_ok=True)
+    print(f"{version}; {os.cpu_count()} CPUs; workdir {workdir}")
 
 
 def sync() -> None:
@@ -345,12 +359,7 @@ def main() -> None:
         else:
             make_small(root, args.small_files)
         return
-    if shutil.which("restic") is None:
-        raise SystemExit("restic is not installed (apt-get install restic)")
-    version = subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.strip()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / "home").mkdir(exist_ok=True)
-    print(f"{version}; {os.cpu_count()} CPUs; workdir {args.workdir}")
+    prepare(args.workdir)
     for name in ("mixed", "small"):
         if args.only and args.only != name:
             continue

@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine import PASSWORD, Ours, du, fmt_mib, run  # noqa: E402  (bench/engine.py)
+from engine import PASSWORD, Ours, du, fmt_mib, prepare, run  # noqa: E402  (bench/engine.py)
 
 MiB = 1024 * 1024
 
@@ -131,12 +131,7 @@ def main() -> None:
     ap.add_argument("--change", type=float, default=0.3, help="share of files changed per run")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    if shutil.which("restic") is None:
-        raise SystemExit("restic is not installed (apt-get install restic)")
-    version = subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.strip()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / "home").mkdir(exist_ok=True)
-    print(f"{version}; {os.cpu_count()} CPUs; workdir {args.workdir}")
+    prepare(args.workdir)
     base = build(args.workdir, args)
     print(f"repository before prune: {fmt_mib(du(base)).strip()}", flush=True)
 

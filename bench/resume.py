@@ -25,20 +25,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine import PASSWORD, Ours, Restic  # noqa: E402  (bench/engine.py)
+from engine import PASSWORD, Ours, Restic, du  # noqa: E402  (bench/engine.py)
 
 MiB = 1024 * 1024
 
 
 def pack_bytes(repo: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(repo / "data"):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except FileNotFoundError:
-                pass
-    return total
+    return du(repo / "data")
 
 
 class Tool:

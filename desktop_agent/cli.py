@@ -287,21 +287,18 @@ def _reading(repo: Repository) -> Iterator[None]:
     A repository where no lock can be written (read-only media) is read
     without one, with a warning.
     """
-    lock: Lock | None = Lock(repo, exclusive=False)
+    lock = Lock(repo, exclusive=False)
     try:
-        assert lock is not None
         lock.acquire()
     except StorageError as exc:
         print(
             f"warning: cannot lock the repository ({exc}); reading it without a lock",
             file=sys.stderr,
         )
-        lock = None
     try:
         yield
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()  # a lock never taken has nothing to remove
 
 
 def _snapshot_json(s: Snapshot) -> dict[str, Any]:

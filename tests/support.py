@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,28 @@ def write_config(
     path.write_text("\n".join(lines) + "\n")
     os.chmod(path, 0o600)
     return path
+
+
+def tree_bytes(root: str | os.PathLike[str]) -> int:
+    """Bytes in the files under ``root`` (files renamed or removed meanwhile are skipped)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+class JumpingClock:
+    """The ``time`` module as code under test sees it, with a jump (the computer slept)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def time_ns(self) -> int:
+        return time.time_ns() + int(self.offset * 1e9)

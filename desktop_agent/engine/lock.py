@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from .errors import EngineError, IntegrityError, NotFound, RepositoryLocked
+from .errors import IntegrityError, NotFound, RepositoryLocked
 from .gocompat import format_time, parse_time
 from .repository import Repository, hostname, username
 from .storage import FileType
@@ -68,6 +68,14 @@ _REMOVED = (
     "another client removed this backup's repository lock; no snapshot was written: "
     "run the backup again"
 )
+
+
+def _stale_message(age: float) -> str:
+    return (
+        f"the repository lock was not refreshed for {int(age // 60)} minutes (did the "
+        "computer sleep?); another client may have changed the repository meanwhile, "
+        "so no snapshot was written: run the backup again"
+    )
 
 
 def _read_locks(repo: Repository) -> list[LockInfo]:
@@ -172,11 +180,7 @@ class Lock:
                 return
             age = time.time() - self.refreshed_at
             if age > STALE_AFTER - 60:
-                self._lost = (
-                    f"the repository lock was not refreshed for {int(age // 60)} minutes (did "
-                    "the computer sleep?); another client may have changed the repository "
-                    "meanwhile, so no snapshot was written: run the backup again"
-                )
+                self._lost = _stale_message(age)
                 return
             old = self._name
             try:
@@ -205,11 +209,7 @@ class Lock:
             raise RepositoryLocked("the repository lock is not held")
         age = time.time() - self.refreshed_at
         if age > STALE_AFTER - 60:
-            raise RepositoryLocked(
-                f"the repository lock was not refreshed for {int(age // 60)} minutes (did the "
-                "computer sleep?); another client may have changed the repository meanwhile, "
-                "so no snapshot was written: run the backup again"
-            )
+            raise RepositoryLocked(_stale_message(age))
         try:
             self.repo.storage.load(FileType.LOCK, name)
         except NotFound:
@@ -235,17 +235,16 @@ class Lock:
         with self._mutex:
             if self._name is not None:
                 name, self._name = self._name, None
+                removed = False
                 try:
                     self.repo.storage.remove(FileType.LOCK, name)
-                except EngineError:
-                    with _left_lock:
-                        _left_behind.add((self.repo.storage.location, name))
-                    raise
-                if not self.repo.storage.exists():
                     # removing a file from a vanished mount "succeeds": it is
                     # not there to remove, but it is still on the drive
-                    with _left_lock:
-                        _left_behind.add((self.repo.storage.location, name))
+                    removed = self.repo.storage.exists()
+                finally:
+                    if not removed:
+                        with _left_lock:
+                            _left_behind.add((self.repo.storage.location, name))
 
     def __enter__(self) -> Lock:
         self.acquire()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from .control import Control
 from .errors import EngineError, IntegrityError
 from .ids import BlobId, BlobType, PackId
-from .index import MAX_BLOBS_PER_FILE, decode_index, index_bytes
+from .index import MAX_BLOBS_PER_FILE, MasterIndex, index_bytes
 from .lock import Lock
 from .pack import PackBuilder, PackedBlob
 from .progress import ProgressState, Reporter
@@ -126,21 +126,9 @@ def plan_prune(
     """Work out what to keep, repack and delete (reads only)."""
     control = control or Control()
     plan = PrunePlan()
-    # index files, as check does (superseded ones are ignored)
-    superseded: set[bytes] = set()
-    loaded = []
-    for name, _ in repo.storage.list(FileType.INDEX):
-        sup, packs = decode_index(repo.load_json(FileType.INDEX, name))
-        superseded.update(sup)
-        loaded.append((name, packs))
-        plan.old_indexes.append(name)
-    for name, packs in loaded:
-        if bytes.fromhex(name) in superseded:
-            continue
-        for pack_id, blobs in packs:
-            plan.packs[pack_id] = blobs
-            repo.index.add_pack(pack_id, blobs)
-    repo._index_loaded = True  # noqa: SLF001 - built here, like check does
+    # a fresh index, read under the exclusive lock (superseded files are ignored)
+    repo.index = MasterIndex()
+    plan.old_indexes, plan.packs = repo.load_index()
     plan.sizes = {PackId(bytes.fromhex(n)): size for n, size in repo.storage.list(FileType.PACK)}
     plan.orphans = [p for p in plan.sizes if p not in plan.packs]
     missing = [p for p in plan.packs if p not in plan.sizes]

@@ -31,8 +31,9 @@ from .errors import (
     WrongPassword,
 )
 from .gocompat import format_time
-from .ids import BlobType, SnapshotId
+from .ids import BlobType, PackId, SnapshotId
 from .index import MasterIndex, decode_index
+from .pack import PackedBlob
 from .polynomial import random_polynomial
 from .snapshot import Snapshot
 from .storage import FileType, LocalStorage, Storage
@@ -275,8 +276,12 @@ class Repository:
         )
 
     # ---------------------------------------------------------------- index
-    def load_index(self, *, workers: int = 4) -> None:
-        """Read every index file into the master index (in parallel)."""
+    def load_index(self, *, workers: int = 4) -> tuple[list[str], dict[PackId, list[PackedBlob]]]:
+        """Read every index file into the master index (in parallel).
+
+        Returns every index file's name and the blobs of each pack that the
+        live (not superseded) files list, for callers that rewrite the index.
+        """
         names = [name for name, _ in self.storage.list(FileType.INDEX)]
         superseded: set[bytes] = set()
 
@@ -291,13 +296,16 @@ class Repository:
                 results = list(pool.map(load, names))
         for _name, (sup, _packs) in results:
             superseded.update(sup)
+        live: dict[PackId, list[PackedBlob]] = {}
         for name, (_sup, packs) in results:
             if bytes.fromhex(name) in superseded:
                 continue
             for pack_id, blobs in packs:
                 self.index.add_pack(pack_id, blobs)
+                live[pack_id] = blobs
             self.index.files.add(bytes.fromhex(name))
         self._index_loaded = True
+        return names, live
 
     def ensure_index(self) -> None:
         """Load the index once (thread-safe)."""

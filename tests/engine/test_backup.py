@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from support import reopen, signature, write
+from support import reopen, signature, tree_bytes, write
 
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.check import check
@@ -111,18 +111,6 @@ def test_progress_reports_seed_fields_and_ends_complete(tmp_path, new_repo):
     assert any(p.current_file.endswith("large.bin") for p in seen)
 
 
-def _repo_bytes(repo) -> int:
-    """Bytes in the repository directory, spooled packs included."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(repo.storage.location):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except FileNotFoundError:
-                pass
-    return total
-
-
 def _run_in_thread(fn):
     box: dict[str, object] = {}
 
@@ -166,10 +154,10 @@ def test_pause_holds_still_and_resume_finishes(tmp_path, new_repo):
     time.sleep(0.2)  # let in-flight chunks land
     frozen = seen[-1].bytes_done
     held = len(seen)
-    on_disk = _repo_bytes(repo)
+    on_disk = tree_bytes(repo.storage.location)
     time.sleep(0.5)
     assert seen[-1].bytes_done == frozen and len(seen) == held  # nothing reported
-    assert _repo_bytes(repo) == on_disk  # and nothing written
+    assert tree_bytes(repo.storage.location) == on_disk  # and nothing written
     assert t.is_alive()
     control.resume()
     t.join(60)

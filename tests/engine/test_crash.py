@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import PASSWORD, reopen, signature, write, write_config
+from support import PASSWORD, JumpingClock, reopen, signature, tree_bytes, write, write_config
 
 from desktop_agent.engine import lock as lockmod
 from desktop_agent.engine.backup import BackupOptions, backup
@@ -46,14 +46,6 @@ def start(tmp_path: Path, cfg: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def pack_bytes(repo_dir: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(repo_dir / "data"):
-        for f in files:
-            total += os.lstat(os.path.join(dirpath, f)).st_size
-    return total
-
-
 def both_checks(repo_dir: Path, restic) -> None:
     repo = Repository.open(LocalStorage(repo_dir), PASSWORD)
     result = check(repo, read_data=True)
@@ -77,11 +69,13 @@ def test_resume_after_a_kill_stores_little_again(tmp_path, restic):
     proc = start(tmp_path, cfg, "backup")
     deadline = time.monotonic() + 120
     while (
-        pack_bytes(repo_dir) < 0.7 * total and time.monotonic() < deadline and proc.poll() is None
+        tree_bytes(repo_dir / "data") < 0.7 * total
+        and time.monotonic() < deadline
+        and proc.poll() is None
     ):
         time.sleep(0.01)
     assert proc.poll() is None, "the backup ended before it could be killed"
-    killed_at = pack_bytes(repo_dir)
+    killed_at = tree_bytes(repo_dir / "data")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list(LocalStorage(repo_dir).list(FileType.SNAPSHOT)) == []
@@ -247,25 +241,12 @@ def test_kill_9_during_backup_or_prune_leaves_a_valid_repository(tmp_path, resti
     restores_exactly(repo_dir, src, tmp_path / "out2")
 
 
-class _Clock:
-    """time as the lock module sees it, with a jump (the computer slept)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-    def time_ns(self) -> int:
-        return time.time_ns() + int(self.offset * 1e9)
-
-
 def test_a_backup_whose_lock_went_stale_writes_no_snapshot(tmp_path, new_repo, monkeypatch):
     src = tmp_path / "src"
     for i in range(4):
         write(src / f"f{i}.bin", os.urandom(4 * 1024 * 1024))
     repo = new_repo()
-    clock = _Clock()
+    clock = JumpingClock()
     monkeypatch.setattr(lockmod, "time", clock)
 
     calls = []

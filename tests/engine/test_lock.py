@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from support import JumpingClock
 
 from desktop_agent.engine import lock as lockmod
 from desktop_agent.engine.errors import RepositoryLocked
@@ -105,24 +106,11 @@ def test_refresh_writes_a_new_lock_then_removes_the_old(new_repo, monkeypatch):
     assert lock_names(repo) == set()
 
 
-class _Clock:
-    """The wall clock as the lock module sees it, with a jump (the computer slept)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-    def time_ns(self) -> int:
-        return time.time_ns() + int(self.offset * 1e9)
-
-
 def test_a_refresh_after_a_long_sleep_does_not_revive_the_lock(new_repo, monkeypatch):
     """The refresh timer does not count suspended time: the first refresh after
     waking must not make a lock others may have taken for stale look fresh."""
     repo = new_repo()
-    clock = _Clock()
+    clock = JumpingClock()
     monkeypatch.setattr(lockmod, "time", clock)
     with Lock(repo, refresh=False) as held:
         before = lock_names(repo)

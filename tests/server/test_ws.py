@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FAST_KDF, PASSWORD, reopen, signature, write
+from support import FAST_KDF, PASSWORD, reopen, signature, tree_bytes, write
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -333,17 +333,6 @@ def test_the_token_never_reaches_the_log(tmp_path, caplog):
 
 
 # ------------------------------------------------------- pause and cancel
-def _disk_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except FileNotFoundError:
-                pass
-    return total
-
-
 def test_pause_holds_still_then_resume_completes(tmp_path):
     src = big_source(tmp_path)
 
@@ -368,10 +357,10 @@ def test_pause_holds_still_then_resume_completes(tmp_path):
                 await send(ws, "agent:status", None)
                 status = await until(ws, lambda m: m["type"] == "agent:status")
                 assert status[-1]["payload"]["status"] == "paused"
-                on_disk = _disk_bytes(tmp_path / "repo")
+                on_disk = tree_bytes(tmp_path / "repo")
                 # the pause window: no progress, no bytes written
                 assert [m for m in await quiet(ws, 1.0) if m["type"] == "backup:progress"] == []
-                assert _disk_bytes(tmp_path / "repo") == on_disk
+                assert tree_bytes(tmp_path / "repo") == on_disk
                 await send(ws, "backup:pause", {"job_id": job_id})  # already paused: an error
                 err = await until(ws, lambda m: m["type"] == "error")
                 assert err[-1]["payload"]["request_type"] == "backup:pause"
