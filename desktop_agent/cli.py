@@ -12,14 +12,13 @@ import argparse
 import contextlib
 import dataclasses
 import getpass
-import json
 import logging
 import os
 import secrets
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, NoReturn
 
 from desktop_agent import __version__
@@ -46,7 +45,7 @@ from desktop_agent.engine.forget import (
 from desktop_agent.engine.lock import Lock
 from desktop_agent.engine.progress import Progress
 from desktop_agent.engine.repository import Repository
-from desktop_agent.engine.restore import RestoreOptions, restore
+from desktop_agent.engine.restore import DEFAULT_MAX_TREE_REPEATS, RestoreOptions, restore
 from desktop_agent.engine.snapshot import Snapshot
 from desktop_agent.engine.storage import open_storage
 from desktop_agent.logsetup import setup_logging
@@ -54,6 +53,7 @@ from desktop_agent.remote import RemoteError, RemoteUsageError
 from desktop_agent.remote import add_arguments as add_remote_arguments
 from desktop_agent.remote import run as run_remote
 from desktop_agent.termprogress import ProgressLine, human_bytes, human_duration
+from desktop_agent.termtext import clean, columns, json_text, pad
 
 __all__ = ["main", "build_parser"]
 
@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--overwrite", action="store_true", help="replace files that already exist in DIR"
     )
+    r.add_argument(
+        "--max-tree-repeats",
+        metavar="N",
+        type=_positive_count,
+        default=DEFAULT_MAX_TREE_REPEATS,
+        help="refuse a directory tree reached more than N times in the snapshot "
+        f"(a repository built to explode on restore); default {DEFAULT_MAX_TREE_REPEATS}",
+    )
 
     c = sub.add_parser("check", help="verify the repository")
     reading = c.add_mutually_exclusive_group()
@@ -178,6 +186,16 @@ _KEEP_SPANS = (
     "within-monthly",
     "within-yearly",
 )
+
+
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
 
 
 def _keep_count(text: str) -> int:
@@ -292,7 +310,7 @@ def _reading(repo: Repository) -> Iterator[None]:
         lock.acquire()
     except StorageError as exc:
         print(
-            f"warning: cannot lock the repository ({exc}); reading it without a lock",
+            f"warning: cannot lock the repository ({clean(str(exc))}); reading it without a lock",
             file=sys.stderr,
         )
     try:
@@ -309,8 +327,10 @@ def _snapshot_json(s: Snapshot) -> dict[str, Any]:
     return doc
 
 
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+def _emit(obj: Any) -> None:
+    # exact JSON (json.loads gives back every name as it is in the repository),
+    # with the characters that could drive a terminal \u-escaped
+    sys.stdout.write(json_text(obj) + "\n")
     sys.stdout.flush()
 
 
@@ -387,11 +407,12 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         result.summary.data_added_packed,
         len(result.skipped),
     )
+    # names from the local disk may hold escape sequences and newlines too
     for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"warning: {clean(w)}", file=sys.stderr)
     if result.skipped:
         for sk in result.skipped:
-            print(f"skipped: {sk.path}: {sk.reason}", file=sys.stderr)
+            print(f"skipped: {clean(sk.path)}: {clean(sk.reason)}", file=sys.stderr)
         print(
             f"desktop-agent: {len(result.skipped)} path(s) could not be read and are not in "
             f"the snapshot",
@@ -444,7 +465,8 @@ def _warn_damaged(repo: Repository) -> int:
     """Name the snapshot files the last listing could not read; returns how many."""
     for name, exc in repo.damaged_snapshots:
         print(
-            f"warning: snapshot {name[:8]} cannot be read and is left out ({exc}); "
+            f"warning: snapshot {clean(name[:8])} cannot be read and is left out "
+            f"({clean(str(exc))}); "
             "run `desktop-agent check`",
             file=sys.stderr,
         )
@@ -464,24 +486,17 @@ def cmd_snapshots(config: Config, args: argparse.Namespace) -> int:
 
 def _show_snapshots(snaps: list[Snapshot], args: argparse.Namespace) -> int:
     if args.json:
-        sys.stdout.write(json.dumps([_snapshot_json(s) for s in snaps], ensure_ascii=False) + "\n")
+        _emit([_snapshot_json(s) for s in snaps])
         return EXIT_OK
     if not snaps:
         print("no snapshots yet")
         return EXIT_OK
-    rows = []
+    rows: list[list[str | list[str]]] = []
     for s in snaps:
         t = s.time.replace("T", " ")[:19]
         size = human_bytes(s.summary.total_bytes_processed) if s.summary else ""
-        rows.append((s.short_id, t, s.hostname, ",".join(s.tags), size, s.paths))
-    print(f"{'ID':<10}{'Time':<21}{'Host':<16}{'Tags':<12}{'Size':>11}  Paths")
-    print("-" * 90)
-    for sid, t, host, tags, size, paths in rows:
-        first, *rest = paths or ("",)
-        print(f"{sid:<10}{t:<21}{host:<16}{tags:<12}{size:>11}  {first}")
-        for extra in rest:
-            print(f"{'':<70}{extra}")
-    print("-" * 90)
+        rows.append([s.short_id, t, s.hostname, list(s.tags), size, list(s.paths)])
+    _print_table(["ID", "Time", "Host", "Tags", "Size", "Paths"], rows, right={4})
     print(f"{len(snaps)} snapshot{'s' if len(snaps) != 1 else ''}")
     return EXIT_OK
 
@@ -497,21 +512,28 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             result = restore(
                 repo,
                 snap,
-                RestoreOptions(target=args.target, includes=args.include, overwrite=args.overwrite),
+                RestoreOptions(
+                    target=args.target,
+                    includes=args.include,
+                    overwrite=args.overwrite,
+                    max_tree_repeats=args.max_tree_repeats,
+                ),
                 progress=line if line.enabled else None,
             )
         finally:
             line.done()
     for err in result.errors:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {clean(err)}", file=sys.stderr)
+    if result.errors_total > len(result.errors):
+        print(f"error: ... and {result.errors_total - len(result.errors)} more", file=sys.stderr)
     print(
         f"restored snapshot {snap.short_id}: {result.files} files, "
-        f"{human_bytes(result.bytes_written)} into {os.path.abspath(args.target)} "
+        f"{human_bytes(result.bytes_written)} into {clean(os.path.abspath(args.target))} "
         f"in {human_duration(time.monotonic() - started)}"
     )
     if result.errors:
         raise CliError(
-            f"{len(result.errors)} problem(s) during restore; some data was not restored"
+            f"{result.errors_total} problem(s) during restore; some data was not restored"
         )
     return EXIT_OK
 
@@ -528,14 +550,14 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
                 read_data_subset=subset if isinstance(subset, tuple) else None,
                 read_data_percent=subset if isinstance(subset, float) else None,
                 progress=line if line.enabled else None,
-                log=lambda m: print(m, flush=True),
+                log=lambda m: print(clean(m), flush=True),
             )
         finally:
             line.done()
     for w in result.warnings:
-        print(f"warning: {w}")
+        print(f"warning: {clean(w)}")
     for e in result.errors:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {clean(e)}", file=sys.stderr)
     if not result.ok:
         raise CliError(f"the repository has {len(result.errors)} error(s); see above")
     print(
@@ -585,16 +607,31 @@ def _forget_json(result: ForgetResult) -> list[dict[str, Any]]:
     ]
 
 
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[str | Sequence[str]]]) -> None:
-    """A restic-style table; a cell given as a list takes one line per item."""
-    cells = [[[c] if isinstance(c, str) else list(c) or [""] for c in row] for row in rows]
-    widths = [len(h) for h in header]
+def _print_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str | Sequence[str]]],
+    *,
+    right: Collection[int] = (),
+) -> None:
+    """A restic-style table; a cell given as a list takes one line per item.
+
+    Cells come from the repository: each is cleaned, and widths are terminal
+    columns, so a wide (CJK) host name keeps the columns aligned. ``right``:
+    the indexes of right-aligned columns.
+    """
+    cells = [
+        [[clean(c)] if isinstance(c, str) else [clean(x) for x in c] or [""] for c in row]
+        for row in rows
+    ]
+    widths = [columns(h) for h in header]
     for row in cells:
         for i, lines in enumerate(row):
-            widths[i] = max(widths[i], *(len(line) for line in lines))
+            widths[i] = max(widths[i], *(columns(line) for line in lines))
 
     def line(items: Sequence[str]) -> str:
-        return "  ".join(f"{item:<{widths[i]}}" for i, item in enumerate(items)).rstrip()
+        return "  ".join(
+            pad(item, widths[i], right=i in right) for i, item in enumerate(items)
+        ).rstrip()
 
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     print(line(header))
@@ -624,11 +661,11 @@ def _plural(n: int, word: str) -> str:
 
 
 def _print_forget(result: ForgetResult, *, pruning: bool) -> None:
-    print(f"Applying policy: {result.policy.describe()}")
+    print(f"Applying policy: {clean(result.policy.describe())}")
     if not result.groups:
         print("the repository has no snapshots")
     for g in result.groups:
-        print(f"\nsnapshots of {g.describe()}:")
+        print(f"\nsnapshots of {clean(g.describe())}:")
         print(f"keep {_plural(len(g.keep), 'snapshot')}:")
         _print_snapshots(g, g.keep, reasons=True)
         if g.remove:
@@ -662,8 +699,7 @@ def cmd_forget(config: Config, args: argparse.Namespace) -> int:
     result = forget(repo, policy, dry_run=args.dry_run)
     _warn_damaged(repo)
     if args.json:
-        sys.stdout.write(json.dumps(_forget_json(result), ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        _emit(_forget_json(result))
     else:
         _print_forget(result, pruning=args.prune)
     log.info(
@@ -673,7 +709,7 @@ def cmd_forget(config: Config, args: argparse.Namespace) -> int:
         " (dry run)" if result.dry_run else "",
     )
     for sid, reason in result.failed:
-        print(f"error: cannot remove snapshot {sid.hex()[:8]}: {reason}", file=sys.stderr)
+        print(f"error: cannot remove snapshot {sid.hex()[:8]}: {clean(reason)}", file=sys.stderr)
     if result.failed:
         raise CliError(f"{len(result.failed)} snapshot(s) could not be removed; see above")
     if args.prune:
@@ -702,7 +738,7 @@ def _prune(repo: Repository, *, as_json: bool) -> int:
     if as_json:
         _emit({"message_type": "prune", "summary": pruned.summary(), **dataclasses.asdict(pruned)})
     else:
-        print(pruned.summary())
+        print(clean(pruned.summary()))
     return EXIT_OK
 
 
@@ -720,7 +756,7 @@ def cmd_remote(args: argparse.Namespace) -> int:
     try:
         return run_remote(args)
     except RemoteUsageError as exc:
-        print(f"desktop-agent: error: {exc}", file=sys.stderr)
+        print(f"desktop-agent: error: {clean(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except RemoteError as exc:
         raise CliError(str(exc)) from None
@@ -775,7 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](config, args)
     except (EngineError, ConfigError, CliError) as exc:
         log.info("%s failed: %s", args.command or "agent", exc)
-        print(f"desktop-agent: error: {exc}", file=sys.stderr)
+        # the message may quote a name or an error text from the repository
+        print(f"desktop-agent: error: {clean(str(exc))}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         print("desktop-agent: interrupted", file=sys.stderr)
@@ -785,5 +822,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         log.error("unexpected error in %s:\n%s", args.command or "agent", traceback.format_exc())
         where = f"; details in {log_path}" if log_path else ""
-        print(f"desktop-agent: internal error: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
+        print(
+            f"desktop-agent: internal error: {type(exc).__name__}: {clean(str(exc))}{where}",
+            file=sys.stderr,
+        )
         return EXIT_FAIL

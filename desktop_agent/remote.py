@@ -23,7 +23,6 @@ import socket
 import ssl
 import sys
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -62,6 +61,7 @@ from desktop_agent.protocol import (
     encode_command,
 )
 from desktop_agent.termprogress import human_bytes, human_duration
+from desktop_agent.termtext import clean, columns, fit, fit_tail, json_text
 
 __all__ = [
     "TOKEN_ENV",
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     host = urlsplit(opts.url).hostname or ""
     if opts.url.startswith("ws://") and not _is_loopback(host):
         print(
-            f"desktop-agent: warning: ws:// sends the token to {host} unencrypted; "
+            f"desktop-agent: warning: ws:// sends the token to {clean(host)} unencrypted; "
             "use wss:// (TLS) across a network",
             file=sys.stderr,
         )
@@ -340,7 +340,7 @@ def _refused(url: str, status: int) -> str:
 def _closed(exc: ConnectionClosed) -> str:
     if exc.rcvd is None:
         return "the connection to the agent was lost"
-    reason = f": {_clean(exc.rcvd.reason)}" if exc.rcvd.reason else ""
+    reason = f": {clean(exc.rcvd.reason)}" if exc.rcvd.reason else ""
     if exc.rcvd.code == 1001:
         return f"the agent closed the connection (it is shutting down{reason})"
     return f"the agent closed the connection (code {exc.rcvd.code}{reason})"
@@ -389,7 +389,7 @@ async def _reply(
                 msg = await _next(ws)
                 ev = msg.event
                 if isinstance(ev, ErrorReply) and ev.request_type in (command.TYPE, None):
-                    raise RemoteError(f"the agent refused {command.TYPE}: {_clean(ev.message)}")
+                    raise RemoteError(f"the agent refused {command.TYPE}: {clean(ev.message)}")
                 if done(ev):
                     return msg
     except TimeoutError:
@@ -399,7 +399,8 @@ async def _reply(
 
 
 def _emit(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    # exact JSON, with what could drive a terminal \u-escaped
+    sys.stdout.write(json_text(obj) + "\n")
     sys.stdout.flush()
 
 
@@ -414,7 +415,7 @@ async def _status(ws: ClientConnection, opts: _Options) -> int:
         _emit(msg.frame["payload"])
     else:
         jobs = f"{ev.active_jobs} active job{'' if ev.active_jobs == 1 else 's'}"
-        print(f"{ev.status}, {jobs}, up {human_duration(ev.uptime_secs)}", flush=True)
+        print(f"{clean(ev.status)}, {jobs}, up {human_duration(ev.uptime_secs)}", flush=True)
     return 0
 
 
@@ -434,14 +435,14 @@ async def _start(ws: ClientConnection, opts: _Options) -> int:
         if opts.json:
             _emit(msg.frame["payload"])
         else:
-            print(job, flush=True)
+            print(clean(job), flush=True)
         return 0
     watcher = _Watcher(_printer(opts), only=job)
     watcher.handle(msg)
     await _follow(ws, watcher)
     end = watcher.ended[job]
     if isinstance(end, BackupFailed):
-        raise RemoteError(f"backup {job} failed: {_clean(end.error)}")
+        raise RemoteError(f"backup {job} failed: {clean(end.error)}")
     return 0
 
 
@@ -469,7 +470,7 @@ async def _control(ws: ClientConnection, opts: _Options) -> int:
                 if opts.command == "cancel":
                     return True
                 raise RemoteError(f"job {job} was cancelled before it was {verb}")
-            raise RemoteError(f"job {job} failed before it was {verb}: {_clean(ev.error)}")
+            raise RemoteError(f"job {job} failed before it was {verb}: {clean(ev.error)}")
         if isinstance(ev, BackupCompleted):
             raise RemoteError(f"job {job} completed before it was {verb}")
         return False
@@ -632,7 +633,7 @@ class _LinePrinter(_Printer):
     def event(self, msg: _Message, jobs: dict[JobId, _Job]) -> None:
         text = _describe(msg.event)
         if text is not None:
-            self.stream.write(_clean(text) + "\n")
+            self.stream.write(clean(text) + "\n")
             self.stream.flush()
 
 
@@ -651,7 +652,7 @@ class _LivePrinter(_Printer):
         if isinstance(ev, BackupCompleted | BackupFailed):
             text = _describe(ev)
             if text is not None:
-                self.notes.append(_clean(text))
+                self.notes.append(clean(text))
         self.dirty = True
         # progress is throttled; a change of state shows at once
         if not isinstance(ev, BackupProgress) or time.monotonic() - self.last >= _REDRAW_INTERVAL:
@@ -671,7 +672,7 @@ class _LivePrinter(_Printer):
             out.append(f"\r\x1b[{self.drawn}A")  # back to the top of the live block
         out.append("\x1b[J")  # and clear it
         out.extend(note + "\n" for note in self.notes)
-        lines = [_fit(_live_line(job, width), width) for job in jobs.values()]
+        lines = [fit(_live_line(job, width), width) for job in jobs.values()]
         out.extend(line + "\n" for line in lines)
         self.stream.write("".join(out))
         self.stream.flush()
@@ -694,7 +695,7 @@ def _progress_text(p: BackupProgress) -> str:
 
 
 def _live_line(job: _Job, width: int) -> str:
-    head = job.id[:8]
+    head = clean(job.id[:8])
     p = job.progress
     if p is None:
         return f"{head} {'paused' if job.state == 'paused' else 'waiting to start'}"
@@ -709,47 +710,8 @@ def _live_line(job: _Job, width: int) -> str:
         f"{head} {bar} {p.percent:5.1f}% {human_bytes(p.transferred_bytes)}/"
         f"{human_bytes(p.total_bytes)} {rate} {p.files_processed}/{p.total_files} files"
     )
-    name = _clean(p.current_file or "")
-    room = width - _columns(text) - 2
+    name = clean(p.current_file or "")
+    room = width - columns(text) - 2
     if name and job.state != "paused" and room > 8:
-        if _columns(name) > room:
-            name = "..." + _tail(name, room - 3)
-        text += "  " + name
-    return text
-
-
-# ------------------------------------------------------------ terminal text
-def _clean(text: str) -> str:
-    """No control characters from the agent (file names may hold any) reach the terminal."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def _char_columns(c: str) -> int:
-    if unicodedata.combining(c):
-        return 0
-    return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
-
-
-def _columns(text: str) -> int:
-    return sum(_char_columns(c) for c in text)
-
-
-def _fit(text: str, width: int) -> str:
-    """``text`` cut to ``width`` terminal columns (a wrapped line would spoil the redraw)."""
-    text = _clean(text)
-    used = 0
-    for i, c in enumerate(text):
-        used += _char_columns(c)
-        if used > width:
-            return text[:i]
-    return text
-
-
-def _tail(text: str, width: int) -> str:
-    """The end of ``text`` that fits in ``width`` columns."""
-    used = 0
-    for i in range(len(text) - 1, -1, -1):
-        used += _char_columns(text[i])
-        if used > width:
-            return text[i + 1 :]
+        text += "  " + fit_tail(name, room)
     return text

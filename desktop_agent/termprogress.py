@@ -8,6 +8,7 @@ import time
 from typing import TextIO
 
 from desktop_agent.engine.progress import Progress
+from desktop_agent.termtext import clean, columns, fit, fit_tail, pad
 
 __all__ = ["human_bytes", "human_duration", "ProgressLine"]
 
@@ -57,14 +58,14 @@ class ProgressLine:
             f"{human_bytes(p.bytes_total)}  {human_bytes(rate)}/s{eta}  "
             f"{p.files_done}/{p.files_total} files"
         )
+        # one column short of the terminal: a line that wraps spoils the redraw
         width = shutil.get_terminal_size((100, 20)).columns - 1
-        if p.current_file and not p.final and len(text) + 3 < width:
-            room = width - len(text) - 2
-            name = p.current_file
-            if len(name) > room:
-                name = "..." + name[-(room - 3) :]
-            text += "  " + name
-        self.stream.write("\r" + text[:width].ljust(width))
+        room = width - columns(text) - 2
+        if p.current_file and not p.final and room > 8:
+            # the name comes from the disk or the repository: it may hold
+            # escape sequences, a newline, or characters two columns wide
+            text += "  " + fit_tail(clean(p.current_file), room)
+        self.stream.write("\r" + pad(fit(text, width), width))
         self._shown = True
         if p.final:
             self.done()

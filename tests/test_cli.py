@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,8 +16,11 @@ import pytest
 from support import PASSWORD, signature, write, write_config
 
 from desktop_agent.engine import crypto
+from desktop_agent.engine.backup import BackupOptions, backup
+from desktop_agent.engine.ids import BlobType
 from desktop_agent.engine.repository import RepoConfig, Repository
 from desktop_agent.engine.storage import FileType, LocalStorage
+from desktop_agent.termtext import columns
 
 ENV = {"DESKTOP_AGENT_PASSWORD": PASSWORD}
 
@@ -246,3 +252,208 @@ def test_restic_written_repository_via_cli(tmp_path, cli, restic, odd_tree):
     assert "0 new, 0 changed" in proc.stdout
     restic(tmp_path / "repo", "check", "--read-data")
     assert Path(tmp_path / "repo" / "config").exists()
+
+
+# ------------------------------------------- names that try to drive the terminal
+# A repository may be written by someone else, and a disk may hold any name:
+# what the CLI prints must not move the cursor, set the title or forge lines.
+FORGED = "snapshot 00000000 saved"
+HOSTILE_DIR = "dir\x1b[31m"
+HOSTILE_DIR_SHOWN = "dir\\x1b[31m"
+# (name, as the CLI must show it)
+HOSTILE_NAMES = [
+    ("\x1b]0;pwned\x07title.txt", "\\x1b]0;pwned\\x07title.txt"),  # sets the window title
+    ("\x1b[2Jclear.txt", "\\x1b[2Jclear.txt"),  # clears the screen
+    ("cr\rforged.txt", "cr\\rforged.txt"),
+    (f"nl\n{FORGED}", f"nl\\n{FORGED}"),
+    ("bidi\u202etxt.exe", "bidi\\u202etxt.exe"),
+    ("c1\u009b2J.txt", "c1\\u009b2J.txt"),  # the one-character CSI
+]
+RAW_NAME = b"raw\xff\x9bname"  # not UTF-8; 0x9b is CSI to an 8-bit terminal
+RAW_NAME_SHOWN = "raw\\xff\\x9bname"
+HOSTILE_HOST = f"evil\x1b]0;pwned\x07\x1b[2J\r\n{FORGED}\u202e"
+HOSTILE_HOST_SHOWN = f"evil\\x1b]0;pwned\\x07\\x1b[2J\\r\\n{FORGED}\\u202e"
+WIDE_HOST = "家のパソコン"  # two columns a character
+HOSTILE_TAG = "tag\x1b[5m\nblink"
+HOSTILE_TAG_SHOWN = "tag\\x1b[5m\\nblink"
+
+
+def _safe_lines(raw: bytes) -> list[str]:
+    """The lines of an output, after checking that none could drive a terminal."""
+    text = raw.decode("utf-8")  # strict: no raw undecodable byte got through
+    assert text == "" or text.endswith("\n"), text
+    lines = text.split("\n")[:-1]
+    for line in lines:
+        # no ESC, BEL, CR, C1 control, bidi override, line separator...
+        assert line.isprintable(), ascii(line)
+        assert not line.startswith(FORGED), line
+    return lines
+
+
+@pytest.fixture
+def raw_cli(tmp_path):
+    """Run the CLI as ``cli`` does, but keep its output as bytes (and CRs as CRs)."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local/share"),
+            "XDG_STATE_HOME": str(home / ".local/state"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "LANG": "C.UTF-8",
+            **ENV,
+        }
+        cmd = [sys.executable, "-m", "desktop_agent", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, timeout=120)
+
+    return run
+
+
+@pytest.fixture
+def hostile(tmp_path, new_repo):
+    """A repository (made by the engine) of a tree with hostile names, twice:
+    once from a host with a hostile name and hostile tags, once from a host
+    whose name is wide characters."""
+    src = tmp_path / "src"
+    for i, (name, _shown) in enumerate(HOSTILE_NAMES):
+        write(src / HOSTILE_DIR / name, f"content {i}\n".encode())
+    with open(os.fsencode(src / HOSTILE_DIR) + b"/" + RAW_NAME, "wb") as fh:
+        fh.write(b"raw name\n")
+    repo = new_repo(tmp_path / "repo")
+    evil = backup(
+        repo,
+        BackupOptions(sources=[str(src)], host=HOSTILE_HOST, tags=[HOSTILE_TAG, "ok"], helpers=0),
+    )
+    wide = backup(repo, BackupOptions(sources=[str(src)], host=WIDE_HOST, helpers=0))
+    cfg = write_config(tmp_path / "config.toml", repo=tmp_path / "repo", sources=[src])
+    return src, ["--config", str(cfg)], evil.snapshot, wide.snapshot
+
+
+def test_snapshots_shows_hostile_hosts_and_tags_escaped_and_aligned(hostile, raw_cli):
+    src, c, evil, wide = hostile
+    proc = raw_cli(*c, "snapshots")
+    assert proc.returncode == 0, proc.stderr
+    assert _safe_lines(proc.stderr) == []
+    lines = _safe_lines(proc.stdout)
+    # header, rule, the hostile snapshot (two tags: two lines), the other one, rule, count
+    assert len(lines) == 7, lines
+    assert HOSTILE_HOST_SHOWN in lines[2] and HOSTILE_TAG_SHOWN in lines[2]
+    assert lines[3].strip() == "ok"
+    assert WIDE_HOST in lines[4]
+    # the paths start in the same terminal column in every row: widths are
+    # counted in columns, so the wide host name does not shift its row
+    header = lines[0]
+    at = columns(header[: header.index("Paths")])
+    for row in (lines[2], lines[4]):
+        assert columns(row[: row.index(str(src))]) == at, row
+    assert columns(lines[3][: lines[3].index("ok")]) == columns(header[: header.index("Tags")])
+
+
+def test_snapshots_json_keeps_hostile_names_exact(hostile, raw_cli):
+    _src, c, evil, wide = hostile
+    proc = raw_cli(*c, "snapshots", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = _safe_lines(proc.stdout)  # JSON-escaped: nothing raw reaches the terminal
+    listed = {s["short_id"]: s for s in json.loads(line)}
+    assert listed[evil.short_id]["hostname"] == HOSTILE_HOST
+    assert listed[evil.short_id]["tags"] == [HOSTILE_TAG, "ok"]
+    assert listed[wide.short_id]["hostname"] == WIDE_HOST
+
+
+def test_restore_reports_hostile_names_escaped_one_line_each(hostile, raw_cli, tmp_path):
+    src, c, evil, _wide = hostile
+    target = tmp_path / "target"
+    first = raw_cli(*c, "restore", evil.short_id, "--target", str(target))
+    assert first.returncode == 0, first.stderr
+    _safe_lines(first.stdout)
+    restored = os.fsencode(target / str(src).lstrip("/") / HOSTILE_DIR)
+    assert sorted(os.listdir(restored)) == sorted(
+        [name.encode() for name, _shown in HOSTILE_NAMES] + [RAW_NAME]
+    )
+    # again: every file exists, and each is reported on a line of its own
+    again = raw_cli(*c, "restore", evil.short_id, "--target", str(target))
+    assert again.returncode == 1
+    errors = _safe_lines(again.stderr)
+    assert len(errors) == len(HOSTILE_NAMES) + 2, errors  # one per file, then the summary
+    assert errors[-1].startswith("desktop-agent: error: ")
+    for shown in [s for _name, s in HOSTILE_NAMES] + [RAW_NAME_SHOWN]:
+        want = f"/{HOSTILE_DIR_SHOWN}/{shown}: exists; not overwritten"
+        assert sum(line.startswith("error: ") and line.endswith(want) for line in errors) == 1
+    _safe_lines(again.stdout)
+
+
+def test_check_names_hostile_paths_escaped(hostile, raw_cli, tmp_path):
+    _src, c, _evil, _wide = hostile
+    repo = Repository.open(LocalStorage(tmp_path / "repo"), PASSWORD)
+    repo.ensure_index()
+    entry = repo.index.lookup(BlobType.DATA, hashlib.sha256(b"content 3\n").digest())
+    assert entry is not None
+    os.unlink(repo.storage.path(FileType.PACK, entry.pack.hex()))
+    proc = raw_cli(*c, "check")
+    assert proc.returncode == 1
+    _safe_lines(proc.stdout)
+    errors = _safe_lines(proc.stderr)
+    assert errors[-1].startswith("desktop-agent: error: the repository has")
+    text = "\n".join(errors)
+    assert f"/{HOSTILE_DIR_SHOWN}/nl\\n{FORGED}" in text
+    assert "\\x1b]0;pwned\\x07title.txt" in text
+
+
+def test_forget_shows_hostile_hosts_escaped_and_json_exact(hostile, raw_cli):
+    src, c, evil, wide = hostile
+    proc = raw_cli(*c, "forget", "--keep-last", "1", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = _safe_lines(proc.stdout)
+    assert f"snapshots of host {HOSTILE_HOST_SHOWN}, paths [{src}]:" in lines
+    assert f"snapshots of host {WIDE_HOST}, paths [{src}]:" in lines
+    # each group has a table of its own: the wide host's row against its header
+    n = next(i for i, line in enumerate(lines) if line.startswith(wide.short_id))
+    row, header = lines[n], lines[n - 2]
+    assert header.startswith("ID ")
+    at = columns(header[: header.index("Reasons")])
+    assert columns(row[: row.index("last snapshot")]) == at
+    doc = raw_cli(*c, "forget", "--keep-last", "1", "--dry-run", "--json")
+    assert doc.returncode == 0, doc.stderr
+    (line,) = _safe_lines(doc.stdout)
+    assert {g["host"] for g in json.loads(line)} == {HOSTILE_HOST, WIDE_HOST}
+
+
+def _toml_config(path: Path, repo: Path, sources: list[Path]) -> Path:
+    # json.dumps spells a string the way TOML's basic strings do (\u001b, \n)
+    lines = [
+        "[agent]",
+        'listen = "127.0.0.1:8080"',
+        'token = "test-token-0123456789"',
+        "[repository]",
+        f"path = {json.dumps(str(repo))}",
+        "[backup]",
+        "sources = [" + ", ".join(json.dumps(str(s)) for s in sources) + "]",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def test_backup_reports_hostile_local_names_escaped(hostile, raw_cli, tmp_path):
+    src, _c, _evil, _wide = hostile
+    gone = tmp_path / f"gone\x1b[2J\n{FORGED}"
+    gone_shown = f"{tmp_path}/gone\\x1b[2J\\n{FORGED}"
+    cfg = _toml_config(tmp_path / "hostile.toml", tmp_path / "repo", [src, gone])
+    proc = raw_cli("--config", str(cfg), "backup")
+    assert proc.returncode == 3, proc.stderr
+    assert _safe_lines(proc.stderr)[0] == f"skipped: {gone_shown}: source does not exist"
+    _safe_lines(proc.stdout)
+    as_json = raw_cli("--config", str(cfg), "backup", "--json")
+    assert as_json.returncode == 3, as_json.stderr
+    summary = json.loads(_safe_lines(as_json.stdout)[-1])
+    assert summary["skipped"] == [{"path": str(gone), "reason": "source does not exist"}]
+    # and the one-line error of a failed command
+    only = _toml_config(tmp_path / "only.toml", tmp_path / "repo", [gone])
+    failed = raw_cli("--config", str(only), "backup")
+    assert failed.returncode == 1
+    (error,) = _safe_lines(failed.stderr)
+    assert error.startswith("desktop-agent: error: ") and gone_shown in error

@@ -44,7 +44,7 @@ from desktop_agent.protocol import (
     JobId,
     encode_event,
 )
-from desktop_agent.remote import _LivePrinter, _Message, _Watcher
+from desktop_agent.remote import _JsonPrinter, _LinePrinter, _LivePrinter, _Message, _Watcher
 
 TOKEN = "remote-test-token-0123456789"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -496,7 +496,7 @@ def test_the_live_display_redraws_one_line_per_job_in_place(
     watcher.printer.flush(watcher.active)
     screen = out.getvalue()
     # a file name cannot drive the terminal
-    assert "\x1b[2J" not in screen and "evil?[2Jname?" in screen
+    assert "\x1b[2J" not in screen and "evil\\x1b[2Jname\\n" in screen
     assert "\r\x1b[2A\x1b[J" in screen  # back up over the two job lines and redraw
     lines = screen.rsplit("\x1b[J", 1)[1].splitlines()  # the last redraw
     assert len(lines) == 2
@@ -504,7 +504,8 @@ def test_the_live_display_redraws_one_line_per_job_in_place(
         "aaaaaaaa [####............]  25.0% 1.0 KiB/4.0 KiB 512 B/s ETA 0:03"
     )
     assert lines[1].startswith("bbbbbbbb [########........]  50.0%")
-    assert "1/4 files  /data/x" not in lines[0] and "1/4 files  ...x" in lines[0]
+    assert "1/4 files  /data/x" not in lines[0] and "1/4 files  ..." in lines[0]
+    assert lines[0].endswith("name\\n")  # the end of a long path is kept, escaped
     # a wide character takes two columns: no line is wider than the terminal
     assert all(len(line) + line.count("\u5bb6") <= 99 for line in lines)
 
@@ -515,3 +516,26 @@ def test_the_live_display_redraws_one_line_per_job_in_place(
     watcher.handle(_msg(BackupFailed(JobId(b), "cancelled")))
     assert watcher.finished
     assert out.getvalue().rsplit("\x1b[J", 1)[1] == f"{b} failed: cancelled\n"
+
+
+def test_lines_and_json_from_the_agent_cannot_drive_the_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    a = "a" * 36
+    evil = "/data/\x1b]0;pwned\x07\u009b2J\u202e\r\nb completed: 1 B"
+    out = io.StringIO()
+    lines = _Watcher(_LinePrinter(out))
+    for event in (_progress(a, 10.0, evil), BackupFailed(JobId(a), "disk \x1b[2J\nfull")):
+        lines.handle(_msg(event))
+    shown = out.getvalue().split("\n")
+    assert shown[-1] == "" and len(shown) == 3  # one line per event, nothing forged
+    assert all(line.isprintable() for line in shown)
+    assert shown[0].endswith("\\x1b]0;pwned\\x07\\u009b2J\\u202e\\r\\nb completed: 1 B")
+    assert shown[1] == f"{a} failed: disk \\x1b[2J\\nfull"
+
+    # --json: the agent's payloads exactly, with the dangerous characters \u-escaped
+    as_json = _Watcher(_JsonPrinter())
+    as_json.handle(_msg(_progress(a, 10.0, evil)))
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.isprintable()
+    assert json.loads(line)["payload"]["current_file"] == evil
