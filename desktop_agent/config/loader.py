@@ -11,7 +11,6 @@ import difflib
 import json
 import logging
 import os
-import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import tomli_w
 
-from desktop_agent.config.atomicfile import make_private_dirs, write_atomic
+from desktop_agent.config.atomicfile import make_private_dirs, resolve_link, write_atomic
 from desktop_agent.config.errors import ConfigError
 from desktop_agent.config.model import (
     AgentConfig,
@@ -31,6 +30,7 @@ from desktop_agent.config.model import (
 )
 from desktop_agent.config.network import normalize_origin, parse_listen
 from desktop_agent.config.paths import default_password_file, default_repository_path, expand_path
+from desktop_agent.config.privatefile import read_regular_file, warn_if_exposed
 from desktop_agent.config.template import render_default
 
 __all__ = ["load", "load_or_create", "parse_document", "save", "to_document", "validate"]
@@ -38,11 +38,15 @@ __all__ = ["load", "load_or_create", "parse_document", "save", "to_document", "v
 log = logging.getLogger(__name__)
 
 _KEYS: dict[str, tuple[str, ...]] = {
-    "agent": ("listen", "token", "allowed_origins", "tls_cert", "tls_key"),
+    "agent": ("listen", "token", "allowed_origins", "tls_cert", "tls_key", "max_connections"),
     "repository": ("path", "password_file"),
     "backup": ("sources", "exclude", "interval_minutes"),
     "ui": ("notify_success",),
 }
+
+# A configuration file is a few kilobytes; this is far beyond any real one and
+# keeps reading a wrong path (a huge log file, say) cheap.
+CONFIG_FILE_LIMIT = 1024 * 1024
 
 # restic's remote backends; a local path is all this version stores to.
 _REMOTE_PREFIXES = ("sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:")
@@ -201,12 +205,18 @@ def _parse_agent(section: _Section) -> AgentConfig:
         section.existing_file("tls_cert", tls_cert)
         section.existing_file("tls_key", tls_key)
 
+    # more than 65535 connections is surely a typo (and more than a file-descriptor limit allows)
+    max_connections = section.integer(
+        "max_connections", defaults.max_connections, minimum=1, maximum=65535
+    )
+
     return AgentConfig(
         listen=listen,
         token=token,
         allowed_origins=tuple(origins),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        max_connections=max_connections,
     )
 
 
@@ -283,6 +293,7 @@ def to_document(config: Config) -> dict[str, Any]:
         agent["tls_cert"] = config.agent.tls_cert
     if config.agent.tls_key is not None:
         agent["tls_key"] = config.agent.tls_key
+    agent["max_connections"] = config.agent.max_connections
     return {
         "agent": agent,
         "repository": {
@@ -312,23 +323,23 @@ def load(path: Path) -> Config:
     """Read and validate the configuration file at ``path``.
 
     Raises :class:`ConfigError` when the file is missing or unreadable, is
-    not valid TOML (the message gives line and column), or any value is
-    wrong. Warns in the log when the file, which holds the /ws token, can be
-    read by other users.
+    not a regular file (a FIFO or a device is refused before anything is
+    read from it), is larger than 1 MiB, is not valid TOML (the message
+    gives line and column), or any value is wrong. Warns, once per process
+    and on stderr as well as in the log, when the file, which holds the /ws
+    token, can be read by other users.
     """
     path = Path(os.path.abspath(path))
     try:
-        with open(path, "rb") as stream:
-            mode = os.fstat(stream.fileno()).st_mode
-            raw = stream.read()
+        raw, info = read_regular_file(
+            path, limit=CONFIG_FILE_LIMIT, label=str(path), noun="a configuration file"
+        )
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a configuration file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"{path}: is not a regular file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -338,12 +349,7 @@ def load(path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     config = parse_document(document, path)
-    if os.name == "posix" and mode & 0o077:
-        log.warning(
-            "%s can be read by other users and holds the /ws token; run: chmod 600 %s",
-            path,
-            path,
-        )
+    warn_if_exposed(path, info.st_mode, "the /ws token")
     return config
 
 
@@ -373,13 +379,15 @@ def save(config: Config, path: Path | None = None) -> None:
     whatever ``save`` writes, ``load`` reads back equal (origins normalized
     as the loader does, and ``path`` set to the file written). The file is
     rewritten with tomli_w: values survive, comments of the original file do
-    not. Missing parent directories are created with mode 0700.
+    not. Missing parent directories are created with mode 0700. A symbolic
+    link at the path stays a link: the file it points to is replaced (a
+    configuration kept in a dotfiles repository gets the new token).
     """
     target = Path(os.path.abspath(path if path is not None else config.path))
     checked = parse_document(to_document(config), target)
     data = tomli_w.dumps(to_document(checked)).encode("utf-8")
     try:
-        make_private_dirs(target.parent)
+        make_private_dirs(resolve_link(target).parent)
         write_atomic(target, data, mode=0o600)
     except OSError as exc:
         raise ConfigError(f"{target}: cannot write: {exc.strerror or exc}") from None

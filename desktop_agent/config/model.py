@@ -47,6 +47,9 @@ class AgentConfig:
     allowed_origins: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
+    # /ws connections at once (those still in the handshake count too); the
+    # server may allow fewer when the open-file limit leaves no room for them
+    max_connections: int = 256
 
     @property
     def host(self) -> str:

@@ -67,6 +67,12 @@ allowed_origins = {allowed_origins}
 # tls_cert = "/path/to/cert.pem"
 # tls_key = "/path/to/key.pem"
 
+# How many /ws connections may be open at once (1-65535); one more is refused
+# with HTTP 503. Connections still in their handshake count too. The agent
+# may allow fewer when the open-file limit (ulimit -n) leaves no room for
+# them beside a running backup; it says so in its log.
+max_connections = {max_connections}
+
 [repository]
 # Where the backups are stored: a local directory (on an external disk, say),
 # in restic's repository format, so restic can read it too.
@@ -110,6 +116,7 @@ def render_default(token: str) -> str:
         listen=toml_string(agent.listen),
         token=toml_string(agent.token),
         allowed_origins=_toml_array(agent.allowed_origins),
+        max_connections=agent.max_connections,
         repository_path=toml_string(repository.path),
         password_file=toml_string(repository.password_file or ""),
         sources=_toml_array(backup.sources),

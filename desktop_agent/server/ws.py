@@ -10,6 +10,15 @@ This module only moves messages: parsing and validation live in
   subprotocol ``desktop-agent.token.<token>`` offered next to
   ``desktop-agent`` (the server selects ``desktop-agent``; the token is
   never echoed). Tokens are compared in constant time and never logged.
+  A duplicated ``Authorization`` or ``Origin`` header gets 400.
+* Connections: at most ``[agent] max_connections`` at once, counted from
+  the accept (the handshake included), and fewer if the open-file limit
+  leaves no room for them beside a backup (:mod:`.limits`). One more gets
+  503; while 16 such answers are under way, further ones are closed
+  unanswered. A handshake must complete within 10 s.
+* Client mistakes (malformed requests, duplicated headers, clients that
+  vanish mid-handshake) never put a traceback into the log; refusals are
+  logged one line at a time, at most one a minute per kind.
 * Frames over 64 KiB are refused (the connection is closed with 1009), no
   compression, pings every 20 s.
 * Fan-out: every client has a bounded queue. Progress of a job waiting in a
@@ -22,6 +31,7 @@ This module only moves messages: parsing and validation live in
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import hmac
 import logging
@@ -29,6 +39,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -54,6 +65,13 @@ from desktop_agent.protocol import (
     decode_command,
     encode_event,
 )
+from desktop_agent.server.limits import (
+    ACCEPT_BATCH,
+    REFUSE_SLOTS,
+    Throttle,
+    filter_accept_errors,
+    plan_fd_budget,
+)
 
 __all__ = ["AgentServer", "SUBPROTOCOL", "TOKEN_PREFIX", "MAX_MESSAGE", "QUEUE_LIMIT"]
 
@@ -67,6 +85,7 @@ MAX_MESSAGE = 64 * 1024
 QUEUE_LIMIT = 1024  # messages waiting for one client before it is dropped
 SEND_TIMEOUT = 10.0  # a frame that cannot be written for this long: the client is gone
 STOP_TIMEOUT = 3.0  # waiting for clients to acknowledge the close at shutdown
+HANDSHAKE_TIMEOUT = 10.0  # a client that has not completed its upgrade by then is cut off
 
 
 def _normalize_origin(origin: str) -> str | None:
@@ -75,6 +94,106 @@ def _normalize_origin(origin: str) -> str | None:
         return normalize_origin(origin.strip())
     except ValueError:
         return None
+
+
+class _BadRequest(Exception):
+    """The upgrade request is malformed in a way the client must fix."""
+
+
+def _single(headers: Headers, name: str) -> str | None:
+    # Headers.get raises MultipleValuesError on a repeated header (a 500 and
+    # a traceback); two Authorization or Origin headers are the client's
+    # mistake, or an attempt to slip one past a proxy: 400.
+    values = headers.get_all(name)
+    if len(values) > 1:
+        raise _BadRequest(f"duplicated {name} header")
+    return values[0] if values else None
+
+
+class _Admission(enum.Enum):
+    ADMIT = "admit"  # within the limit
+    REFUSE = "refuse"  # over it: answered 503 once its request is read
+    DROP = "drop"  # over it while enough 503s are under way: closed unanswered
+
+
+class _Gate:
+    """Counts the server's TCP connections from accept to close; decides who gets in."""
+
+    def __init__(
+        self, limit: Callable[[], int], on_drop: Callable[[ServerConnection], None]
+    ) -> None:
+        self.limit = limit
+        self.on_drop = on_drop
+        self.admitted = 0
+        self.refusing = 0
+
+    def enter(self) -> _Admission:
+        if self.admitted < self.limit():
+            self.admitted += 1
+            return _Admission.ADMIT
+        if self.refusing < REFUSE_SLOTS:
+            self.refusing += 1
+            return _Admission.REFUSE
+        return _Admission.DROP
+
+    def leave(self, admission: _Admission) -> None:
+        if admission is _Admission.ADMIT:
+            self.admitted -= 1
+        elif admission is _Admission.REFUSE:
+            self.refusing -= 1
+
+
+class _GatedConnection(ServerConnection):
+    """A connection that holds a place at the gate from its accept until it is closed.
+
+    websockets creates it as soon as the TCP connection is accepted, before
+    a TLS handshake; ``connection_made`` follows once that is done. A TLS
+    handshake that fails or times out never reaches this object, so the
+    place is released ``release_after`` seconds after the accept if
+    ``connection_made`` has not come by then (the TLS handshake timeout is
+    the handshake timeout, which is shorter). A TLS handshake that fails
+    early thus holds its place a little too long: safer than not counting
+    handshakes, whose descriptors are as real as any.
+    """
+
+    gate: ClassVar[_Gate]
+    release_after: ClassVar[float]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.admission = self.gate.enter()
+        self._held = True
+        self._orphan_timer = self.loop.call_later(self.release_after, self._release)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._orphan_timer.cancel()
+        if not self._held:  # a TLS handshake that outlasted the timer: count it again
+            self.admission = self.gate.enter()
+            self._held = True
+        super().connection_made(transport)
+        if self.admission is _Admission.DROP:
+            self.gate.on_drop(self)
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._orphan_timer.cancel()
+            self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self.gate.leave(self.admission)
+
+
+def _peer(connection: ServerConnection) -> str:
+    try:
+        address = connection.remote_address
+    except AttributeError:  # no transport yet
+        return "?"
+    return str(address[0]) if address else "?"
 
 
 class _Slot:
@@ -138,6 +257,7 @@ class AgentServer:
         port: int | None = None,
         queue_limit: int = QUEUE_LIMIT,
         send_timeout: float = SEND_TIMEOUT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
@@ -147,11 +267,27 @@ class AgentServer:
         self.port = port if port is not None else config.port
         self.queue_limit = queue_limit
         self.send_timeout = send_timeout
+        self.handshake_timeout = handshake_timeout
         self.ssl_context = ssl_context if ssl_context is not None else _tls(config)
         self.clients: set[_Client] = set()
         self._server: Server | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._fd_cap: int | None = None  # connections the open-file limit leaves room for
+        self._gate = _Gate(lambda: self.connection_limit, self._on_drop)
+        self._refusals: dict[str, Throttle] = {}
+
+    @property
+    def connection_limit(self) -> int:
+        """How many connections are let in at once: ``max_connections``, or fewer if
+        the open-file limit leaves no room for them (known once started)."""
+        limit = self.config.max_connections
+        return limit if self._fd_cap is None else min(limit, self._fd_cap)
+
+    @property
+    def connection_count(self) -> int:
+        """TCP connections held now: open, in their handshake, or being refused."""
+        return self._gate.admitted + self._gate.refusing
 
     @property
     def url(self) -> str:
@@ -162,6 +298,27 @@ class AgentServer:
 
     async def start(self) -> None:
         """Bind and start serving."""
+        budget = plan_fd_budget(self.config.max_connections)
+        self._fd_cap = budget.cap
+        if budget.raised_from is not None:
+            log.info(
+                "raised the open-file limit from %d to %d", budget.raised_from, budget.soft_limit
+            )
+        if self.connection_limit < self.config.max_connections:
+            log.warning(
+                "/ws lets in at most %d connections, not max_connections = %d: the open-file "
+                "limit (%s, see ulimit -n) must leave room for backups",
+                self.connection_limit,
+                self.config.max_connections,
+                budget.soft_limit,
+            )
+        filter_accept_errors(asyncio.get_running_loop())
+        server = self
+
+        class Connection(_GatedConnection):
+            gate = server._gate
+            release_after = server.handshake_timeout + 1.0
+
         self._server = await serve(
             self._handle,
             self.host,
@@ -172,8 +329,11 @@ class AgentServer:
             max_size=MAX_MESSAGE,
             ping_interval=20,
             ping_timeout=20,
+            open_timeout=self.handshake_timeout,
             ssl=self.ssl_context,
             server_header=None,
+            create_connection=Connection,
+            backlog=ACCEPT_BATCH,
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
@@ -215,18 +375,57 @@ class AgentServer:
                 for client in list(self.clients):
                     self._drop(client, "no answer to the close")
             self._server = None
+        for throttle in self._refusals.values():
+            throttle.close()
 
     # ------------------------------------------------------------ upgrade
+    def _refused(self, kind: str, message: str) -> None:
+        # one line per refusal, at most one a minute per kind: a client that
+        # keeps trying must not rotate the log history away
+        throttle = self._refusals.get(kind)
+        if throttle is None:
+            throttle = self._refusals[kind] = Throttle(log, logging.WARNING)
+        throttle(message)
+
+    def _on_drop(self, connection: ServerConnection) -> None:
+        self._refused(
+            "busy",
+            f"refused a connection from {_peer(connection)}: too many connections "
+            f"(limit {self.connection_limit}; closed without an answer)",
+        )
+
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        peer = connection.remote_address[0] if connection.remote_address else "?"
-        if urlsplit(request.path).path != "/ws":
+        peer = _peer(connection)
+        if getattr(connection, "admission", _Admission.ADMIT) is not _Admission.ADMIT:
+            self._refused(
+                "busy",
+                f"refused a connection from {peer}: too many connections "
+                f"(limit {self.connection_limit})",
+            )
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable: too many connections\n"
+            )
+        try:
+            return self._check_upgrade(connection, request, peer)
+        except _BadRequest as exc:
+            self._refused("bad", f"refused a connection from {peer}: {exc}")
+            return connection.respond(HTTPStatus.BAD_REQUEST, f"Bad Request: {exc}\n")
+
+    def _check_upgrade(
+        self, connection: ServerConnection, request: Request, peer: str
+    ) -> Response | None:
+        try:
+            path = urlsplit(request.path).path
+        except ValueError:  # e.g. "//[x": an unclosed IPv6 bracket
+            raise _BadRequest("malformed request target") from None
+        if path != "/ws":
             return connection.respond(HTTPStatus.NOT_FOUND, "Not found: the endpoint is /ws\n")
-        origin = request.headers.get("Origin")
+        origin = _single(request.headers, "Origin")
         if origin is not None and _normalize_origin(origin) not in self.config.allowed_origins:
-            log.warning("refused a browser connection from %s: origin not allowed", peer)
+            self._refused("origin", f"refused a browser connection from {peer}: origin not allowed")
             return connection.respond(HTTPStatus.FORBIDDEN, "Forbidden: origin not allowed\n")
         if not self._authorized(request.headers):
-            log.warning("refused a connection from %s: missing or wrong token", peer)
+            self._refused("token", f"refused a connection from {peer}: missing or wrong token")
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized: token required\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="desktop-agent"'
             return response
@@ -237,7 +436,7 @@ class AgentServer:
         if not expected:
             return False
         offered: list[str] = []
-        auth = headers.get("Authorization", "")
+        auth = _single(headers, "Authorization") or ""
         if auth[:7].lower() == "bearer ":
             offered.append(auth[7:].strip())
         for value in headers.get_all("Sec-WebSocket-Protocol"):

@@ -350,3 +350,62 @@ def test_a_wrong_token_type_is_not_echoed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(path)
     assert "987654321" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- [agent] max_connections
+
+
+def test_max_connections_defaults_to_256_and_the_fresh_file_explains_it(tmp_path: Path) -> None:
+    assert load(write(tmp_path / "c.toml", f"[agent]\n{TOKEN_LINE}\n")).agent.max_connections == 256
+    path = tmp_path / "fresh" / "config.toml"
+    config = load_or_create(path)
+    text = path.read_text()
+    assert config.agent.max_connections == 256
+    assert tomllib.loads(text)["agent"]["max_connections"] == 256
+    assert "HTTP 503" in text  # the comment says what happens beyond it
+
+
+def test_max_connections_is_read(tmp_path: Path) -> None:
+    for value in (1, 5, 65535):
+        path = write(tmp_path / "c.toml", f"[agent]\n{TOKEN_LINE}\nmax_connections = {value}\n")
+        assert load(path).agent.max_connections == value
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", "[agent] max_connections: 0 is out of range 1-65535"),
+        ("-3", "[agent] max_connections: -3 is out of range 1-65535"),
+        ("65536", "[agent] max_connections: 65536 is out of range 1-65535"),
+        ('"256"', '[agent] max_connections: expected an integer, got a string "256"'),
+        ("2.5", "[agent] max_connections: expected an integer, got a float 2.5"),
+        ("true", "[agent] max_connections: expected an integer, got a boolean true"),
+    ],
+)
+def test_a_bad_max_connections_names_the_key_and_the_range(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    path = write(tmp_path / "c.toml", f"[agent]\n{TOKEN_LINE}\nmax_connections = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value) == f"{path}: {expected}"
+
+
+def test_max_connections_survives_save_and_load(tmp_path: Path) -> None:
+    import dataclasses
+
+    from desktop_agent.config import save, validate
+
+    config = load(write(tmp_path / "c.toml", f"[agent]\n{TOKEN_LINE}\nmax_connections = 7\n"))
+    changed = dataclasses.replace(
+        config, agent=dataclasses.replace(config.agent, max_connections=9)
+    )
+    save(changed)
+    assert tomllib.loads(config.path.read_text())["agent"]["max_connections"] == 9
+    assert load(config.path).agent.max_connections == 9
+    bad = dataclasses.replace(config, agent=dataclasses.replace(config.agent, max_connections=0))
+    with pytest.raises(ConfigError, match=r"\[agent\] max_connections: 0 is out of range"):
+        validate(bad)
+    with pytest.raises(ConfigError, match=r"\[agent\] max_connections: 0 is out of range"):
+        save(bad)
+    assert load(config.path).agent.max_connections == 9  # the bad one was not written
