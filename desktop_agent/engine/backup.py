@@ -40,7 +40,7 @@ from .. import __version__
 from . import crypto
 from .chunker import MIN_SIZE, Chunker
 from .control import Control
-from .dircache import DirCache, cache_file, signature
+from .dircache import DirCache, DirEntrySig, cache_file, signature
 from .errors import Cancelled, EngineError, SourceError, StorageError
 from .filter import ExcludeFilter
 from .gocompat import format_time
@@ -180,6 +180,47 @@ class _DirJob:
 
     def ready(self) -> bool:
         return all(not isinstance(e, _FileJob) or e.done() for e in self.entries)
+
+
+class _DirFrame:
+    """A directory on the walk's stack: its listing and the subdirectories walked so far."""
+
+    __slots__ = ("job", "trie", "listing", "cached", "old_nodes", "subdirs", "_pos")
+
+    def __init__(
+        self,
+        job: _DirJob,
+        trie: dict[bytes, object] | None,
+        listing: list[tuple[bytes, bytes, os.stat_result]],
+    ) -> None:
+        self.job = job
+        self.trie = trie
+        self.listing = listing
+        self.cached: DirEntrySig | None = None
+        self.old_nodes: dict[bytes, Node] | None = None
+        self.subdirs: dict[bytes, _DirJob] = {}
+        self._pos = 0
+
+    def next_subdir(self) -> tuple[_DirJob, dict[bytes, object] | None] | None:
+        """The next subdirectory to walk (and its part of the trie), or None."""
+        listing = self.listing
+        while self._pos < len(listing):
+            name, path, s = listing[self._pos]
+            self._pos += 1
+            if not st.S_ISDIR(s.st_mode):
+                continue
+            old = self.old_nodes
+            prev = old.get(name) if old is not None else None
+            sub = _DirJob(
+                path,
+                node_from_stat(name, s),
+                prev.subtree if prev is not None and prev.type == NodeType.DIR else None,
+            )
+            self.subdirs[name] = sub
+            sub_trie = self.trie[name] if self.trie is not None else None
+            assert sub_trie is None or isinstance(sub_trie, dict)
+            return sub, sub_trie
+        return None
 
 
 @dataclass
@@ -368,7 +409,7 @@ class _Backup:
         if subtree is None:
             return {}
         try:
-            return {n.name: n for n in self.repo.load_tree(subtree)}
+            return {n.name: n for n in self.repo.load_tree(subtree) if n.type != NodeType.INVALID}
         except EngineError as exc:
             self.warn(f"parent tree {subtree.hex()[:12]} unreadable ({exc}); files are re-read")
             return {}
@@ -838,44 +879,50 @@ class _Backup:
             listing.append((name, child, s))
         return listing
 
-    def walk_dir(self, job: _DirJob, trie: dict[bytes, object] | None = None) -> None:
-        """List a directory, back up its entries, queue its tree.
+    def walk_dir(self, root: _DirJob, trie: dict[bytes, object] | None = None) -> None:
+        """Back up a directory hierarchy, depth first, with an explicit stack.
 
-        ``trie`` limits the listing to the sources below this directory (for
-        the directories above the sources). Subdirectories are walked first;
-        with a directory cache, when they are all unchanged and this
-        listing's signature matches, the cached tree id is reused as is.
+        Each directory is listed, its subdirectories are walked first, then
+        its other entries are backed up and its tree is queued. ``trie``
+        limits a listing to the sources below that directory (for the
+        directories above the sources). With a directory cache, a directory
+        whose subdirectories are all unchanged and whose listing signature
+        matches reuses the cached tree id as is. No recursion: a hierarchy
+        thousands of levels deep cannot exhaust Python's stack.
         """
+        stack = [self._open_dir(root, trie)]
+        while stack:
+            frame = stack[-1]
+            sub = frame.next_subdir()
+            if sub is not None:
+                stack.append(self._open_dir(*sub))
+                continue
+            stack.pop()
+            self._close_dir(frame)
+
+    def _open_dir(self, job: _DirJob, trie: dict[bytes, object] | None) -> _DirFrame:
+        """List a directory and look up what the parent snapshot knows of it."""
         self.control.checkpoint(quiesce=self.quiesce)
         listing = self.list_dir(job.path) if trie is None else self.list_trie(job.path, trie)
-        cached = None
-        old_nodes: dict[bytes, Node] | None = None
+        frame = _DirFrame(job, trie, listing)
         if self.cache is not None:
-            cached = self.cache.get(job.path)
+            frame.cached = self.cache.get(job.path)
             # the cache belongs to the parent snapshot: its tree ids are the parent's
-            job.parent_subtree = cached.tree_id if cached is not None else None
+            job.parent_subtree = frame.cached.tree_id if frame.cached is not None else None
         else:
-            old_nodes = self.parent_nodes(job.parent_subtree)
+            frame.old_nodes = self.parent_nodes(job.parent_subtree)
         if self.new_cache is not None:
             job.sig = signature(listing, _user, _group, partial=trie is not None)
-        subdirs: dict[bytes, _DirJob] = {}
-        all_hit = True
-        for name, path, s in listing:
-            if st.S_ISDIR(s.st_mode):
-                prev = old_nodes.get(name) if old_nodes is not None else None
-                sub = _DirJob(
-                    path,
-                    node_from_stat(name, s),
-                    prev.subtree if prev is not None and prev.type == NodeType.DIR else None,
-                )
-                sub_trie = trie[name] if trie is not None else None
-                assert sub_trie is None or isinstance(sub_trie, dict)
-                self.walk_dir(sub, sub_trie)
-                subdirs[name] = sub
-                all_hit = all_hit and sub.hit
-        if cached is not None and all_hit and cached.sig == job.sig:
+        return frame
+
+    def _close_dir(self, frame: _DirFrame) -> None:
+        """Back up a directory's other entries once its subdirectories are done."""
+        job, listing, subdirs = frame.job, frame.listing, frame.subdirs
+        cached = frame.cached
+        if cached is not None and cached.sig == job.sig and all(d.hit for d in subdirs.values()):
             self.reuse_dir(job, listing, cached.tree_id)
             return
+        old_nodes = frame.old_nodes
         if old_nodes is None:
             old_nodes = self.parent_nodes(job.parent_subtree)
         checkpoint = self.control.checkpoint

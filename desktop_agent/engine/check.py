@@ -28,6 +28,7 @@ from .control import Control
 from .errors import EngineError
 from .ids import BlobId, BlobType, PackId, SnapshotId
 from .index import decode_index
+from .limits import MAX_KEY_FILE, MAX_PACK_FILE
 from .pack import PackedBlob, parse_pack_tail
 from .progress import ProgressState, Reporter
 from .repository import Repository
@@ -201,7 +202,7 @@ def check(
     # --- key files: a damaged one silently stops its password from working
     for name, _ in repo.storage.list(FileType.KEY):
         try:
-            raw = repo.storage.load(FileType.KEY, name)
+            raw = repo.storage.load(FileType.KEY, name, max_size=MAX_KEY_FILE)
         except EngineError as exc:
             res.errors.append(f"key {name}: cannot be read: {exc}")
             continue
@@ -333,6 +334,14 @@ def _check_trees(
             res.trees += 1
             for node in nodes:
                 npath = path.rstrip("/") + "/" + node.name.decode("utf-8", "backslashreplace")
+                if node.type == NodeType.INVALID:
+                    res.errors.append(
+                        f"snapshot {_sid(snap)} path {npath}: invalid entry in tree "
+                        f"{tree_id.hex()[:12]}: {node.invalid}"
+                    )
+                    if node.subtree is not None:
+                        stack.append((node.subtree, npath))
+                    continue
                 if node.type == NodeType.FILE:
                     if node.content is None:
                         res.errors.append(f"tree {tree_id.hex()}: file {npath} has no content list")
@@ -372,7 +381,7 @@ def _read_data(
         found: list[tuple[str, list[tuple[BlobType, BlobId]] | None]] = []
         name = pack_id.hex()
         try:
-            raw = repo.storage.load(FileType.PACK, name)
+            raw = repo.storage.load(FileType.PACK, name, max_size=MAX_PACK_FILE)
         except EngineError as exc:
             return [(f"cannot be read: {exc}", None)]
         if hashlib.sha256(raw).digest() != pack_id:

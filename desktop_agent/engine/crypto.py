@@ -280,8 +280,8 @@ def open_key_file(raw: bytes, password: str) -> Key:
         params = KDFParams(n=int(doc["N"]), r=int(doc["r"]), p=int(doc["p"]))
         salt = base64.b64decode(doc["salt"], validate=True)
         data = base64.b64decode(doc["data"], validate=True)
-    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # N: 1e999 -> inf
-        raise IntegrityError(f"key file is malformed: {exc}") from None
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:  # N: 1e999
+        raise IntegrityError(f"key file is malformed: {type(exc).__name__}: {exc}") from None
     if kdf_name != "scrypt":
         raise UnsupportedRepository(f"key file uses KDF {kdf_name!r}; only scrypt is supported")
     user = kdf(password, salt, params)
@@ -291,7 +291,7 @@ def open_key_file(raw: bytes, password: str) -> Key:
         raise WrongPassword("wrong password or no key found") from None
     try:
         return Key.from_json(json.loads(plain))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise IntegrityError(f"master key is malformed: {exc}") from None
 
 

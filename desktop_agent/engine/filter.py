@@ -48,27 +48,48 @@ class _Pattern:
             part = self.parts[0]
             assert part is not None
             return part.match(comps[-1]) is not None
-        if self.anchored:
-            return _match(self.parts, comps, 0, 0)
-        return any(_match(self.parts, comps, 0, start) for start in range(len(comps)))
+        # unanchored: the pattern may start at any component, as if led by "**"
+        return _match(self.parts, comps, anywhere=not self.anchored)
 
 
 def _text(name: bytes) -> str:
     return name.decode("utf-8", "surrogateescape")
 
 
-def _match(parts: list[re.Pattern[str] | None], comps: Sequence[str], pi: int, ci: int) -> bool:
-    while pi < len(parts):
-        part = parts[pi]
-        if part is None:  # "**"
-            if pi == len(parts) - 1:
-                return True
-            return any(_match(parts, comps, pi + 1, k) for k in range(ci, len(comps) + 1))
-        if ci >= len(comps) or part.match(comps[ci]) is None:
+def _match(parts: list[re.Pattern[str] | None], comps: Sequence[str], *, anywhere: bool) -> bool:
+    """Whether ``parts`` match all of ``comps`` (``anywhere``: any suffix of them).
+
+    A set of positions in the pattern is carried along the path (an NFA), so
+    a path thousands of components deep costs components x pattern parts,
+    never more, however many ``**`` the pattern holds.
+    """
+    end = len(parts)
+
+    def closure(states: set[int]) -> set[int]:
+        # "**" may match no component at all: its successor is reachable too
+        todo = list(states)
+        while todo:
+            pi = todo.pop()
+            if pi < end and parts[pi] is None and pi + 1 not in states:
+                states.add(pi + 1)
+                todo.append(pi + 1)
+        return states
+
+    states = closure({0})
+    for comp in comps:
+        nxt: set[int] = {0} if anywhere else set()
+        for pi in states:
+            if pi == end:
+                continue
+            part = parts[pi]
+            if part is None:
+                nxt.add(pi)  # "**" takes this component and may take more
+            elif part.match(comp) is not None:
+                nxt.add(pi + 1)
+        states = closure(nxt)
+        if not states:
             return False
-        pi += 1
-        ci += 1
-    return ci == len(comps)
+    return end in states
 
 
 class ExcludeFilter:

@@ -12,8 +12,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .crypto import OVERHEAD
 from .errors import IntegrityError
 from .ids import BlobId, BlobType, PackId, parse_id
+from .limits import MAX_PACK_OFFSET
 from .pack import PackedBlob
 
 __all__ = [
@@ -129,12 +131,15 @@ def decode_index(doc: Any) -> tuple[list[bytes], list[tuple[PackId, list[PackedB
                     raise ValueError(f"unknown blob type {kind!r}")
                 offset, length = int(b["offset"]), int(b["length"])
                 ulen = int(b.get("uncompressed_length") or 0)
-                if offset < 0 or length < 0 or ulen < 0:  # restic stores uints
-                    raise ValueError("negative offset or length")
+                # restic stores uints; a pack header holds lengths as uint32
+                if not 0 <= offset < MAX_PACK_OFFSET:
+                    raise ValueError(f"offset {offset} is out of range")
+                if not OVERHEAD <= length < 1 << 32 or not 0 <= ulen < 1 << 32:
+                    raise ValueError(f"length {length} or {ulen} is out of range")
                 blobs.append(PackedBlob(blob_type, BlobId(parse_id(b["id"])), offset, length, ulen))
             packs.append((pack_id, blobs))
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise IntegrityError(f"index is malformed: {exc}") from None
+        raise IntegrityError(f"index is malformed: {type(exc).__name__}: {exc}") from None
     return supersedes, packs
 
 

@@ -93,7 +93,15 @@ def _read_locks(repo: Repository) -> list[LockInfo]:
                     pid=int(doc.get("pid") or 0),
                 )
             )
-        except (NotFound, IntegrityError, KeyError, ValueError, TypeError):
+        except (
+            NotFound,
+            IntegrityError,
+            KeyError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            OverflowError,
+        ):
             continue  # removed meanwhile, or unreadable: not a valid lock
     return locks
 

@@ -33,7 +33,6 @@ from .pack import PackBuilder, PackedBlob
 from .progress import ProgressState, Reporter
 from .repository import Repository
 from .storage import FileType, describe_oserror
-from .tree import NodeType
 from .writer import PACK_SIZE, remove_stale_spool
 
 __all__ = ["prune", "PruneResult", "PrunePlan", "plan_prune"]
@@ -113,9 +112,12 @@ def _mark_used(repo: Repository, control: Control) -> dict[BlobType, set[bytes]]
                     "prune stops here so that no data is lost: run `desktop-agent check`"
                 ) from None
             for node in nodes:
-                if node.type == NodeType.FILE and node.content:
+                # whatever a node refers to stays, whatever its type says (an
+                # undecodable node keeps the references that parsed): keeping
+                # too much is harmless, deleting what a snapshot uses is not
+                if node.content:
                     data.update(node.content)
-                elif node.type == NodeType.DIR and node.subtree is not None:
+                if node.subtree is not None:
                     stack.append(node.subtree)
     return used
 

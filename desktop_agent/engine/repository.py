@@ -33,6 +33,14 @@ from .errors import (
 from .gocompat import format_time
 from .ids import BlobType, PackId, SnapshotId
 from .index import MasterIndex, decode_index
+from .limits import (
+    MAX_BLOB_PLAINTEXT,
+    MAX_BLOB_STORED,
+    MAX_KEY_FILE,
+    MAX_UNPACKED,
+    decompress_bounded,
+    loads_json,
+)
 from .pack import PackedBlob
 from .polynomial import random_polynomial
 from .snapshot import Snapshot
@@ -44,8 +52,6 @@ __all__ = ["RepoConfig", "Repository", "hostname", "username", "MAX_KEYS_TRIED"]
 MIN_VERSION = 1
 MAX_VERSION = 2
 MAX_KEYS_TRIED = 20
-# decompressed unpacked files (index, snapshots) larger than this are refused
-_MAX_UNPACKED = 1 << 30
 
 
 def _reason(name: str, exc: EngineError) -> str:
@@ -88,11 +94,13 @@ class RepoConfig:
     def from_bytes(cls, raw: bytes) -> RepoConfig:
         """Parse and validate the config document."""
         try:
-            doc = json.loads(raw)
+            doc = loads_json(raw, "repository config")
             version = int(doc["version"])
             repo_id = str(doc["id"])
             poly = int(str(doc.get("chunker_polynomial") or "0"), 16)
-        except (ValueError, KeyError, TypeError) as exc:
+            if not 0 <= poly < 1 << 64:
+                raise ValueError("chunker polynomial out of range")
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise IntegrityError(f"repository config is malformed: {exc}") from None
         if not MIN_VERSION <= version <= MAX_VERSION:
             raise UnsupportedRepository(
@@ -179,7 +187,7 @@ class Repository:
                 "(create one with `desktop-agent init`)"
             )
         try:
-            raw_config = storage.load(FileType.CONFIG, "")
+            raw_config = storage.load(FileType.CONFIG, "", max_size=MAX_KEY_FILE)
         except NotFound:
             raise RepositoryNotFound(f"there is no repository at {storage.location}") from None
         key_names = sorted(name for name, _ in storage.list(FileType.KEY))
@@ -189,7 +197,8 @@ class Repository:
         used = ""
         for name in key_names[:MAX_KEYS_TRIED]:
             try:
-                master = crypto.open_key_file(storage.load(FileType.KEY, name), password)
+                raw_key = storage.load(FileType.KEY, name, max_size=MAX_KEY_FILE)
+                master = crypto.open_key_file(raw_key, password)
                 used = name
                 break
             except WrongPassword:
@@ -214,7 +223,8 @@ class Repository:
         if not storage.exists():
             raise RepositoryNotFound(f"there is no repository at {storage.location}")
         try:
-            config = RepoConfig.from_bytes(crypto.decrypt(key, storage.load(FileType.CONFIG, "")))
+            raw_config = storage.load(FileType.CONFIG, "", max_size=MAX_KEY_FILE)
+            config = RepoConfig.from_bytes(crypto.decrypt(key, raw_config))
         except IntegrityError:
             raise WrongPassword(
                 f"the repository at {storage.location} no longer opens with the remembered "
@@ -231,14 +241,9 @@ class Repository:
         if first in (0x7B, 0x5B):  # '{' or '[': plain JSON
             return plain
         if first == 2:
-            try:
-                dobj = self._codecs.decompressor.decompressobj()
-                out = dobj.decompress(plain[1:])
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(f"cannot decompress: {exc}") from None
-            if len(out) > _MAX_UNPACKED:
-                raise IntegrityError("decompressed file is too large")
-            return out
+            return decompress_bounded(
+                self._codecs.decompressor, memoryview(plain)[1:], MAX_UNPACKED, "file"
+            )
         raise IntegrityError(f"unknown encoding version {first}")
 
     def encode_unpacked(self, doc_bytes: bytes) -> bytes:
@@ -249,18 +254,15 @@ class Repository:
 
     def load_unpacked(self, ftype: FileType, name: str) -> bytes:
         """Load, authenticate, decrypt and decode an unpacked file."""
-        raw = self.storage.load(ftype, name)
+        # compression only shrinks it: a stored file is never much larger than the decoded cap
+        raw = self.storage.load(ftype, name, max_size=MAX_UNPACKED + 64)
         if crypto.sha256(raw).hex() != name:
             raise IntegrityError(f"{ftype.value}/{name}: content does not match its name")
         return self.decode_unpacked(crypto.decrypt(self.key, raw))
 
     def load_json(self, ftype: FileType, name: str) -> Any:
         """Load an unpacked file and parse its JSON."""
-        data = self.load_unpacked(ftype, name)
-        try:
-            return json.loads(data)
-        except ValueError as exc:
-            raise IntegrityError(f"{ftype.value}/{name}: invalid JSON: {exc}") from None
+        return loads_json(self.load_unpacked(ftype, name), f"{ftype.value}/{name}")
 
     def save_unpacked(self, ftype: FileType, doc_bytes: bytes) -> str:
         """Encode, encrypt and durably store a document; returns its name."""
@@ -325,15 +327,18 @@ class Repository:
         *,
         verify: bool = True,
     ) -> bytes:
-        """Decrypt (and decompress) one blob read from a pack."""
+        """Decrypt (and decompress) one blob read from a pack.
+
+        ``ulen`` (from the index or a pack header) bounds the decompression
+        before anything is allocated.
+        """
+        what = f"{blob_type.label} blob {blob_id.hex()}"
+        plain_length = ulen or len(sealed) - crypto.OVERHEAD
+        if plain_length > MAX_BLOB_PLAINTEXT[blob_type] or len(sealed) > MAX_BLOB_STORED:
+            raise IntegrityError(f"{what}: its length ({plain_length}) is beyond any genuine blob")
         plain = crypto.decrypt(self.key, sealed)
         if ulen:
-            try:
-                plain = self._codecs.decompressor.decompress(plain, max_output_size=ulen)
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(
-                    f"{blob_type.label} blob {blob_id.hex()}: cannot decompress: {exc}"
-                ) from None
+            plain = decompress_bounded(self._codecs.decompressor, plain, ulen, what)
             if len(plain) != ulen:
                 raise IntegrityError(
                     f"{blob_type.label} blob {blob_id.hex()}: wrong decompressed length"
@@ -350,6 +355,11 @@ class Repository:
         entry = self.index.lookup(blob_type, blob_id)
         if entry is None:
             raise NotFound(f"{blob_type.label} blob {blob_id.hex()} is not in the index")
+        if entry.plaintext_length > MAX_BLOB_PLAINTEXT[blob_type] or entry.length > MAX_BLOB_STORED:
+            raise IntegrityError(
+                f"{blob_type.label} blob {blob_id.hex()}: the index gives it a length beyond "
+                "any genuine blob"
+            )
         sealed = self.storage.load(FileType.PACK, entry.pack.hex(), entry.offset, entry.length)
         return self.decode_blob(blob_type, blob_id, sealed, entry.uncompressed_length)
 

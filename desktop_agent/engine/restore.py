@@ -3,16 +3,36 @@
 Layout as restic's: each node lands under the target at its full path in
 the snapshot (``/home/me/a.txt`` -> ``TARGET/home/me/a.txt``).
 
-Plan first, then write: the snapshot's trees are walked once to list the
-directories, files (with every blob and its offset), links and special
-files to create. Files are created at their final size, then the needed
-packs are read pack by pack (ranges merged), each blob is decrypted,
-decompressed and checked against its id in worker threads and written with
-``pwrite`` to every place that needs it. All-zero blobs are skipped, which
-leaves holes: sparse files stay sparse. Metadata (mode, owner, times) is set
-last, directories deepest first so their times survive.
+The repository may have been written by someone else, so restore trusts
+none of it, nor anything already in the target:
+
+* **Directory file descriptors.** The target is walked with ``openat``-style
+  calls relative to directory descriptors (``O_NOFOLLOW | O_DIRECTORY``),
+  every directory is checked to be the one created or found earlier
+  (device and inode), files are opened with ``O_NOFOLLOW`` and their
+  metadata set through the open descriptor. No path component that the
+  restore did not create or check itself is followed: a symlink already in
+  the target is an error for that entry (or, with ``overwrite``, the link
+  itself is removed, never what it points to).
+* **A streamed plan.** A first pass over the trees counts the work for the
+  progress display; the second walks them again depth first (an explicit
+  stack, no recursion) and restores in batches of bounded size: the
+  batch's files are filled pack by pack, then its links and special files
+  are created and metadata set, directories last and deepest first. Memory
+  does not grow with the number of entries.
+* **Repeated trees.** A tree reached more often than
+  ``max_tree_repeats`` (a DAG built to expand into billions of entries) is
+  an error for the entries that reach it once more.
+
+Within a batch the needed packs are read pack by pack (ranges merged, at
+most a few MiB at once), each blob is decrypted, decompressed within the
+length the index gives and checked against its id in worker threads and
+written with ``pwrite`` to every place that needs it. All-zero blobs are
+skipped, which leaves holes: sparse files stay sparse.
 
 Existing files are never overwritten unless asked; each one is reported.
+A bad entry (unreadable, invalid, in the way) is an error for that entry,
+named with its path, and the rest of the restore goes on.
 """
 
 from __future__ import annotations
@@ -21,14 +41,19 @@ import errno
 import os
 import stat as st
 import threading
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
 
 from .control import Control
 from .errors import EngineError, IntegrityError, NotFound, StorageError
-from .ids import BlobId, BlobType, PackId
+from .gocompat import go_unquote_name
+from .ids import BlobId, BlobType, PackId, parse_id
+from .limits import MAX_BLOB_PLAINTEXT, MAX_BLOB_STORED, loads_json
 from .memory import limit_malloc_arenas
 from .progress import ProgressState, Reporter
 from .repository import Repository
@@ -36,10 +61,31 @@ from .snapshot import Snapshot
 from .storage import FileType
 from .tree import Node, NodeType, unix_mode
 
-__all__ = ["RestoreOptions", "RestoreResult", "restore", "walk_snapshot"]
+__all__ = [
+    "DEFAULT_MAX_TREE_REPEATS",
+    "RestoreOptions",
+    "RestoreResult",
+    "restore",
+    "walk_snapshot",
+]
 
-_MERGE_GAP = 1 << 20
+_MERGE_GAP = 1 << 20  # read across a gap this small rather than issue two reads
+_MAX_RANGE = 8 << 20  # read at most this much of a pack at once (one larger blob alone)
+_BATCH_FILES = 20_000
+_BATCH_BLOBS = 250_000
+_BATCH_DIRS = 20_000  # directories waiting for their metadata
+_MAX_HARDLINKS = 100_000  # hard link groups remembered; beyond, files are restored as copies
+_MAX_ERRORS = 1_000  # error lines kept (all are counted)
+_OPEN_DIRS = 64  # directory descriptors kept open
+DEFAULT_MAX_TREE_REPEATS = 1_000
+
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
+# O_NONBLOCK: a FIFO put where a file goes must fail the open, not hang it
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 
 
 @dataclass(frozen=True)
@@ -51,82 +97,415 @@ class RestoreOptions:
     overwrite: bool = False
     workers: int = 0
     verify: bool = True  # check every blob's SHA-256 after decryption
+    # a tree reached more often is refused (empty directories do not count)
+    max_tree_repeats: int = DEFAULT_MAX_TREE_REPEATS
 
 
 @dataclass(frozen=True)
 class RestoreResult:
-    """What happened."""
+    """What happened. ``errors`` holds the first problems; ``errors_total`` counts all."""
 
     files: int
     dirs: int
     bytes_written: int
     errors: tuple[str, ...]
+    errors_total: int = 0
 
 
-@dataclass
-class _PlannedFile:
-    node: Node
-    dest: bytes
-    link_to: bytes | None = None  # hard link to an earlier restored file
+# ------------------------------------------------------------------ walking
+class _Entry(Protocol):
+    """What the walk needs of a node."""
+
+    @property
+    def name(self) -> bytes: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def subtree(self) -> BlobId | None: ...
 
 
-def _includes(patterns: Sequence[str]) -> list[list[bytes]]:
+class _RepeatCounter:
+    """How often each tree was reached, estimated in fixed memory.
+
+    A count-min sketch: four rows of counters indexed by four slices of the
+    tree id (a SHA-256, so uniformly spread). The estimate is never below the
+    true count; with 2^17 counters per row a snapshot of ten million distinct
+    directories adds about 80 to an estimate, far below any sensible bound.
+    """
+
+    _ROWS = 4
+    _WIDTH = 1 << 17
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self._rows = [array("I", bytes(4 * self._WIDTH)) for _ in range(self._ROWS)]
+
+    def reached(self, tree_id: bytes) -> bool:
+        """Count one more reach; False once the tree was reached more than the bound."""
+        estimate = 1 << 32
+        mask = self._WIDTH - 1
+        for r, row in enumerate(self._rows):
+            i = int.from_bytes(tree_id[4 * r : 4 * r + 4], "little") & mask
+            n = row[i]
+            if n < 0xFFFFFFFF:
+                n += 1
+                row[i] = n
+            estimate = min(estimate, n)
+        return estimate <= self.bound
+
+
+def _include_paths(patterns: Sequence[str]) -> list[list[bytes]]:
+    return [[c for c in os.fsencode(p).split(b"/") if c and c != b"."] for p in patterns]
+
+
+class _Frame:
+    """One directory on the walk's stack."""
+
+    __slots__ = ("ctx", "nodes", "pos", "below", "includes", "depth")
+
+    def __init__(
+        self,
+        ctx: Any,
+        nodes: Sequence[_Entry],
+        below: bool,
+        includes: list[list[bytes]],
+        depth: int,
+    ) -> None:
+        self.ctx = ctx
+        self.nodes = nodes
+        self.pos = 0
+        self.below = below  # at or below an include path: everything is taken
+        self.includes = includes  # the include paths this directory is an ancestor of
+        self.depth = depth
+
+
+class _Walk:
+    """Depth first over a snapshot's trees with an explicit stack.
+
+    The caller's callbacks decide what a directory becomes (``enter`` returns
+    the context its children see, or None to leave it out), handle other
+    entries (``entry``) and hear when a directory is done (``leave``).
+    """
+
+    def __init__(
+        self,
+        load: Callable[[BlobId], Sequence[_Entry]],
+        includes: Sequence[str],
+        max_repeats: int,
+        control: Control,
+    ) -> None:
+        self.load = load
+        paths = _include_paths(includes)
+        # an include of "/" takes everything
+        self.includes = [] if any(not p for p in paths) else paths
+        self.repeats = _RepeatCounter(max_repeats)
+        self.max_repeats = max_repeats
+        self.control = control
+        self.selected = 0  # entries taken
+
+    def run(
+        self,
+        root_tree: BlobId,
+        root_ctx: Any,
+        enter: Callable[[Any, Any], Any],
+        entry: Callable[[Any, Any], None],
+        leave: Callable[[Any], None],
+        lost: Callable[[Any, str], None],
+    ) -> None:
+        """Walk from ``root_tree``; an unreadable root tree raises."""
+        nodes = self.load(root_tree)
+        stack = [_Frame(root_ctx, nodes, not self.includes, self.includes, 0)]
+        while stack:
+            frame = stack[-1]
+            if frame.pos >= len(frame.nodes):
+                stack.pop()
+                leave(frame.ctx)
+                continue
+            if frame.pos % 256 == 0:
+                self.control.checkpoint()
+            node = frame.nodes[frame.pos]
+            frame.pos += 1
+            below, includes = frame.below, []
+            if not below:
+                taken = False
+                for inc in frame.includes:
+                    if inc[frame.depth] != node.name:
+                        continue
+                    taken = True
+                    if len(inc) == frame.depth + 1:
+                        below = True
+                        break
+                    includes.append(inc)
+                # an ancestor of an include path is taken only as the directory it must be
+                if not taken or (not below and node.type != NodeType.DIR):
+                    continue
+            self.selected += 1
+            if node.type != NodeType.DIR:
+                entry(frame.ctx, node)
+                continue
+            ctx = enter(frame.ctx, node)
+            if ctx is None:
+                continue
+            if node.subtree is None:
+                lost(ctx, "the directory has no subtree in the snapshot")
+                leave(ctx)
+                continue
+            try:
+                children = self.load(node.subtree)
+            except EngineError as exc:
+                lost(ctx, f"directory contents lost: {exc}")
+                leave(ctx)
+                continue
+            if children and not self.repeats.reached(node.subtree):
+                lost(
+                    ctx,
+                    f"its tree {node.subtree.hex()[:12]} is reached more than "
+                    f"{self.max_repeats} times in this snapshot (a damaged or hostile "
+                    "repository?); its contents are left out here",
+                )
+                leave(ctx)
+                continue
+            stack.append(_Frame(ctx, children, below, includes, frame.depth + 1))
+
+
+class _Light(NamedTuple):
+    """The few fields of a node the counting pass needs."""
+
+    name: bytes
+    type: str
+    subtree: BlobId | None
+    size: int
+    links: int
+    inode: int
+    device_id: int
+
+
+def _light_tree(repo: Repository, tree_id: BlobId) -> list[_Light]:
+    """A tree's nodes, read only as far as counting needs (bad nodes left out)."""
+    doc = loads_json(repo.load_blob(BlobType.TREE, tree_id), f"tree {tree_id.hex()}")
+    raw = doc.get("nodes") if isinstance(doc, dict) else None
     out = []
-    for p in patterns:
-        comps = [c for c in os.fsencode(p).split(b"/") if c and c != b"."]
-        out.append(comps)
+    for obj in raw if isinstance(raw, list) else ():
+        try:
+            subtree = obj.get("subtree")
+            size = obj.get("size") or 0
+            links = obj.get("links") or 0
+            inode = obj.get("inode") or 0
+            device_id = obj.get("device_id") or 0
+            if not all(isinstance(v, int) for v in (size, links, inode, device_id)):
+                continue
+            out.append(
+                _Light(
+                    go_unquote_name(obj["name"]),
+                    str(obj["type"]),
+                    None if subtree is None else BlobId(parse_id(subtree)),
+                    size,
+                    links,
+                    inode,
+                    device_id,
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
     return out
 
 
-def _selected(comps: list[bytes], includes: list[list[bytes]]) -> tuple[bool, bool]:
-    """(take this node, descend into it)."""
-    if not includes:
-        return True, True
-    take = False
-    descend = False
-    for inc in includes:
-        n = min(len(inc), len(comps))
-        if inc[:n] != comps[:n]:
-            continue
-        if len(comps) >= len(inc):  # at or below an include
-            return True, True
-        descend = True  # an ancestor of an include
-        take = True
-    return take, descend
-
-
-def walk_snapshot(  # type: ignore[no-untyped-def]
+def walk_snapshot(
     repo: Repository,
     snap: Snapshot,
     includes: Sequence[str] = (),
     on_error: Callable[[list[bytes], EngineError], None] | None = None,
-):
+) -> Iterator[tuple[list[bytes], Node]]:
     """Yield ``(components, node)`` for every selected node, parents first.
 
     A directory whose tree cannot be read (damaged or missing) is passed to
     ``on_error`` with the error, and its contents are skipped; without
     ``on_error``, or for the snapshot's root tree, the error is raised.
+    Depth first with an explicit stack.
     """
-    inc = _includes(includes)
-
-    def rec(tree_id: BlobId, prefix: list[bytes]):  # type: ignore[no-untyped-def]
-        try:
-            nodes = repo.load_tree(tree_id)
-        except EngineError as exc:
-            if on_error is None or not prefix:
-                raise
-            on_error(prefix, exc)
-            return
-        for node in nodes:
-            comps = prefix + [node.name]
-            take, descend = _selected(comps, inc)
-            if not take:
+    inc = _include_paths(includes)
+    stack: list[tuple[list[bytes], list[Node], int]] = [([], repo.load_tree(snap.tree), 0)]
+    while stack:
+        prefix, nodes, pos = stack[-1]
+        if pos >= len(nodes):
+            stack.pop()
+            continue
+        stack[-1] = (prefix, nodes, pos + 1)
+        node = nodes[pos]
+        comps = prefix + [node.name]
+        take = not inc
+        descend = take
+        for path in inc:
+            n = min(len(path), len(comps))
+            if path[:n] != comps[:n]:
                 continue
-            yield comps, node
-            if node.type == NodeType.DIR and node.subtree is not None and descend:
-                yield from rec(node.subtree, comps)
+            take = descend = True
+        if not take:
+            continue
+        yield comps, node
+        if node.type == NodeType.DIR and node.subtree is not None and descend:
+            try:
+                children = repo.load_tree(node.subtree)
+            except EngineError as exc:
+                if on_error is None:
+                    raise
+                on_error(comps, exc)
+                continue
+            stack.append((comps, children, 0))
 
-    yield from rec(snap.tree, [])
+
+# -------------------------------------------------------------- the target
+class _Dir:
+    """A directory of the target this restore made or checked.
+
+    Children point to parents (never the reverse), so a finished part of
+    the tree is freed as the walk moves on.
+    """
+
+    __slots__ = ("parent", "name", "node", "dev", "ino", "fresh")
+
+    def __init__(
+        self, parent: _Dir | None, name: bytes, node: Node | None, dev: int, ino: int, fresh: bool
+    ) -> None:
+        self.parent = parent
+        self.name = name
+        self.node = node
+        self.dev = dev
+        self.ino = ino
+        self.fresh = fresh  # created by this restore: nothing else is in it
+
+    def path(self, name: bytes = b"") -> bytes:
+        """The full path (for messages), with ``name`` appended."""
+        parts = [name] if name else []
+        d: _Dir | None = self
+        while d is not None:
+            parts.append(d.name)
+            d = d.parent
+        return b"/".join(reversed(parts))
+
+
+class _DirChanged(OSError):
+    """A directory is no longer the one the restore made or checked."""
+
+
+class _DirFds:
+    """Open directory descriptors, a bounded number of them (thread-safe).
+
+    A directory not open is reopened from its nearest open ancestor, one
+    component at a time with ``O_NOFOLLOW | O_DIRECTORY``, each checked
+    against the device and inode recorded when it was made.
+    """
+
+    def __init__(self, root: _Dir, root_fd: int, limit: int = _OPEN_DIRS) -> None:
+        self.root = root
+        self.root_fd = root_fd
+        self.limit = limit
+        self._open: OrderedDict[_Dir, int] = OrderedDict()
+        self._busy: dict[_Dir, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def fd(self, d: _Dir) -> Iterator[int]:
+        """The descriptor of ``d``, kept open while the block runs."""
+        with self._lock:
+            fd = self._get(d)
+            self._busy[d] = self._busy.get(d, 0) + 1
+        try:
+            yield fd
+        finally:
+            with self._lock:
+                n = self._busy[d] - 1
+                if n:
+                    self._busy[d] = n
+                else:
+                    del self._busy[d]
+
+    def adopt(self, d: _Dir, fd: int) -> None:
+        """Keep the descriptor of a directory just made or checked."""
+        with self._lock:
+            self._open[d] = fd
+            self._trim()
+
+    def forget(self, d: _Dir) -> None:
+        """``d`` is done: close its descriptor."""
+        with self._lock:
+            fd = self._open.pop(d, None)
+            if fd is not None:
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close every descriptor (the root's too)."""
+        with self._lock:
+            for fd in self._open.values():
+                os.close(fd)
+            self._open.clear()
+            os.close(self.root_fd)
+
+    def _get(self, d: _Dir) -> int:
+        if d is self.root:
+            return self.root_fd
+        fd = self._open.get(d)
+        if fd is not None:
+            self._open.move_to_end(d)
+            return fd
+        chain = []
+        cur: _Dir | None = d
+        while cur is not None and cur is not self.root and cur not in self._open:
+            chain.append(cur)
+            cur = cur.parent
+        base = self.root_fd if cur is None or cur is self.root else self._open[cur]
+        for link in reversed(chain):
+            fd = os.open(link.name, _DIR_FLAGS, dir_fd=base)
+            s = os.fstat(fd)
+            if (s.st_dev, s.st_ino) != (link.dev, link.ino):
+                os.close(fd)
+                raise _DirChanged(errno.ESTALE, "the directory was replaced during the restore")
+            self._open[link] = fd
+            base = fd
+        self._trim(keep=d)
+        return base
+
+    def _trim(self, keep: _Dir | None = None) -> None:
+        if len(self._open) <= self.limit:
+            return
+        for d in list(self._open):
+            if len(self._open) <= self.limit:
+                break
+            if d is keep or d in self._busy:
+                continue
+            os.close(self._open.pop(d))
+
+
+# ---------------------------------------------------------------- the work
+@dataclass
+class _PlannedFile:
+    parent: _Dir
+    node: Node
+    remaining: int = 0  # blob placements still to write
+    end: int = 0  # end of the furthest data written
+    failed: bool = False
+
+
+@dataclass
+class _LinkSource:
+    """The first restored path of a hard link group."""
+
+    parent: _Dir
+    name: bytes
+    file: _PlannedFile | None  # None once its batch is done
+    ok: bool = True
+
+
+@dataclass
+class _Batch:
+    files: list[_PlannedFile] = field(default_factory=list)
+    needs: dict[BlobId, list[tuple[int, int]]] = field(default_factory=dict)
+    links: list[tuple[_Dir, Node, _LinkSource]] = field(default_factory=list)
+    others: list[tuple[_Dir, Node]] = field(default_factory=list)
+    blob_refs: int = 0
+
+    def full(self) -> bool:
+        return len(self.files) >= _BATCH_FILES or self.blob_refs >= _BATCH_BLOBS
 
 
 class _Restorer:
@@ -138,143 +517,287 @@ class _Restorer:
         self.progress = progress
         self.control = control
         self.target = os.fsencode(os.path.abspath(options.target))
-        self.dirs: list[tuple[bytes, Node]] = []
-        self.files: list[_PlannedFile] = []
-        self.others: list[tuple[bytes, Node]] = []
         self.errors: list[str] = []
-        self.failed_files: set[bytes] = set()
+        self.errors_total = 0
         self.bytes_written = 0
-        self.fresh: set[bytes] = set()  # directories this restore created (empty before)
-        self.ends: list[int] = []  # per file: end of the furthest data written
-        self.remaining: list[int] = []  # per file: blob placements still to write
+        self.files_ok = 0
+        self.dirs = 0
+        self.hardlinks: dict[tuple[int, int], _LinkSource] = {}
+        self.batch = _Batch()
+        self.left: list[_Dir] = []  # directories walked, waiting for their metadata
+        self.pack_sizes: dict[bytes, int] | None = None
         self._lock = threading.Lock()
+        self.fds: _DirFds | None = None
+        workers = options.workers or min(8, (os.cpu_count() or 2) * 2)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore")
 
     def error(self, path: bytes, message: str) -> None:
         with self._lock:
-            self.errors.append(f"{os.fsdecode(path)}: {message}")
+            self.errors_total += 1
+            if len(self.errors) < _MAX_ERRORS:
+                self.errors.append(f"{os.fsdecode(path)}: {message}")
             self.progress.errors += 1
 
-    # ---------------------------------------------------------------- plan
-    def plan(self, snap: Snapshot) -> None:
-        hardlinks: dict[tuple[int, int], bytes] = {}
+    # ----------------------------------------------------------- counting
+    def count(self, snap: Snapshot) -> int:
+        """The first pass: totals for the progress display; returns the entries selected."""
+        seen_links: set[tuple[int, int]] = set()
+        progress = self.progress
 
-        def lost(comps: list[bytes], exc: EngineError) -> None:
-            self.error(self.target + b"/" + b"/".join(comps), f"directory contents lost: {exc}")
+        def entry(_ctx: None, node: _Light) -> None:
+            if node.type != NodeType.FILE:
+                return
+            if node.links > 1 and node.inode:
+                key = (node.device_id, node.inode)
+                if key in seen_links:
+                    progress.add_total(1, 0)
+                    return
+                if len(seen_links) < _MAX_HARDLINKS:
+                    seen_links.add(key)
+            progress.add_total(1, node.size if 0 <= node.size < 1 << 63 else 0)
 
-        for comps, node in walk_snapshot(self.repo, snap, self.options.includes, lost):
-            if any(c in (b"..", b".") or b"/" in c or not c for c in comps):
-                self.error(b"/".join(comps), "unsafe name in snapshot; skipped")
-                continue
-            dest = self.target + b"/" + b"/".join(comps)
-            if node.type == NodeType.DIR:
-                self.dirs.append((dest, node))
-            elif node.type == NodeType.FILE:
-                pf = _PlannedFile(node, dest)
-                if node.links > 1 and node.inode:
-                    key = (node.device_id, node.inode)
-                    if key in hardlinks:
-                        pf.link_to = hardlinks[key]
-                    else:
-                        hardlinks[key] = dest
-                self.files.append(pf)
-                if pf.link_to is None:
-                    self.progress.add_total(1, node.size)
-                else:
-                    self.progress.add_total(1, 0)
-            else:
-                self.others.append((dest, node))
-        self.progress.finish_scan()
+        walk = _Walk(
+            lambda t: _light_tree(self.repo, t),
+            self.options.includes,
+            self.options.max_tree_repeats,
+            self.control,
+        )
+        walk.run(snap.tree, None, lambda _p, _n: True, entry, _nothing, _nothing)
+        progress.finish_scan()
+        return walk.selected
 
-    # ------------------------------------------------------------- prepare
-    def _exists(self, dest: bytes) -> bool:
-        # nothing can be in a directory this restore created itself
-        if os.path.dirname(dest) in self.fresh:
-            return False
-        return os.path.lexists(dest)
-
-    def make_dirs(self) -> None:
-        """Create the target and every directory of the snapshot (parents first)."""
+    # ------------------------------------------------------------ restoring
+    def open_target(self) -> None:
         os.makedirs(self.target, mode=0o700, exist_ok=True)
-        for dest, _node in self.dirs:
-            try:
-                os.mkdir(dest, 0o700)
-                self.fresh.add(dest)
-            except FileExistsError:
-                if not os.path.isdir(dest):
-                    self.error(dest, "exists and is not a directory; not overwritten")
-            except FileNotFoundError:  # its parent could not be made
+        # the target itself is the user's choice: symlinks in its path are followed
+        fd = os.open(self.target, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        s = os.fstat(fd)
+        root = _Dir(None, self.target, None, s.st_dev, s.st_ino, False)
+        self.fds = _DirFds(root, fd)
+
+    def run(self, snap: Snapshot) -> None:
+        assert self.fds is not None
+        walk = _Walk(
+            self.repo.load_tree, self.options.includes, self.options.max_tree_repeats, self.control
+        )
+        walk.run(snap.tree, self.fds.root, self.enter, self.entry, self.leave, self.lost)
+        self.flush()
+
+    def lost(self, d: _Dir, message: str) -> None:
+        self.error(d.path(), message)
+
+    def leave(self, d: _Dir) -> None:
+        if d.parent is None:  # the target itself keeps its metadata
+            return
+        self.left.append(d)
+        if len(self.left) >= _BATCH_DIRS:
+            self.flush()
+
+    def enter(self, parent: _Dir, node: Node) -> _Dir | None:
+        """Make (or check) the directory ``node`` in ``parent``; None if it cannot be used."""
+        assert self.fds is not None
+        name = node.name
+        try:
+            with self.fds.fd(parent) as pfd:
+                fresh = True
                 try:
-                    os.makedirs(dest, mode=0o700, exist_ok=True)
+                    os.mkdir(name, 0o700, dir_fd=pfd)
+                except FileExistsError:
+                    fresh = False
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
                 except OSError as exc:
-                    self.error(dest, f"cannot create directory: {exc.strerror}")
-            except OSError as exc:
-                self.error(dest, f"cannot create directory: {exc.strerror}")
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                        raise
+                    # a symlink or a file where the directory goes
+                    if not self.options.overwrite:
+                        self.error(
+                            parent.path(name),
+                            "exists and is not a directory (a symlink or a file); not "
+                            "overwritten, nothing restored below it",
+                        )
+                        return None
+                    os.unlink(name, dir_fd=pfd)  # the link itself, never what it points to
+                    os.mkdir(name, 0o700, dir_fd=pfd)
+                    fresh = True
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        except OSError as exc:
+            self.error(parent.path(name), f"cannot create directory: {exc.strerror or exc}")
+            return None
+        s = os.fstat(fd)
+        d = _Dir(parent, name, node, s.st_dev, s.st_ino, fresh)
+        self.fds.adopt(d, fd)
+        self.dirs += 1
+        return d
 
-    def create_files(self) -> dict[BlobId, list[tuple[int, int]]]:
-        """Check the files' places; map blob -> [(file index, offset)].
+    def entry(self, parent: _Dir, node: Node) -> None:
+        """Plan one file, link or special file."""
+        if node.type == NodeType.INVALID:
+            self.error(
+                parent.path(node.name or b"<undecodable entry>"), f"left out: {node.invalid}"
+            )
+            return
+        if node.type == NodeType.SOCKET:
+            return  # sockets are not restored, as restic does
+        if node.type != NodeType.FILE:
+            self.batch.others.append((parent, node))
+            return
+        if node.links > 1 and node.inode:
+            key = (node.device_id, node.inode)
+            source = self.hardlinks.get(key)
+            if source is not None:
+                self.batch.links.append((parent, node, source))
+                return
+        if not self.clear_place(parent, node.name, "file"):
+            return
+        pf = _PlannedFile(parent, node)
+        batch = self.batch
+        idx = len(batch.files)
+        offset = 0
+        places: list[tuple[BlobId, int]] = []
+        for blob_id in node.content or ():
+            found = self.repo.index.lookup(BlobType.DATA, blob_id)
+            if found is None:
+                self.error(
+                    parent.path(node.name),
+                    f"data blob {blob_id.hex()[:12]} is missing from the repository",
+                )
+                return
+            places.append((blob_id, offset))
+            offset += found.plaintext_length
+        batch.files.append(pf)
+        for blob_id, off in places:
+            batch.needs.setdefault(blob_id, []).append((idx, off))
+        pf.remaining = len(places)
+        batch.blob_refs += len(places)
+        if node.links > 1 and node.inode and len(self.hardlinks) < _MAX_HARDLINKS:
+            self.hardlinks[(node.device_id, node.inode)] = _LinkSource(parent, node.name, pf)
+        if not pf.remaining:
+            self.progress.add_done(files=1)
+        if batch.full():
+            self.flush()
 
-        Files are created by their first write (or, with no data to write, at
-        the end), never before: one open per small file.
-        """
-        needs: dict[BlobId, list[tuple[int, int]]] = defaultdict(list)
-        self.ends = [0] * len(self.files)
-        self.remaining = [0] * len(self.files)
-        for i, pf in enumerate(self.files):
-            if pf.link_to is not None:
-                continue
-            dest = pf.dest
-            if self._exists(dest):
+    def clear_place(self, parent: _Dir, name: bytes, what: str) -> bool:
+        """Make room for a new entry ``name``: True when the place is free."""
+        if parent.fresh:
+            return True
+        assert self.fds is not None
+        try:
+            with self.fds.fd(parent) as pfd:
+                try:
+                    s = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return True
                 if not self.options.overwrite:
-                    self.error(dest, "exists; not overwritten")
-                    self.failed_files.add(dest)
-                    continue
-                try:
-                    if os.path.isdir(dest) and not os.path.islink(dest):
-                        raise IsADirectoryError(errno.EISDIR, "is a directory")
-                    os.unlink(dest)
-                except OSError as exc:
-                    self.error(dest, f"cannot replace: {exc.strerror}")
-                    self.failed_files.add(dest)
-                    continue
-            offset = 0
-            for blob_id in pf.node.content or ():
-                entry = self.repo.index.lookup(BlobType.DATA, blob_id)
-                if entry is None:
-                    self.error(
-                        dest, f"data blob {blob_id.hex()[:12]} is missing from the repository"
-                    )
-                    self.failed_files.add(dest)
-                    break
-                needs[blob_id].append((i, offset))
-                self.remaining[i] += 1
-                offset += entry.plaintext_length
-            if not self.remaining[i]:
-                self.progress.add_done(files=1)
-        return needs
+                    self.error(parent.path(name), "exists; not overwritten")
+                    return False
+                if st.S_ISDIR(s.st_mode):
+                    self.error(parent.path(name), f"is a directory; not replaced by a {what}")
+                    return False
+                os.unlink(name, dir_fd=pfd)  # a symlink: the link itself, never its target
+                return True
+        except OSError as exc:
+            self.error(parent.path(name), f"cannot replace: {exc.strerror or exc}")
+            return False
+
+    # ------------------------------------------------------------- a batch
+    def flush(self) -> None:
+        """Write the batch's contents, make its links and special files, set metadata."""
+        batch, self.batch = self.batch, _Batch()
+        if batch.needs:
+            self.restore_contents(batch)
+        for i, pf in enumerate(batch.files):
+            if i % 256 == 0:
+                self.control.checkpoint()
+            self.finish_file(pf)
+        for parent, node, source in batch.links:
+            self.make_link(parent, node, source)
+        for parent, node in batch.others:
+            self.make_other(parent, node)
+        left, self.left = self.left, []
+        assert self.fds is not None
+        for d in left:  # post-order: every directory after its subdirectories
+            self.finish_dir(d)
+            self.fds.forget(d)
+        for source in self.hardlinks.values():
+            if source.file is not None:
+                source.ok = not source.file.failed
+                source.file = None  # let the batch go
+
+    def restore_contents(self, batch: _Batch) -> None:
+        by_pack: dict[PackId, list[tuple[BlobId, int, int, int]]] = {}
+        for blob_id in batch.needs:
+            entry = self.repo.index.lookup(BlobType.DATA, blob_id)
+            assert entry is not None
+            by_pack.setdefault(entry.pack, []).append(
+                (blob_id, entry.offset, entry.length, entry.uncompressed_length)
+            )
+        futures: list[Future[None]] = [
+            self.pool.submit(self.restore_pack, batch, pack, blobs)
+            for pack, blobs in by_pack.items()
+        ]
+        try:
+            for fut in futures:
+                fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            for fut in futures:
+                if not fut.cancelled():
+                    try:
+                        fut.result()
+                    except BaseException:  # noqa: BLE001, S110 - the first failure is raised
+                        pass
+            raise
+
+    def _pack_size(self, pack: PackId) -> int | None:
+        with self._lock:
+            if self.pack_sizes is None:
+                self.pack_sizes = {
+                    bytes.fromhex(name): size
+                    for name, size in self.repo.storage.list(FileType.PACK)
+                }
+            return self.pack_sizes.get(pack)
 
     def restore_pack(
-        self,
-        pack: PackId,
-        blobs: list[tuple[BlobId, int, int, int]],
-        needs: dict[BlobId, list[tuple[int, int]]],
+        self, batch: _Batch, pack: PackId, blobs: list[tuple[BlobId, int, int, int]]
     ) -> None:
         """Read the needed ranges of one pack and write its blobs out."""
         self.control.checkpoint()
-        blobs.sort(key=lambda b: b[1])
-        groups: list[list[tuple[BlobId, int, int, int]]] = []
+        size = self._pack_size(pack)
+        if size is None:
+            for blob_id, *_ in blobs:
+                self.blob_failed(batch, blob_id, f"pack {pack.hex()[:12]} is missing")
+            return
+        good = []
         for b in blobs:
-            if groups and b[1] - (groups[-1][-1][1] + groups[-1][-1][2]) <= _MERGE_GAP:
-                groups[-1].append(b)
+            _id, offset, length, ulen = b
+            if offset + length > size:
+                self.blob_failed(
+                    batch, _id, f"the index places it beyond the end of pack {pack.hex()[:12]}"
+                )
+            elif length > MAX_BLOB_STORED or ulen > MAX_BLOB_PLAINTEXT[BlobType.DATA]:
+                self.blob_failed(batch, _id, "the index gives it a length beyond any genuine blob")
             else:
-                groups.append([b])
+                good.append(b)
+        good.sort(key=lambda b: b[1])
+        groups: list[list[tuple[BlobId, int, int, int]]] = []
+        for b in good:
+            if groups:
+                last = groups[-1]
+                start, end = last[0][1], last[-1][1] + last[-1][2]
+                if b[1] - end <= _MERGE_GAP and b[1] + b[2] - start <= _MAX_RANGE:
+                    last.append(b)
+                    continue
+            groups.append([b])
         for group in groups:
             start = group[0][1]
-            end = group[-1][1] + group[-1][2]
+            end = max(b[1] + b[2] for b in group)
             try:
                 raw = self.repo.storage.load(FileType.PACK, pack.hex(), start, end - start)
             except (StorageError, NotFound) as exc:
                 for blob_id, *_ in group:
-                    self._blob_failed(blob_id, needs, f"pack {pack.hex()[:12]} unreadable: {exc}")
+                    self.blob_failed(batch, blob_id, f"pack {pack.hex()[:12]} unreadable: {exc}")
                 continue
             view = memoryview(raw)
             for blob_id, offset, length, ulen in group:
@@ -288,29 +811,31 @@ class _Restorer:
                         verify=self.options.verify,
                     )
                 except IntegrityError as exc:
-                    self._blob_failed(blob_id, needs, str(exc))
+                    self.blob_failed(batch, blob_id, str(exc))
                     continue
-                self.write_blob(plain, needs[blob_id])
+                self.write_blob(batch, plain, batch.needs[blob_id])
 
-    def _blob_failed(
-        self, blob_id: BlobId, needs: dict[BlobId, list[tuple[int, int]]], message: str
-    ) -> None:
-        for idx, _off in needs[blob_id]:
-            dest = self.files[idx].dest
-            self.error(dest, f"content lost: {message}")
+    def blob_failed(self, batch: _Batch, blob_id: BlobId, message: str) -> None:
+        for idx, _off in batch.needs[blob_id]:
+            pf = batch.files[idx]
             with self._lock:
-                self.failed_files.add(dest)
+                first = not pf.failed
+                pf.failed = True
+            if first:
+                self.error(pf.parent.path(pf.node.name), f"content lost: {message}")
 
-    def write_blob(self, plain: bytes, where: list[tuple[int, int]]) -> None:
+    def write_blob(self, batch: _Batch, plain: bytes, where: list[tuple[int, int]]) -> None:
         """Write one blob to every place that holds it (all-zero blocks stay holes)."""
+        assert self.fds is not None
         zero = len(plain) >= 4096 and plain.count(0) == len(plain)
         for idx, offset in where:
-            pf = self.files[idx]
+            pf = batch.files[idx]
+            if pf.failed:
+                continue
             if not zero:
                 try:
-                    fd = os.open(
-                        pf.dest, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-                    )
+                    with self.fds.fd(pf.parent) as pfd:
+                        fd = os.open(pf.node.name, _FILE_FLAGS, 0o600, dir_fd=pfd)
                     try:
                         view = memoryview(plain)
                         pos = offset
@@ -321,123 +846,145 @@ class _Restorer:
                     finally:
                         os.close(fd)
                 except OSError as exc:
-                    self.error(pf.dest, f"write failed: {exc.strerror}")
                     with self._lock:
-                        self.failed_files.add(pf.dest)
+                        first = not pf.failed
+                        pf.failed = True
+                    if first:
+                        self.error(pf.parent.path(pf.node.name), _write_failure(exc))
                     if exc.errno == errno.ENOSPC:
                         raise StorageError(
-                            f"the restore target is full (no space left) at {os.fsdecode(pf.dest)}"
+                            "the restore target is full (no space left) at "
+                            + os.fsdecode(pf.parent.path(pf.node.name))
                         ) from None
                     continue
             with self._lock:
                 self.bytes_written += len(plain)
                 end = offset + len(plain)
-                if end > self.ends[idx] and not zero:
-                    self.ends[idx] = end
-                self.remaining[idx] -= 1
-                finished = self.remaining[idx] == 0
+                if end > pf.end and not zero:
+                    pf.end = end
+                pf.remaining -= 1
+                finished = pf.remaining == 0
             self.progress.add_done(nbytes=len(plain), files=1 if finished else 0)
-            self.progress.current_file = os.fsdecode(pf.dest)
+            self.progress.current_file = os.fsdecode(pf.parent.path(pf.node.name))
             self.progress.maybe_report()
 
-    def restore_contents(self, needs: dict[BlobId, list[tuple[int, int]]]) -> None:
-        by_pack: dict[PackId, list[tuple[BlobId, int, int, int]]] = defaultdict(list)
-        for blob_id in needs:
-            entry = self.repo.index.lookup(BlobType.DATA, blob_id)
-            assert entry is not None
-            by_pack[entry.pack].append(
-                (blob_id, entry.offset, entry.length, entry.uncompressed_length)
-            )
-        workers = self.options.workers or min(8, (os.cpu_count() or 2) * 2)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
-            futures: list[Future[None]] = [
-                pool.submit(self.restore_pack, pack, blobs, needs)
-                for pack, blobs in by_pack.items()
-            ]
-            try:
-                for fut in futures:
-                    fut.result()
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
-
     # ------------------------------------------------------------ metadata
-    def _meta(self, dest: bytes, node: Node, *, follow: bool = True) -> None:
+    def finish_file(self, pf: _PlannedFile) -> None:
+        """Give a written file its size (holes, empty files) and its metadata."""
+        if pf.failed:
+            return
+        assert self.fds is not None
+        node = pf.node
         try:
-            if _IS_ROOT:
-                os.chown(dest, node.uid, node.gid, follow_symlinks=follow)
-            if follow:
-                os.chmod(dest, unix_mode(node.mode))
-            os.utime(dest, ns=(node.atime or node.mtime, node.mtime), follow_symlinks=follow)
-        except OSError as exc:
-            self.error(dest, f"cannot set metadata: {exc.strerror}")
-
-    def finish(self) -> None:
-        for i, pf in enumerate(self.files):
-            if pf.link_to is not None:
-                if pf.link_to in self.failed_files:
-                    self.error(pf.dest, "hard link target was not restored")
-                    continue
-                try:
-                    if self._exists(pf.dest):
-                        if not self.options.overwrite:
-                            self.error(pf.dest, "exists; not overwritten")
-                            continue
-                        os.unlink(pf.dest)
-                    os.link(pf.link_to, pf.dest)
-                    self.progress.add_done(files=1)
-                except OSError as exc:
-                    self.error(pf.dest, f"cannot create hard link: {exc.strerror}")
-                continue
-            if pf.dest in self.failed_files:
-                continue
-            if pf.node.size == 0 or self.ends[i] != pf.node.size:  # empty, sparse, ending in zeros
-                try:
-                    fd = os.open(
-                        pf.dest, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-                    )
-                    try:
-                        os.ftruncate(fd, pf.node.size)
-                    finally:
-                        os.close(fd)
-                except OSError as exc:
-                    self.error(pf.dest, f"cannot create file: {exc.strerror}")
-                    continue
-            self._meta(pf.dest, pf.node)
-        for dest, node in self.others:
-            if self._exists(dest):
-                if not self.options.overwrite:
-                    self.error(dest, "exists; not overwritten")
-                    continue
-                try:
-                    os.unlink(dest)
-                except OSError as exc:
-                    self.error(dest, f"cannot replace: {exc.strerror}")
-                    continue
+            with self.fds.fd(pf.parent) as pfd:
+                fd = os.open(node.name, _FILE_FLAGS, 0o600, dir_fd=pfd)
             try:
-                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+                if not st.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file")
+                if pf.end != node.size:  # empty, sparse, or ending in zeros
+                    os.ftruncate(fd, node.size)
+                self._set_meta_fd(fd, node)
+            finally:
+                os.close(fd)
+        except (OSError, OverflowError) as exc:
+            pf.failed = True
+            self.error(pf.parent.path(node.name), f"cannot finish file: {_reason(exc)}")
+            return
+        self.files_ok += 1
+
+    def _set_meta_fd(self, fd: int, node: Node) -> None:
+        if _IS_ROOT:
+            os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears setuid bits
+        os.fchmod(fd, unix_mode(node.mode))
+        os.utime(fd, ns=(node.atime or node.mtime, node.mtime))
+
+    def make_link(self, parent: _Dir, node: Node, source: _LinkSource) -> None:
+        path = parent.path(node.name)
+        if not source.ok or (source.file is not None and source.file.failed):
+            self.error(path, "hard link target was not restored")
+            return
+        if not self.clear_place(parent, node.name, "hard link"):
+            return
+        assert self.fds is not None
+        try:
+            with self.fds.fd(source.parent) as sfd, self.fds.fd(parent) as pfd:
+                os.link(
+                    source.name, node.name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False
+                )
+        except OSError as exc:
+            self.error(path, f"cannot create hard link: {exc.strerror or exc}")
+            return
+        self.files_ok += 1
+        self.progress.add_done(files=1)
+
+    def make_other(self, parent: _Dir, node: Node) -> None:
+        """Create a symlink, FIFO or device node, then its metadata."""
+        path = parent.path(node.name)
+        if node.type in (NodeType.DEV, NodeType.CHARDEV) and not _IS_ROOT:
+            self.error(path, "device files need root; skipped")
+            return
+        if node.type not in (NodeType.SYMLINK, NodeType.FIFO, NodeType.DEV, NodeType.CHARDEV):
+            self.error(path, f"cannot restore node type {node.type!r}")
+            return
+        if not self.clear_place(parent, node.name, node.type):
+            return
+        assert self.fds is not None
+        name = node.name
+        try:
+            with self.fds.fd(parent) as pfd:
                 if node.type == NodeType.SYMLINK:
-                    os.symlink(node.linktarget, dest)
+                    os.symlink(node.linktarget, name, dir_fd=pfd)
                 elif node.type == NodeType.FIFO:
-                    os.mkfifo(dest, unix_mode(node.mode))
-                elif node.type in (NodeType.DEV, NodeType.CHARDEV):
-                    if not _IS_ROOT:
-                        self.error(dest, "device files need root; skipped")
-                        continue
-                    kind = st.S_IFCHR if node.type == NodeType.CHARDEV else st.S_IFBLK
-                    os.mknod(dest, kind | unix_mode(node.mode), node.device)
-                elif node.type == NodeType.SOCKET:
-                    continue  # sockets are not restored, as restic does
+                    os.mkfifo(name, 0o600, dir_fd=pfd)
                 else:
-                    self.error(dest, f"cannot restore node type {node.type!r}")
-                    continue
-            except OSError as exc:
-                self.error(dest, f"cannot create: {exc.strerror}")
-                continue
-            self._meta(dest, node, follow=node.type != NodeType.SYMLINK)
-        for dest, node in sorted(self.dirs, key=lambda d: d[0].count(b"/"), reverse=True):
-            self._meta(dest, node)
+                    kind = st.S_IFCHR if node.type == NodeType.CHARDEV else st.S_IFBLK
+                    os.mknod(name, kind | 0o600, node.device, dir_fd=pfd)
+                if _IS_ROOT:
+                    os.chown(name, node.uid, node.gid, dir_fd=pfd, follow_symlinks=False)
+                if node.type != NodeType.SYMLINK:
+                    # just made by us and not a symlink: nothing to follow
+                    os.chmod(name, unix_mode(node.mode), dir_fd=pfd)
+                os.utime(
+                    name,
+                    ns=(node.atime or node.mtime, node.mtime),
+                    dir_fd=pfd,
+                    follow_symlinks=False,
+                )
+        except (OSError, OverflowError, ValueError) as exc:
+            self.error(path, f"cannot create: {_reason(exc)}")
+
+    def finish_dir(self, d: _Dir) -> None:
+        """A directory's metadata, through its own descriptor."""
+        node = d.node
+        if node is None:
+            return
+        assert self.fds is not None
+        try:
+            with self.fds.fd(d) as fd:
+                self._set_meta_fd(fd, node)
+        except (OSError, OverflowError) as exc:
+            self.error(d.path(), f"cannot set metadata: {_reason(exc)}")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.fds is not None:
+            self.fds.close()
+
+
+def _nothing(*_args: object) -> None:
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _write_failure(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symlink is in the way; not followed, not overwritten"
+    return f"write failed: {exc.strerror or exc}"
 
 
 def restore(
@@ -449,28 +996,29 @@ def restore(
     control: Control | None = None,
     progress_interval: float = 0.1,
 ) -> RestoreResult:
-    """Restore ``snap`` into ``options.target``; per-file problems are listed, not raised."""
+    """Restore ``snap`` into ``options.target``; per-entry problems are listed, not raised."""
     limit_malloc_arenas()
     control = control or Control()
     state = ProgressState(progress, progress_interval)
     repo.ensure_index()
     r = _Restorer(repo, options, state, control)
-    r.plan(snap)
-    if options.includes and not (r.dirs or r.files or r.others):
-        raise NotFound(
-            "none of the --include paths is in the snapshot: " + ", ".join(options.includes)
-        )
     try:
-        r.make_dirs()
-        needs = r.create_files()
-        r.restore_contents(needs)
-        r.finish()
-    except OSError as exc:
-        raise EngineError(f"restore failed: {exc.strerror or exc}") from None
+        if not r.count(snap) and options.includes:
+            raise NotFound(
+                "none of the --include paths is in the snapshot: " + ", ".join(options.includes)
+            )
+        try:
+            r.open_target()
+            r.run(snap)
+        except OSError as exc:
+            raise EngineError(f"restore failed: {exc.strerror or exc}") from None
+    finally:
+        r.close()
     state.report_final()
     return RestoreResult(
-        files=sum(1 for f in r.files if f.dest not in r.failed_files),
-        dirs=len(r.dirs),
+        files=r.files_ok,
+        dirs=r.dirs,
         bytes_written=r.bytes_written,
         errors=tuple(r.errors),
+        errors_total=r.errors_total,
     )

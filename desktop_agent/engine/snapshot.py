@@ -53,10 +53,45 @@ class SnapshotSummary:
 
 
 def _summary(obj: Any) -> SnapshotSummary | None:
+    """The summary, or None when there is none or it holds values of the wrong kind."""
     if not isinstance(obj, dict):
         return None
-    names = SnapshotSummary.__dataclass_fields__
-    return SnapshotSummary(**{k: v for k, v in obj.items() if k in names})
+    values: dict[str, Any] = {}
+    for name, f in SnapshotSummary.__dataclass_fields__.items():
+        if name not in obj:
+            continue
+        value = obj[name]
+        if f.type == "str":
+            if not isinstance(value, str):
+                return None
+        elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+            return None
+        values[name] = value
+    return SnapshotSummary(**values)
+
+
+def _text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is not a string")
+    return value
+
+
+def _texts(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise TypeError(f"{what} is not a list")
+    return tuple(_text(v, what) for v in value)
+
+
+def _id(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
+        raise ValueError(f"uid/gid {value!r} is out of range")
+    return value
 
 
 @dataclass(frozen=True)
@@ -132,23 +167,24 @@ class Snapshot:
             if not isinstance(doc, dict):
                 raise TypeError("not an object")
             summary = doc.get("summary")
-            parse_time(doc["time"])
+            time = _text(doc["time"], "time")
+            parse_time(time)
             return cls(
-                time=str(doc["time"]),
+                time=time,
                 tree=BlobId(parse_id(doc["tree"])),
-                paths=tuple(str(p) for p in doc.get("paths") or ()),
-                hostname=str(doc.get("hostname") or ""),
-                username=str(doc.get("username") or ""),
-                uid=int(doc.get("uid") or 0),
-                gid=int(doc.get("gid") or 0),
-                excludes=tuple(str(e) for e in doc.get("excludes") or ()),
-                tags=tuple(str(t) for t in doc.get("tags") or ()),
+                paths=_texts(doc.get("paths"), "paths"),
+                hostname=_text(doc.get("hostname"), "hostname"),
+                username=_text(doc.get("username"), "username"),
+                uid=_id(doc.get("uid")),
+                gid=_id(doc.get("gid")),
+                excludes=_texts(doc.get("excludes"), "excludes"),
+                tags=_texts(doc.get("tags"), "tags"),
                 parent=SnapshotId(parse_id(doc["parent"])) if doc.get("parent") else None,
                 original=SnapshotId(parse_id(doc["original"])) if doc.get("original") else None,
-                program_version=str(doc.get("program_version") or ""),
+                program_version=_text(doc.get("program_version"), "program_version"),
                 summary=_summary(summary),
                 extra={k: v for k, v in doc.items() if k not in known},
                 id=snapshot_id,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IntegrityError(f"snapshot is malformed: {exc}") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise IntegrityError(f"snapshot is malformed: {type(exc).__name__}: {exc}") from None

@@ -59,6 +59,8 @@ class NodeType:
     FIFO = "fifo"
     SOCKET = "socket"
     IRREGULAR = "irregular"
+    # not restic's: a node of a damaged or hostile tree that could not be decoded
+    INVALID = "invalid"
 
 
 def go_mode(unix: int) -> int:
@@ -133,6 +135,8 @@ class Node:
     extra: dict[str, Any] = field(default_factory=dict)
     # the original time strings, so a decoded node re-encodes byte-identically
     time_text: tuple[str, str, str] | None = None
+    # why the node could not be decoded (type INVALID); empty for a good node
+    invalid: str = ""
 
     def encode(self) -> str:
         """The node as Go's ``json.Marshal`` writes restic's Node struct."""
@@ -198,38 +202,52 @@ class Node:
 
     @classmethod
     def decode(cls, obj: dict[str, Any]) -> Node:
-        """Build a node from the decoded JSON object of a tree."""
+        """Build a node from the decoded JSON object of a tree.
+
+        Every value is checked here, where it enters the program: a name or
+        link target a file system cannot hold, a number that overflows the
+        system call it will reach, a time no clock shows. Raises
+        :class:`IntegrityError` naming the field; :func:`decode_tree` turns
+        that into an :meth:`undecodable` node so the rest of the tree is usable.
+        """
         try:
-            name = go_unquote_name(obj["name"])
+            if not isinstance(obj, dict):
+                raise TypeError("a node is not a JSON object")
+            name = _name(obj["name"])
             mt, at, ct = obj.get("mtime"), obj.get("atime"), obj.get("ctime")
             content = obj.get("content")
             subtree = obj.get("subtree")
             raw_target = obj.get("linktarget_raw")
             if raw_target is not None:
-                target = base64.b64decode(raw_target)
+                target = base64.b64decode(_str(raw_target, "linktarget_raw"), validate=True)
             else:
-                target = str(obj.get("linktarget") or "").encode("utf-8", "surrogateescape")
+                target = _str(obj.get("linktarget") or "", "linktarget").encode(
+                    "utf-8", "surrogateescape"
+                )
+            if b"\0" in target:
+                raise ValueError("linktarget contains a NUL byte")
             node = cls(
                 name=name,
-                type=str(obj["type"]),
-                mode=int(obj.get("mode") or 0),
-                mtime=parse_time(mt) if mt else 0,
-                atime=parse_time(at) if at else 0,
-                ctime=parse_time(ct) if ct else 0,
-                uid=int(obj.get("uid") or 0),
-                gid=int(obj.get("gid") or 0),
-                user=str(obj.get("user") or ""),
-                group=str(obj.get("group") or ""),
-                inode=int(obj.get("inode") or 0),
-                device_id=int(obj.get("device_id") or 0),
-                size=int(obj.get("size") or 0),
-                links=int(obj.get("links") or 0),
+                type=_str(obj["type"], "type"),
+                mode=_uint(obj, "mode", 32),
+                mtime=(mtime := _time(mt, "mtime")),
+                # most nodes carry one time three times: parse it once
+                atime=mtime if at == mt else _time(at, "atime"),
+                ctime=mtime if ct == mt else _time(ct, "ctime"),
+                uid=_uint(obj, "uid", 32),
+                gid=_uint(obj, "gid", 32),
+                user=_str(obj.get("user") or "", "user"),
+                group=_str(obj.get("group") or "", "group"),
+                inode=_uint(obj, "inode", 64),
+                device_id=_uint(obj, "device_id", 64),
+                size=_uint(obj, "size", 63),
+                links=_uint(obj, "links", 64),
                 linktarget=target,
                 xattrs=[
                     (str(a["name"]), base64.b64decode(a["value"] or ""))
                     for a in obj.get("extended_attributes") or ()
                 ],
-                device=int(obj.get("device") or 0),
+                device=_uint(obj, "device", 64),
                 content=None if content is None else [BlobId(parse_id(c)) for c in content],
                 subtree=None if subtree is None else BlobId(parse_id(subtree)),
                 error=str(obj.get("error") or ""),
@@ -237,8 +255,83 @@ class Node:
                 time_text=(mt, at, ct) if mt and at and ct else None,
             )
         except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as exc:
-            raise IntegrityError(f"tree node is malformed: {exc}") from None
+            raise IntegrityError(f"tree node is malformed: {type(exc).__name__}: {exc}") from None
         return node
+
+    @classmethod
+    def undecodable(cls, obj: Any, reason: str) -> Node:
+        """A node that failed :meth:`decode`: what could be read of it, and why.
+
+        Its references (content, subtree) are kept where they parse, so that
+        prune still counts the data they name as used; everything else must
+        treat the node as an error for its entry.
+        """
+        fields = obj if isinstance(obj, dict) else {}
+        try:
+            name = go_unquote_name(fields["name"]) if isinstance(fields.get("name"), str) else b""
+        except ValueError:
+            name = b""
+        node = cls(name=name, type=NodeType.INVALID, invalid=reason)
+        content = fields.get("content")
+        if isinstance(content, list):
+            node.content = [BlobId(i) for i in _ids(content)]
+        subtree = fields.get("subtree")
+        if isinstance(subtree, str):
+            ids = _ids([subtree])
+            node.subtree = BlobId(ids[0]) if ids else None
+        return node
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is not a string")
+    return value
+
+
+def _name(value: Any) -> bytes:
+    name = go_unquote_name(_str(value, "name"))
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise ValueError(f"name {value!r} cannot be a file name")
+    return name
+
+
+def _uint(obj: dict[str, Any], key: str, bits: int) -> int:
+    value = obj.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        # Go's encoding/json writes whole numbers; a float or string is not one
+        raise TypeError(f"{key} is not an integer")
+    if not 0 <= value < 1 << bits:
+        raise ValueError(f"{key} {value} is out of range")
+    return value
+
+
+# Go's time.Time covers years 0-9999 in RFC 3339; beyond that no file system has a time
+_MIN_TIME = -62_167_219_200 * 10**9
+_MAX_TIME = 253_402_300_800 * 10**9
+
+
+def _time(value: Any, what: str) -> int:
+    if not value:
+        return 0
+    try:
+        ns = parse_time(_str(value, what))
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    if not _MIN_TIME <= ns < _MAX_TIME:
+        raise ValueError(f"{what} {value!r} is out of range")
+    return ns
+
+
+def _ids(values: list[Any]) -> list[bytes]:
+    out = []
+    for v in values:
+        try:
+            out.append(parse_id(v))
+        except ValueError:
+            continue
+    return out
 
 
 _quoted_cache: dict[str, str] = {}
@@ -267,15 +360,35 @@ def encode_tree(nodes: list[Node]) -> bytes:
     return ('{"nodes":[' + ",".join(n.encode() for n in nodes) + "]}\n").encode("utf-8")
 
 
-def decode_tree(data: bytes) -> list[Node]:
-    """Parse a tree blob's plaintext."""
+def decode_tree(data: bytes | bytearray | memoryview) -> list[Node]:
+    """Parse a tree blob's plaintext.
+
+    A tree that is not a JSON document of nodes raises
+    :class:`IntegrityError`. A node within it that fails validation becomes
+    an :meth:`Node.undecodable` node, as does a second node of the same name, so
+    readers report that one entry and go on with the others.
+    """
     try:
-        doc = json.loads(data)
+        doc = json.loads(bytes(data))
         raw_nodes = doc["nodes"]
         if raw_nodes is None:
             return []
         if not isinstance(raw_nodes, list):
             raise TypeError("nodes is not a list")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError(f"tree is malformed: {exc}") from None
-    return [Node.decode(o) for o in raw_nodes]
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
+        raise IntegrityError(f"tree is malformed: {type(exc).__name__}: {exc}") from None
+    nodes = []
+    names: set[bytes] = set()
+    for obj in raw_nodes:
+        try:
+            node = Node.decode(obj)
+        except IntegrityError as exc:
+            node = Node.undecodable(obj, str(exc))
+        except RecursionError:
+            node = Node.undecodable(obj, "tree node is nested too deeply")
+        else:
+            if node.name in names:
+                node = Node.undecodable(obj, "a second entry of the same name in one directory")
+        names.add(node.name)
+        nodes.append(node)
+    return nodes

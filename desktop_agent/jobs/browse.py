@@ -250,6 +250,7 @@ class RepositoryBrowser:
                 has_children=n.type == NodeType.DIR and n.subtree is not None,
             )
             for n in self._tree(tree_id)
+            if n.type != NodeType.INVALID  # undecodable: a restore of the folder reports it
         ]
 
 

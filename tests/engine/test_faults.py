@@ -265,7 +265,9 @@ def test_disk_full_on_the_snapshot_after_the_index(tmp_path, new_repo, restic, s
     # everything but the snapshot was stored and indexed: the next run adds nothing
     assert not check(fresh(repo)).warnings
     again = backup(fresh(repo), BackupOptions(sources=[str(source)]))
-    assert again.summary.data_added == again.summary.data_blobs == 0
+    # no data again; a tree may be new: the directories above the source (/tmp)
+    # change whenever any other process creates a file there
+    assert again.summary.data_blobs == 0
     assert_next_run_works(repo, source, tmp_path, restic)
 
 

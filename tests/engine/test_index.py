@@ -19,9 +19,9 @@ _blob = st.builds(
     PackedBlob,
     st.sampled_from(BlobType),
     _id.map(BlobId),
-    st.integers(0, 2**40),
-    st.integers(32, 2**32),
-    st.just(0) | st.integers(1, 2**32),
+    st.integers(0, 2**40 - 1),
+    st.integers(32, 2**32 - 1),
+    st.just(0) | st.integers(1, 2**32 - 1),
 )
 _packs = st.lists(st.tuples(_id.map(PackId), st.lists(_blob, max_size=5)), max_size=5)
 

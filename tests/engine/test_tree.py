@@ -80,7 +80,9 @@ _u64 = st.integers(0, 2**64 - 1)
 
 nodes = st.builds(
     Node,
-    name=st.binary(min_size=1, max_size=24),
+    name=st.binary(min_size=1, max_size=24).filter(
+        lambda n: n not in (b".", b"..") and b"/" not in n and b"\0" not in n
+    ),
     type=st.sampled_from(
         [
             NodeType.FILE,
@@ -101,9 +103,9 @@ nodes = st.builds(
     group=_text,
     inode=_u64,
     device_id=_u64,
-    size=_u64,
+    size=st.integers(0, 2**63 - 1),
     links=_u64,
-    linktarget=st.binary(max_size=24),
+    linktarget=st.binary(max_size=24).filter(lambda t: b"\0" not in t),
     xattrs=st.lists(st.tuples(_text.filter(bool), st.binary(max_size=16)), max_size=3),
     device=_u64,
     content=st.none() | st.lists(_ids, max_size=3),
@@ -190,7 +192,7 @@ def test_unknown_fields_survive_decode_and_encode() -> None:
 
 
 def test_encode_tree_sorts_by_raw_name() -> None:
-    names = [b"b", b"\xff", "ä".encode(), b"B", b"a", b"a\x00", b"a b"]
+    names = [b"b", b"\xff", "ä".encode(), b"B", b"a", b"a\x01", b"a b"]
     tree = encode_tree([Node(name=n, type="file", content=[]) for n in names])
     assert tree.startswith(b'{"nodes":[{"name":"B",') and tree.endswith(b"]}\n")
     assert [n.name for n in decode_tree(tree)] == sorted(names)
@@ -228,22 +230,72 @@ def test_tree_round_trip(items: list[Node]) -> None:
         b"[]",
         b'{"tree":[]}',
         b'{"nodes":{}}',
-        b'{"nodes":[1]}',
-        b'{"nodes":[{"type":"file"}]}',
-        b'{"nodes":[{"name":"x"}]}',
-        b'{"nodes":[{"name":"bad\\\\q","type":"file"}]}',
-        b'{"nodes":[{"name":"x","type":"file","content":["abc"]}]}',
-        b'{"nodes":[{"name":"x","type":"dir","subtree":"zz"}]}',
-        b'{"nodes":[{"name":"x","type":"file","mtime":"yesterday"}]}',
-        b'{"nodes":[{"name":"x","type":"file","mode":1e999}]}',
-        b'{"nodes":[{"name":"x","type":"file","size":"big"}]}',
-        b'{"nodes":[{"name":"x","type":"symlink","linktarget_raw":5}]}',
-        b'{"nodes":[{"name":"x","type":"file","extended_attributes":[{"value":"AA=="}]}]}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"nodes":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
     ],
 )
 def test_malformed_tree_raises_integrity_error(raw: bytes) -> None:
     with pytest.raises(IntegrityError):
         decode_tree(raw)
+
+
+@pytest.mark.parametrize(
+    "node, why",
+    [
+        (b"1", "not a JSON object"),
+        (b'{"type":"file"}', "KeyError"),
+        (b'{"name":"x"}', "KeyError"),
+        (b'{"name":"bad\\\\q","type":"file"}', "invalid escape"),
+        (b'{"name":"x","type":"file","content":["abc"]}', "invalid id"),
+        (b'{"name":"x","type":"dir","subtree":"zz"}', "invalid id"),
+        (b'{"name":"x","type":"file","mtime":"yesterday"}', "invalid timestamp"),
+        (b'{"name":"x","type":"file","mode":1e999}', "mode is not an integer"),
+        (b'{"name":"x","type":"file","size":"big"}', "size is not an integer"),
+        (b'{"name":"x","type":"symlink","linktarget_raw":5}', "linktarget_raw is not a string"),
+        (b'{"name":"x","type":"file","extended_attributes":[{"value":"AA=="}]}', "KeyError"),
+        # values that reach system calls and would overflow or be refused there
+        (b'{"name":"x\\u0000y","type":"file"}', "cannot be a file name"),
+        (b'{"name":"a/b","type":"file"}', "cannot be a file name"),
+        (b'{"name":"..","type":"dir"}', "cannot be a file name"),
+        (b'{"name":"","type":"file"}', "cannot be a file name"),
+        (b'{"name":"x","type":"symlink","linktarget":"/a\\u0000b"}', "NUL"),
+        (b'{"name":"x","type":"file","size":18446744073709551616}', "size"),
+        (b'{"name":"x","type":"file","size":9223372036854775808}', "size"),
+        (b'{"name":"x","type":"file","uid":1099511627776}', "uid"),
+        (b'{"name":"x","type":"file","gid":-1}', "gid"),
+        (b'{"name":"x","type":"file","inode":-5}', "inode"),
+        (b'{"name":"x","type":"dev","device":36893488147419103232}', "device"),
+        (b'{"name":"x","type":"file","mtime":"99999-01-01T00:00:00Z"}', "mtime"),
+        (b'{"name":"x","type":"file","uid":true}', "uid is not an integer"),
+    ],
+)
+def test_a_bad_node_is_an_error_for_that_entry_only(node: bytes, why: str) -> None:
+    good = b'{"name":"ok","type":"file","content":[]}'
+    nodes = decode_tree(b'{"nodes":[' + node + b"," + good + b"]}")
+    assert [n.type for n in nodes] == [NodeType.INVALID, NodeType.FILE]
+    assert why in nodes[0].invalid
+    assert nodes[1].name == b"ok" and not nodes[1].invalid
+
+
+def test_an_invalid_node_keeps_the_references_that_parse() -> None:
+    blob = "ab" * 32
+    (node,) = decode_tree(
+        b'{"nodes":[{"name":"f","type":"file","uid":-1,"content":["'
+        + blob.encode()
+        + b'","zz"],"subtree":"'
+        + blob.encode()
+        + b'"}]}'
+    )
+    assert node.type == NodeType.INVALID and node.name == b"f"
+    assert node.content == [bytes.fromhex(blob)] and node.subtree == bytes.fromhex(blob)
+
+
+def test_a_second_entry_of_the_same_name_is_invalid() -> None:
+    one = b'{"name":"x","type":"dir","subtree":"' + b"ab" * 32 + b'"}'
+    two = b'{"name":"x","type":"file","content":[]}'
+    first, second = decode_tree(b'{"nodes":[' + one + b"," + two + b"]}")
+    assert first.type == NodeType.DIR
+    assert second.type == NodeType.INVALID and "same name" in second.invalid
 
 
 _json = st.recursive(
@@ -269,9 +321,11 @@ _node_like = st.fixed_dictionaries(
 @given(st.one_of(_json, st.fixed_dictionaries({"nodes": st.lists(_node_like | _json, max_size=3)})))
 def test_any_json_decodes_or_raises_integrity_error(doc: object) -> None:
     try:
-        decode_tree(json.dumps(doc).encode())
+        nodes = decode_tree(json.dumps(doc).encode())
     except IntegrityError:
-        pass
+        return
+    for node in nodes:
+        assert node.type != NodeType.INVALID or node.invalid
 
 
 # ------------------------------------------------------------------- modes

@@ -13,7 +13,9 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["FileType", "Storage", "Buffer", "is_storage_id"]
+from ..errors import IntegrityError
+
+__all__ = ["FileType", "Storage", "Buffer", "is_storage_id", "too_large"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -35,6 +37,13 @@ _ID_RE = re.compile(r"[0-9a-f]{64}")
 def is_storage_id(name: str) -> bool:
     """True for a lower-case hex SHA-256 name, the only names a repository lists."""
     return _ID_RE.fullmatch(name) is not None
+
+
+def too_large(what: str, size: int, limit: int) -> IntegrityError:
+    """The error for a file larger than any genuine file of its kind."""
+    return IntegrityError(
+        f"{what} is {size} bytes, more than the {limit} a genuine file of its kind can be; not read"
+    )
 
 
 @runtime_checkable
@@ -78,8 +87,21 @@ class Storage(Protocol):
         """A directory for files being assembled before :meth:`save_file`."""
         ...
 
-    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        """Read a whole file, or ``length`` bytes from ``offset``."""
+    def load(
+        self,
+        ftype: FileType,
+        name: str,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        max_size: int | None = None,
+    ) -> bytes:
+        """Read a whole file, or ``length`` bytes from ``offset``.
+
+        With ``max_size``, a whole file larger than that is refused with an
+        :class:`~desktop_agent.engine.errors.IntegrityError` before it is
+        read: a file of a hostile repository must not fill the memory.
+        """
         ...
 
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:

@@ -339,10 +339,20 @@ class FaultyStorage:
         self._enter("spool", None, "")
         return self._call(self.inner.spool_dir, None, "", "spool")
 
-    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+    def load(
+        self,
+        ftype: FileType,
+        name: str,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        max_size: int | None = None,
+    ) -> bytes:
         """Delegate, or fail as programmed."""
         self._enter("load", ftype, name)
-        return self._call(lambda: self.inner.load(ftype, name, offset, length), ftype, name)
+        return self._call(
+            lambda: self.inner.load(ftype, name, offset, length, max_size=max_size), ftype, name
+        )
 
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
         """Delegate, or fail as programmed (when iterated, as LocalStorage does)."""

@@ -2,18 +2,22 @@
 
 Writes follow the borg/restic recipe: write a temporary file next to the
 final one, flush, fsync, rename, fsync the directory. A crash leaves at worst
-a ``*-tmp-*`` file that nobody lists.
+a ``*-tmp-*`` file that nobody lists. The recipe itself, with its macOS and
+Windows details, is the one the configuration uses
+(:mod:`desktop_agent.config.atomicfile`); here its ``OSError`` becomes a
+:class:`StorageError`.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import sys
 from collections.abc import Iterator, Sequence
 
+from desktop_agent.config.atomicfile import fsync_dir, fsync_fd, replace_file, write_durable
+
 from ..errors import NotFound, StorageError
-from .base import Buffer, FileType, is_storage_id
+from .base import Buffer, FileType, is_storage_id, too_large
 
 __all__ = ["LocalStorage", "durable_write", "describe_oserror", "gone_message"]
 
@@ -44,72 +48,13 @@ def gone_message(location: str) -> str:
     )
 
 
-def _fsync(fd: int) -> None:
-    if sys.platform == "darwin":  # fsync does not reach the platter on macOS
-        import fcntl
-
-        try:
-            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)  # type: ignore[attr-defined]
-            return
-        except OSError:
-            pass
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-
-
-def _fsync_dir(path: str) -> None:
-    if sys.platform == "win32":  # directories cannot be opened for fsync there
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        _fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace(src: str, dst: str) -> None:
-    if sys.platform != "win32":
-        os.replace(src, dst)
-        return
-    # Virus scanners and indexers hold files open for a moment on Windows.
-    import time
-
-    for attempt in range(20):
-        try:
-            os.replace(src, dst)
-            return
-        except PermissionError:
-            if attempt == 19:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-
-
 def durable_write(final: str, parts: Sequence[Buffer], mode: int = 0o600) -> None:
-    """Write ``parts`` to ``final`` atomically: temp, fsync, rename, fsync dir."""
-    directory = os.path.dirname(final)
-    tmp = f"{final}-tmp-{os.urandom(6).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
-    try:
-        try:
-            for part in parts:
-                view = memoryview(part)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            _fsync(fd)
-        finally:
-            os.close(fd)
-        _replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    """Write ``parts`` to ``final`` atomically: temp, fsync, rename, fsync dir.
+
+    The temporary file is ``<final>-tmp-<random>``, a name that listing
+    skips. Raises ``OSError``; the callers map it to a :class:`StorageError`.
+    """
+    write_durable(final, parts, mode=mode, temp=f"{final}-tmp-{os.urandom(6).hex()}")
 
 
 class LocalStorage:
@@ -183,18 +128,18 @@ class LocalStorage:
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
-                _fsync(fd)
+                fsync_fd(fd)
             finally:
                 os.close(fd)
             os.chmod(path, 0o400)
             try:
-                _replace(path, final)
+                replace_file(path, final)
             except FileNotFoundError:
                 if not os.path.exists(path):
                     raise
                 self._make_parent(final)
-                _replace(path, final)
-            _fsync_dir(os.path.dirname(final))
+                replace_file(path, final)
+            fsync_dir(os.path.dirname(final))
         except OSError as exc:
             raise describe_oserror(exc, final) from None
 
@@ -209,11 +154,23 @@ class LocalStorage:
             raise describe_oserror(exc, d) from None
         return d
 
-    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+    def load(
+        self,
+        ftype: FileType,
+        name: str,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        max_size: int | None = None,
+    ) -> bytes:
         """Read a file or a range of it."""
         p = self.path(ftype, name)
         try:
             with open(p, "rb", buffering=0) as fh:
+                if length is None and max_size is not None:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size > max_size:
+                        raise too_large(p, size, max_size)
                 if offset:
                     fh.seek(offset)
                 data = fh.read() if length is None else fh.read(length)

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from ..errors import NotFound, StorageError
-from .base import Buffer, FileType, is_storage_id
+from .base import Buffer, FileType, is_storage_id, too_large
 
 __all__ = ["MemoryStorage"]
 
@@ -59,12 +59,22 @@ class MemoryStorage:
         """The system temporary directory."""
         return tempfile.gettempdir()
 
-    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+    def load(
+        self,
+        ftype: FileType,
+        name: str,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        max_size: int | None = None,
+    ) -> bytes:
         """Return stored bytes or raise NotFound."""
         with self._lock:
             data = self._files.get(self._key(ftype, name))
         if data is None:
             raise NotFound(f"{ftype.value}/{name} does not exist")
+        if length is None and max_size is not None and len(data) > max_size:
+            raise too_large(f"{ftype.value}/{name}", len(data), max_size)
         end = len(data) if length is None else offset + length
         if offset < 0 or end > len(data):
             raise StorageError(f"{ftype.value}/{name}: read beyond end of file")
