@@ -93,6 +93,10 @@ class ProgressState:
                 final=final,
             )
 
+    def due(self) -> bool:
+        """Whether :meth:`maybe_report` would report now (to skip costly details otherwise)."""
+        return self._reporter is not None and time.monotonic() - self._last >= self._interval
+
     def maybe_report(self) -> None:
         """Report if the interval has passed since the last report (any thread)."""
         if self._reporter is None:

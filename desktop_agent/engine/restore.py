@@ -70,7 +70,9 @@ __all__ = [
 ]
 
 _MERGE_GAP = 1 << 20  # read across a gap this small rather than issue two reads
-_MAX_RANGE = 8 << 20  # read at most this much of a pack at once (one larger blob alone)
+# read at most this much of a pack at once (one larger blob alone): small enough
+# that a pack of thousands of small files is shared out among the workers
+_MAX_RANGE = 2 << 20
 _BATCH_FILES = 20_000
 _BATCH_BLOBS = 250_000
 _BATCH_DIRS = 20_000  # directories waiting for their metadata
@@ -86,6 +88,76 @@ _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
 # O_NONBLOCK: a FIFO put where a file goes must fail the open, not hang it
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+
+
+# Where the *at system calls exist (not on Windows), every operation goes by
+# name relative to a directory descriptor; elsewhere by path, with the checks
+# a path allows. A handle is a descriptor (int) or a directory's path (bytes).
+_AT = os.open in os.supports_dir_fd and os.mkdir in os.supports_dir_fd
+_Handle = int | bytes
+
+
+def _at(h: _Handle, name: bytes) -> tuple[bytes, dict[str, Any]]:
+    """``(name, {"dir_fd": h})`` for a descriptor, ``(h/name, {})`` for a path."""
+    if isinstance(h, int):
+        return name, {"dir_fd": h}
+    return os.path.join(h, name), {}
+
+
+def _open_dir(h: _Handle, name: bytes) -> tuple[_Handle, int, int]:
+    """Open the directory ``name`` without following a symlink: ``(handle, dev, ino)``.
+
+    Raises OSError ELOOP or ENOTDIR when something else is there.
+    """
+    if isinstance(h, int):
+        fd = os.open(name, _DIR_FLAGS, dir_fd=h)
+        s = os.fstat(fd)
+        return fd, s.st_dev, s.st_ino
+    path = os.path.join(h, name)
+    s = os.lstat(path)
+    if st.S_ISLNK(s.st_mode) or getattr(s, "st_reparse_tag", False):
+        raise OSError(errno.ELOOP, "a symlink or junction is in the way", path)
+    if not st.S_ISDIR(s.st_mode):
+        raise OSError(errno.ENOTDIR, "not a directory", path)
+    return path, s.st_dev, s.st_ino
+
+
+def _open_file(h: _Handle, name: bytes) -> int:
+    """Open (create) a file to write, never through a symlink."""
+    where, kw = _at(h, name)
+    if not kw and os.path.islink(where):
+        raise OSError(errno.ELOOP, "a symlink is in the way", where)
+    return os.open(where, _FILE_FLAGS, 0o600, **kw)
+
+
+def _set_meta(h: _Handle, name: bytes, node: Node, *, chmod: bool = True) -> None:
+    """Owner, mode and times of ``name``, never through a symlink (``chmod=False``
+    for a symlink itself)."""
+    where, kw = _at(h, name)
+    if _IS_ROOT:  # before chmod: chown clears setuid bits
+        os.chown(where, node.uid, node.gid, follow_symlinks=False, **kw)
+    if chmod:
+        if kw:  # with a descriptor and no following, chmod refuses a symlink (ValueError)
+            os.chmod(where, unix_mode(node.mode), follow_symlinks=False, **kw)
+        elif not os.path.islink(where):
+            os.chmod(where, unix_mode(node.mode))
+    times = (node.atime or node.mtime, node.mtime)
+    if kw or os.utime in os.supports_follow_symlinks:
+        os.utime(where, ns=times, follow_symlinks=False, **kw)
+    elif not os.path.islink(where):
+        os.utime(where, ns=times)
+
+
+def _set_dir_meta(h: _Handle, node: Node) -> None:
+    """A directory's metadata through its own handle."""
+    if isinstance(h, int):
+        if _IS_ROOT:
+            os.fchown(h, node.uid, node.gid)  # before chmod: chown clears setuid bits
+        os.fchmod(h, unix_mode(node.mode))
+        os.utime(h, ns=(node.atime or node.mtime, node.mtime))
+        return
+    os.chmod(h, unix_mode(node.mode))
+    os.utime(h, ns=(node.atime or node.mtime, node.mtime))
 
 
 @dataclass(frozen=True)
@@ -396,32 +468,48 @@ class _DirFds:
     against the device and inode recorded when it was made.
     """
 
-    def __init__(self, root: _Dir, root_fd: int, limit: int = _OPEN_DIRS) -> None:
+    def __init__(self, root: _Dir, root_fd: _Handle, limit: int = _OPEN_DIRS) -> None:
         self.root = root
         self.root_fd = root_fd
+        self.by_path = not isinstance(root_fd, int)  # no *at calls here: paths
         self.limit = limit
-        self._open: OrderedDict[_Dir, int] = OrderedDict()
+        self._open: OrderedDict[_Dir, _Handle] = OrderedDict()
         self._busy: dict[_Dir, int] = {}
         self._lock = threading.Lock()
 
     @contextmanager
-    def fd(self, d: _Dir) -> Iterator[int]:
+    def fd(self, d: _Dir) -> Iterator[_Handle]:
         """The descriptor of ``d``, kept open while the block runs."""
-        with self._lock:
-            fd = self._get(d)
-            self._busy[d] = self._busy.get(d, 0) + 1
+        fd = self.acquire(d)
         try:
             yield fd
         finally:
-            with self._lock:
-                n = self._busy[d] - 1
-                if n:
-                    self._busy[d] = n
-                else:
-                    del self._busy[d]
+            self.release(d)
 
-    def adopt(self, d: _Dir, fd: int) -> None:
+    def acquire(self, d: _Dir) -> _Handle:
+        """The descriptor of ``d``, kept open until :meth:`release` (the hot path)."""
+        if self.by_path:
+            return d.path()
+        with self._lock:
+            fd = self._get(d)
+            self._busy[d] = self._busy.get(d, 0) + 1
+            return fd
+
+    def release(self, d: _Dir) -> None:
+        """``d``'s descriptor may be closed again."""
+        if self.by_path:
+            return
+        with self._lock:
+            n = self._busy[d] - 1
+            if n:
+                self._busy[d] = n
+            else:
+                del self._busy[d]
+
+    def adopt(self, d: _Dir, fd: _Handle) -> None:
         """Keep the descriptor of a directory just made or checked."""
+        if self.by_path:
+            return
         with self._lock:
             self._open[d] = fd
             self._trim()
@@ -430,18 +518,20 @@ class _DirFds:
         """``d`` is done: close its descriptor."""
         with self._lock:
             fd = self._open.pop(d, None)
-            if fd is not None:
+            if isinstance(fd, int):
                 os.close(fd)
 
     def close(self) -> None:
         """Close every descriptor (the root's too)."""
         with self._lock:
             for fd in self._open.values():
-                os.close(fd)
+                if isinstance(fd, int):
+                    os.close(fd)
             self._open.clear()
-            os.close(self.root_fd)
+            if isinstance(self.root_fd, int):
+                os.close(self.root_fd)
 
-    def _get(self, d: _Dir) -> int:
+    def _get(self, d: _Dir) -> _Handle:
         if d is self.root:
             return self.root_fd
         fd = self._open.get(d)
@@ -455,10 +545,10 @@ class _DirFds:
             cur = cur.parent
         base = self.root_fd if cur is None or cur is self.root else self._open[cur]
         for link in reversed(chain):
-            fd = os.open(link.name, _DIR_FLAGS, dir_fd=base)
-            s = os.fstat(fd)
-            if (s.st_dev, s.st_ino) != (link.dev, link.ino):
-                os.close(fd)
+            fd, dev, ino = _open_dir(base, link.name)
+            if (dev, ino) != (link.dev, link.ino):
+                if isinstance(fd, int):
+                    os.close(fd)
                 raise _DirChanged(errno.ESTALE, "the directory was replaced during the restore")
             self._open[link] = fd
             base = fd
@@ -473,7 +563,9 @@ class _DirFds:
                 break
             if d is keep or d in self._busy:
                 continue
-            os.close(self._open.pop(d))
+            fd = self._open.pop(d)
+            if isinstance(fd, int):
+                os.close(fd)
 
 
 # ---------------------------------------------------------------- the work
@@ -484,6 +576,7 @@ class _PlannedFile:
     remaining: int = 0  # blob placements still to write
     end: int = 0  # end of the furthest data written
     failed: bool = False
+    done: bool = False  # size and metadata set by the write that completed it
 
 
 @dataclass
@@ -570,10 +663,12 @@ class _Restorer:
     def open_target(self) -> None:
         os.makedirs(self.target, mode=0o700, exist_ok=True)
         # the target itself is the user's choice: symlinks in its path are followed
-        fd = os.open(self.target, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-        s = os.fstat(fd)
+        handle: _Handle = self.target
+        if _AT:
+            handle = os.open(self.target, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        s = os.stat(handle)
         root = _Dir(None, self.target, None, s.st_dev, s.st_ino, False)
-        self.fds = _DirFds(root, fd)
+        self.fds = _DirFds(root, handle)
 
     def run(self, snap: Snapshot) -> None:
         assert self.fds is not None
@@ -599,13 +694,14 @@ class _Restorer:
         name = node.name
         try:
             with self.fds.fd(parent) as pfd:
+                where, at = _at(pfd, name)
                 fresh = True
                 try:
-                    os.mkdir(name, 0o700, dir_fd=pfd)
+                    os.mkdir(where, 0o700, **at)
                 except FileExistsError:
                     fresh = False
                 try:
-                    fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+                    fd, dev, ino = _open_dir(pfd, name)
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
                         raise
@@ -617,15 +713,14 @@ class _Restorer:
                             "overwritten, nothing restored below it",
                         )
                         return None
-                    os.unlink(name, dir_fd=pfd)  # the link itself, never what it points to
-                    os.mkdir(name, 0o700, dir_fd=pfd)
+                    os.unlink(where, **at)  # the link itself, never what it points to
+                    os.mkdir(where, 0o700, **at)
                     fresh = True
-                    fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+                    fd, dev, ino = _open_dir(pfd, name)
         except OSError as exc:
             self.error(parent.path(name), f"cannot create directory: {exc.strerror or exc}")
             return None
-        s = os.fstat(fd)
-        d = _Dir(parent, name, node, s.st_dev, s.st_ino, fresh)
+        d = _Dir(parent, name, node, dev, ino, fresh)
         self.fds.adopt(d, fd)
         self.dirs += 1
         return d
@@ -684,8 +779,9 @@ class _Restorer:
         assert self.fds is not None
         try:
             with self.fds.fd(parent) as pfd:
+                where, at = _at(pfd, name)
                 try:
-                    s = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                    s = os.stat(where, follow_symlinks=False, **at)
                 except FileNotFoundError:
                     return True
                 if not self.options.overwrite:
@@ -694,7 +790,7 @@ class _Restorer:
                 if st.S_ISDIR(s.st_mode):
                     self.error(parent.path(name), f"is a directory; not replaced by a {what}")
                     return False
-                os.unlink(name, dir_fd=pfd)  # a symlink: the link itself, never its target
+                os.unlink(where, **at)  # a symlink: the link itself, never its target
                 return True
         except OSError as exc:
             self.error(parent.path(name), f"cannot replace: {exc.strerror or exc}")
@@ -725,6 +821,9 @@ class _Restorer:
                 source.file = None  # let the batch go
 
     def restore_contents(self, batch: _Batch) -> None:
+        """Fill the batch's files: the needed ranges of each pack, read and written
+        by the workers one range at a time (a pack holds thousands of small
+        files: ranges, not packs, keep every worker busy)."""
         by_pack: dict[PackId, list[tuple[BlobId, int, int, int]]] = {}
         for blob_id in batch.needs:
             entry = self.repo.index.lookup(BlobType.DATA, blob_id)
@@ -732,10 +831,10 @@ class _Restorer:
             by_pack.setdefault(entry.pack, []).append(
                 (blob_id, entry.offset, entry.length, entry.uncompressed_length)
             )
-        futures: list[Future[None]] = [
-            self.pool.submit(self.restore_pack, batch, pack, blobs)
-            for pack, blobs in by_pack.items()
-        ]
+        futures: list[Future[None]] = []
+        for pack, blobs in by_pack.items():
+            for group in self.ranges(batch, pack, blobs):
+                futures.append(self.pool.submit(self.restore_range, batch, pack, group))
         try:
             for fut in futures:
                 fut.result()
@@ -751,24 +850,20 @@ class _Restorer:
             raise
 
     def _pack_size(self, pack: PackId) -> int | None:
-        with self._lock:
-            if self.pack_sizes is None:
-                self.pack_sizes = {
-                    bytes.fromhex(name): size
-                    for name, size in self.repo.storage.list(FileType.PACK)
-                }
-            return self.pack_sizes.get(pack)
+        if self.pack_sizes is None:
+            listing = self.repo.storage.list(FileType.PACK)
+            self.pack_sizes = {bytes.fromhex(name): size for name, size in listing}
+        return self.pack_sizes.get(pack)
 
-    def restore_pack(
+    def ranges(
         self, batch: _Batch, pack: PackId, blobs: list[tuple[BlobId, int, int, int]]
-    ) -> None:
-        """Read the needed ranges of one pack and write its blobs out."""
-        self.control.checkpoint()
+    ) -> list[list[tuple[BlobId, int, int, int]]]:
+        """The blobs of one pack in ranges to read, each checked against the pack's size."""
         size = self._pack_size(pack)
         if size is None:
             for blob_id, *_ in blobs:
                 self.blob_failed(batch, blob_id, f"pack {pack.hex()[:12]} is missing")
-            return
+            return []
         good = []
         for b in blobs:
             _id, offset, length, ulen = b
@@ -790,30 +885,36 @@ class _Restorer:
                     last.append(b)
                     continue
             groups.append([b])
-        for group in groups:
-            start = group[0][1]
-            end = max(b[1] + b[2] for b in group)
+        return groups
+
+    def restore_range(
+        self, batch: _Batch, pack: PackId, group: list[tuple[BlobId, int, int, int]]
+    ) -> None:
+        """Read one range of a pack and write its blobs out."""
+        self.control.checkpoint()
+        start = group[0][1]
+        end = max(b[1] + b[2] for b in group)
+        try:
+            raw = self.repo.storage.load(FileType.PACK, pack.hex(), start, end - start)
+        except (StorageError, NotFound) as exc:
+            for blob_id, *_ in group:
+                self.blob_failed(batch, blob_id, f"pack {pack.hex()[:12]} unreadable: {exc}")
+            return
+        view = memoryview(raw)
+        for blob_id, offset, length, ulen in group:
+            self.control.checkpoint()
             try:
-                raw = self.repo.storage.load(FileType.PACK, pack.hex(), start, end - start)
-            except (StorageError, NotFound) as exc:
-                for blob_id, *_ in group:
-                    self.blob_failed(batch, blob_id, f"pack {pack.hex()[:12]} unreadable: {exc}")
+                plain = self.repo.decode_blob(
+                    BlobType.DATA,
+                    blob_id,
+                    view[offset - start : offset - start + length],
+                    ulen,
+                    verify=self.options.verify,
+                )
+            except IntegrityError as exc:
+                self.blob_failed(batch, blob_id, str(exc))
                 continue
-            view = memoryview(raw)
-            for blob_id, offset, length, ulen in group:
-                self.control.checkpoint()
-                try:
-                    plain = self.repo.decode_blob(
-                        BlobType.DATA,
-                        blob_id,
-                        view[offset - start : offset - start + length],
-                        ulen,
-                        verify=self.options.verify,
-                    )
-                except IntegrityError as exc:
-                    self.blob_failed(batch, blob_id, str(exc))
-                    continue
-                self.write_blob(batch, plain, batch.needs[blob_id])
+            self.write_blob(batch, plain, batch.needs[blob_id])
 
     def blob_failed(self, batch: _Batch, blob_id: BlobId, message: str) -> None:
         for idx, _off in batch.needs[blob_id]:
@@ -825,78 +926,108 @@ class _Restorer:
                 self.error(pf.parent.path(pf.node.name), f"content lost: {message}")
 
     def write_blob(self, batch: _Batch, plain: bytes, where: list[tuple[int, int]]) -> None:
-        """Write one blob to every place that holds it (all-zero blocks stay holes)."""
+        """Write one blob to every place that holds it (all-zero blocks stay holes).
+
+        The write that completes a file also sets its size and metadata
+        through the descriptor it wrote with: no second open, and the work
+        is spread over the workers instead of left to one thread at the end.
+        """
         assert self.fds is not None
+        fds = self.fds
         zero = len(plain) >= 4096 and plain.count(0) == len(plain)
         for idx, offset in where:
             pf = batch.files[idx]
             if pf.failed:
                 continue
-            if not zero:
-                try:
-                    with self.fds.fd(pf.parent) as pfd:
-                        fd = os.open(pf.node.name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+            fd = -1
+            try:
+                if not zero:
+                    pfd = fds.acquire(pf.parent)
                     try:
-                        view = memoryview(plain)
-                        pos = offset
-                        while view:
-                            n = os.pwrite(fd, view, pos)
-                            view = view[n:]
-                            pos += n
+                        fd = _open_file(pfd, pf.node.name)
                     finally:
-                        os.close(fd)
-                except OSError as exc:
-                    with self._lock:
-                        first = not pf.failed
-                        pf.failed = True
-                    if first:
-                        self.error(pf.parent.path(pf.node.name), _write_failure(exc))
-                    if exc.errno == errno.ENOSPC:
-                        raise StorageError(
-                            "the restore target is full (no space left) at "
-                            + os.fsdecode(pf.parent.path(pf.node.name))
-                        ) from None
-                    continue
-            with self._lock:
-                self.bytes_written += len(plain)
-                end = offset + len(plain)
-                if end > pf.end and not zero:
-                    pf.end = end
-                pf.remaining -= 1
-                finished = pf.remaining == 0
+                        fds.release(pf.parent)
+                    view = memoryview(plain)
+                    pos = offset
+                    while view:
+                        n = os.pwrite(fd, view, pos)
+                        view = view[n:]
+                        pos += n
+                with self._lock:
+                    self.bytes_written += len(plain)
+                    end = offset + len(plain)
+                    if end > pf.end and not zero:
+                        pf.end = end
+                    pf.remaining -= 1
+                    finished = pf.remaining == 0
+                if finished and fd >= 0:
+                    self.complete(fd, pf)
+            except OSError as exc:
+                with self._lock:
+                    first = not pf.failed
+                    pf.failed = True
+                if first:
+                    self.error(pf.parent.path(pf.node.name), _write_failure(exc))
+                if exc.errno == errno.ENOSPC:
+                    raise StorageError(
+                        "the restore target is full (no space left) at "
+                        + os.fsdecode(pf.parent.path(pf.node.name))
+                    ) from None
+                continue
+            finally:
+                if fd >= 0:
+                    os.close(fd)
             self.progress.add_done(nbytes=len(plain), files=1 if finished else 0)
-            self.progress.current_file = os.fsdecode(pf.parent.path(pf.node.name))
-            self.progress.maybe_report()
+            if self.progress.due():
+                self.progress.current_file = os.fsdecode(pf.parent.path(pf.node.name))
+                self.progress.maybe_report()
+
+    def complete(self, fd: int, pf: _PlannedFile) -> None:
+        """Size and metadata of a file whose last blob was just written through ``fd``."""
+        node = pf.node
+        try:
+            if pf.end != node.size:  # sparse, or ending in zeros
+                os.ftruncate(fd, node.size)
+            if _IS_ROOT:
+                os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears setuid bits
+            os.fchmod(fd, unix_mode(node.mode))
+            os.utime(fd, ns=(node.atime or node.mtime, node.mtime))
+        except (OSError, OverflowError) as exc:
+            pf.failed = True
+            self.error(pf.parent.path(node.name), f"cannot finish file: {_reason(exc)}")
+            return
+        with self._lock:
+            pf.done = True
+            self.files_ok += 1
 
     # ------------------------------------------------------------ metadata
     def finish_file(self, pf: _PlannedFile) -> None:
-        """Give a written file its size (holes, empty files) and its metadata."""
-        if pf.failed:
+        """Give a written file its size (holes, empty files) and its metadata.
+
+        On the main thread, after the batch's writes: the metadata calls go
+        by name relative to the directory's descriptor and never follow a
+        symlink (chmod refuses one), so there is no second open per file.
+        """
+        if pf.failed or pf.done:
             return
         assert self.fds is not None
         node = pf.node
         try:
             with self.fds.fd(pf.parent) as pfd:
-                fd = os.open(node.name, _FILE_FLAGS, 0o600, dir_fd=pfd)
-            try:
-                if not st.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EINVAL, "not a regular file")
-                if pf.end != node.size:  # empty, sparse, or ending in zeros
-                    os.ftruncate(fd, node.size)
-                self._set_meta_fd(fd, node)
-            finally:
-                os.close(fd)
-        except (OSError, OverflowError) as exc:
+                if not pf.end or pf.end != node.size:  # empty, all holes, or ending in zeros
+                    fd = _open_file(pfd, node.name)
+                    try:
+                        if not st.S_ISREG(os.fstat(fd).st_mode):
+                            raise OSError(errno.EINVAL, "not a regular file")
+                        os.ftruncate(fd, node.size)
+                    finally:
+                        os.close(fd)
+                _set_meta(pfd, node.name, node)
+        except (OSError, OverflowError, ValueError) as exc:
             pf.failed = True
             self.error(pf.parent.path(node.name), f"cannot finish file: {_reason(exc)}")
             return
         self.files_ok += 1
-
-    def _set_meta_fd(self, fd: int, node: Node) -> None:
-        if _IS_ROOT:
-            os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears setuid bits
-        os.fchmod(fd, unix_mode(node.mode))
-        os.utime(fd, ns=(node.atime or node.mtime, node.mtime))
 
     def make_link(self, parent: _Dir, node: Node, source: _LinkSource) -> None:
         path = parent.path(node.name)
@@ -908,9 +1039,16 @@ class _Restorer:
         assert self.fds is not None
         try:
             with self.fds.fd(source.parent) as sfd, self.fds.fd(parent) as pfd:
-                os.link(
-                    source.name, node.name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False
-                )
+                if isinstance(sfd, int) and isinstance(pfd, int):
+                    os.link(
+                        source.name,
+                        node.name,
+                        src_dir_fd=sfd,
+                        dst_dir_fd=pfd,
+                        follow_symlinks=False,
+                    )
+                else:
+                    os.link(_at(sfd, source.name)[0], _at(pfd, node.name)[0])
         except OSError as exc:
             self.error(path, f"cannot create hard link: {exc.strerror or exc}")
             return
@@ -932,24 +1070,15 @@ class _Restorer:
         name = node.name
         try:
             with self.fds.fd(parent) as pfd:
+                where, at = _at(pfd, name)
                 if node.type == NodeType.SYMLINK:
-                    os.symlink(node.linktarget, name, dir_fd=pfd)
+                    os.symlink(node.linktarget, where, **at)
                 elif node.type == NodeType.FIFO:
-                    os.mkfifo(name, 0o600, dir_fd=pfd)
+                    os.mkfifo(where, 0o600, **at)
                 else:
                     kind = st.S_IFCHR if node.type == NodeType.CHARDEV else st.S_IFBLK
-                    os.mknod(name, kind | 0o600, node.device, dir_fd=pfd)
-                if _IS_ROOT:
-                    os.chown(name, node.uid, node.gid, dir_fd=pfd, follow_symlinks=False)
-                if node.type != NodeType.SYMLINK:
-                    # just made by us and not a symlink: nothing to follow
-                    os.chmod(name, unix_mode(node.mode), dir_fd=pfd)
-                os.utime(
-                    name,
-                    ns=(node.atime or node.mtime, node.mtime),
-                    dir_fd=pfd,
-                    follow_symlinks=False,
-                )
+                    os.mknod(where, kind | 0o600, node.device, **at)
+                _set_meta(pfd, name, node, chmod=node.type != NodeType.SYMLINK)
         except (OSError, OverflowError, ValueError) as exc:
             self.error(path, f"cannot create: {_reason(exc)}")
 
@@ -961,7 +1090,7 @@ class _Restorer:
         assert self.fds is not None
         try:
             with self.fds.fd(d) as fd:
-                self._set_meta_fd(fd, node)
+                _set_dir_meta(fd, node)
         except (OSError, OverflowError) as exc:
             self.error(d.path(), f"cannot set metadata: {_reason(exc)}")
 

@@ -29,10 +29,11 @@ from craft import (
     run_measured,
     tree_state,
 )
-from support import FAST_KDF, PASSWORD, reopen, write, write_config
+from support import FAST_KDF, PASSWORD, build_odd_tree, reopen, signature, write, write_config
 
 from desktop_agent.config import AgentConfig, BackupConfig, Config, RepositoryConfig
 from desktop_agent.engine import crypto
+from desktop_agent.engine import restore as restore_module
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.check import check
 from desktop_agent.engine.control import Control
@@ -498,3 +499,40 @@ def test_restore_in_process_reports_every_bad_entry_by_path(
     assert result.errors_total == len(BAD_NODES) == len(result.errors)
     assert result.files == 1
     assert all(e.startswith(f"{tmp_path}/t/src/") for e in result.errors)
+
+
+@pytest.mark.parametrize("at", [True, False], ids=["descriptors", "paths"])
+def test_restore_by_descriptors_and_by_paths(
+    tmp_path: Path, repo: Repository, sentinel: Path, monkeypatch: pytest.MonkeyPatch, at: bool
+) -> None:
+    """The same restore where the *at calls exist (here) and where they do not
+    (Windows: by path, with lstat checks): every kind of entry comes back, and
+    a symlink in the target is refused or replaced, never followed."""
+    monkeypatch.setattr(restore_module, "_AT", at)
+    src = build_odd_tree(tmp_path / "odd")
+    backup(repo, BackupOptions(sources=[str(src)]))
+    fresh = reopen(repo)
+    out = tmp_path / "out"
+    result = restore(fresh, fresh.find_snapshot("latest"), RestoreOptions(target=str(out)))
+    assert result.errors == ()
+    assert signature(out / src.relative_to("/")) == signature(src)
+
+    src2 = _two_snapshots(tmp_path, reopen(repo), sentinel)
+    before = tree_state(sentinel)
+    target = tmp_path / "target"
+    x = target / src2.relative_to("/") / "x"
+    x.mkdir(parents=True)
+    os.symlink(sentinel, x / "link")
+    os.symlink(sentinel / "keep.txt", x / "f")
+    fresh = reopen(repo)
+    latest = fresh.find_snapshot("latest")
+    result = restore(fresh, latest, RestoreOptions(target=str(target), includes=[str(src2)]))
+    assert tree_state(sentinel) == before
+    assert f"{x}/f: exists; not overwritten" in result.errors
+    result = restore(
+        fresh, latest, RestoreOptions(target=str(target), includes=[str(src2)], overwrite=True)
+    )
+    assert result.errors == ()
+    assert tree_state(sentinel) == before
+    assert (x / "link" / "new.txt").read_bytes() == b"planted\n"
+    assert (x / "f").read_bytes() == b"a regular file\n" and not (x / "f").is_symlink()
