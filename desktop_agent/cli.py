@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     sub.add_parser("token", help="print the /ws access token")
+    sub.add_parser(
+        "selftest",
+        help="check this installation: compiled extensions, helper processes, keyring, "
+        "icons, Qt (one line each; exit 1 on a failure)",
+    )
     add_remote_arguments(
         sub.add_parser(
             "remote",
@@ -783,10 +788,33 @@ def _has_display() -> bool:
     return True  # macOS and Windows always have one
 
 
+def _internal(argv: Sequence[str]) -> int | None:
+    """Modes the program starts itself in, dispatched before the parser sees them.
+
+    A packaged (frozen) program has no ``python -m``: the engine's helper
+    processes and the selftest's Qt probe are this same executable run with
+    these flags.
+    """
+    if len(argv) == 2 and argv[0] == "--engine-helper":
+        from desktop_agent.engine.smallfiles import helper_entry
+
+        helper_entry(int(argv[1]))
+        return 0
+    if list(argv) == ["--selftest-qt"]:
+        from desktop_agent.selftest import qt_probe
+
+        return qt_probe()
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (``sys.exit`` is the caller's)."""
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    internal = _internal(args_list)
+    if internal is not None:
+        return internal
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     headless = args.headless
     if args.command is None and not headless and not _has_display():
         print(
@@ -799,6 +827,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "remote":
             return cmd_remote(args)
+        if args.command == "selftest":
+            from desktop_agent.selftest import run as run_selftest
+
+            return run_selftest()
         config = load_or_create(resolve_config_path(args.config))
         if args.command is None and headless:
             from desktop_agent.app import run_headless

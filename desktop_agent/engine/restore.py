@@ -124,6 +124,8 @@ def _open_dir(h: _Handle, name: bytes) -> tuple[_Handle, int, int]:
 
 def _open_file(h: _Handle, name: bytes) -> int:
     """Open (create) a file to write, never through a symlink."""
+    if isinstance(h, int):  # the hot path: once per restored file
+        return os.open(name, _FILE_FLAGS, 0o600, dir_fd=h)
     where, kw = _at(h, name)
     if not kw and os.path.islink(where):
         raise OSError(errno.ELOOP, "a symlink is in the way", where)

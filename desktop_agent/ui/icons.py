@@ -8,7 +8,7 @@ from PySide6.QtCore import QByteArray, QRectF, Qt
 from PySide6.QtGui import QColor, QIcon, QPainter, QPen, QPixmap
 from PySide6.QtSvg import QSvgRenderer
 
-from .resources import resource_path
+from .resources import ResourceMissing, resource_bytes
 
 __all__ = ["state_icon", "app_icon", "render", "KINDS", "SIZES"]
 
@@ -20,23 +20,36 @@ SIZES = (16, 22, 24, 32, 48, 64, 128)
 def _svg(name: str) -> bytes:
     # Only the SVG text is cached: Qt objects kept in module globals outlive
     # the QApplication and crash the interpreter at exit.
-    return resource_path("icons", f"{name}.svg").read_bytes()
+    return resource_bytes("icons", f"{name}.svg")
 
 
 def _renderer(name: str) -> QSvgRenderer:
     renderer = QSvgRenderer(QByteArray(_svg(name)))
     if not renderer.isValid():
-        raise FileNotFoundError(f"icon {name}.svg is missing or invalid")
+        raise ResourceMissing(f"icon {name}.svg is not a valid SVG image; reinstall desktop-agent")
     return renderer
 
 
 def render(name: str, size: int, percent: float | None = None) -> QPixmap:
-    """One pixmap: the SVG at ``size``; with ``percent``, a ring around it."""
+    """One pixmap: the SVG at ``size``; with ``percent``, a ring around it.
+
+    The icon is loaded before a painter exists: a QPainter left open by an
+    exception crashes Qt when the pixmap is destroyed.
+    """
+    renderer = _renderer(name)
     pix = QPixmap(size, size)
     pix.fill(Qt.GlobalColor.transparent)
     painter = QPainter(pix)
+    try:
+        _paint(painter, renderer, size, percent)
+    finally:
+        painter.end()
+    return pix
+
+
+def _paint(painter: QPainter, renderer: QSvgRenderer, size: int, percent: float | None) -> None:
     painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-    _renderer(name).render(painter, QRectF(0, 0, size, size))
+    renderer.render(painter, QRectF(0, 0, size, size))
     if percent is not None:
         width = max(2.0, size / 9)
         rect = QRectF(width / 2, width / 2, size - width, size - width)
@@ -47,8 +60,6 @@ def render(name: str, size: int, percent: float | None = None) -> QPixmap:
         painter.setPen(pen)
         span = int(-360 * 16 * max(0.0, min(100.0, percent)) / 100)
         painter.drawArc(rect, 90 * 16, span)
-    painter.end()
-    return pix
 
 
 def state_icon(kind: str, percent: float | None = None) -> QIcon:

@@ -1,15 +1,29 @@
-"""Finding the files in the top-level ``resources/`` directory."""
+"""The files the application loads at run time, as package data.
+
+They live in the top-level ``resources/`` directory of the source tree and
+ship as the package ``desktop_agent.resources`` (see pyproject.toml), so
+``importlib.resources`` finds them in a checkout, an editable install, an
+installed wheel and a PyInstaller bundle alike: no path is ever guessed.
+"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from importlib.resources import files
 
-__all__ = ["resource_path"]
+__all__ = ["ResourceMissing", "resource_bytes"]
+
+_PACKAGE = "desktop_agent.resources"
 
 
-def resource_path(*parts: str) -> Path:
-    """Path of a resource, from a source checkout or a packaged binary."""
-    bundle = getattr(sys, "_MEIPASS", None)  # PyInstaller unpacks data files here
-    base = Path(bundle) if bundle else Path(__file__).resolve().parents[2]
-    return base.joinpath("resources", *parts)
+class ResourceMissing(FileNotFoundError):
+    """A file that should ship with the application is not there (a broken install)."""
+
+
+def resource_bytes(*parts: str) -> bytes:
+    """The content of a resource, e.g. ``resource_bytes("icons", "app.svg")``."""
+    try:
+        return files(_PACKAGE).joinpath(*parts).read_bytes()
+    except (OSError, ModuleNotFoundError) as exc:
+        raise ResourceMissing(
+            f"{'/'.join(parts)} is missing from the installation ({exc}); reinstall desktop-agent"
+        ) from None

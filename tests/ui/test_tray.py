@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -201,3 +203,34 @@ def test_icons_are_crisp_at_every_size_and_show_progress(qapp):
     half = render("running", 64, 50.0).toImage()
     # the ring covers the right half at 50%: a pixel on the right edge changes
     assert empty.pixelColor(60, 32) != half.pixelColor(60, 32)
+
+
+def test_a_missing_icon_is_an_error_not_a_crash(tmp_path):
+    """Rendering a missing or damaged icon raises before any QPainter exists
+    (one left open crashed Qt when the pixmap went away)."""
+    script = (
+        "import sys\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "app = QApplication([])\n"
+        "from desktop_agent.ui import icons, resources\n"
+        "for bad in (b'not an svg', None):\n"
+        "    icons._svg.cache_clear()\n"
+        "    def broken(*parts, bad=bad):\n"
+        "        if bad is None:\n"
+        "            raise resources.ResourceMissing('icons/idle.svg is missing')\n"
+        "        return bad\n"
+        "    icons.resource_bytes = broken\n"
+        "    try:\n"
+        "        icons.state_icon('idle')\n"
+        "    except resources.ResourceMissing as exc:\n"
+        "        print('refused:', exc)\n"
+        "    else:\n"
+        "        sys.exit('no error')\n"
+        "del app\n"
+    )
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("refused:") == 2
