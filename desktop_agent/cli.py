@@ -394,7 +394,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     want_progress = line.enabled or args.json
     opts = BackupOptions(
         sources=sources,
-        excludes=list(config.backup.exclude),
+        excludes=config.backup_excludes(),
         tags=args.tag,
         scan=want_progress,
         cache_dir=str(user_cache_dir() / "repositories" / repo.config.id),

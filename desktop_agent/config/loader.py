@@ -29,7 +29,12 @@ from desktop_agent.config.model import (
     generate_token,
 )
 from desktop_agent.config.network import normalize_origin, parse_listen
-from desktop_agent.config.paths import default_password_file, default_repository_path, expand_path
+from desktop_agent.config.paths import (
+    default_password_file,
+    default_repository_path,
+    default_sources,
+    expand_path,
+)
 from desktop_agent.config.privatefile import read_regular_file, warn_if_exposed
 from desktop_agent.config.template import render_default
 
@@ -362,7 +367,10 @@ def load_or_create(path: Path) -> Config:
     """
     path = Path(os.path.abspath(path))
     if not os.path.lexists(path):
-        text = render_default(generate_token())
+        sources, extra = default_sources()
+        text = render_default(
+            generate_token(), sources=sources, exclude=BackupConfig().exclude + extra
+        )
         try:
             make_private_dirs(path.parent)
             if write_atomic(path, text.encode("utf-8"), mode=0o600, replace=False):

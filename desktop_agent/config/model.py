@@ -10,6 +10,8 @@ directory of the configuration file.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,8 @@ from desktop_agent.config.paths import (
     default_password_file,
     default_repository_path,
     expand_path,
+    user_cache_dir,
+    user_log_dir,
 )
 
 __all__ = [
@@ -116,6 +120,15 @@ class Config:
         for source in self.backup.sources:
             seen.setdefault(self.resolve_path(source), None)
         return list(seen)
+
+    def backup_excludes(self) -> list[str]:
+        """The exclude patterns a backup uses: the configured ones, then the
+        repository itself and the agent's own caches and logs, wherever they
+        lie inside a source (backing up the backup, or its cache, would make
+        every run bigger than the last)."""
+        own = [self.repository_path, str(user_cache_dir()), str(user_log_dir())]
+        # absolute patterns match exactly that path; glob characters in it are literal
+        return list(self.backup.exclude) + [glob.escape(os.path.abspath(p)) for p in own]
 
     @property
     def repository_path(self) -> str:

@@ -20,7 +20,9 @@ __all__ = [
     "default_config_path",
     "default_password_file",
     "default_repository_path",
+    "default_sources",
     "expand_path",
+    "HOME_EXCLUDES",
     "resolve_config_path",
     "user_cache_dir",
     "user_log_dir",
@@ -43,6 +45,44 @@ def default_repository_path() -> str:
 def default_password_file() -> str:
     """The password file location written into a fresh configuration."""
     return os.path.join(platformdirs.user_config_dir(APP_NAME), "repository-password")
+
+
+# Left out when the whole home folder is backed up: caches, the trash, and
+# what package managers and toolchain installers download again on demand.
+HOME_EXCLUDES = (
+    "~/.cache",
+    "~/.local/share/Trash",
+    "~/.Trash",
+    "~/Library/Caches",
+    "~/.npm/_cacache",
+    "~/.cargo/registry",
+    "~/.cargo/git",
+    "~/.rustup/toolchains",
+    "~/go/pkg/mod",
+    "~/.m2/repository",
+    "~/.gradle/caches",
+    "~/.local/share/pnpm/store",
+    "~/.yarn/berry/cache",
+    "~/.pyenv/versions",
+    "~/.nvm/versions",
+    "~/.sdkman/candidates",
+    "~/.local/share/containers",
+    "~/.local/share/flatpak",
+    "~/snap",
+)
+
+
+def default_sources(home: Path | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(sources, extra excludes)`` for a fresh configuration.
+
+    ``~/Documents`` when it exists; otherwise the whole home folder, without
+    :data:`HOME_EXCLUDES` (a fresh machine, a server account, a desktop
+    whose documents live elsewhere: backing up nothing would be worse).
+    """
+    home = home or Path(os.path.expanduser("~"))
+    if (home / "Documents").is_dir():
+        return ("~/Documents",), ()
+    return ("~",), HOME_EXCLUDES
 
 
 def user_log_dir() -> Path:

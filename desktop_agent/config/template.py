@@ -6,6 +6,8 @@ explaining each key reach the user. The loader's tests load it back.
 
 from __future__ import annotations
 
+import dataclasses
+
 from desktop_agent.config.model import AgentConfig, BackupConfig, RepositoryConfig, UiConfig
 
 __all__ = ["render_default", "toml_string"]
@@ -106,11 +108,18 @@ notify_success = {notify_success}
 """
 
 
-def render_default(token: str) -> str:
-    """The text of a fresh configuration file carrying ``token`` and the default values."""
+def render_default(
+    token: str, sources: tuple[str, ...] | None = None, exclude: tuple[str, ...] | None = None
+) -> str:
+    """The text of a fresh configuration file carrying ``token`` and the default values
+    (``sources`` and ``exclude`` instead of the built-in defaults when given)."""
     agent = AgentConfig(token=token)
     repository = RepositoryConfig()
     backup = BackupConfig()
+    if sources is not None:
+        backup = dataclasses.replace(backup, sources=sources)
+    if exclude is not None:
+        backup = dataclasses.replace(backup, exclude=exclude)
     ui = UiConfig()
     return _TEMPLATE.format(
         listen=toml_string(agent.listen),

@@ -467,7 +467,7 @@ class JobController:
         cache_root = self._cache_root or user_cache_dir()
         options = BackupOptions(
             sources=list(job.paths) if job.paths else self.config.expanded_sources(),
-            excludes=list(self.config.backup.exclude),
+            excludes=self.config.backup_excludes(),
             cache_dir=str(cache_root / "repositories" / repo.config.id),
         )
         loop = self._loop

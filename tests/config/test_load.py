@@ -16,6 +16,7 @@ from desktop_agent.config import (
     load,
     load_or_create,
 )
+from desktop_agent.config.paths import default_sources
 
 TOKEN_LINE = 'token = "s3cret-token"'
 
@@ -46,8 +47,10 @@ def test_first_start_writes_private_commented_defaults(tmp_path: Path) -> None:
     assert config.agent.allowed_origins == ()
     assert config.agent.tls_cert is None and config.agent.tls_key is None
     assert config.ui.notify_success is True
-    assert config.backup.sources == ("~/Documents",)
-    assert config.backup.exclude == ("*.tmp", "**/.cache")
+    # ~/Documents when it exists, else the home folder without caches and downloads
+    sources, extra = default_sources()
+    assert config.backup.sources == sources
+    assert config.backup.exclude == ("*.tmp", "**/.cache", *extra)
     assert config.repository.path == str(tmp_path / "xdg-data" / "desktop-agent" / "repository")
     assert config.repository.password_file == str(
         tmp_path / "xdg-config" / "desktop-agent" / "repository-password"
