@@ -52,6 +52,7 @@ from desktop_agent.logsetup import setup_logging
 from desktop_agent.remote import RemoteError, RemoteUsageError
 from desktop_agent.remote import add_arguments as add_remote_arguments
 from desktop_agent.remote import run as run_remote
+from desktop_agent.system.errors import AlreadyRunning, IntegrationError
 from desktop_agent.termprogress import ProgressLine, human_bytes, human_duration
 from desktop_agent.termtext import clean, columns, json_text, pad
 
@@ -93,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--show",
         choices=["progress", "restore", "settings", "log"],
         help="tray app: open this window at start (for desktop launchers)",
+    )
+    p.add_argument(
+        "--autostart",
+        action="store_true",
+        help="tray app started at login (the autostart entry): no window opens, but the "
+        "first-run one, once per login session, when there is no repository yet",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -168,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     sub.add_parser("token", help="print the /ws access token")
+    a = sub.add_parser(
+        "autostart",
+        help="start the tray app at login: enable, disable, or show the status",
+        description="Start the tray app when you log in (XDG autostart entry on Linux, "
+        "LaunchAgent on macOS, the Run key on Windows). One line of output; exit 0.",
+    )
+    a.add_argument("action", choices=["enable", "disable", "status"])
     sub.add_parser(
         "selftest",
         help="check this installation: compiled extensions, helper processes, keyring, "
@@ -756,6 +770,21 @@ def cmd_token(config: Config, _args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_autostart(args: argparse.Namespace) -> int:
+    """``autostart enable|disable|status``: needs the configuration's path, not its content."""
+    from desktop_agent.system.autostart import platform_autostart
+
+    autostart = platform_autostart(resolve_config_path(args.config))
+    if args.action == "enable":
+        status = autostart.enable()
+    elif args.action == "disable":
+        status = autostart.disable()
+    else:
+        status = autostart.status()
+    print(f"start at login: {clean(status.describe())}")
+    return EXIT_OK
+
+
 def cmd_remote(args: argparse.Namespace) -> int:
     """``remote URL COMMAND``: needs no local configuration, only the URL and the token."""
     try:
@@ -815,6 +844,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return internal
     parser = build_parser()
     args = parser.parse_args(args_list)
+    if args.autostart and (args.command is not None or args.headless):
+        parser.error("--autostart starts the tray app: no command, no --headless")
     headless = args.headless
     if args.command is None and not headless and not _has_display():
         print(
@@ -831,17 +862,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             from desktop_agent.selftest import run as run_selftest
 
             return run_selftest()
+        if args.command == "autostart":
+            return cmd_autostart(args)
         config = load_or_create(resolve_config_path(args.config))
         if args.command is None and headless:
             from desktop_agent.app import run_headless
+            from desktop_agent.system.instance import InstanceLock, bind_failure
 
-            return run_headless(config)
+            # before anything is bound or created: a second agent says who runs and exits
+            lock = InstanceLock(config.path)
+            try:
+                lock.acquire("headless")
+            except AlreadyRunning as running:
+                if running.mode == "tray":
+                    raise running.explained("the tray app uses this configuration") from None
+                raise
+            try:
+                return run_headless(config)
+            except OSError as exc:
+                message = bind_failure(exc, config.path)
+                if message is None:
+                    raise
+                raise CliError(message) from None
+            finally:
+                lock.release()
         if args.command is None:
-            from desktop_agent.ui.bootstrap import run_tray
+            from desktop_agent.ui.bootstrap import TrayError, run_tray
 
-            return run_tray(config, log_path=log_path, show=args.show)
+            try:
+                return run_tray(config, log_path=log_path, show=args.show, autostart=args.autostart)
+            except TrayError as exc:
+                raise CliError(str(exc)) from None
         return COMMANDS[args.command](config, args)
-    except (EngineError, ConfigError, CliError) as exc:
+    except AlreadyRunning as exc:
+        # not logged: the headless agent logs to stderr too, and this is one line
+        print(f"desktop-agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except (EngineError, ConfigError, CliError, IntegrationError) as exc:
         log.info("%s failed: %s", args.command or "agent", exc)
         # the message may quote a name or an error text from the repository
         print(f"desktop-agent: error: {clean(str(exc))}", file=sys.stderr)

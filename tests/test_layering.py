@@ -56,6 +56,8 @@ def _copy_project(destination: Path) -> Path:
         ("jobs/__init__.py", "import qasync", "desktop_agent.jobs is not allowed"),
         ("server/__init__.py", "import desktop_agent.ui", "desktop_agent.server is not allowed"),
         ("config/errors.py", "import desktop_agent.engine", "desktop_agent.config is not allowed"),
+        ("system/session.py", "import PySide6", "desktop_agent.system is not allowed"),
+        ("system/errors.py", "import desktop_agent.jobs", "desktop_agent.system is not allowed"),
     ],
 )
 def test_a_forbidden_import_breaks_the_contracts(

@@ -4,6 +4,13 @@ One loop hosts the job controller, the /ws server and the widgets. Quit (or
 SIGTERM/SIGINT) stops the agent by the same rule as the headless agent: a
 running backup is cancelled (what it stored is kept, no snapshot, the lock
 is released), queued ones are dropped.
+
+One instance per configuration: the first start takes the instance lock
+before it binds anything and listens for later starts
+(:mod:`desktop_agent.ui.instance`); a later tray start hands its request
+(``--show``) to it and exits 0; a tray start while a headless agent runs on
+the configuration exits 1. A start that fails says why in one line (the
+caller prints it) and exits 1: no modal box, nothing left hanging.
 """
 
 from __future__ import annotations
@@ -14,24 +21,44 @@ import logging
 import signal
 import socket
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import qasync
 from PySide6.QtCore import QObject, QSocketNotifier, QTimer
-from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon, QWidget
+from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 
 from desktop_agent.app import Agent
 from desktop_agent.config import Config
+from desktop_agent.system.errors import AlreadyRunning
+from desktop_agent.system.instance import (
+    InstanceLock,
+    TrayRequest,
+    bind_failure,
+    instance_key,
+    server_name,
+)
+from desktop_agent.system.session import first_time_this_session
 
 from .bridge import Bridge
 from .icons import app_icon
+from .instance import RequestServer, send_request
 from .progress_window import ProgressWindow
 from .tray import Tray
 
-__all__ = ["Shell", "run_tray"]
+__all__ = ["SHOWABLE", "Shell", "TrayError", "run_tray"]
 
 log = logging.getLogger(__name__)
+
+# The windows a request (``--show``, or a later start's) may name.
+SHOWABLE = ("progress", "restore", "settings", "log", "main")
+# How long a later start tries to reach a first one that is still starting.
+HANDOVER_TIMEOUT = 15.0
+
+
+class TrayError(Exception):
+    """The tray app could not start (one line for the user; exit status 1)."""
 
 
 class Shell(QObject):
@@ -44,12 +71,14 @@ class Shell(QObject):
         agent: Agent | None = None,
         log_path: str | None = None,
         show: str | None = None,
+        autostart: bool = False,
     ) -> None:
         super().__init__()
         self.agent = agent or Agent(config)
         self.bridge = Bridge(self.agent, self)
         self.log_path = log_path
         self.show_at_start = show
+        self.autostart = autostart
         self.windows: dict[str, QWidget] = {}
         self.quitting = asyncio.Event()
         self.tray = Tray(
@@ -102,21 +131,68 @@ class Shell(QObject):
         win.show()
         win.raise_()
         win.activateWindow()
+        log.info("showing the %s window", name)
         return win
+
+    def present(self, request: TrayRequest) -> None:
+        """Answer a later start: show the window it names, or the one that fits.
+
+        Nothing named: the first-run window while there is no repository,
+        else the progress window (the main window without a tray). A later
+        start from the login entry shows nothing: this one already runs.
+        """
+        log.info(
+            "a later start asked for %s%s",
+            request.show or "the main window",
+            " (at login: nothing to show)" if request.autostart else "",
+        )
+        if request.autostart:
+            return
+        if request.show is not None:
+            if request.show in SHOWABLE:
+                self.open(request.show)
+            else:
+                log.warning("no window called %r", request.show)
+        elif not self.agent.controller.repository_exists():
+            self.open("first_run")
+        else:
+            self.open("progress" if self.has_tray else "main")
+
+    def _first_run_wanted(self) -> bool:
+        """Whether to show the first-run window now that there is no repository.
+
+        Always when started by hand. Started at login, once per login
+        session at most: a crash and restart, or another login entry, in
+        the same session shows nothing more (the tray says what is missing).
+        """
+        if not self.autostart:
+            return True
+        name = f"first-run-{instance_key(self.agent.config.path)}"
+        if first_time_this_session(name):
+            return True
+        log.info("started at login without a repository: the first-run window was shown before")
+        return False
 
     # -------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        """Start the agent, then show the tray (or the main window)."""
+        """Start the agent, then show the tray (or the main window).
+
+        Started at login (``autostart``) nothing opens but the first-run
+        window, once per session (see :meth:`_first_run_wanted`).
+        """
         await self.agent.start()
         self.bridge.spawn(self.bridge.load_history())
         if self.has_tray:
             self.tray.show()
+        elif self.autostart:
+            log.warning("no system tray on this desktop: start desktop-agent to see its window")
         else:
             log.warning("no system tray on this desktop: showing the main window instead")
             self.open("main")
         if not self.agent.controller.repository_exists():
-            self.open("first_run")
-        elif self.show_at_start:
+            if self._first_run_wanted():
+                self.open("first_run")
+        elif self.show_at_start and not self.autostart:
             self.open(self.show_at_start)
 
     def quit(self) -> None:
@@ -132,10 +208,25 @@ class Shell(QObject):
         self.bridge.close()
 
     async def run(self) -> None:
-        """Start, wait for Quit, stop."""
-        await self.start()
+        """Start, wait for Quit, stop. A failed start stops what it started, then raises."""
+        try:
+            await self.start()
+        except BaseException:
+            await self._abandon()
+            raise
         await self.quitting.wait()
         await self.stop()
+
+    async def _abandon(self) -> None:
+        """Undo a start that failed half way (the controller may run, the port not)."""
+        for win in self.windows.values():
+            win.close()
+        self.tray.hide()
+        try:
+            await self.agent.stop()
+        except Exception:  # noqa: BLE001 - the start's own error is the one to report
+            log.exception("stopping after a failed start")
+        self.bridge.close()
 
 
 def _route_signals(shell: Shell) -> Any:
@@ -157,6 +248,13 @@ def _route_signals(shell: Shell) -> Any:
 
     notifier.activated.connect(woke)
     return (rsock, wsock, notifier)  # keep them alive
+
+
+def _unroute_signals() -> None:
+    """The default handlers again: after the loop, SIGTERM must end the process."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
 
 
 def _collect_on_this_thread(parent: QObject) -> QTimer:
@@ -181,10 +279,73 @@ def _collect_on_this_thread(parent: QObject) -> QTimer:
     return timer
 
 
-def run_tray(config: Config, *, log_path: str | None = None, show: str | None = None) -> int:
-    """Run the tray application until Quit; returns the exit status."""
+def _first_or_hand_over(lock: InstanceLock, name: str, request: TrayRequest) -> bool:
+    """Take the instance lock (True), or hand ``request`` to the tray that has it (False).
+
+    A first tray that is still starting may not listen yet: the handover is
+    tried again until :data:`HANDOVER_TIMEOUT`; if that one ends meanwhile,
+    this start takes its place. Raises :class:`AlreadyRunning` when a
+    headless agent runs on the configuration, :class:`TrayError` when the
+    running tray does not answer.
+    """
+    deadline = time.monotonic() + HANDOVER_TIMEOUT
+    while True:
+        try:
+            lock.acquire("tray")
+            return True
+        except AlreadyRunning as running:
+            if running.mode == "headless":
+                raise running.explained(
+                    "a headless agent uses this configuration; stop it to use the tray app, "
+                    "or start the tray with another --config"
+                ) from None
+            if send_request(name, request):
+                log.info("handed the request to the running tray app (pid %s)", running.pid)
+                return False
+            if time.monotonic() > deadline:
+                who = f" (pid {running.pid})" if running.pid is not None else ""
+                raise TrayError(
+                    f"desktop-agent is already running{who} but does not answer; "
+                    "quit it (or end that process) and start again"
+                ) from None
+        # the first one is between taking the lock and listening: a moment
+        time.sleep(0.1)
+
+
+def run_tray(
+    config: Config,
+    *,
+    log_path: str | None = None,
+    show: str | None = None,
+    autostart: bool = False,
+) -> int:
+    """Run the tray application until Quit; returns the exit status.
+
+    A later start on the same configuration hands ``show`` to the running
+    one and returns 0. Raises :class:`AlreadyRunning` (a headless agent has
+    the configuration) or :class:`TrayError` (the start failed; one line).
+    """
     app = QApplication.instance() or QApplication(sys.argv)
     assert isinstance(app, QApplication)
+    lock = InstanceLock(config.path)
+    name = server_name(config.path)
+    if not _first_or_hand_over(lock, name, TrayRequest(show=show, autostart=autostart)):
+        return 0
+    try:
+        return _run_first(app, config, name, log_path=log_path, show=show, autostart=autostart)
+    finally:
+        lock.release()
+
+
+def _run_first(
+    app: QApplication,
+    config: Config,
+    name: str,
+    *,
+    log_path: str | None,
+    show: str | None,
+    autostart: bool,
+) -> int:
     app.setApplicationName("desktop-agent")
     app.setApplicationDisplayName("desktop-agent")
     app.setWindowIcon(app_icon())
@@ -194,15 +355,20 @@ def run_tray(config: Config, *, log_path: str | None = None, show: str | None = 
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="loop")
     loop.set_default_executor(pool)
     asyncio.set_event_loop(loop)
-    shell = Shell(config, log_path=log_path, show=show)
+    shell = Shell(config, log_path=log_path, show=show, autostart=autostart)
+    requests = RequestServer(name, shell.present)
+    requests.listen()
     keep = (_route_signals(shell), _collect_on_this_thread(shell))
     try:
         with loop:
             loop.run_until_complete(shell.run())
     except OSError as exc:
-        QMessageBox.critical(None, "desktop-agent", f"desktop-agent could not start: {exc}")
-        return 1
+        log.error("could not start: %s", exc)
+        message = bind_failure(exc, config.path) or f"could not start: {exc.strerror or exc}"
+        raise TrayError(message) from None
     finally:
+        requests.close()
+        _unroute_signals()
         del keep
         pool.shutdown(wait=False, cancel_futures=True)
     return 0

@@ -1,11 +1,15 @@
-"""The settings window: what to back up, where to, the /ws agent, notifications.
+"""The settings window: what to back up, where to, the /ws agent, notifications,
+and whether desktop-agent starts at login.
 
 Nothing here touches the engine: repository work goes through the job
 controller (``create_repository``, ``check_password``), the configuration
 through :mod:`desktop_agent.config`. A change is validated by the loader's
 own rules before it is saved, and applied at once through
-:meth:`Bridge.apply_config` - no restart. Errors are shown inline, never in
-a modal box, and file, keyring and repository work runs off the loop thread.
+:meth:`Bridge.apply_config` - no restart. Start at login is not in the
+configuration: the switch shows the operating system's state
+(:mod:`desktop_agent.system.autostart`), read when the window opens, and
+changes it on Apply like the rest. Errors are shown inline, never in a modal
+box, and file, keyring and repository work runs off the loop thread.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ from desktop_agent.config import (
     write_password_file,
 )
 from desktop_agent.engine.errors import EngineError
+from desktop_agent.system.autostart import (
+    Autostart,
+    AutostartStatus,
+    Source,
+    platform_autostart,
+)
+from desktop_agent.system.errors import AutostartError
 
 from .bridge import Bridge
 from .icons import app_icon
@@ -265,6 +276,17 @@ class StringList(QWidget):
         self._update_buttons()
 
 
+def _autostart_words(status: AutostartStatus) -> str:
+    """The start-at-login state for the settings window: which entry decides."""
+    if status.enabled and status.source is Source.SYSTEM:
+        return f"Started for every user by {status.entry}."
+    if status.enabled:
+        return f"Started by {status.entry}."
+    if status.system_entry is not None:
+        return f"Off for you: {status.entry} hides {status.system_entry}."
+    return "Scheduled backups run only while desktop-agent runs."
+
+
 def _hint(text: str) -> QLabel:
     label = QLabel(text)
     label.setWordWrap(True)
@@ -297,9 +319,18 @@ class SettingsDialog(QDialog):
     saved), saves it atomically and applies it to the running agent.
     """
 
-    def __init__(self, bridge: Bridge, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        parent: QWidget | None = None,
+        *,
+        autostart: Autostart | None = None,
+    ) -> None:
         super().__init__(parent)
         self.bridge = bridge
+        self.autostart = autostart or platform_autostart(bridge.config.path)
+        self.autostart_task: asyncio.Task[Any] | None = None  # reading the state
+        self._autostart_on: bool | None = None  # the state read; None: not (yet) known
         self.setWindowTitle("Settings - desktop-agent")
         self.setWindowIcon(app_icon())
         self.setModal(False)
@@ -361,6 +392,15 @@ class SettingsDialog(QDialog):
         )
         form.addRow("Back up every:", self.interval)
         form.addRow("", _hint("Back up every N minutes; 0 = only on request."))
+        self.start_at_login = QCheckBox("Start desktop-agent when I log in")
+        self.start_at_login.setEnabled(False)  # until the state is read
+        self.start_at_login_note = _hint("")
+        self.start_at_login_note.setObjectName("start_at_login_note")
+        self.start_at_login_note.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse
+        )
+        form.addRow("", self.start_at_login)
+        form.addRow("", self.start_at_login_note)
         return tab
 
     def _repository_tab(self) -> QWidget:
@@ -496,6 +536,42 @@ class SettingsDialog(QDialog):
         show_text(self.error, "")
         self.status.clear()
         self._stale = False
+        self.read_autostart()
+
+    # ---------------------------------------------------------- start at login
+    def read_autostart(self) -> None:
+        """Read whether desktop-agent starts at login (in the background) and show it."""
+        if self.autostart_task is not None and not self.autostart_task.done():
+            return
+        self.start_at_login.setEnabled(False)
+        self.autostart_task = self.bridge.spawn(self._read_autostart())
+
+    async def _read_autostart(self) -> None:
+        try:
+            status = await run_off_loop(self.autostart.status)
+        except AutostartError as exc:
+            self._autostart_on = None
+            self.start_at_login_note.setText(f"Cannot tell whether it starts at login: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - shown inline, logged with its traceback
+            log.exception("reading the start-at-login state failed")
+            self._autostart_on = None
+            self.start_at_login_note.setText(f"Cannot tell whether it starts at login: {exc}")
+            return
+        self._show_autostart(status)
+
+    def _show_autostart(self, status: AutostartStatus) -> None:
+        self._autostart_on = status.enabled
+        self.start_at_login.setChecked(status.enabled)
+        self.start_at_login.setEnabled(True)
+        self.start_at_login_note.setText(_autostart_words(status))
+
+    def _autostart_wanted(self) -> bool | None:
+        """The new start-at-login state to apply, or None when it is unchanged (or unknown)."""
+        if self._autostart_on is None or not self.start_at_login.isEnabled():
+            return None
+        wanted = self.start_at_login.isChecked()
+        return None if wanted == self._autostart_on else wanted
 
     def _form(self, base: Config) -> Config:
         """``base`` with every value the form shows."""
@@ -520,7 +596,11 @@ class SettingsDialog(QDialog):
     def edited(self) -> bool:
         """Whether anything was typed or changed since the form was filled."""
         typed = bool(self.new_password.text() or self.repeat_password.text())
-        return typed or self._form(self._loaded) != self._loaded
+        return (
+            typed
+            or self._autostart_wanted() is not None
+            or self._form(self._loaded) != self._loaded
+        )
 
     def build(self) -> Config:
         """The configuration in use with this window's edits (not validated yet).
@@ -560,19 +640,30 @@ class SettingsDialog(QDialog):
         except ConfigError as exc:
             show_text(self.error, str(exc))
             return
-        if checked == self.bridge.config:
+        start_at_login = self._autostart_wanted()
+        if checked == self.bridge.config and start_at_login is None:
             if close:
                 self.accept()
             else:
                 self.status.setText("Nothing changed.")
             return
         self._busy(True)
-        self.task = self.bridge.spawn(self._save_and_apply(checked, close))
+        config = None if checked == self.bridge.config else checked
+        self.task = self.bridge.spawn(self._save_and_apply(config, start_at_login, close))
 
-    async def _save_and_apply(self, config: Config, close: bool) -> None:
+    async def _save_and_apply(
+        self, config: Config | None, start_at_login: bool | None, close: bool
+    ) -> None:
+        # start at login first: when it fails nothing is changed, and the form keeps the edits
         try:
-            await run_off_loop(save, config)
-        except ConfigError as exc:
+            if start_at_login is not None:
+                change = self.autostart.enable if start_at_login else self.autostart.disable
+                status = await run_off_loop(change)
+                log.info("start at login: %s", status.describe())
+                self._show_autostart(status)
+            if config is not None:
+                await run_off_loop(save, config)
+        except (ConfigError, AutostartError) as exc:
             show_text(self.error, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - shown inline, logged with its traceback
@@ -581,9 +672,10 @@ class SettingsDialog(QDialog):
             return
         finally:
             self._busy(False)
-        self.bridge.apply_config(config)
-        log.info("settings saved to %s and applied", config.path)
-        self.load(config)
+        if config is not None:
+            self.bridge.apply_config(config)
+            log.info("settings saved to %s and applied", config.path)
+            self.load(config)
         self.status.setText("Saved; in use now.")
         if close:
             self.accept()
