@@ -827,7 +827,7 @@ def _internal(argv: Sequence[str]) -> int | None:
     if len(argv) == 2 and argv[0] == "--engine-helper":
         from desktop_agent.engine.smallfiles import helper_entry
 
-        helper_entry(int(argv[1]))
+        helper_entry(argv[1])
         return 0
     if list(argv) == ["--selftest-qt"]:
         from desktop_agent.selftest import qt_probe

@@ -668,7 +668,7 @@ class _Backup:
                 self.writer.pack_size,
                 known,
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             self.warn(f"cannot start helper processes ({exc}); using threads only")
             self.helpers = None
             return

@@ -15,6 +15,7 @@ work itself.
 from __future__ import annotations
 
 import errno
+import hmac
 import os
 import socket
 import stat as st
@@ -243,14 +244,7 @@ class Helpers:
         self.outstanding = [0] * count
         try:
             for _ in range(count):
-                ours, theirs = socket.socketpair()
-                with theirs:
-                    proc = subprocess.Popen(
-                        [*_helper_command(), str(theirs.fileno())],
-                        pass_fds=(theirs.fileno(),),
-                        stdin=subprocess.DEVNULL,
-                    )
-                conn = Connection(ours.detach())
+                conn, proc = _spawn_by_fd() if PASS_FDS else _spawn_over_loopback()
                 self.conns.append(conn)
                 self.procs.append(proc)
                 conn.send(
@@ -329,15 +323,82 @@ def raise_if_failed(msg: tuple[Any, ...]) -> None:
         raise describe_oserror(OSError(code, os.strerror(code) if code else "error"), where)
 
 
+# Where a child can inherit a socket by descriptor (POSIX), each helper gets one
+# end of a socketpair; elsewhere (Windows: subprocess cannot pass descriptors)
+# it connects back to a loopback port and proves it is the child we started
+# with a one-time token handed over on its stdin.
+PASS_FDS = os.name == "posix"
+_CONNECT_TIMEOUT = 30.0
+
+
+def _spawn_by_fd() -> tuple[Connection, subprocess.Popen[bytes]]:
+    ours, theirs = socket.socketpair()
+    with theirs:
+        proc = subprocess.Popen(
+            [*_helper_command(), str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+    return Connection(ours.detach()), proc
+
+
+def _spawn_over_loopback() -> tuple[Connection, subprocess.Popen[bytes]]:
+    token = os.urandom(32)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(_CONNECT_TIMEOUT)
+        host, port = server.getsockname()[:2]
+        proc = subprocess.Popen([*_helper_command(), "connect"], stdin=subprocess.PIPE)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(f"{host} {port} {token.hex()}\n".encode())
+            proc.stdin.close()
+            while True:  # anyone else on this machine may knock first: only the token counts
+                sock, _addr = server.accept()
+                sock.settimeout(_CONNECT_TIMEOUT)
+                try:
+                    offered = _recv_exactly(sock, len(token))
+                except OSError:
+                    sock.close()
+                    continue
+                if hmac.compare_digest(offered, token):
+                    sock.settimeout(None)
+                    return Connection(sock.detach()), proc
+                sock.close()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        part = sock.recv(n - len(data))
+        if not part:
+            raise ConnectionResetError("closed before the token")
+        data += part
+    return data
+
+
+def _connect_back() -> Connection:
+    """In a helper started by :func:`_spawn_over_loopback`: dial the parent."""
+    host, port, token = sys.stdin.readline().split()
+    sock = socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT)
+    sock.sendall(bytes.fromhex(token))
+    sock.settimeout(None)
+    return Connection(sock.detach())
+
+
 def _helper_command() -> list[str]:
     if getattr(sys, "frozen", False):  # a packaged binary runs its own entry point
         return [sys.executable, "--engine-helper"]
     return [sys.executable, "-m", "desktop_agent.engine.smallfiles"]
 
 
-def helper_entry(fd: int) -> None:
-    """Entry point of a helper process: serve the parent on socket ``fd``."""
-    conn = Connection(fd)
+def helper_entry(fd: int | str) -> None:
+    """Entry point of a helper process: serve the parent on socket ``fd``
+    (``"connect"``: connect back to the parent, see :func:`_spawn_over_loopback`)."""
+    conn = _connect_back() if fd == "connect" else Connection(int(fd))
     try:
         msg = conn.recv()
     except EOFError:
@@ -349,4 +410,4 @@ def helper_entry(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    helper_entry(int(sys.argv[1]))
+    helper_entry(sys.argv[1])

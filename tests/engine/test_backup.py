@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -322,9 +323,18 @@ def _helper_pids() -> list[int]:
     return pids
 
 
-def test_many_small_files_go_through_helper_processes(tmp_path, new_repo, restic):
+@pytest.mark.parametrize("by_fd", [True, False], ids=["socketpair", "loopback"])
+def test_many_small_files_go_through_helper_processes(
+    tmp_path, new_repo, restic, monkeypatch, by_fd
+):
     """Past 2000 small files, helper processes read and seal them; duplicates
-    routed to the same helper are stored once; the result is the same tree."""
+    routed to the same helper are stored once; the result is the same tree.
+    Helpers get their socket by descriptor (POSIX) or connect back to a
+    loopback port with a one-time token (Windows, where subprocess cannot
+    pass descriptors): both are run here."""
+    from desktop_agent.engine import smallfiles
+
+    monkeypatch.setattr(smallfiles, "PASS_FDS", by_fd)
 
     src = tmp_path / "src"
     for i in range(2600):
@@ -387,3 +397,31 @@ def test_a_source_matching_an_exclude_is_left_out(tmp_path, new_repo):
     repo = new_repo()
     res = backup(repo, BackupOptions(sources=[str(keep), str(drop)], excludes=["*.tmp"]))
     assert res.summary.total_files_processed == 1
+
+
+def test_a_helper_connecting_back_must_bring_its_token(tmp_path, monkeypatch):
+    """Over loopback, whoever connects first does not get the helper's place (and
+    with it the key): only the connection that sends the one-time token does."""
+    from desktop_agent.engine import smallfiles
+
+    script = tmp_path / "impostor_then_helper.py"
+    script.write_text(
+        "import socket, sys\n"
+        "from multiprocessing.connection import Connection\n"
+        "host, port, token = sys.stdin.readline().split()\n"
+        "rogue = socket.create_connection((host, int(port)))\n"
+        "rogue.sendall(b'x' * 32)\n"
+        "assert rogue.recv(1) == b''  # refused: closed without a word\n"
+        "sock = socket.create_connection((host, int(port)))\n"
+        "sock.sendall(bytes.fromhex(token))\n"
+        "conn = Connection(sock.detach())\n"
+        "conn.send(('echo', conn.recv()))\n"
+    )
+    monkeypatch.setattr(smallfiles, "_helper_command", lambda: [sys.executable, str(script)])
+    conn, proc = smallfiles._spawn_over_loopback()
+    try:
+        conn.send("hello")
+        assert conn.recv() == ("echo", "hello")
+    finally:
+        conn.close()
+        assert proc.wait(timeout=30) == 0

@@ -1,0 +1,3 @@
+# PyInstaller's hook for PySide6.QtWidgets, minus the Qt plugins and translations
+# the spec leaves out: see ../qt_trim.py (the spec puts it on sys.path).
+from qt_trim import hook  # noqa: F401
