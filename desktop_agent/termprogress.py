@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from desktop_agent.engine.progress import Progress
+from desktop_agent.engine.progress import Progress, RateEstimator
 from desktop_agent.termtext import clean, columns, fit, fit_tail, pad
 
 __all__ = ["human_bytes", "human_duration", "ProgressLine"]
@@ -39,6 +39,7 @@ class ProgressLine:
         self.interval = interval
         self._last = 0.0
         self._shown = False
+        self._rate = RateEstimator()
         self.enabled = self.stream.isatty()
 
     def __call__(self, p: Progress) -> None:
@@ -49,10 +50,10 @@ class ProgressLine:
             return
         self._last = now
         pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 0.0
-        rate = p.bytes_done / p.elapsed if p.elapsed > 0 else 0.0
-        eta = ""
-        if p.scan_finished and rate > 0 and p.bytes_total > p.bytes_done:
-            eta = f"  ETA {human_duration((p.bytes_total - p.bytes_done) / rate)}"
+        # the same moving average as the agent's backup:progress
+        rate = self._rate.update(p.elapsed, p.bytes_done)
+        left = self._rate.eta(p.bytes_total - p.bytes_done) if p.scan_finished else 0
+        eta = f"  ETA {human_duration(left)}" if left else ""
         text = (
             f"[{human_duration(p.elapsed)}] {pct:5.1f}%  {human_bytes(p.bytes_done)} / "
             f"{human_bytes(p.bytes_total)}  {human_bytes(rate)}/s{eta}  "

@@ -8,12 +8,15 @@ and ETAs are the consumer's business.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Progress", "ProgressState", "Reporter"]
+__all__ = ["Progress", "ProgressState", "RateEstimator", "Reporter", "RATE_WINDOW"]
+
+RATE_WINDOW = 3.0  # seconds: time constant of the transfer rate's moving average
 
 
 @dataclass(frozen=True)
@@ -114,3 +117,48 @@ class ProgressState:
         """Report the final state unconditionally."""
         if self._reporter is not None:
             self._reporter(self.snapshot(final=True))
+
+
+class RateEstimator:
+    """The transfer rate as an exponential moving average over ``window``
+    seconds, and the time left at that rate: the one estimator behind every
+    rate and ETA shown (the agent's ``backup:progress``, the terminal's
+    progress line). A pause is not slow transfer: :meth:`restart` after one.
+    """
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self.rate = 0.0
+        self._at: float | None = None
+        self._bytes = 0
+
+    def restart(self, now: float, done: int) -> None:
+        """Measure from here on (a start, or the end of a pause)."""
+        self._at, self._bytes = now, done
+
+    def update(self, now: float, done: int) -> float:
+        """Take ``done`` bytes at time ``now``; returns the rate (bytes/s)."""
+        if self._at is None:
+            self.restart(now, done)
+            return self.rate
+        dt = now - self._at
+        if dt > 0.05:  # shorter steps are noise
+            inst = max(0, done - self._bytes) / dt
+            weight = 1.0 - math.exp(-dt / self.window)
+            self.rate = inst if self.rate == 0.0 else self.rate + weight * (inst - self.rate)
+            self._at, self._bytes = now, done
+        return self.rate
+
+    def decay(self, now: float) -> float:
+        """Nothing new arrived: let the rate fall, so that the ETA stays honest."""
+        if self._at is not None:
+            weight = 1.0 - math.exp(-(now - self._at) / self.window)
+            self.rate -= weight * self.rate
+            self._at = now
+        return self.rate
+
+    def eta(self, remaining: int) -> int:
+        """Seconds left for ``remaining`` bytes at the current rate; 0 when unknown."""
+        if self.rate <= 1 or remaining <= 0:
+            return 0
+        return int(math.ceil(remaining / self.rate))

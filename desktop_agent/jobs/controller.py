@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 from collections import deque
@@ -32,7 +31,7 @@ from desktop_agent.engine import crypto
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup, find_parent
 from desktop_agent.engine.control import Control
 from desktop_agent.engine.errors import Cancelled, EngineError, RepositoryNotFound
-from desktop_agent.engine.progress import Progress
+from desktop_agent.engine.progress import RATE_WINDOW, Progress, RateEstimator
 from desktop_agent.engine.repository import Repository, hostname
 from desktop_agent.engine.storage import open_storage
 from desktop_agent.protocol import (
@@ -57,7 +56,6 @@ __all__ = ["JobController", "JobError", "JobView", "RATE_WINDOW"]
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_SECOND = 10
-RATE_WINDOW = 3.0  # seconds: time constant of the bytes_per_second moving average
 _HISTORY = 100  # finished jobs remembered for lookups
 
 
@@ -97,9 +95,7 @@ class _Job:
     # progress bookkeeping (loop thread only)
     last_sent: float = 0.0
     dirty: bool = False
-    rate: float = 0.0
-    rate_at: float = 0.0
-    rate_bytes: int = 0
+    rate: RateEstimator = field(default_factory=RateEstimator)
     percent: float = 0.0
 
     def view(self) -> JobView:
@@ -277,8 +273,8 @@ class JobController:
         job.control.resume()
         self._transition(job, Action.RESUME)
         self.bus.publish(BackupResumed(job.id))
-        job.rate_at = self._clock()  # the pause is not slow transfer
-        job.rate_bytes = job.progress.transferred_bytes if job.progress else 0
+        # the pause is not slow transfer
+        job.rate.restart(self._clock(), job.progress.transferred_bytes if job.progress else 0)
 
     def cancel(self, job_id: str) -> None:
         """Cancel a job; it ends with ``backup:failed`` and error ``cancelled``."""
@@ -382,7 +378,7 @@ class JobController:
         assert self._loop is not None
         self._current = job
         job.started = time.time()
-        job.rate_at = self._clock()
+        job.rate.restart(self._clock(), 0)
         self._transition(job, Action.START)
         self._publish_progress(job, Progress(0, 0, 0, 0, ""), force=True)
         self._ticker = self._loop.create_task(self._tick(job), name="progress-ticker")
@@ -492,26 +488,18 @@ class JobController:
 
     def _publish_progress(self, job: _Job, p: Progress, *, force: bool = False) -> None:
         now = self._clock()
-        # moving average of the transfer rate (exponential, RATE_WINDOW seconds)
-        dt = now - job.rate_at
-        if dt > 0.05:
-            inst = max(0, p.bytes_done - job.rate_bytes) / dt
-            weight = 1.0 - math.exp(-dt / RATE_WINDOW)
-            job.rate = inst if job.rate == 0.0 else job.rate + weight * (inst - job.rate)
-            job.rate_at, job.rate_bytes = now, p.bytes_done
+        rate = job.rate.update(now, p.bytes_done)
         # Until the scan has counted everything the total is not known: a
         # percent of a growing total would race ahead and then have to stop.
         if p.scan_finished and p.bytes_total > 0:
             job.percent = max(job.percent, min(99.9, 100.0 * p.bytes_done / p.bytes_total))
-        eta = 0
-        if p.scan_finished and job.rate > 1 and p.bytes_total > p.bytes_done:
-            eta = int(math.ceil((p.bytes_total - p.bytes_done) / job.rate))
+        eta = job.rate.eta(p.bytes_total - p.bytes_done) if p.scan_finished else 0
         job.progress = BackupProgress(
             job_id=job.id,
             percent=round(job.percent, 2),
             transferred_bytes=p.bytes_done,
             total_bytes=max(p.bytes_total, p.bytes_done),
-            bytes_per_second=int(job.rate),
+            bytes_per_second=int(rate),
             eta_seconds=eta,
             current_file=p.current_file or None,
             files_processed=p.files_done,
@@ -541,8 +529,6 @@ class JobController:
             elif now - job.last_sent >= 1.0 and job.progress is not None:
                 # nothing new for a second (a big file in one chunk...): the
                 # rate decays so that the ETA stays honest
-                weight = 1.0 - math.exp(-(now - job.rate_at) / RATE_WINDOW)
-                job.rate -= weight * job.rate
-                job.rate_at = now
-                job.progress = replace(job.progress, bytes_per_second=int(job.rate))
+                rate = job.rate.decay(now)
+                job.progress = replace(job.progress, bytes_per_second=int(rate))
                 self._send_progress(job, now)

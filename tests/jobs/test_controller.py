@@ -108,12 +108,13 @@ def test_rate_is_a_moving_average_and_eta_follows_it(tmp_path):
         job_id = ctl.start_backup()
         job = ctl._jobs[job_id]
         job.state = JobState.RUNNING  # drive it by hand: no engine run here
-        job.rate_at = now[0]
+        job.rate.restart(now[0], 0)
         total = 1000 * 1000 * 1000
+        done = 0
         for step in range(1, 31):  # 10 MB/s for 3 s, then 40 MB/s for 3 s
             now[0] += 0.1
             rate = 10e6 if step <= 15 else 40e6
-            done = job.rate_bytes + int(rate * 0.1)
+            done += int(rate * 0.1)
             ctl._on_progress(job, Progress(done, total, step, 100, f"/f{step}", scan_finished=True))
         await ctl.stop()
 
