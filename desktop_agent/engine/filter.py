@@ -22,8 +22,26 @@ from collections.abc import Iterable, Sequence
 __all__ = ["ExcludeFilter"]
 
 
+def _literal(comp: bytes) -> bytes | None:
+    """The name a pattern component matches when it has no wildcards
+    (``glob.escape``'s ``[*]`` forms allowed), else None."""
+    out = bytearray()
+    i = 0
+    while i < len(comp):
+        ch = comp[i : i + 1]
+        if ch == b"[" and comp[i + 2 : i + 3] == b"]" and comp[i + 1 : i + 2] in (b"*", b"?", b"["):
+            out += comp[i + 1 : i + 2]
+            i += 3
+            continue
+        if ch in (b"*", b"?", b"["):
+            return None
+        out += ch
+        i += 1
+    return bytes(out)
+
+
 class _Pattern:
-    __slots__ = ("text", "anchored", "parts", "basename_only")
+    __slots__ = ("text", "anchored", "parts", "basename_only", "exact")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -31,6 +49,14 @@ class _Pattern:
         raw = os.fsencode(expanded).rstrip(b"/")
         self.anchored = raw.startswith(b"/")
         comps = [c for c in raw.split(b"/") if c]
+        # an absolute path without wildcards (the repository, the agent's cache):
+        # one set lookup per path instead of a match per component
+        literal = [_literal(c) for c in comps] if self.anchored else [None]
+        self.exact = (
+            b"/" + b"/".join(literal)  # type: ignore[arg-type]
+            if comps and all(c is not None and c != b"**" for c in literal)
+            else None
+        )
         # "**/x" unanchored is the same as "x" unanchored (a lone "**" stays)
         while not self.anchored and len(comps) > 1 and comps[0] == b"**":
             comps.pop(0)
@@ -96,13 +122,17 @@ class ExcludeFilter:
     """Decides whether a path is excluded."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
-        self.patterns = [_Pattern(p) for p in patterns if p.strip()]
+        compiled = [_Pattern(p) for p in patterns if p.strip()]
+        self.exact = {p.exact for p in compiled if p.exact is not None}
+        self.patterns = [p for p in compiled if p.exact is None]
 
     def __bool__(self) -> bool:
-        return bool(self.patterns)
+        return bool(self.patterns or self.exact)
 
     def excluded(self, path: bytes) -> bool:
         """True if any pattern matches the absolute ``path``."""
+        if self.exact and path in self.exact:  # the walker gives normalized paths
+            return True
         if not self.patterns:
             return False
         comps = [_text(c) for c in path.split(b"/") if c]

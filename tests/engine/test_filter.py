@@ -130,3 +130,17 @@ def test_extension_glob_matches_exactly_the_suffix(ext: str, dirs: list[str]) ->
     assert flt.excluded(f"{parent}/name.{ext}".encode())
     assert not flt.excluded(f"{parent}/name.{ext}x".encode())
     assert not flt.excluded(f"{parent}/name{ext}".encode())
+
+
+def test_exact_paths_with_glob_characters_match_only_themselves() -> None:
+    """The agent excludes its repository and caches by their absolute paths,
+    escaped with glob.escape: matched as they are, by one set lookup."""
+    import glob
+
+    from desktop_agent.engine.filter import ExcludeFilter
+
+    odd = "/home/me/back[up]*?"
+    f = ExcludeFilter([glob.escape(odd), "/plain/path"])
+    assert f.excluded(odd.encode()) and f.excluded(b"/plain/path")
+    assert not f.excluded(b"/home/me/backu*?") and not f.excluded(b"/plain/path/below")
+    assert not f.excluded(b"/plain") and f.exact == {odd.encode(), b"/plain/path"}
