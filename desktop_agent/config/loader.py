@@ -7,6 +7,7 @@ error (a typo would otherwise be silently ignored).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -38,12 +39,20 @@ from desktop_agent.config.paths import (
 from desktop_agent.config.privatefile import read_regular_file, warn_if_exposed
 from desktop_agent.config.template import render_default
 
-__all__ = ["load", "load_or_create", "parse_document", "save", "to_document", "validate"]
+__all__ = ["load", "load_or_create", "merge", "parse_document", "save", "to_document", "validate"]
 
 log = logging.getLogger(__name__)
 
 _KEYS: dict[str, tuple[str, ...]] = {
-    "agent": ("listen", "token", "allowed_origins", "tls_cert", "tls_key", "max_connections"),
+    "agent": (
+        "listen",
+        "token",
+        "allowed_origins",
+        "tls_cert",
+        "tls_key",
+        "max_connections",
+        "allow_remote_restore",
+    ),
     "repository": ("path", "password_file"),
     "backup": ("sources", "exclude", "interval_minutes"),
     "ui": ("notify_success",),
@@ -215,6 +224,8 @@ def _parse_agent(section: _Section) -> AgentConfig:
         "max_connections", defaults.max_connections, minimum=1, maximum=65535
     )
 
+    allow_remote_restore = section.boolean("allow_remote_restore", defaults.allow_remote_restore)
+
     return AgentConfig(
         listen=listen,
         token=token,
@@ -222,6 +233,7 @@ def _parse_agent(section: _Section) -> AgentConfig:
         tls_cert=tls_cert,
         tls_key=tls_key,
         max_connections=max_connections,
+        allow_remote_restore=allow_remote_restore,
     )
 
 
@@ -299,6 +311,7 @@ def to_document(config: Config) -> dict[str, Any]:
     if config.agent.tls_key is not None:
         agent["tls_key"] = config.agent.tls_key
     agent["max_connections"] = config.agent.max_connections
+    agent["allow_remote_restore"] = config.agent.allow_remote_restore
     return {
         "agent": agent,
         "repository": {
@@ -399,3 +412,29 @@ def save(config: Config, path: Path | None = None) -> None:
         write_atomic(target, data, mode=0o600)
     except OSError as exc:
         raise ConfigError(f"{target}: cannot write: {exc.strerror or exc}") from None
+
+
+def merge(base: Config, mine: Config, theirs: Config) -> Config:
+    """``theirs`` with the values ``mine`` changed relative to ``base``, key by key.
+
+    A three-way merge for whoever edits a configuration while another change
+    may be applied meanwhile: ``base`` is what the edit started from,
+    ``mine`` the edited copy, ``theirs`` the configuration in use now. A key
+    the edit left alone keeps ``theirs``' value (a change made elsewhere is
+    not reverted); a key the edit changed takes ``mine``'s, even where
+    ``theirs`` changed it too (the later edit wins). ``path`` is ``theirs``'.
+    Nothing is validated: :func:`validate` the result before saving it.
+    """
+    sections: dict[str, Any] = {}
+    for section in dataclasses.fields(Config):
+        old = getattr(base, section.name)
+        if not dataclasses.is_dataclass(old):
+            continue  # the file's path is not an edited value
+        new = getattr(mine, section.name)
+        changed = {
+            key.name: getattr(new, key.name)
+            for key in dataclasses.fields(new)
+            if getattr(new, key.name) != getattr(old, key.name)
+        }
+        sections[section.name] = dataclasses.replace(getattr(theirs, section.name), **changed)
+    return dataclasses.replace(theirs, **sections)

@@ -54,6 +54,8 @@ class AgentConfig:
     # /ws connections at once (those still in the handshake count too); the
     # server may allow fewer when the open-file limit leaves no room for them
     max_connections: int = 256
+    # whether a /ws client may start a restore (always into a new folder)
+    allow_remote_restore: bool = False
 
     @property
     def host(self) -> str:

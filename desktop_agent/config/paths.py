@@ -25,6 +25,7 @@ __all__ = [
     "HOME_EXCLUDES",
     "resolve_config_path",
     "user_cache_dir",
+    "user_downloads_dir",
     "user_log_dir",
 ]
 
@@ -93,6 +94,15 @@ def user_log_dir() -> Path:
 def user_cache_dir() -> Path:
     """The directory for desktop-agent's caches (safe to delete)."""
     return Path(platformdirs.user_cache_dir(APP_NAME))
+
+
+def user_downloads_dir() -> Path:
+    """The user's downloads folder (XDG ``DOWNLOAD``, ``~/Downloads``) if it exists,
+    else the home folder: where files a backup server restores go."""
+    downloads = Path(platformdirs.user_downloads_dir())
+    if downloads.is_dir():
+        return downloads
+    return Path(os.path.expanduser("~"))
 
 
 def resolve_config_path(cli_value: str | None) -> Path:

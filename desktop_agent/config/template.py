@@ -75,6 +75,12 @@ allowed_origins = {allowed_origins}
 # them beside a running backup; it says so in its log.
 max_connections = {max_connections}
 
+# Whether a /ws client (the backup server) may restore files onto this
+# computer with restore:start (true or false). Such a restore always goes into
+# a new folder (in Downloads, or the home folder), never over existing files,
+# and the tray says so. Restores started in the tray are not affected.
+allow_remote_restore = {allow_remote_restore}
+
 [repository]
 # Where the backups are stored: a local directory (on an external disk, say),
 # in restic's repository format, so restic can read it too.
@@ -126,6 +132,7 @@ def render_default(
         token=toml_string(agent.token),
         allowed_origins=_toml_array(agent.allowed_origins),
         max_connections=agent.max_connections,
+        allow_remote_restore="true" if agent.allow_remote_restore else "false",
         repository_path=toml_string(repository.path),
         password_file=toml_string(repository.password_file or ""),
         sources=_toml_array(backup.sources),

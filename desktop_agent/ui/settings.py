@@ -1,11 +1,12 @@
 """The settings window: what to back up, where to, the /ws agent, notifications,
 and whether desktop-agent starts at login.
 
-Nothing here touches the engine: repository work goes through the job
-controller (``create_repository``, ``check_password``), the configuration
-through :mod:`desktop_agent.config`. A change is validated by the loader's
-own rules before it is saved, and applied at once through
-:meth:`Bridge.apply_config` - no restart. Start at login is not in the
+Nothing here touches the engine: repository work goes through the bridge
+(``check_password``), the configuration and the password's storage through
+:mod:`desktop_agent.config` (``merge``, ``validate``, ``save``,
+``store_password``). A change is validated by the loader's own rules before
+it is saved, and applied at once through :meth:`Bridge.apply_config` - no
+restart. Start at login is not in the
 configuration: the switch shows the operating system's state
 (:mod:`desktop_agent.system.autostart`), read when the window opens, and
 changes it on Apply like the rest. Errors are shown inline, never in a modal
@@ -19,7 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from PySide6.QtCore import Qt
@@ -44,14 +45,14 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_agent.config import (
-    KEYRING_SERVICE,
     PASSWORD_ENV,
     Config,
     ConfigError,
     generate_token,
+    merge,
     save,
+    store_password,
     validate,
-    write_password_file,
 )
 from desktop_agent.engine.errors import EngineError
 from desktop_agent.system.autostart import (
@@ -68,11 +69,9 @@ from .icons import app_icon
 __all__ = [
     "SettingsDialog",
     "StringList",
-    "keyring_usable",
     "open_folder_dialog",
     "run_off_loop",
     "start_dir",
-    "store_password",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,58 +90,6 @@ _io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settings-io")
 async def run_off_loop(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking call (file, keyring) on a worker thread and await it."""
     return await asyncio.get_running_loop().run_in_executor(_io, fn, *args)
-
-
-# ------------------------------------------------------------ passwords
-def keyring_usable() -> bool:
-    """Whether ``keyring`` has a real backend (not the fail or null one)."""
-    try:
-        import keyring
-        import keyring.backends.fail
-        import keyring.backends.null
-
-        backend = keyring.get_keyring()
-        return not isinstance(
-            backend, keyring.backends.fail.Keyring | keyring.backends.null.Keyring
-        )
-    except Exception as exc:  # noqa: BLE001 - any keyring failure means "no keyring"
-        log.debug("no usable OS keyring: %s", type(exc).__name__)
-        return False
-
-
-def store_password(config: Config, repository_path: str, password: str) -> str:
-    """Keep ``password`` where :func:`read_password` finds it; returns where, in words.
-
-    The OS keyring (service ``KEYRING_SERVICE``, user name the expanded
-    ``repository_path``) when it is usable, otherwise the configured
-    password file (mode 0600). An existing password file is rewritten
-    instead of the keyring: it is read first, and would hide the keyring's
-    entry. Blocking (keyring, fsync): call it off the loop thread.
-    """
-    file = config.password_file_path
-    if file is not None and os.path.lexists(file):
-        write_password_file(file, password)
-        return f"the password file {file}"
-    if keyring_usable():
-        try:
-            import keyring
-
-            keyring.set_password(KEYRING_SERVICE, repository_path, password)
-            return "the OS keyring"
-        except Exception as exc:  # noqa: BLE001 - fall back to the file, or say why not
-            if file is None:
-                raise ConfigError(
-                    f"the OS keyring did not take the password ({type(exc).__name__}) and no "
-                    f"password file is configured ([repository] password_file in {config.path})"
-                ) from None
-            log.info("OS keyring refused the password (%s); using the file", type(exc).__name__)
-    if file is None:
-        raise ConfigError(
-            "there is no usable OS keyring and no password file is configured: "
-            f"set [repository] password_file in {config.path}"
-        )
-    write_password_file(file, password)
-    return f"the password file {file}"
 
 
 # ------------------------------------------------------------ widgets
@@ -297,20 +244,6 @@ def _hint(text: str) -> QLabel:
 
 
 # ------------------------------------------------------------ the dialog
-def _merge(base: Config, mine: Config, theirs: Config) -> Config:
-    """``theirs`` with the values ``mine`` changed relative to ``base``, key by key."""
-    sections: dict[str, Any] = {}
-    for name in ("agent", "repository", "backup", "ui"):
-        old, new = getattr(base, name), getattr(mine, name)
-        changed = {
-            f.name: getattr(new, f.name)
-            for f in fields(new)
-            if getattr(new, f.name) != getattr(old, f.name)
-        }
-        sections[name] = replace(getattr(theirs, name), **changed)
-    return replace(theirs, **sections)
-
-
 class SettingsDialog(QDialog):
     """Backup, Repository, Agent and Notifications tabs; Apply / OK / Cancel.
 
@@ -496,6 +429,15 @@ class SettingsDialog(QDialog):
                 "none: no browser may connect."
             ),
         )
+        self.allow_remote_restore = QCheckBox("Let the backup server restore files here")
+        form.addRow("", self.allow_remote_restore)
+        form.addRow(
+            "",
+            _hint(
+                "Restores it asks for always go into a new folder in Downloads (never over "
+                "existing files), and desktop-agent tells you when one starts."
+            ),
+        )
         return tab
 
     def _notifications_tab(self) -> QWidget:
@@ -519,6 +461,7 @@ class SettingsDialog(QDialog):
         self._set_token(config.agent.token)
         self.token_note.hide()
         self.origins.set_values(config.agent.allowed_origins)
+        self.allow_remote_restore.setChecked(config.agent.allow_remote_restore)
         self.notify_success.setChecked(config.ui.notify_success)
         self.new_password.clear()
         self.repeat_password.clear()
@@ -582,6 +525,7 @@ class SettingsDialog(QDialog):
                 listen=self.listen.text().strip(),
                 token=self._token,
                 allowed_origins=self.origins.values(),
+                allow_remote_restore=self.allow_remote_restore.isChecked(),
             ),
             repository=replace(base.repository, path=self.location.text().strip()),
             backup=replace(
@@ -609,7 +553,7 @@ class SettingsDialog(QDialog):
         elsewhere while the window was open (the first-run window moving
         the repository, say) is kept, not reverted to what the form showed.
         """
-        return _merge(self._loaded, self._form(self._loaded), self.bridge.config)
+        return merge(self._loaded, self._form(self._loaded), self.bridge.config)
 
     def _config_changed(self, config: Config) -> None:
         if not self.edited():
@@ -753,7 +697,7 @@ class SettingsDialog(QDialog):
 
     async def _check_and_store(self, path: str, password: str) -> None:
         try:
-            await self.bridge.agent.controller.check_password(path, password)
+            await self.bridge.check_password(path, password)
             where = await run_off_loop(store_password, self.bridge.config, path, password)
         except (EngineError, ConfigError) as exc:
             self.password_status.clear()

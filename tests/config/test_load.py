@@ -412,3 +412,62 @@ def test_max_connections_survives_save_and_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[agent\] max_connections: 0 is out of range"):
         save(bad)
     assert load(config.path).agent.max_connections == 9  # the bad one was not written
+
+
+# ---------------------------------------------------------------- [agent] allow_remote_restore
+
+
+def test_remote_restores_are_off_by_default_and_the_fresh_file_explains_it(
+    tmp_path: Path,
+) -> None:
+    assert not load(
+        write(tmp_path / "c.toml", f"[agent]\n{TOKEN_LINE}\n")
+    ).agent.allow_remote_restore
+    path = tmp_path / "fresh" / "config.toml"
+    config = load_or_create(path)
+    text = path.read_text()
+    assert config.agent.allow_remote_restore is False
+    assert tomllib.loads(text)["agent"]["allow_remote_restore"] is False
+    assert "restore:start" in text and "new folder" in text  # the comment says what it allows
+
+
+def test_allow_remote_restore_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", f"[agent]\n{TOKEN_LINE}\nallow_remote_restore = true\n")
+    assert load(path).agent.allow_remote_restore is True
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"yes"', 'expected a boolean (true or false), got a string "yes"'),
+        ("1", "expected a boolean (true or false), got an integer 1"),
+    ],
+)
+def test_a_bad_allow_remote_restore_names_the_key(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    path = write(tmp_path / "c.toml", f"[agent]\n{TOKEN_LINE}\nallow_remote_restore = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value) == f"{path}: [agent] allow_remote_restore: {expected}"
+
+
+def test_a_misspelt_allow_remote_restore_is_pointed_out(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", f"[agent]\n{TOKEN_LINE}\nallow_remote_restores = true\n")
+    with pytest.raises(ConfigError, match='did you mean "allow_remote_restore"'):
+        load(path)
+
+
+def test_allow_remote_restore_survives_save_and_load(tmp_path: Path) -> None:
+    import dataclasses
+
+    from desktop_agent.config import save
+
+    config = load(write(tmp_path / "c.toml", f"[agent]\n{TOKEN_LINE}\n"))
+    save(
+        dataclasses.replace(
+            config, agent=dataclasses.replace(config.agent, allow_remote_restore=True)
+        )
+    )
+    assert tomllib.loads(config.path.read_text())["agent"]["allow_remote_restore"] is True
+    assert load(config.path).agent.allow_remote_restore is True

@@ -143,6 +143,7 @@ _strings = st.lists(_text, max_size=4).map(tuple)
     repository=_repository,
     sources=_strings,
     exclude=_strings,
+    remote_restore=st.booleans(),
 )
 def test_any_valid_config_survives_save_and_load(
     listen: str,
@@ -152,6 +153,7 @@ def test_any_valid_config_survives_save_and_load(
     repository: RepositoryConfig,
     sources: tuple[str, ...],
     exclude: tuple[str, ...],
+    remote_restore: bool,
 ) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
@@ -165,6 +167,7 @@ def test_any_valid_config_survives_save_and_load(
                 allowed_origins=origins,
                 tls_cert="cert.pem" if tls else None,
                 tls_key="key.pem" if tls else None,
+                allow_remote_restore=remote_restore,
             ),
             repository=repository,
             backup=BackupConfig(sources=sources, exclude=exclude),

@@ -127,6 +127,7 @@ def test_shows_the_configuration_in_use(dialog, source, tmp_path):
     assert dlg.token.echoMode() is QLineEdit.EchoMode.Normal
     assert dlg.show_token_button.text() == "Hide"
     assert dlg.origins.values() == ()
+    assert not dlg.allow_remote_restore.isChecked()
     assert dlg.notify_success.isChecked()
     assert dlg.error.isHidden()
 
@@ -154,6 +155,7 @@ def test_apply_saves_the_file_and_the_agent_uses_it_at_once(dialog, run, source,
     dlg.interval.setValue(30)
     dlg.origins.add_empty()
     dlg.origins.list.item(0).setText("HTTPS://Backup.Example.com:443/")
+    dlg.allow_remote_restore.setChecked(True)
     dlg.notify_success.setChecked(False)
 
     dlg.apply_button.click()
@@ -165,6 +167,7 @@ def test_apply_saves_the_file_and_the_agent_uses_it_at_once(dialog, run, source,
     assert saved.backup.exclude == ("*.iso",)
     assert saved.backup.interval_minutes == 30
     assert saved.agent.allowed_origins == ("https://backup.example.com",)  # as the loader does
+    assert saved.agent.allow_remote_restore is True
     assert saved.ui.notify_success is False
     assert stat.S_IMODE(os.stat(agent.config.path).st_mode) == 0o600
     # no restart: the running parts use it
