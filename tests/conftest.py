@@ -14,7 +14,7 @@ import pytest
 from support import FAST_KDF, PASSWORD, build_odd_tree
 
 from desktop_agent.engine.repository import Repository
-from desktop_agent.engine.storage import LocalStorage
+from desktop_agent.engine.storage import LocalStorage, MemoryStorage
 
 RESTIC = shutil.which("restic")
 
@@ -64,6 +64,20 @@ def new_repo(tmp_path: Path) -> Callable[..., Repository]:
         return Repository.init(LocalStorage(where), PASSWORD, kdf_params=FAST_KDF)
 
     return make
+
+
+@pytest.fixture
+def mem_repo(tmp_path: Path) -> Repository:
+    """A new repository in memory (MemoryStorage, fast KDF), for tests that use
+    the repository only as a store: nothing for restic to read.
+
+    Packs are still assembled in spool files: in ``tmp_path/spool``, made
+    now, so that spooling changes no directory a backup of ``tmp_path/...``
+    walks through (the system's temporary directory would).
+    """
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    return Repository.init(MemoryStorage(str(spool)), PASSWORD, kdf_params=FAST_KDF)
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ decompresses and hashes to its id. A subset of the packs can be read
 instead, chosen exactly as restic's ``--read-data-subset`` chooses them, so
 that both tools verify the same packs.
 
-Problems are collected, each naming the object it concerns, never raised.
+Problems are collected, each naming the object it concerns, never raised;
+paths in them are :func:`os.fsdecode` text (undecodable bytes as surrogate
+escapes, shown by the display layers).
 A damaged or missing pack is reported once, with the snapshots and paths
 whose data it held (found by walking the trees again, only when something
 is damaged).
@@ -18,6 +20,7 @@ is damaged).
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -333,7 +336,7 @@ def _check_trees(
                 continue
             res.trees += 1
             for node in nodes:
-                npath = path.rstrip("/") + "/" + node.name.decode("utf-8", "backslashreplace")
+                npath = path.rstrip("/") + "/" + os.fsdecode(node.name)
                 if node.type == NodeType.INVALID:
                     res.errors.append(
                         f"snapshot {_sid(snap)} path {npath}: invalid entry in tree "
@@ -499,8 +502,7 @@ def _affected(
                     memo[tree_id] = {}  # reported by the tree walk; nothing below is known
                     continue
                 nodes_of[tree_id] = [
-                    (n.name.decode("utf-8", "backslashreplace"), n.type, n.content, n.subtree)
-                    for n in nodes
+                    (os.fsdecode(n.name), n.type, n.content, n.subtree) for n in nodes
                 ]
                 stack.append((tree_id, True))
                 for _name, ntype, _content, subtree in nodes_of[tree_id]:

@@ -1,7 +1,8 @@
 """All cryptography of the repository format, in one place.
 
 This module is the single trust boundary of the engine: nothing else touches
-keys, ciphers, MACs or the KDF. The scheme is restic's (``doc/design.rst``):
+keys, ciphers, MACs or the KDF. The scheme is restic's (docs/design.md,
+section 1, "Crypto"):
 
 * every encrypted object is ``IV(16) || AES-256-CTR(plaintext) || MAC(16)``;
 * the MAC is Poly1305-AES over the ciphertext: the Poly1305 key is

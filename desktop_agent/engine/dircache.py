@@ -6,7 +6,8 @@ fields that end up in its tree node) and the id of the tree stored for it.
 On the next run, a directory whose listing has the same signature and whose
 subdirectories are all unchanged has, by construction, the same tree: its
 id is reused without loading the parent's tree, building nodes or encoding
-JSON. Only the ``lstat`` calls remain, which no backup tool can avoid.
+JSON. Only the ``lstat`` calls remain, which no backup tool can avoid
+(docs/design.md, section 4).
 
 Safety:
 

@@ -469,6 +469,21 @@ class ForgetGroup:
             parts.append(f"paths [{' '.join(self.paths)}]")
         return ", ".join(parts) or "(no host, no paths)"
 
+    def to_json(self) -> dict[str, object]:
+        """The group as ``restic forget --json`` writes it (lists are [] rather than null)."""
+        return {
+            "tags": None,
+            "host": self.hostname,
+            "paths": list(self.paths),
+            "keep": [s.to_listing_json() for s in self.keep],
+            "remove": [s.to_listing_json() for s in self.remove],
+            "reasons": [
+                {"snapshot": s.to_listing_json(), "matches": list(self.reasons[s.id])}
+                for s in self.keep
+                if s.id is not None
+            ],
+        }
+
 
 @dataclass(frozen=True)
 class ForgetResult:
@@ -494,6 +509,10 @@ class ForgetResult:
     def ok(self) -> bool:
         """Whether every snapshot that was to be removed is gone (always, in a dry run)."""
         return not self.failed
+
+    def to_json(self) -> list[dict[str, object]]:
+        """``restic forget --json``: one object per group."""
+        return [g.to_json() for g in self.groups]
 
 
 def forget(

@@ -15,6 +15,7 @@ import struct
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import crypto
 from .errors import IntegrityError
@@ -22,6 +23,7 @@ from .ids import BlobId, BlobType, PackId
 
 __all__ = [
     "BLOB_ZSTD_LEVEL",
+    "FinishedPack",
     "PackedBlob",
     "PackBuilder",
     "encode_header",
@@ -59,6 +61,15 @@ class PackedBlob:
         if self.uncompressed_length:
             return self.uncompressed_length
         return self.length - crypto.OVERHEAD
+
+
+class FinishedPack(NamedTuple):
+    """A sealed pack in its spool file, ready for :meth:`Storage.save_file`."""
+
+    pack_id: PackId
+    path: str  # the spool file
+    blobs: list[PackedBlob]
+    size: int
 
 
 def encode_header(blobs: Iterable[PackedBlob]) -> bytes:
@@ -209,7 +220,7 @@ class PackBuilder:
             offset += len(sealed)
         self.size = offset
 
-    def finish(self) -> tuple[PackId, str, list[PackedBlob], int]:
+    def finish(self) -> FinishedPack:
         """Seal the header; returns pack id, spool file path, blobs and size."""
         if not self._blobs:
             raise ValueError("cannot finish an empty pack")
@@ -223,7 +234,9 @@ class PackBuilder:
             self._fd = -1
             self.discard()
             raise exc from None
-        result = (PackId(self._hash.digest()), self._path, self._blobs, self.size + len(tail))
+        result = FinishedPack(
+            PackId(self._hash.digest()), self._path, self._blobs, self.size + len(tail)
+        )
         self._fd, self._path = -1, ""
         self._blobs = []
         self._hash = hashlib.sha256()

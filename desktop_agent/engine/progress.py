@@ -34,6 +34,19 @@ class Progress:
     elapsed: float = 0.0
     final: bool = False
 
+    def to_json(self) -> dict[str, object]:
+        """restic's ``--json`` status message."""
+        return {
+            "message_type": "status",
+            "percent_done": self.bytes_done / self.bytes_total if self.bytes_total else 0.0,
+            "total_files": self.files_total,
+            "files_done": self.files_done,
+            "total_bytes": self.bytes_total,
+            "bytes_done": self.bytes_done,
+            "seconds_elapsed": round(self.elapsed, 3),
+            "current_files": [self.current_file] if self.current_file else [],
+        }
+
 
 Reporter = Callable[[Progress], None]
 

@@ -78,6 +78,22 @@ class PruneResult:
             f"in {self.seconds:.1f} s"
         )
 
+    def to_json(self) -> dict[str, object]:
+        """The ``--json`` message: its type, :meth:`summary`, then every field."""
+        return {
+            "message_type": "prune",
+            "summary": self.summary(),
+            "packs_before": self.packs_before,
+            "packs_after": self.packs_after,
+            "packs_deleted": self.packs_deleted,
+            "packs_repacked": self.packs_repacked,
+            "packs_written": self.packs_written,
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "unused_blobs": self.unused_blobs,
+            "seconds": self.seconds,
+        }
+
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"

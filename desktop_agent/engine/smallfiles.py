@@ -1,15 +1,21 @@
 """Reading and sealing small files, in this process or in helper processes.
 
-A small file (up to one minimum chunk) becomes one blob. Per file the work
-is a handful of system calls, a hash, a compression and an encryption:
-microseconds of C wrapped in Python calls that hold the GIL, so threads
-cannot run them in parallel. Trees with tens of thousands of small files
-therefore go to helper processes (``spawn``ed, so nothing of the parent's
-state is inherited but the key they are handed): each takes batches of
-paths, writes the sealed blobs into pack files of its own and returns only
-blob ids, sizes and finished packs, which the parent stores and indexes as
-usual. A helper that dies is noticed by the caller, which then does the
-work itself.
+See docs/design.md, section 5. A small file (up to one minimum chunk)
+becomes one blob. Per file the work is a handful of system calls, a hash, a
+compression and an encryption: microseconds of C wrapped in Python calls
+that hold the GIL, so threads cannot run them in parallel. Trees with tens
+of thousands of small files therefore go to helper processes (started
+fresh, so nothing of the parent's state is inherited but the key they are
+handed): each takes batches of paths, writes the sealed blobs into pack
+files of its own and returns only blob ids, sizes and finished packs, which
+the parent stores and indexes as usual. A helper that dies is noticed by
+the caller, which then does the work itself.
+
+This module is both sides of that: :func:`read_small`, the helper's body
+(run as ``python -m desktop_agent.engine.smallfiles``), and
+:class:`Helpers`, the parent's handle on the processes and their sockets.
+The messages are in :mod:`.helpermsg`; what the backup does with the
+answers is :mod:`.helperpool`.
 """
 
 from __future__ import annotations
@@ -22,21 +28,36 @@ import stat as st
 import subprocess
 import sys
 from multiprocessing.connection import Connection, wait
-from typing import Any
 
 import zstandard
 
 from . import crypto
-from .ids import BlobId, BlobType, PackId
-from .pack import BLOB_ZSTD_LEVEL, PackBuilder, PackedBlob
-from .storage.local import describe_oserror
+from .helpermsg import (
+    VANISHED,
+    BatchDone,
+    Failed,
+    FileRead,
+    FileResult,
+    Flush,
+    Flushed,
+    FromHelper,
+    HelperResult,
+    Init,
+    ReadFailed,
+    SealBatch,
+    SealedPack,
+    Stop,
+    Stored,
+    ToHelper,
+)
+from .ids import BlobId, BlobType
+from .pack import BLOB_ZSTD_LEVEL, FinishedPack, PackBuilder
 
 __all__ = [
     "read_small",
     "open_for_reading",
     "Helpers",
-    "unportable",
-    "raise_if_failed",
+    "helper_entry",
     "SMALL_FILE",
     "FileResult",
 ]
@@ -52,10 +73,6 @@ _OPEN_FLAGS = (
 )
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
-# ("ok", data, size_read, changed, mtime_before)
-# ("vanished",) or ("error", message)
-FileResult = tuple[Any, ...]
-
 
 def open_for_reading(path: bytes) -> int:
     """Open a file to back it up: no following symlinks, no blocking, no atime."""
@@ -69,8 +86,8 @@ def open_for_reading(path: bytes) -> int:
 
 def _failure(exc: OSError) -> FileResult:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-        return ("vanished",)  # deleted, or replaced by a symlink, since it was listed
-    return ("error", exc.strerror or str(exc))
+        return VANISHED  # deleted, or replaced by a symlink, since it was listed
+    return ReadFailed(exc.strerror or str(exc))
 
 
 def read_small(path: bytes) -> FileResult:
@@ -82,7 +99,7 @@ def read_small(path: bytes) -> FileResult:
     try:
         before = os.fstat(fd)
         if not st.S_ISREG(before.st_mode):
-            return ("vanished",)
+            return VANISHED
         # one byte more than the size: EOF in one call when the file did not
         # grow (a large read buffer would cost an mmap per file)
         data = os.read(fd, before.st_size + 1)
@@ -97,76 +114,49 @@ def read_small(path: bytes) -> FileResult:
     finally:
         os.close(fd)
     changed = after.st_mtime_ns != before.st_mtime_ns or after.st_size != len(data)
-    return ("ok", data, len(data), changed, before.st_mtime_ns)
+    return FileRead(data, changed, before.st_mtime_ns)
 
 
-# ---------------------------------------------------------------- helpers
-def _helper_main(
-    conn: Connection,
-    key_parts: tuple[bytes, bytes, bytes],
-    compression: bool,
-    spool_dir: str,
-    pack_size: int,
-    known: bytes,
-) -> None:
+# ------------------------------------------------------- the helper's side
+def _helper_main(conn: Connection, init: Init) -> None:
     """Body of a helper process: batches of paths in, blob ids and packs out.
 
     The helper writes its own pack files (in the repository's spool
     directory) so that file contents never travel back to the parent; only
-    ids, sizes and finished packs do. ``known`` holds the ids of data blobs
-    already in the repository; files routed to this helper by size cannot
-    duplicate another helper's, and other duplicates are harmless (restic's
+    ids, sizes and finished packs do. ``init.known`` holds the ids of data
+    blobs already in the repository; files routed to this helper by size
+    cannot duplicate another helper's, and other duplicates are harmless (the
     format allows a blob in two packs; prune drops one).
     """
-    key = crypto.Key(*key_parts)
-    zstd = zstandard.ZstdCompressor(level=BLOB_ZSTD_LEVEL) if compression else None
+    key = crypto.Key(*init.key_parts)
+    zstd = zstandard.ZstdCompressor(level=BLOB_ZSTD_LEVEL) if init.compression else None
+    known = init.known
     seen = {known[i : i + 32] for i in range(0, len(known), 32)}
-    builder = PackBuilder(key, spool_dir)
+    builder = PackBuilder(key, init.spool_dir)
     try:
         while True:
-            msg = conn.recv()
+            msg: ToHelper = conn.recv()
+            batch_id = msg.batch_id if isinstance(msg, SealBatch) else None
             try:
-                if msg[0] == "batch":
-                    results, finished = _seal(msg[2], key, zstd, seen, builder, pack_size)
-                    conn.send(("done", msg[1], results, finished))
-                elif msg[0] == "flush":
-                    finished = [_portable(builder.finish())] if len(builder) else []
-                    conn.send(("flushed", None, [], finished))
-                else:  # "stop"
+                if isinstance(msg, SealBatch):
+                    results, finished = _seal(msg.paths, key, zstd, seen, builder, init.pack_size)
+                    conn.send(BatchDone(msg.batch_id, results, finished))
+                elif isinstance(msg, Flush):
+                    finished = [SealedPack.of(builder.finish())] if len(builder) else []
+                    conn.send(Flushed(finished))
+                else:  # Stop (or anything else: nothing more to do)
                     break
             except (BrokenPipeError, ConnectionResetError):
                 raise
             except OSError as exc:
                 # the spool file could not be written (disk full, I/O error):
                 # the parent turns this into the backup's error; we are done
-                where = builder.path or spool_dir
-                conn.send(("failed", msg[1] if len(msg) > 1 else None, exc.errno, where))
+                conn.send(Failed(batch_id, exc.errno, builder.path or init.spool_dir))
                 break
     except (EOFError, KeyboardInterrupt, BrokenPipeError, ConnectionResetError):
         pass
     finally:
         builder.discard()
-
-
-def _portable(done: tuple[Any, str, list[PackedBlob], int]) -> tuple[Any, ...]:
-    pack_id, path, blobs, size = done
-    return (
-        pack_id,
-        path,
-        [(int(b.type), b.id, b.offset, b.length, b.uncompressed_length) for b in blobs],
-        size,
-    )
-
-
-def unportable(packed: tuple[Any, ...]) -> tuple[PackId, str, list[PackedBlob], int]:
-    """A finished pack as sent by a helper, back into engine types."""
-    pack_id, path, blobs, size = packed
-    return (
-        PackId(pack_id),
-        path,
-        [PackedBlob(BlobType(t), BlobId(i), o, n, u) for t, i, o, n, u in blobs],
-        size,
-    )
 
 
 def _seal(
@@ -176,57 +166,58 @@ def _seal(
     seen: set[bytes],
     builder: PackBuilder,
     pack_size: int,
-) -> tuple[list[FileResult], list[tuple[Any, ...]]]:
-    results: list[FileResult] = []
+) -> tuple[list[HelperResult], list[SealedPack]]:
+    results: list[HelperResult] = []
     payloads: list[bytes] = []
-    new: list[tuple[int, bytes, int]] = []  # result index, blob id, ulen
+    # result index, blob id, ulen, size, changed, mtime of each blob to seal
+    new: list[tuple[int, bytes, int, int, bool, int]] = []
     for path in paths:
         res = read_small(path)
-        if res[0] != "ok" or len(res[1]) > SMALL_FILE:
+        if type(res) is not FileRead or len(res.data) > SMALL_FILE:
             results.append(res)  # failures, and files that grew: the parent handles them
             continue
-        _, data, size, changed, mtime = res
+        data, changed, mtime = res
         if not data:
-            results.append(("stored", None, 0, changed, mtime, 0))
+            results.append(Stored(None, 0, changed, mtime, 0))
             continue
         blob_id = crypto.sha256(data)
-        if blob_id not in seen:
-            seen.add(blob_id)
-            payload, ulen = data, 0
-            if zstd is not None:
-                packed = zstd.compress(data)
-                if len(packed) < len(data):
-                    payload, ulen = packed, len(data)
-            payloads.append(payload)
-            new.append((len(results), blob_id, ulen))
-        results.append(("stored", blob_id, size, changed, mtime, 0))
-    finished: list[tuple[Any, ...]] = []
+        if blob_id in seen:
+            results.append(Stored(blob_id, len(data), changed, mtime, 0))
+            continue
+        seen.add(blob_id)
+        payload, ulen = data, 0
+        if zstd is not None:
+            packed = zstd.compress(data)
+            if len(packed) < len(data):
+                payload, ulen = packed, len(data)
+        payloads.append(payload)
+        new.append((len(results), blob_id, ulen, len(data), changed, mtime))
+        results.append(VANISHED)  # a place holder: its Stored follows once sealed
+    finished: list[SealedPack] = []
     if payloads:
         sealed = crypto.encrypt_many(key, payloads)
         builder.add_many(
-            [
-                (BlobType.DATA, BlobId(b), blob, u)
-                for (_, b, u), blob in zip(new, sealed, strict=True)
-            ]
+            [(BlobType.DATA, BlobId(n[1]), blob, n[2]) for n, blob in zip(new, sealed, strict=True)]
         )
-        for (i, _b, _u), blob in zip(new, sealed, strict=True):
-            r = results[i]
-            results[i] = (r[0], r[1], r[2], r[3], r[4], len(blob))
+        for (i, blob_id, _ulen, size, changed, mtime), blob in zip(new, sealed, strict=True):
+            results[i] = Stored(blob_id, size, changed, mtime, len(blob))
         # small packs are fine: the parent keeps every file of an unfinished
         # pack in memory until the pack is done, so bound it by blob count too
         if builder.size >= pack_size or len(builder) >= MAX_PACK_BLOBS:
-            finished.append(_portable(builder.finish()))
+            finished.append(SealedPack.of(builder.finish()))
     return results, finished
 
 
+# ------------------------------------------------------- the parent's side
 class Helpers:
     """A few helper processes, each fed batches of paths through a socket.
 
     Helpers are plain ``python -m desktop_agent.engine.smallfiles``
     processes (they import only what they need, about 25 MB each), talking
-    over an inherited socket pair; the key travels over that socket, never
-    through the command line or the environment. Files are routed by size,
-    so identical files meet in the same helper and are stored once. Not
+    over a socket pair they inherit by descriptor (POSIX), or over a
+    loopback connection they open back to us with a one-time token (where
+    descriptors cannot be passed: Windows). The key travels over that
+    socket, never through the command line or the environment. Not
     thread-safe: one thread (the walker) drives it.
     """
 
@@ -241,22 +232,14 @@ class Helpers:
     ) -> None:
         self.conns: list[Connection] = []
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.outstanding = [0] * count
+        self.outstanding = [0] * count  # messages sent and not yet answered, per helper
+        init = Init((key.encrypt, key.mac_k, key.mac_r), compression, spool_dir, pack_size, known)
         try:
             for _ in range(count):
                 conn, proc = _spawn_by_fd() if PASS_FDS else _spawn_over_loopback()
                 self.conns.append(conn)
                 self.procs.append(proc)
-                conn.send(
-                    (
-                        "init",
-                        (key.encrypt, key.mac_k, key.mac_r),
-                        compression,
-                        spool_dir,
-                        pack_size,
-                        known,
-                    )
-                )
+                conn.send(init)
         except BaseException:
             self.close()
             raise
@@ -266,11 +249,14 @@ class Helpers:
 
     def send(self, helper: int, batch_id: int, paths: list[bytes]) -> None:
         """Hand a batch to a helper (raises OSError/EOFError if it died)."""
-        self.conns[helper].send(("batch", batch_id, paths))
+        self.conns[helper].send(SealBatch(batch_id, paths))
         self.outstanding[helper] += 1
 
-    def receive(self, timeout: float | None = 0.0) -> list[tuple[int, tuple[Any, ...]]]:
-        """Messages that arrived (waits up to ``timeout``; None = until one does)."""
+    def receive(self, timeout: float | None = 0.0) -> list[tuple[int, FromHelper]]:
+        """Answers that arrived (waits up to ``timeout``; None = until one does).
+
+        Raises EOFError or OSError when a helper died.
+        """
         busy = [c for c, n in zip(self.conns, self.outstanding, strict=True) if n > 0]
         if not busy:
             return []
@@ -278,30 +264,35 @@ class Helpers:
         for conn in wait(busy, timeout):
             assert isinstance(conn, Connection)
             i = self.conns.index(conn)
-            msg = conn.recv()  # EOFError if the helper died
+            msg: FromHelper = conn.recv()  # EOFError if the helper died
             self.outstanding[i] -= 1
             out.append((i, msg))
         return out
 
-    def flush(self) -> list[tuple[PackId, str, list[PackedBlob], int]]:
-        """Finish every helper's open pack; returns the packs."""
-        packs: list[tuple[PackId, str, list[PackedBlob], int]] = []
+    def flush(self) -> list[FinishedPack]:
+        """Finish every helper's open pack; returns the packs.
+
+        Raises the StorageError a helper reported, and RuntimeError when one
+        answers something else (a batch still outstanding).
+        """
+        packs: list[FinishedPack] = []
         for i, conn in enumerate(self.conns):
-            conn.send(("flush",))
+            conn.send(Flush())
             self.outstanding[i] += 1
         while any(self.outstanding):
             for _i, msg in self.receive(None):
-                raise_if_failed(msg)
-                if msg[0] != "flushed":
+                if isinstance(msg, Failed):
+                    raise msg.error()
+                if not isinstance(msg, Flushed):
                     raise RuntimeError("helper answered out of order")
-                packs.extend(unportable(p) for p in msg[3])
+                packs.extend(p.finished() for p in msg.packs)
         return packs
 
     def close(self) -> None:
         """Stop the helpers (and kill any that do not stop)."""
         for conn in self.conns:
             try:
-                conn.send(("stop",))
+                conn.send(Stop())
             except (OSError, EOFError, ValueError):
                 pass
         for proc in self.procs:
@@ -314,13 +305,6 @@ class Helpers:
             conn.close()
         self.conns = []
         self.procs = []
-
-
-def raise_if_failed(msg: tuple[Any, ...]) -> None:
-    """Raise the StorageError a helper reported instead of an answer."""
-    if msg[0] == "failed":
-        code, where = msg[2], msg[3]
-        raise describe_oserror(OSError(code, os.strerror(code) if code else "error"), where)
 
 
 # Where a child can inherit a socket by descriptor (POSIX), each helper gets one
@@ -403,10 +387,8 @@ def helper_entry(fd: int | str) -> None:
         msg = conn.recv()
     except EOFError:
         return
-    if msg[0] != "init":
-        return
-    _, key_parts, compression, spool_dir, pack_size, known = msg
-    _helper_main(conn, key_parts, compression, spool_dir, pack_size, known)
+    if isinstance(msg, Init):
+        _helper_main(conn, msg)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,15 @@ class Snapshot:
         doc.update(self.extra)
         return doc
 
+    def to_listing_json(self) -> dict[str, Any]:
+        """The snapshot as ``restic snapshots --json`` lists it: :meth:`to_json`,
+        then ``id`` and ``short_id`` (when it has an id)."""
+        doc = self.to_json()
+        if self.id is not None:
+            doc["id"] = self.id.hex()
+            doc["short_id"] = self.short_id
+        return doc
+
     def to_bytes(self) -> bytes:
         """Compact JSON encoding."""
         return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode()

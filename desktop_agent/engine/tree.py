@@ -1,17 +1,18 @@
 """Tree blobs: directory listings in restic's JSON encoding.
 
 A tree is ``{"nodes":[...]}\\n`` with nodes sorted by raw name. Each node is
-encoded as restic's ``Node`` struct through Go's ``encoding/json`` (field
-order and ``omitempty`` rules from ``internal/data/node.go``), names pass
-through ``strconv.Quote`` and times are RFC 3339 with nanoseconds. Fields we
-do not model (``generic_attributes``, future additions) are kept verbatim when
-a node is decoded and written back.
+encoded as restic's ``Node`` struct through Go's ``encoding/json`` (restic's
+field order and ``omitempty`` rules), names pass through ``strconv.Quote``
+and times are RFC 3339 with nanoseconds (docs/design.md, section 1,
+"Trees"). Fields we do not model (``generic_attributes``, future additions)
+are kept verbatim when a node is decoded and written back.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import stat as st
 from dataclasses import dataclass, field
 from typing import Any
@@ -291,7 +292,7 @@ def _str(value: Any, what: str) -> str:
 def _name(value: Any) -> bytes:
     name = go_unquote_name(_str(value, "name"))
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise ValueError(f"name {value!r} cannot be a file name")
+        raise ValueError(f'name "{os.fsdecode(name)}" cannot be a file name')
     return name
 
 
@@ -356,7 +357,7 @@ def encode_tree(nodes: list[Node]) -> bytes:
     nodes = sorted(nodes, key=lambda n: n.name)
     for a, b in zip(nodes, nodes[1:], strict=False):
         if a.name == b.name:
-            raise IntegrityError(f"duplicate name {a.name!r} in tree")
+            raise IntegrityError(f'duplicate name "{os.fsdecode(a.name)}" in tree')
     return ('{"nodes":[' + ",".join(n.encode() for n in nodes) + "]}\n").encode("utf-8")
 
 

@@ -7,9 +7,11 @@ are serialized. Packs are assembled in spool files, not memory; full
 packs are stored (fsync + rename for a local repository) by one background
 thread, at most two at a time.
 
-Write ordering (restic's design.rst): packs are durably stored before the
-index that lists them (:meth:`write_index` waits for uploads), and the
-caller writes the snapshot only after the index.
+Write ordering (docs/design.md, section 2): packs are durably stored before
+the index that lists them (:meth:`write_index` waits for uploads), and the
+caller writes the snapshot only after the index. Index checkpoints while a
+backup runs (every few stored packs, or every minute) keep what a killed run
+stored usable by the next.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from . import crypto
 from .errors import EngineError, StorageError
 from .ids import BlobId, BlobType, PackId
 from .index import MAX_BLOBS_PER_FILE, index_bytes
-from .pack import BLOB_ZSTD_LEVEL, PackBuilder, PackedBlob
+from .pack import BLOB_ZSTD_LEVEL, FinishedPack, PackBuilder, PackedBlob
 from .repository import Repository, hostname
 from .storage import FileType, describe_oserror
 
@@ -149,7 +151,7 @@ class BlobWriter:
 
     def _append(
         self, blob_type: BlobType, entries: list[tuple[BlobType, BlobId, bytes, int]]
-    ) -> tuple[PackId, str, list[PackedBlob], int] | None:
+    ) -> FinishedPack | None:
         """Append sealed blobs to the open pack; returns the pack if it is full.
 
         A spool file that cannot take them (disk full, I/O error) fails the
@@ -217,12 +219,12 @@ class BlobWriter:
             results[i] = SaveResult(bid, True, len(sl))
         return results
 
-    def adopt(self, finished: tuple[PackId, str, list[PackedBlob], int]) -> None:
+    def adopt(self, finished: FinishedPack) -> None:
         """Store and index a pack file assembled elsewhere (a helper process)."""
         self._submit(finished)
 
     # ----------------------------------------------------------- uploads
-    def _submit(self, finished: tuple[PackId, str, list[PackedBlob], int]) -> None:
+    def _submit(self, finished: FinishedPack) -> None:
         self._upload_slots.acquire()
         try:
             fut = self._uploader.submit(self._upload, finished)
@@ -232,7 +234,7 @@ class BlobWriter:
         with self._lock:
             self._uploads = [f for f in self._uploads if not f.done()] + [fut]
 
-    def _upload(self, finished: tuple[PackId, str, list[PackedBlob], int]) -> None:
+    def _upload(self, finished: FinishedPack) -> None:
         pack_id, path, blobs, size = finished
         try:
             self.repo.storage.save_file(FileType.PACK, pack_id.hex(), path)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
-import time
 
 import pytest
 from support import reopen, signature, tree_bytes, write
@@ -30,11 +28,11 @@ def _restore_all(repo, tmp_path, name="out"):
     return target
 
 
-def test_unchanged_files_are_not_read_again(tmp_path, new_repo):
+def test_unchanged_files_are_not_read_again(tmp_path, mem_repo):
     src = tmp_path / "src"
     for i in range(30):
         write(src / f"d{i % 3}" / f"f{i}.bin", os.urandom(10_000 + i))
-    repo = new_repo()
+    repo = mem_repo
     first = backup(repo, BackupOptions(sources=[str(src)]))
     assert first.summary.files_new == 30
 
@@ -57,14 +55,14 @@ def test_unchanged_files_are_not_read_again(tmp_path, new_repo):
     assert signature(_restore_all(repo, tmp_path) / str(src).lstrip("/")) == signature(src)
 
 
-def test_duplicate_and_shifted_data_is_stored_once(tmp_path, new_repo):
+def test_duplicate_and_shifted_data_is_stored_once(tmp_path, mem_repo):
     src = tmp_path / "src"
     data = os.urandom(12 * 1024 * 1024)
     shifted = os.urandom(333) + data
     write(src / "a.bin", data)
     write(src / "copy.bin", data)
     write(src / "shifted.bin", shifted)
-    repo = new_repo()
+    repo = mem_repo
     res = backup(repo, BackupOptions(sources=[str(src)]))
     # one copy plus exactly the chunks around the inserted bytes: the chunker
     # finds the old boundaries again after them (how far after is random, so
@@ -79,21 +77,21 @@ def test_duplicate_and_shifted_data_is_stored_once(tmp_path, new_repo):
     assert packs < len(data) + extra + 64 * 1024  # headers and trees on top
 
 
-def test_compressible_data_is_compressed(tmp_path, new_repo):
+def test_compressible_data_is_compressed(tmp_path, mem_repo):
     src = tmp_path / "src"
     write(src / "text.txt", b"the quick brown fox jumps over the lazy dog\n" * 100_000)
-    repo = new_repo()
+    repo = mem_repo
     res = backup(repo, BackupOptions(sources=[str(src)]))
     assert res.summary.data_added_packed < res.summary.data_added / 20
 
 
-def test_excludes_apply(tmp_path, new_repo):
+def test_excludes_apply(tmp_path, mem_repo):
     src = tmp_path / "src"
     write(src / "keep.txt", b"k")
     write(src / "drop.tmp", b"d")
     write(src / "sub" / ".cache" / "junk", b"j")
     write(src / "sub" / "keep2.txt", b"k2")
-    repo = new_repo()
+    repo = mem_repo
     backup(repo, BackupOptions(sources=[str(src)], excludes=["*.tmp", "**/.cache"]))
     out = _restore_all(repo, tmp_path) / str(src).lstrip("/")
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
@@ -103,13 +101,13 @@ def test_excludes_apply(tmp_path, new_repo):
     ]
 
 
-def test_progress_reports_seed_fields_and_ends_complete(tmp_path, new_repo):
+def test_progress_reports_seed_fields_and_ends_complete(tmp_path, mem_repo):
     src = tmp_path / "src"
     for i in range(40):
         write(src / f"f{i}", os.urandom(50_000))
     write(src / "large.bin", os.urandom(5 * 1024 * 1024))
     seen: list[Progress] = []
-    repo = new_repo()
+    repo = mem_repo
     backup(repo, BackupOptions(sources=[str(src)]), progress=seen.append, progress_interval=0)
     assert len(seen) > 5
     done = [p.bytes_done for p in seen]
@@ -143,10 +141,14 @@ def test_pause_holds_still_and_resume_finishes(tmp_path, new_repo):
     repo = new_repo()
     control = Control()
     started = threading.Event()
+    acknowledged = threading.Event()
+    reported_while_paused = threading.Event()
     seen: list[Progress] = []
 
     def on_progress(p: Progress) -> None:
         seen.append(p)
+        if acknowledged.is_set() and control.paused:
+            reported_while_paused.set()
         if p.bytes_done > 0:
             started.set()
 
@@ -161,13 +163,15 @@ def test_pause_holds_still_and_resume_finishes(tmp_path, new_repo):
     )
     assert started.wait(30)
     control.pause()
+    # acknowledged once readers, workers and uploads have settled: from here
+    # on nothing is read, written or reported until the resume
     assert control.wait_paused(5)
-    time.sleep(0.2)  # let in-flight chunks land
+    acknowledged.set()
     frozen = seen[-1].bytes_done
     held = len(seen)
     on_disk = tree_bytes(repo.storage.location)
-    time.sleep(0.5)
-    assert seen[-1].bytes_done == frozen and len(seen) == held  # nothing reported
+    assert not reported_while_paused.wait(0.5)  # a report that must not come
+    assert seen[-1].bytes_done == frozen and len(seen) == held
     assert tree_bytes(repo.storage.location) == on_disk  # and nothing written
     assert t.is_alive()
     control.resume()
@@ -209,10 +213,10 @@ def test_cancel_leaves_a_valid_repository_and_no_snapshot(tmp_path, new_repo, re
     restic(repo.storage.location, "check", "--read-data")
 
 
-def test_cancel_while_paused(tmp_path, new_repo):
+def test_cancel_while_paused(tmp_path, mem_repo):
     src = tmp_path / "src"
     write(src / "big.bin", os.urandom(20 * 1024 * 1024))
-    repo = new_repo()
+    repo = mem_repo
     control = Control()
     control.pause()
     t, box = _run_in_thread(
@@ -225,8 +229,8 @@ def test_cancel_while_paused(tmp_path, new_repo):
     assert list(repo.storage.list(FileType.SNAPSHOT)) == []
 
 
-def test_missing_sources(tmp_path, new_repo):
-    repo = new_repo()
+def test_missing_sources(tmp_path, mem_repo):
+    repo = mem_repo
     with pytest.raises(SourceError, match="no backup source exists"):
         backup(repo, BackupOptions(sources=[str(tmp_path / "nope")]))
     present = write(tmp_path / "here" / "a.txt", b"a").parent
@@ -235,7 +239,7 @@ def test_missing_sources(tmp_path, new_repo):
     assert res.skipped[0].path == str(tmp_path / "gone")
 
 
-def test_file_shrinking_while_read_is_stored_as_read(tmp_path, new_repo):
+def test_file_shrinking_while_read_is_stored_as_read(tmp_path, mem_repo):
     src = tmp_path / "src"
     big = write(src / "shrinks.bin", os.urandom(30 * 1024 * 1024))
     truncated = threading.Event()
@@ -245,7 +249,7 @@ def test_file_shrinking_while_read_is_stored_as_read(tmp_path, new_repo):
             os.truncate(big, 9 * 1024 * 1024)
             truncated.set()
 
-    repo = new_repo()
+    repo = mem_repo
     res = backup(repo, BackupOptions(sources=[str(src)]), progress=on_progress, progress_interval=0)
     assert truncated.is_set()
     assert any("changed while it was read" in w for w in res.warnings)
@@ -261,7 +265,7 @@ def test_file_shrinking_while_read_is_stored_as_read(tmp_path, new_repo):
     ).read_bytes() == big.read_bytes()
 
 
-def test_file_vanishing_before_it_is_read(tmp_path, new_repo):
+def test_file_vanishing_before_it_is_read(tmp_path, mem_repo):
     src = tmp_path / "src"
     write(src / "a-stays.txt", b"a")
     doomed = write(src / "b-vanishes.txt", b"b")
@@ -272,7 +276,7 @@ def test_file_vanishing_before_it_is_read(tmp_path, new_repo):
         if p.current_file.endswith("c-stays.txt") and doomed.exists():
             doomed.unlink()
 
-    repo = new_repo()
+    repo = mem_repo
     res = backup(repo, BackupOptions(sources=[str(src)]), progress=on_progress, progress_interval=0)
     assert res.skipped == ()
     assert any("vanished" in w for w in res.warnings)
@@ -280,7 +284,7 @@ def test_file_vanishing_before_it_is_read(tmp_path, new_repo):
     assert sorted(p.name for p in out.iterdir()) == ["a-stays.txt", "c-stays.txt"]
 
 
-def test_empty_files_dangling_links_and_a_sparse_gigabyte(tmp_path, new_repo):
+def test_empty_files_dangling_links_and_a_sparse_gigabyte(tmp_path, mem_repo):
     src = tmp_path / "src"
     src.mkdir()
     (src / "empty").write_bytes(b"")
@@ -290,7 +294,7 @@ def test_empty_files_dangling_links_and_a_sparse_gigabyte(tmp_path, new_repo):
         fh.truncate(1 << 30)
         fh.seek(512 * 1024 * 1024)
         fh.write(b"middle")
-    repo = new_repo()
+    repo = mem_repo
     res = backup(repo, BackupOptions(sources=[str(src)]))
     assert res.skipped == ()
     assert res.summary.data_added_packed < 1024 * 1024  # zeros dedup and compress away
@@ -391,37 +395,9 @@ def test_a_helper_that_dies_is_replaced_by_the_backup_itself(tmp_path, new_repo,
     assert signature(_restore_all(repo, tmp_path) / str(src).lstrip("/")) == signature(src)
 
 
-def test_a_source_matching_an_exclude_is_left_out(tmp_path, new_repo):
+def test_a_source_matching_an_exclude_is_left_out(tmp_path, mem_repo):
     keep = write(tmp_path / "keep" / "a.txt", b"a").parent
     drop = write(tmp_path / "cache.tmp" / "b.txt", b"b").parent
-    repo = new_repo()
+    repo = mem_repo
     res = backup(repo, BackupOptions(sources=[str(keep), str(drop)], excludes=["*.tmp"]))
     assert res.summary.total_files_processed == 1
-
-
-def test_a_helper_connecting_back_must_bring_its_token(tmp_path, monkeypatch):
-    """Over loopback, whoever connects first does not get the helper's place (and
-    with it the key): only the connection that sends the one-time token does."""
-    from desktop_agent.engine import smallfiles
-
-    script = tmp_path / "impostor_then_helper.py"
-    script.write_text(
-        "import socket, sys\n"
-        "from multiprocessing.connection import Connection\n"
-        "host, port, token = sys.stdin.readline().split()\n"
-        "rogue = socket.create_connection((host, int(port)))\n"
-        "rogue.sendall(b'x' * 32)\n"
-        "assert rogue.recv(1) == b''  # refused: closed without a word\n"
-        "sock = socket.create_connection((host, int(port)))\n"
-        "sock.sendall(bytes.fromhex(token))\n"
-        "conn = Connection(sock.detach())\n"
-        "conn.send(('echo', conn.recv()))\n"
-    )
-    monkeypatch.setattr(smallfiles, "_helper_command", lambda: [sys.executable, str(script)])
-    conn, proc = smallfiles._spawn_over_loopback()
-    try:
-        conn.send("hello")
-        assert conn.recv() == ("echo", "hello")
-    finally:
-        conn.close()
-        assert proc.wait(timeout=30) == 0

@@ -33,10 +33,10 @@ def _restored_equals(repo, tmp_path, src, snap=None, name="out"):
     assert signature(target / str(src).lstrip("/")) == signature(src)
 
 
-def test_unchanged_run_reuses_every_directory(tmp_path, new_repo):
+def test_unchanged_run_reuses_every_directory(tmp_path, mem_repo):
     src = tmp_path / "src"
     _tree(src)
-    repo = new_repo()
+    repo = mem_repo
     cache_dir = tmp_path / "cache"
     first = backup(repo, _opts(src, cache_dir))
     assert os.path.exists(cache_file(str(cache_dir), first.snapshot.hostname, [str(src)]))
@@ -65,10 +65,10 @@ def test_a_deep_change_invalidates_exactly_its_ancestors(tmp_path, new_repo, res
     restic(repo.storage.location, "check", "--read-data")
 
 
-def test_metadata_only_changes_are_seen(tmp_path, new_repo):
+def test_metadata_only_changes_are_seen(tmp_path, mem_repo):
     src = tmp_path / "src"
     _tree(src)
-    repo = new_repo()
+    repo = mem_repo
     cache_dir = tmp_path / "cache"
     backup(repo, _opts(src, cache_dir))
     os.chmod(src / "d1" / "sub0" / "f0.txt", 0o600)  # mode
@@ -80,10 +80,10 @@ def test_metadata_only_changes_are_seen(tmp_path, new_repo):
     _restored_equals(repo, tmp_path, src)
 
 
-def test_changed_excludes_change_the_tree(tmp_path, new_repo):
+def test_changed_excludes_change_the_tree(tmp_path, mem_repo):
     src = tmp_path / "src"
     _tree(src)
-    repo = new_repo()
+    repo = mem_repo
     cache_dir = tmp_path / "cache"
     first = backup(repo, _opts(src, cache_dir))
     second = backup(reopen(repo), _opts(src, cache_dir, excludes=["sub1"]))
@@ -93,10 +93,10 @@ def test_changed_excludes_change_the_tree(tmp_path, new_repo):
     assert not list((out / str(src).lstrip("/")).rglob("sub1"))
 
 
-def test_cache_of_another_snapshot_or_damaged_is_ignored(tmp_path, new_repo):
+def test_cache_of_another_snapshot_or_damaged_is_ignored(tmp_path, mem_repo):
     src = tmp_path / "src"
     _tree(src)
-    repo = new_repo()
+    repo = mem_repo
     cache_dir = tmp_path / "cache"
     first = backup(repo, _opts(src, cache_dir))
     path = cache_file(str(cache_dir), first.snapshot.hostname, [str(src)])

@@ -379,8 +379,8 @@ def _store(repo: Repository, snaps: list[Snapshot]) -> list[Snapshot]:
     return out
 
 
-def test_forget_removes_only_snapshot_files_per_group(new_repo):
-    repo = new_repo()
+def test_forget_removes_only_snapshot_files_per_group(mem_repo):
+    repo = mem_repo
     laptop = [snap(f"2024-01-{d:02d}T10:00:00Z", host="laptop") for d in range(1, 6)]
     desktop = [snap(f"2024-01-{d:02d}T10:00:00Z", host="desktop") for d in (1, 2)]
     stored = _store(repo, laptop + desktop)
@@ -403,8 +403,8 @@ def test_forget_removes_only_snapshot_files_per_group(new_repo):
     assert {ft: sorted(repo.storage.list(ft)) for ft in before} == before
 
 
-def test_forget_refuses_to_empty_a_group(new_repo):
-    repo = new_repo()
+def test_forget_refuses_to_empty_a_group(mem_repo):
+    repo = mem_repo
     _store(repo, [snap("2024-01-01T00:00:00Z", tags=("x",)), snap("2024-01-02T00:00:00Z")])
     with pytest.raises(ForgetRefused, match="refusing to delete every snapshot"):
         forget(repo, KeepPolicy(keep_tags=("nope",)), dry_run=False)
@@ -412,8 +412,8 @@ def test_forget_refuses_to_empty_a_group(new_repo):
     assert list(repo.storage.list(FileType.LOCK)) == []
 
 
-def test_forget_needs_the_exclusive_lock_but_a_dry_run_does_not(new_repo):
-    repo = new_repo()
+def test_forget_needs_the_exclusive_lock_but_a_dry_run_does_not(mem_repo):
+    repo = mem_repo
     _store(repo, [snap("2024-01-01T00:00:00Z"), snap("2024-01-02T00:00:00Z")])
     with Lock(repo, exclusive=False, refresh=False):
         with pytest.raises(RepositoryLocked):

@@ -32,8 +32,7 @@ from craft import (
 from support import FAST_KDF, PASSWORD, build_odd_tree, reopen, signature, write, write_config
 
 from desktop_agent.config import AgentConfig, BackupConfig, Config, RepositoryConfig
-from desktop_agent.engine import crypto
-from desktop_agent.engine import restore as restore_module
+from desktop_agent.engine import crypto, restoretarget
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.check import check
 from desktop_agent.engine.control import Control
@@ -508,7 +507,7 @@ def test_restore_by_descriptors_and_by_paths(
     """The same restore where the *at calls exist (here) and where they do not
     (Windows: by path, with lstat checks): every kind of entry comes back, and
     a symlink in the target is refused or replaced, never followed."""
-    monkeypatch.setattr(restore_module, "_AT", at)
+    monkeypatch.setattr(restoretarget, "AT", at)
     src = build_odd_tree(tmp_path / "odd")
     backup(repo, BackupOptions(sources=[str(src)]))
     fresh = reopen(repo)

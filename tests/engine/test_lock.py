@@ -42,8 +42,8 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def test_shared_locks_coexist_and_exclusive_excludes_everyone(new_repo):
-    repo = new_repo()
+def test_shared_locks_coexist_and_exclusive_excludes_everyone(mem_repo):
+    repo = mem_repo
     with Lock(repo, refresh=False), Lock(repo, refresh=False):
         assert len(lock_names(repo)) == 2
         with pytest.raises(RepositoryLocked, match=f"a lock held by PID {os.getpid()} on "):
@@ -55,8 +55,8 @@ def test_shared_locks_coexist_and_exclusive_excludes_everyone(new_repo):
     assert lock_names(repo) == set()  # the refused attempts left nothing behind
 
 
-def test_another_hosts_lock_is_stale_only_when_old(new_repo):
-    repo = new_repo()
+def test_another_hosts_lock_is_stale_only_when_old(mem_repo):
+    repo = mem_repo
     fresh = plant(repo, exclusive=True, host="other-laptop", pid=dead_pid())
     with pytest.raises(RepositoryLocked, match="on other-laptop"):
         Lock(repo, refresh=False).acquire()  # we cannot see its processes: it counts
@@ -67,8 +67,8 @@ def test_another_hosts_lock_is_stale_only_when_old(new_repo):
     assert lock_names(repo) == {old}  # but not ours to delete
 
 
-def test_a_lock_of_a_dead_process_on_this_host_is_removed(new_repo):
-    repo = new_repo()
+def test_a_lock_of_a_dead_process_on_this_host_is_removed(mem_repo):
+    repo = mem_repo
     dead = plant(repo, exclusive=True, host=hostname(), pid=dead_pid())
     alive = plant(repo, exclusive=False, host=hostname(), pid=os.getppid())
     info = {lk.name: lk for lk in lockmod._read_locks(repo)}
@@ -79,15 +79,15 @@ def test_a_lock_of_a_dead_process_on_this_host_is_removed(new_repo):
         Lock(repo, exclusive=True, refresh=False).acquire()
 
 
-def test_unreadable_lock_files_are_not_locks(new_repo):
-    repo = new_repo()
+def test_unreadable_lock_files_are_not_locks(mem_repo):
+    repo = mem_repo
     repo.storage.save(FileType.LOCK, "ab" * 32, [b"not a lock"])
     with Lock(repo, exclusive=True, refresh=False):
         pass
 
 
-def test_refresh_writes_a_new_lock_then_removes_the_old(new_repo, monkeypatch):
-    repo = new_repo()
+def test_refresh_writes_a_new_lock_then_removes_the_old(mem_repo, monkeypatch):
+    repo = mem_repo
     refreshed = threading.Event()
     real_refresh = Lock.refresh
 
@@ -106,10 +106,10 @@ def test_refresh_writes_a_new_lock_then_removes_the_old(new_repo, monkeypatch):
     assert lock_names(repo) == set()
 
 
-def test_a_refresh_after_a_long_sleep_does_not_revive_the_lock(new_repo, monkeypatch):
+def test_a_refresh_after_a_long_sleep_does_not_revive_the_lock(mem_repo, monkeypatch):
     """The refresh timer does not count suspended time: the first refresh after
     waking must not make a lock others may have taken for stale look fresh."""
-    repo = new_repo()
+    repo = mem_repo
     clock = JumpingClock()
     monkeypatch.setattr(lockmod, "time", clock)
     with Lock(repo, refresh=False) as held:
@@ -123,8 +123,8 @@ def test_a_refresh_after_a_long_sleep_does_not_revive_the_lock(new_repo, monkeyp
     assert lock_names(repo) == set()
 
 
-def test_a_refresh_notices_a_removed_lock(new_repo):
-    repo = new_repo()
+def test_a_refresh_notices_a_removed_lock(mem_repo):
+    repo = mem_repo
     with Lock(repo, refresh=False) as held:
         repo.storage.remove(FileType.LOCK, held._name)  # another client ran `unlock`
         held.refresh()
@@ -133,8 +133,8 @@ def test_a_refresh_notices_a_removed_lock(new_repo):
             held.ensure_held()
 
 
-def test_ensure_held_notices_a_removed_lock(new_repo):
-    repo = new_repo()
+def test_ensure_held_notices_a_removed_lock(mem_repo):
+    repo = mem_repo
     with Lock(repo, refresh=False) as held:
         held.ensure_held()
         repo.storage.remove(FileType.LOCK, held._name)

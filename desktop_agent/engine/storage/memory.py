@@ -16,8 +16,9 @@ __all__ = ["MemoryStorage"]
 class MemoryStorage:
     """Keeps every file in a dict; thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, spool_dir: str | None = None) -> None:
         self._files: dict[tuple[FileType, str], bytes] = {}
+        self._spool = spool_dir
         self._lock = threading.Lock()
         self._created = False
 
@@ -56,8 +57,8 @@ class MemoryStorage:
         self.save(ftype, name, [data])
 
     def spool_dir(self) -> str:
-        """The system temporary directory."""
-        return tempfile.gettempdir()
+        """Where packs are assembled: the directory given, or the system's temporary one."""
+        return self._spool or tempfile.gettempdir()
 
     def load(
         self,

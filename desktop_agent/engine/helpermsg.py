@@ -1,0 +1,179 @@
+"""What reading a small file yields, and the messages to and from helper processes.
+
+See docs/design.md, section 5. Every message crosses a socket pickled (by
+:mod:`multiprocessing.connection`), so each is a NamedTuple of plain values:
+cheap to pickle, and unpacked by name on both sides. They are defined here,
+in a module both sides import by its real name: a helper runs
+:mod:`.smallfiles` as ``__main__``, and a class defined there would be
+pickled as ``__main__.X``, which the backup could not load. Import-light: a
+helper imports this, :mod:`.smallfiles` and what they need, nothing of the
+backup pipeline.
+
+The backup sends :class:`Init` once, then :class:`SealBatch`, :class:`Flush`
+and finally :class:`Stop`. A helper answers each batch with
+:class:`BatchDone` and a flush with :class:`Flushed`, or, when it cannot
+write its spool file, with :class:`Failed` and stops.
+
+Reading one file yields a :data:`FileResult`: :class:`FileRead`,
+:class:`Vanished` or :class:`ReadFailed`. In a :class:`BatchDone`, a file the
+helper sealed is a :class:`Stored`; the others (failures, and files that grew
+beyond a small file since they were listed) come back as read, for the
+backup to handle.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from .errors import StorageError
+from .ids import BlobId, BlobType, PackId
+from .pack import FinishedPack, PackedBlob
+from .storage.local import describe_oserror
+
+__all__ = [
+    "FileRead",
+    "Vanished",
+    "VANISHED",
+    "ReadFailed",
+    "FileResult",
+    "Stored",
+    "HelperResult",
+    "SealedPack",
+    "Init",
+    "SealBatch",
+    "Flush",
+    "Stop",
+    "BatchDone",
+    "Flushed",
+    "Failed",
+    "ToHelper",
+    "FromHelper",
+]
+
+
+# ------------------------------------------------------------ file results
+class FileRead(NamedTuple):
+    """A regular file read whole."""
+
+    data: bytes
+    changed: bool  # its size or mtime changed while it was read
+    mtime: int  # st_mtime_ns before reading
+
+
+class Vanished(NamedTuple):
+    """Deleted, or replaced by something other than a regular file, since it was listed."""
+
+
+VANISHED = Vanished()
+
+
+class ReadFailed(NamedTuple):
+    """The file could not be read (the reason, for the skipped list)."""
+
+    message: str
+
+
+FileResult = FileRead | Vanished | ReadFailed
+
+
+class Stored(NamedTuple):
+    """A small file a helper sealed: its blob is in the helper's open pack."""
+
+    blob_id: bytes | None  # None: the file is empty
+    size: int
+    changed: bool
+    mtime: int
+    stored: int  # encrypted bytes the blob added to the pack (0: a duplicate)
+
+
+HelperResult = Stored | FileRead | Vanished | ReadFailed
+
+
+class SealedPack(NamedTuple):
+    """A pack a helper finished, as plain values (enums and dataclasses pickle slowly)."""
+
+    pack_id: bytes
+    path: str  # the spool file
+    # (blob type, id, offset, length, uncompressed length) per blob
+    blobs: list[tuple[int, bytes, int, int, int]]
+    size: int
+
+    @classmethod
+    def of(cls, pack: FinishedPack) -> SealedPack:
+        """The portable form of a finished pack."""
+        return cls(
+            pack.pack_id,
+            pack.path,
+            [(int(b.type), b.id, b.offset, b.length, b.uncompressed_length) for b in pack.blobs],
+            pack.size,
+        )
+
+    def finished(self) -> FinishedPack:
+        """Back into engine types."""
+        return FinishedPack(
+            PackId(self.pack_id),
+            self.path,
+            [PackedBlob(BlobType(t), BlobId(i), o, n, u) for t, i, o, n, u in self.blobs],
+            self.size,
+        )
+
+
+# ----------------------------------------------------- backup -> helper
+class Init(NamedTuple):
+    """The first message: the key (never on the command line) and the settings."""
+
+    key_parts: tuple[bytes, bytes, bytes]  # encryption key, MAC k, MAC r
+    compression: bool
+    spool_dir: str
+    pack_size: int
+    known: bytes  # ids of the data blobs already in the repository, 32 bytes each
+
+
+class SealBatch(NamedTuple):
+    """Read, seal and pack these files."""
+
+    batch_id: int
+    paths: list[bytes]
+
+
+class Flush(NamedTuple):
+    """Finish the open pack."""
+
+
+class Stop(NamedTuple):
+    """Exit (the open pack, if any, is dropped)."""
+
+
+ToHelper = Init | SealBatch | Flush | Stop
+
+
+# ----------------------------------------------------- helper -> backup
+class BatchDone(NamedTuple):
+    """A batch's results, in the order of its paths, and the packs it finished."""
+
+    batch_id: int
+    results: list[HelperResult]
+    packs: list[SealedPack]
+
+
+class Flushed(NamedTuple):
+    """The answer to :class:`Flush`."""
+
+    packs: list[SealedPack]
+
+
+class Failed(NamedTuple):
+    """The helper could not write its spool file (disk full, I/O error); it stops."""
+
+    batch_id: int | None  # the batch it was working on (None: a flush)
+    errno: int | None
+    where: str  # the spool file or directory
+
+    def error(self) -> StorageError:
+        """The error the backup raises, as if it had written the file itself."""
+        code = self.errno
+        return describe_oserror(OSError(code, os.strerror(code) if code else "error"), self.where)
+
+
+FromHelper = BatchDone | Flushed | Failed

@@ -1,0 +1,302 @@
+"""Filling a restore batch's files with their contents.
+
+See docs/design.md, section 6. The restore plans files in batches of
+bounded size (:class:`Batch`); :class:`Filler` then reads, for each pack,
+the ranges the batch needs (at most a few MiB each, checked against the
+pack's size), in worker threads one range at a time: a pack holds thousands
+of small files, so ranges, not packs, keep every worker busy. Each blob is
+decrypted, decompressed within the length the index gives and checked
+against its id, then written with ``pwrite`` to every place that holds it.
+All-zero blocks are not written: holes stay holes. The write that completes
+a file also sets its size and metadata through the descriptor it wrote
+with.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .control import Control
+from .errors import IntegrityError, NotFound, StorageError
+from .ids import BlobId, BlobType, PackId
+from .limits import MAX_BLOB_PLAINTEXT, MAX_BLOB_STORED
+from .progress import ProgressState
+from .repository import Repository
+from .restoretarget import IS_ROOT, Dir, DirFds, open_file
+from .storage import FileType
+from .tree import Node, unix_mode
+
+__all__ = ["Batch", "Filler", "LinkSource", "PlannedFile", "reason"]
+
+_MERGE_GAP = 1 << 20  # read across a gap this small rather than issue two reads
+# read at most this much of a pack at once (one larger blob alone): small enough
+# that a pack of thousands of small files is shared out among the workers
+_MAX_RANGE = 2 << 20
+_BATCH_FILES = 20_000
+_BATCH_BLOBS = 250_000
+
+
+@dataclass
+class PlannedFile:
+    """A file of the batch, and how far its writing got."""
+
+    parent: Dir
+    node: Node
+    remaining: int = 0  # blob placements still to write
+    end: int = 0  # end of the furthest data written
+    failed: bool = False
+    done: bool = False  # size and metadata set by the write that completed it
+
+
+@dataclass
+class LinkSource:
+    """The first restored path of a hard link group."""
+
+    parent: Dir
+    name: bytes
+    file: PlannedFile | None  # None once its batch is done
+    ok: bool = True
+
+
+@dataclass
+class Batch:
+    """The files, hard links and other entries restored together."""
+
+    files: list[PlannedFile] = field(default_factory=list)
+    # blob -> (index in files, offset in that file) of every place that holds it
+    needs: dict[BlobId, list[tuple[int, int]]] = field(default_factory=dict)
+    links: list[tuple[Dir, Node, LinkSource]] = field(default_factory=list)
+    others: list[tuple[Dir, Node]] = field(default_factory=list)
+    blob_refs: int = 0
+
+    def full(self) -> bool:
+        """Time to restore what is planned (memory stays bounded)."""
+        return len(self.files) >= _BATCH_FILES or self.blob_refs >= _BATCH_BLOBS
+
+
+# (blob id, offset, length, uncompressed length) of a blob in a pack
+_Where = tuple[BlobId, int, int, int]
+
+
+class Filler:
+    """Writes the contents of a batch's files (the workers' part of a restore).
+
+    ``error(path, message)`` reports a problem with one entry.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        fds: DirFds,
+        pool: ThreadPoolExecutor,
+        progress: ProgressState,
+        control: Control,
+        error: Callable[[bytes, str], None],
+        *,
+        verify: bool,
+    ) -> None:
+        self.repo = repo
+        self.fds = fds
+        self.pool = pool
+        self.progress = progress
+        self.control = control
+        self.error = error
+        self.verify = verify
+        self.pack_sizes: dict[bytes, int] | None = None
+        self._lock = threading.Lock()
+        self.bytes_written = 0
+        self.files_done = 0  # files completed (size and metadata) by their last write
+
+    def fill(self, batch: Batch) -> None:
+        """Fill the batch's files: the needed ranges of each pack, read and written
+        by the workers one range at a time (a pack holds thousands of small
+        files: ranges, not packs, keep every worker busy)."""
+        by_pack: dict[PackId, list[_Where]] = {}
+        for blob_id in batch.needs:
+            entry = self.repo.index.lookup(BlobType.DATA, blob_id)
+            assert entry is not None
+            by_pack.setdefault(entry.pack, []).append(
+                (blob_id, entry.offset, entry.length, entry.uncompressed_length)
+            )
+        futures: list[Future[None]] = []
+        for pack, blobs in by_pack.items():
+            for group in self.ranges(batch, pack, blobs):
+                futures.append(self.pool.submit(self.restore_range, batch, pack, group))
+        try:
+            for fut in futures:
+                fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            for fut in futures:
+                if not fut.cancelled():
+                    try:
+                        fut.result()
+                    except BaseException:  # noqa: BLE001, S110 - the first failure is raised
+                        pass
+            raise
+
+    def _pack_size(self, pack: PackId) -> int | None:
+        if self.pack_sizes is None:
+            listing = self.repo.storage.list(FileType.PACK)
+            self.pack_sizes = {bytes.fromhex(name): size for name, size in listing}
+        return self.pack_sizes.get(pack)
+
+    def ranges(self, batch: Batch, pack: PackId, blobs: list[_Where]) -> list[list[_Where]]:
+        """The blobs of one pack in ranges to read, each checked against the pack's size."""
+        size = self._pack_size(pack)
+        if size is None:
+            for blob_id, *_ in blobs:
+                self.blob_failed(batch, blob_id, f"pack {pack.hex()[:12]} is missing")
+            return []
+        good = []
+        for b in blobs:
+            _id, offset, length, ulen = b
+            if offset + length > size:
+                self.blob_failed(
+                    batch, _id, f"the index places it beyond the end of pack {pack.hex()[:12]}"
+                )
+            elif length > MAX_BLOB_STORED or ulen > MAX_BLOB_PLAINTEXT[BlobType.DATA]:
+                self.blob_failed(batch, _id, "the index gives it a length beyond any genuine blob")
+            else:
+                good.append(b)
+        good.sort(key=lambda b: b[1])
+        groups: list[list[_Where]] = []
+        for b in good:
+            if groups:
+                last = groups[-1]
+                start, end = last[0][1], last[-1][1] + last[-1][2]
+                if b[1] - end <= _MERGE_GAP and b[1] + b[2] - start <= _MAX_RANGE:
+                    last.append(b)
+                    continue
+            groups.append([b])
+        return groups
+
+    def restore_range(self, batch: Batch, pack: PackId, group: list[_Where]) -> None:
+        """Read one range of a pack and write its blobs out."""
+        self.control.checkpoint()
+        start = group[0][1]
+        end = max(b[1] + b[2] for b in group)
+        try:
+            raw = self.repo.storage.load(FileType.PACK, pack.hex(), start, end - start)
+        except (StorageError, NotFound) as exc:
+            for blob_id, *_ in group:
+                self.blob_failed(batch, blob_id, f"pack {pack.hex()[:12]} unreadable: {exc}")
+            return
+        view = memoryview(raw)
+        for blob_id, offset, length, ulen in group:
+            self.control.checkpoint()
+            try:
+                plain = self.repo.decode_blob(
+                    BlobType.DATA,
+                    blob_id,
+                    view[offset - start : offset - start + length],
+                    ulen,
+                    verify=self.verify,
+                )
+            except IntegrityError as exc:
+                self.blob_failed(batch, blob_id, str(exc))
+                continue
+            self.write_blob(batch, plain, batch.needs[blob_id])
+
+    def blob_failed(self, batch: Batch, blob_id: BlobId, message: str) -> None:
+        """A blob cannot be had: every file that needs it is an error (once each)."""
+        for idx, _off in batch.needs[blob_id]:
+            pf = batch.files[idx]
+            with self._lock:
+                first = not pf.failed
+                pf.failed = True
+            if first:
+                self.error(pf.parent.path(pf.node.name), f"content lost: {message}")
+
+    def write_blob(self, batch: Batch, plain: bytes, where: list[tuple[int, int]]) -> None:
+        """Write one blob to every place that holds it (all-zero blocks stay holes).
+
+        The write that completes a file also sets its size and metadata
+        through the descriptor it wrote with: no second open, and the work
+        is spread over the workers instead of left to one thread at the end.
+        """
+        fds = self.fds
+        zero = len(plain) >= 4096 and plain.count(0) == len(plain)
+        for idx, offset in where:
+            pf = batch.files[idx]
+            if pf.failed:
+                continue
+            fd = -1
+            try:
+                if not zero:
+                    pfd = fds.acquire(pf.parent)
+                    try:
+                        fd = open_file(pfd, pf.node.name)
+                    finally:
+                        fds.release(pf.parent)
+                    view = memoryview(plain)
+                    pos = offset
+                    while view:
+                        n = os.pwrite(fd, view, pos)
+                        view = view[n:]
+                        pos += n
+                with self._lock:
+                    self.bytes_written += len(plain)
+                    end = offset + len(plain)
+                    if end > pf.end and not zero:
+                        pf.end = end
+                    pf.remaining -= 1
+                    finished = pf.remaining == 0
+                if finished and fd >= 0:
+                    self.complete(fd, pf)
+            except OSError as exc:
+                with self._lock:
+                    first = not pf.failed
+                    pf.failed = True
+                if first:
+                    self.error(pf.parent.path(pf.node.name), _write_failure(exc))
+                if exc.errno == errno.ENOSPC:
+                    raise StorageError(
+                        "the restore target is full (no space left) at "
+                        + os.fsdecode(pf.parent.path(pf.node.name))
+                    ) from None
+                continue
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            self.progress.add_done(nbytes=len(plain), files=1 if finished else 0)
+            if self.progress.due():
+                self.progress.current_file = os.fsdecode(pf.parent.path(pf.node.name))
+                self.progress.maybe_report()
+
+    def complete(self, fd: int, pf: PlannedFile) -> None:
+        """Size and metadata of a file whose last blob was just written through ``fd``."""
+        node = pf.node
+        try:
+            if pf.end != node.size:  # sparse, or ending in zeros
+                os.ftruncate(fd, node.size)
+            if IS_ROOT:
+                os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears setuid bits
+            os.fchmod(fd, unix_mode(node.mode))
+            os.utime(fd, ns=(node.atime or node.mtime, node.mtime))
+        except (OSError, OverflowError) as exc:
+            pf.failed = True
+            self.error(pf.parent.path(node.name), f"cannot finish file: {reason(exc)}")
+            return
+        with self._lock:
+            pf.done = True
+            self.files_done += 1
+
+
+def reason(exc: BaseException) -> str:
+    """An error's reason for a message (an OSError's text without its errno and path)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _write_failure(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symlink is in the way; not followed, not overwritten"
+    return f"write failed: {exc.strerror or exc}"

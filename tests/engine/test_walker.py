@@ -1,0 +1,83 @@
+"""The walker's pure parts: when a file may keep its content, the sources' trie, nodes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from support import write
+
+from desktop_agent.engine.tree import Node, NodeType
+from desktop_agent.engine.walker import file_unchanged, node_from_stat, source_trie
+
+OLD = Node(
+    name=b"f",
+    type=NodeType.FILE,
+    mode=0o644,
+    mtime=1_700_000_000_000_000_001,
+    ctime=1_700_000_000_000_000_002,
+    inode=42,
+    size=1000,
+    content=[b"\x01" * 32],
+)
+
+
+def test_a_file_with_the_same_size_times_and_inode_is_unchanged() -> None:
+    assert file_unchanged(OLD, dataclasses.replace(OLD, content=None))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"size": 1001},
+        {"mtime": OLD.mtime + 1},
+        {"ctime": OLD.ctime + 1},  # a chmod, a rename over it, a restored mtime
+        {"inode": 43},  # replaced by another file with the same metadata
+        {"type": NodeType.SYMLINK},
+    ],
+    ids=["size", "mtime", "ctime", "inode", "type"],
+)
+def test_any_difference_means_the_file_is_read_again(change: dict[str, object]) -> None:
+    new = dataclasses.replace(OLD, **change)  # type: ignore[arg-type]
+    assert not file_unchanged(OLD, new)
+    assert not file_unchanged(new, OLD)
+
+
+def test_what_does_not_reach_the_content_does_not_matter() -> None:
+    """Owner, mode, name and the content list itself are not part of the comparison
+    (the caller checks that the old content's blobs are still in the index)."""
+    new = dataclasses.replace(OLD, name=b"g", mode=0o600, uid=7, user="x", content=None)
+    assert file_unchanged(OLD, new)
+
+
+def test_source_trie_marks_sources_and_drops_nested_ones() -> None:
+    trie = source_trie([b"/home/me/docs", b"/home/me", b"/etc/hosts", b"/home/me/docs/x"])
+    assert trie == {b"home": {b"me": None}, b"etc": {b"hosts": None}}
+    assert source_trie([b"/"]) == {}
+
+
+def test_node_from_stat_types_and_fields(tmp_path: Path) -> None:
+    f = write(tmp_path / "f", b"hello")
+    os.link(f, tmp_path / "hard")
+    os.symlink("f", tmp_path / "l")
+    os.mkfifo(tmp_path / "p")
+    (tmp_path / "d").mkdir()
+    nodes = {
+        n: node_from_stat(os.fsencode(n), os.lstat(tmp_path / n)) for n in ("f", "l", "p", "d")
+    }
+    assert {n: nodes[n].type for n in nodes} == {
+        "f": NodeType.FILE,
+        "l": NodeType.SYMLINK,
+        "p": NodeType.FIFO,
+        "d": NodeType.DIR,
+    }
+    s = os.lstat(f)
+    node = nodes["f"]
+    assert (node.name, node.size, node.inode, node.links) == (b"f", 5, s.st_ino, 2)
+    assert node.mtime == node.atime == s.st_mtime_ns  # atime is not recorded
+    assert node.device_id == s.st_dev  # kept for a hard link
+    assert stat.S_IMODE(s.st_mode) == node.mode & 0o777
+    assert nodes["d"].size == 0 and nodes["d"].links == 0 and nodes["d"].device_id == 0
