@@ -13,13 +13,19 @@ from desktop_agent.engine.storage import LocalStorage
 TOKEN = "ui-test-token-0123456789"
 
 
-def make_config(tmp_path: Path, sources: list[Path], *, init: bool = True) -> Config:
+def make_config(
+    tmp_path: Path,
+    sources: list[Path],
+    *,
+    init: bool = True,
+    allow_remote_restore: bool = False,
+) -> Config:
     """A config for a repository in tmp_path (created unless ``init`` is False)."""
     repo = tmp_path / "repo"
     if init and not repo.exists():
         Repository.init(LocalStorage(repo), PASSWORD, kdf_params=FAST_KDF)
     return Config(
-        agent=AgentConfig(token=TOKEN),
+        agent=AgentConfig(token=TOKEN, allow_remote_restore=allow_remote_restore),
         repository=RepositoryConfig(path=str(repo), password_file=None),
         backup=BackupConfig(sources=tuple(map(str, sources)), exclude=(), interval_minutes=0),
         path=tmp_path / "config.toml",

@@ -1,8 +1,10 @@
-"""Browsing snapshots and restoring from them, for the restore window (asyncio, no Qt).
+"""Browsing snapshots, for the restore window (asyncio, no Qt): read-only.
 
-Every engine call runs in a worker thread: listing and tree loading on one
-browse thread, restores on another, so that browsing stays responsive while
-a restore runs and neither waits for a backup (the controller's executor).
+Every engine call runs on the browser's own single worker thread, so that
+browsing stays responsive and never waits for a job (a backup or a
+restore holds the controller's thread for as long as it runs). Restoring
+is a job: :meth:`~.controller.JobController.start_restore`.
+
 Trees are loaded when a folder is first listed and kept per tree id: a tree
 id is the hash of its content, so an entry never goes stale, and the many
 snapshots that share unchanged folders share their cache entries.
@@ -28,14 +30,15 @@ from desktop_agent.config import ConfigError
 from desktop_agent.engine.control import Control
 from desktop_agent.engine.errors import EngineError, NotFound
 from desktop_agent.engine.ids import BlobId
-from desktop_agent.engine.lock import Lock
 from desktop_agent.engine.progress import Progress
 from desktop_agent.engine.repository import Repository
-from desktop_agent.engine.restore import RestoreOptions, RestoreResult, restore
+from desktop_agent.engine.restore import RestoreResult
 from desktop_agent.engine.snapshot import Snapshot
 from desktop_agent.engine.tree import Node, NodeType
 
 from .controller import JobController
+from .restores import run_restore
+from .spec import RestoreSpec
 
 __all__ = ["Entry", "RepositoryBrowser", "display_name", "split_path", "target_state"]
 
@@ -62,8 +65,8 @@ class Entry:
 
     ``path`` is the entry's absolute path in the snapshot (``/home/me/a.txt``);
     undecodable bytes of a name survive in it as surrogate escapes, so it can
-    be handed back to :meth:`RepositoryBrowser.list_dir` and
-    :meth:`RepositoryBrowser.restore` unchanged. Show ``name``, never ``path``.
+    be handed back to :meth:`RepositoryBrowser.list_dir` and to a restore job
+    unchanged. Show ``name``, never ``path``.
     """
 
     name: str
@@ -112,12 +115,11 @@ class _TreeCache:
 
 
 class RepositoryBrowser:
-    """Lists snapshots and folders of the controller's repository and restores from it."""
+    """Lists snapshots and folders of the controller's repository (reads only)."""
 
     def __init__(self, controller: JobController) -> None:
         self._controller = controller
         self._browse = ThreadPoolExecutor(max_workers=1, thread_name_prefix="browse")
-        self._restores = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-job")
         self._repo: Repository | None = None
         self._repo_path = ""
         self._cache = _TreeCache()
@@ -153,35 +155,26 @@ class RepositoryBrowser:
         on_progress: Callable[[Progress], None],
         control: Control,
     ) -> RestoreResult:
-        """Restore ``includes`` (snapshot paths; empty: everything) under ``target``.
+        """Deprecated: restores are jobs (:meth:`JobController.start_restore`).
 
-        Existing files are never replaced: each one is listed in the result's
-        errors. ``on_progress`` is called on the event loop thread. Raises
-        :class:`~desktop_agent.engine.errors.Cancelled` when ``control`` is
-        cancelled, and other :class:`EngineError` when the restore cannot run.
-        Cancelling the awaiting task cancels the restore too.
+        Kept, without a thread of its own, only for the engine's hostile
+        repository tests (``tests/engine/test_hostile.py``) until they queue
+        a restore job; nothing in desktop-agent calls it. Restores exactly
+        as a restore job does (:func:`~.restores.run_restore`), on the
+        browse thread.
         """
         loop = asyncio.get_running_loop()
 
         def report(progress: Progress) -> None:
             loop.call_soon_threadsafe(on_progress, progress)
 
-        def work() -> RestoreResult:
-            repo = self._open()
-            # a shared lock, as restic's restore takes: a prune elsewhere must
-            # not delete packs we are reading; backups may run meanwhile
-            with Lock(repo, exclusive=False):
-                return restore(
-                    repo,
-                    snapshot,
-                    RestoreOptions(target=target, includes=tuple(includes), overwrite=False),
-                    progress=report,
-                    control=control,
-                )
-
+        spec = RestoreSpec(snapshot, tuple(includes), target)
         self._controls.add(control)
         try:
-            return await self._call(self._restores, work)
+            return await self._call(
+                self._browse,
+                lambda: run_restore(self._open(), spec, progress=report, control=control),
+            )
         except asyncio.CancelledError:
             control.cancel()  # the worker thread cannot be interrupted otherwise
             raise
@@ -189,12 +182,11 @@ class RepositoryBrowser:
             self._controls.discard(control)
 
     def close(self) -> None:
-        """Cancel running restores and let the worker threads end."""
+        """Let the worker thread end (what it was reading is dropped)."""
         self._closed = True
         for control in list(self._controls):
             control.cancel()
         self._browse.shutdown(wait=False, cancel_futures=True)
-        self._restores.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------ internals
     async def _call(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:

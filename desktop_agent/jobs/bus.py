@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from desktop_agent.protocol import Event
 
+from .spec import JobKind
 from .state import JobState
 
 __all__ = ["EventBus", "JobChanged", "BusEvent", "Subscriber"]
@@ -24,11 +25,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class JobChanged:
-    """Internal event: a job changed state (the UI shows queued jobs, say)."""
+    """Internal event: a job changed state (the UI shows queued jobs, say).
+
+    Published for every kind of job; ``kind`` says which (the tray counts
+    waiting backups and shows a restore apart).
+    """
 
     job_id: str
     old: JobState | None
     new: JobState
+    kind: JobKind = JobKind.BACKUP
 
 
 BusEvent = Event | JobChanged

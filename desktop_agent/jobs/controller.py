@@ -1,23 +1,33 @@
-"""The job controller: runs backups with pause, resume and cancel.
+"""The job controller: runs backups and restores with pause, resume and cancel.
 
-Lives on the asyncio loop (no Qt). Jobs run the real engine on the
-controller's own thread pool, one at a time per repository (later jobs
-queue). The engine reports progress from its threads; the controller turns
-it into the protocol's ``backup:progress`` on the loop thread: ``percent``
-only moves forward and ends at 100, ``bytes_per_second`` is a moving
-average, ``eta_seconds`` follows from it; at most 10 events a second and at
-least one a second while a job runs. Everything goes out through the
-:class:`~.bus.EventBus`.
+Lives on the asyncio loop (no Qt). Every job, whatever its kind
+(:mod:`.spec`), goes through one queue and runs the real engine on the
+controller's own worker thread, one at a time: the agent has one
+repository, so a backup and a restore of it never run at once (maintenance
+jobs will queue the same way). Every job follows the one state machine
+(:mod:`.state`) and takes the same commands (pause, resume, cancel through
+the engine's :class:`~desktop_agent.engine.control.Control`).
+
+The engine reports progress from its threads; the controller turns it into
+the protocol's nine progress fields on the loop thread, the same way for
+every kind: ``percent`` only moves forward and ends at 100,
+``bytes_per_second`` is a moving average, ``eta_seconds`` follows from it;
+at most 10 events a second and at least one a second while a job runs.
+Each kind is reported with its own messages (``backup:*`` for backups,
+``restore:*`` for restores), and every job announced ends with exactly one
+terminal message. Everything goes out through the :class:`~.bus.EventBus`.
 
 Shutdown rule (headless agent and tray alike): queued jobs are dropped and a
 running job is cancelled. A cancelled backup keeps what it stored (its packs
-are indexed) and writes no snapshot, so the next run continues from there.
+are indexed) and writes no snapshot, so the next run continues from there;
+a cancelled restore keeps the files it wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -33,6 +43,8 @@ from desktop_agent.engine.control import Control
 from desktop_agent.engine.errors import Cancelled, EngineError, RepositoryNotFound
 from desktop_agent.engine.progress import RATE_WINDOW, Progress, RateEstimator
 from desktop_agent.engine.repository import Repository, hostname
+from desktop_agent.engine.restore import RestoreResult
+from desktop_agent.engine.snapshot import Snapshot
 from desktop_agent.engine.storage import open_storage
 from desktop_agent.protocol import (
     CANCELLED,
@@ -45,10 +57,19 @@ from desktop_agent.protocol import (
     BackupResumed,
     BackupStarted,
     JobId,
+    ProgressEvent,
+    RestoreCompleted,
+    RestoreFailed,
+    RestorePaused,
+    RestoreProgress,
+    RestoreResumed,
+    RestoreStarted,
     Skipped,
 )
 
 from .bus import EventBus, JobChanged
+from .restores import new_restore_folder, run_restore
+from .spec import BackupSpec, JobKind, JobSpec, RestoreSpec
 from .state import TERMINAL, Action, IllegalTransition, JobState, next_state
 
 __all__ = ["JobController", "JobError", "JobView", "RATE_WINDOW"]
@@ -58,14 +79,38 @@ log = logging.getLogger(__name__)
 MAX_EVENTS_PER_SECOND = 10
 _HISTORY = 100  # finished jobs remembered for lookups
 
+JobResult = BackupResult | RestoreResult
+
 
 class JobError(Exception):
     """A command that cannot be carried out (unknown job, wrong state)."""
 
 
 @dataclass(frozen=True)
+class _Messages:
+    """How one kind of job is reported on the bus (and so on /ws)."""
+
+    progress: type[BackupProgress] | type[RestoreProgress]
+    paused: type[BackupPaused] | type[RestorePaused]
+    resumed: type[BackupResumed] | type[RestoreResumed]
+    failed: type[BackupFailed] | type[RestoreFailed]
+
+
+_MESSAGES = {
+    JobKind.BACKUP: _Messages(BackupProgress, BackupPaused, BackupResumed, BackupFailed),
+    JobKind.RESTORE: _Messages(RestoreProgress, RestorePaused, RestoreResumed, RestoreFailed),
+}
+
+
+@dataclass(frozen=True)
 class JobView:
-    """What consumers may know about a job."""
+    """What consumers may know about a job.
+
+    ``paths``: a backup's paths (None: the configured sources), a restore's
+    snapshot paths (None: everything). ``origin`` says who asked for it
+    ("tray", "/ws", "scheduler"; "" when not said). ``result`` is a
+    :class:`BackupResult` or a :class:`RestoreResult` once it completed.
+    """
 
     id: JobId
     state: JobState
@@ -73,23 +118,36 @@ class JobView:
     created: float  # wall clock
     started: float | None = None
     finished: float | None = None
-    progress: BackupProgress | None = None
+    progress: ProgressEvent | None = None
     error: str | None = None
-    result: BackupResult | None = None
+    result: JobResult | None = None
+    spec: JobSpec = BackupSpec()
+    origin: str = ""
+
+    @property
+    def kind(self) -> JobKind:
+        """Backup or restore."""
+        return self.spec.kind
+
+    @property
+    def restore(self) -> RestoreSpec | None:
+        """A restore's snapshot, paths and target; None for other jobs."""
+        return self.spec if isinstance(self.spec, RestoreSpec) else None
 
 
 @dataclass
 class _Job:
     id: JobId
-    paths: tuple[str, ...] | None
+    spec: JobSpec
     created: float
+    origin: str = ""
     state: JobState = JobState.QUEUED
     control: Control = field(default_factory=Control)
     started: float | None = None
     finished: float | None = None
-    progress: BackupProgress | None = None
+    progress: ProgressEvent | None = None
     error: str | None = None
-    result: BackupResult | None = None
+    result: JobResult | None = None
     pause_requested: bool = False
     resume_requested: bool = False  # a resume that arrived before the pause took effect
     # progress bookkeeping (loop thread only)
@@ -97,6 +155,29 @@ class _Job:
     dirty: bool = False
     rate: RateEstimator = field(default_factory=RateEstimator)
     percent: float = 0.0
+
+    @property
+    def kind(self) -> JobKind:
+        return self.spec.kind
+
+    @property
+    def messages(self) -> _Messages:
+        return _MESSAGES[self.spec.kind]
+
+    @property
+    def paths(self) -> tuple[str, ...] | None:
+        if isinstance(self.spec, RestoreSpec):
+            return self.spec.includes or None
+        return self.spec.paths
+
+    def describe(self) -> str:
+        spec = self.spec
+        if isinstance(spec, RestoreSpec):
+            what = ", ".join(spec.includes) if spec.includes else "everything"
+            text = f"restore of {what} from snapshot {spec.snapshot.short_id} into {spec.target}"
+        else:
+            text = "backup of " + ("the sources" if spec.paths is None else ", ".join(spec.paths))
+        return text + (f" (from {self.origin})" if self.origin else "")
 
     def view(self) -> JobView:
         return JobView(
@@ -109,11 +190,13 @@ class _Job:
             self.progress,
             self.error,
             self.result,
+            self.spec,
+            self.origin,
         )
 
 
 class JobController:
-    """Starts, pauses, resumes and cancels backup jobs; reports through the bus."""
+    """Queues, runs, pauses, resumes and cancels jobs; reports through the bus."""
 
     def __init__(
         self,
@@ -132,8 +215,11 @@ class JobController:
         self._order: deque[JobId] = deque()
         self._queue: deque[_Job] = deque()
         self._wake = asyncio.Event()
+        # the one worker of the repository's queue: a job at a time
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
-        # Password checks must not queue behind a backup that runs for hours.
+        # Short repository work beside the jobs (password checks, finding the
+        # snapshot a /ws restore names): it must not wait behind a backup
+        # that runs for hours.
         self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-check")
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -176,7 +262,7 @@ class JobController:
 
     # -------------------------------------------------------------- queries
     def status(self) -> AgentStatus:
-        """The agent as a whole, as ``agent:status`` reports it."""
+        """The agent as a whole, as ``agent:status`` reports it (restores count too)."""
         active = [j for j in self._jobs.values() if j.state not in TERMINAL]
         if any(j.state is JobState.PAUSED for j in active):
             status = "paused"  # queued jobs wait behind the paused one
@@ -199,15 +285,15 @@ class JobController:
         return open_storage(self.config.repository_path).exists()
 
     def current(self) -> JobView | None:
-        """The running or paused job, if any."""
+        """The running or paused job (of any kind), if any."""
         job = self._current
         return job.view() if job is not None and job.state not in TERMINAL else None
 
-    def last_finished(self) -> JobView | None:
-        """The most recently finished job."""
+    def last_finished(self, kind: JobKind | None = None) -> JobView | None:
+        """The most recently finished job (of ``kind``, when given)."""
         for job_id in reversed(self._order):
             job = self._jobs[job_id]
-            if job.state in TERMINAL:
+            if job.state in TERMINAL and (kind is None or job.kind is kind):
                 return job.view()
         return None
 
@@ -227,26 +313,73 @@ class JobController:
             return None
 
     # ------------------------------------------------------------- commands
-    def start_backup(self, paths: Sequence[str] | None = None) -> JobId:
+    def start_backup(self, paths: Sequence[str] | None = None, *, origin: str = "") -> JobId:
         """Queue a backup (of ``paths``, or the configured sources)."""
-        if self._stopping:
-            raise JobError("the agent is shutting down")
-        job = _Job(JobId(str(uuid.uuid4())), tuple(paths) if paths else None, time.time())
-        self._jobs[job.id] = job
-        self._order.append(job.id)
-        self._forget_old()
-        self._queue.append(job)
-        log.info(
-            "job %s queued (%s)", job.id, "sources" if job.paths is None else ", ".join(job.paths)
-        )
-        self.bus.publish(JobChanged(job.id, None, JobState.QUEUED))
-        self.bus.publish(BackupStarted(job.id))
-        self._wake.set()
-        return job.id
+        return self._enqueue(BackupSpec(tuple(paths) if paths else None), origin)
 
-    def pause(self, job_id: str) -> None:
-        """Pause a running job; ``backup:paused`` follows once it took effect."""
-        job = self._get(job_id)
+    def start_restore(
+        self,
+        snapshot: Snapshot,
+        includes: Sequence[str],
+        target: str,
+        *,
+        origin: str = "",
+    ) -> JobId:
+        """Queue a restore of ``includes`` (snapshot paths; empty: everything) into ``target``.
+
+        ``target`` is an absolute folder, new or not: existing files are
+        never replaced, each one is listed in the result's errors.
+        """
+        if not target or not os.path.isabs(target):
+            raise JobError(f"the restore target must be an absolute path, not {target!r}")
+        if snapshot.id is None:
+            raise JobError("the snapshot to restore has no id")
+        return self._enqueue(RestoreSpec(snapshot, tuple(includes), target), origin)
+
+    async def start_remote_restore(
+        self, snapshot: str, paths: Sequence[str] | None = None, *, origin: str = "/ws"
+    ) -> JobId:
+        """Queue a restore asked for by a backup server, if ``[agent] allow_remote_restore``.
+
+        ``snapshot`` is ``latest``, an id or a unique id prefix; ``paths``
+        snapshot paths (None: everything). The files go into a new folder
+        made for this restore (:func:`~.restores.new_restore_folder`), never
+        an existing one. Raises :class:`JobError` when remote restores are
+        off, the snapshot cannot be found, or no folder can be made.
+        """
+        if not self.config.agent.allow_remote_restore:
+            raise JobError(
+                "restores from a backup server are off on this agent: "
+                "set [agent] allow_remote_restore = true in its configuration to allow them"
+            )
+        self._check_open()
+        loop = asyncio.get_running_loop()
+
+        def prepare() -> tuple[Snapshot, str]:
+            snap = self._repository().find_snapshot(snapshot)
+            return snap, new_restore_folder(snap.short_id)
+
+        try:
+            snap, target = await loop.run_in_executor(self._checks, prepare)
+        except (EngineError, ConfigError) as exc:
+            raise JobError(f"cannot restore snapshot {snapshot!r}: {exc}") from None
+        except OSError as exc:
+            raise JobError(f"cannot make a folder to restore into: {exc}") from None
+        spec = RestoreSpec(snap, tuple(paths or ()), target, new_folder=True)
+        try:
+            return self._enqueue(spec, origin)
+        except JobError:
+            await loop.run_in_executor(None, _rmdir_quietly, target)
+            raise
+
+    def pause(self, job_id: str, kind: JobKind | None = None) -> None:
+        """Pause a running job; its ``paused`` event follows once it took effect.
+
+        With ``kind`` (the command's), a job of another kind is refused with a
+        :class:`JobError` (``job … is a restore, not a backup``); so are an
+        unknown job and one that is not running.
+        """
+        job = self._get(job_id, kind)
         if job.state is not JobState.RUNNING:
             raise JobError(f"job {job_id} is {job.state.value}; only a running job can be paused")
         if job.pause_requested:
@@ -255,12 +388,12 @@ class JobController:
         job.control.pause()
         self._spawn(self._confirm_pause(job))
 
-    def resume(self, job_id: str) -> None:
+    def resume(self, job_id: str, kind: JobKind | None = None) -> None:
         """Resume a paused job."""
-        job = self._get(job_id)
+        job = self._get(job_id, kind)
         if job.state is JobState.RUNNING and job.pause_requested:
             # The pause has not taken effect yet: let it, then resume at once,
-            # so that whoever asked for the pause still sees backup:paused.
+            # so that whoever asked for the pause still sees it confirmed.
             job.resume_requested = True
             return
         if job.state is not JobState.PAUSED:
@@ -272,13 +405,13 @@ class JobController:
         job.resume_requested = False
         job.control.resume()
         self._transition(job, Action.RESUME)
-        self.bus.publish(BackupResumed(job.id))
+        self.bus.publish(job.messages.resumed(job.id))
         # the pause is not slow transfer
         job.rate.restart(self._clock(), job.progress.transferred_bytes if job.progress else 0)
 
-    def cancel(self, job_id: str) -> None:
-        """Cancel a job; it ends with ``backup:failed`` and error ``cancelled``."""
-        job = self._get(job_id)
+    def cancel(self, job_id: str, kind: JobKind | None = None) -> None:
+        """Cancel a job; it ends with its ``failed`` event, error ``cancelled``."""
+        job = self._get(job_id, kind)
         if job.state in TERMINAL:
             raise JobError(f"job {job_id} has already {job.state.value}")
         if job.state is JobState.QUEUED:
@@ -319,10 +452,32 @@ class JobController:
         await loop.run_in_executor(self._checks, check)
 
     # ------------------------------------------------------------- internals
-    def _get(self, job_id: str) -> _Job:
+    def _check_open(self) -> None:
+        if self._stopping:
+            raise JobError("the agent is shutting down")
+
+    def _enqueue(self, spec: JobSpec, origin: str) -> JobId:
+        self._check_open()
+        job = _Job(JobId(str(uuid.uuid4())), spec, time.time(), origin)
+        self._jobs[job.id] = job
+        self._order.append(job.id)
+        self._forget_old()
+        self._queue.append(job)
+        log.info("job %s queued: %s", job.id, job.describe())
+        self.bus.publish(JobChanged(job.id, None, JobState.QUEUED, job.kind))
+        if isinstance(spec, RestoreSpec):
+            self.bus.publish(RestoreStarted(job.id, spec.snapshot_id, spec.target))
+        else:
+            self.bus.publish(BackupStarted(job.id))
+        self._wake.set()
+        return job.id
+
+    def _get(self, job_id: str, kind: JobKind | None = None) -> _Job:
         job = self._jobs.get(JobId(job_id))
         if job is None:
             raise JobError(f"unknown job_id {job_id!r}")
+        if kind is not None and job.kind is not kind:
+            raise JobError(f"job {job_id} is a {job.kind.value}, not a {kind.value}")
         return job
 
     def _forget_old(self) -> None:
@@ -342,20 +497,24 @@ class JobController:
         old = job.state
         job.state = next_state(old, action)
         log.info("job %s: %s -> %s", job.id, old.value, job.state.value)
-        self.bus.publish(JobChanged(job.id, old, job.state))
+        self.bus.publish(JobChanged(job.id, old, job.state, job.kind))
 
     def _finish_cancelled(self, job: _Job) -> None:
         self._transition(job, Action.CANCELLED)
         job.finished = time.time()
         job.error = CANCELLED
-        self.bus.publish(BackupFailed(job.id, CANCELLED))
+        self.bus.publish(job.messages.failed(job.id, CANCELLED))
+        spec = job.spec
+        if isinstance(spec, RestoreSpec) and spec.new_folder:
+            # it never ran: the folder made for it is empty
+            self._checks.submit(_rmdir_quietly, spec.target)
 
     async def _confirm_pause(self, job: _Job) -> None:
         while job.pause_requested and job.state is JobState.RUNNING:
             took = await asyncio.to_thread(job.control.wait_paused, 0.5)
             if took and job.pause_requested and job.state is JobState.RUNNING:
                 self._transition(job, Action.PAUSE)
-                self.bus.publish(BackupPaused(job.id))
+                self.bus.publish(job.messages.paused(job.id))
                 if job.resume_requested:
                     self._do_resume(job)
                 return
@@ -393,30 +552,51 @@ class JobController:
             self._end(job, Action.FAIL, f"internal error: {type(exc).__name__}: {exc}")
         else:
             job.result = result
-            total = result.summary.total_bytes_processed
-            last = job.progress
-            if last is not None:
-                done = replace(
-                    last,
-                    percent=100.0,
-                    transferred_bytes=total,
-                    total_bytes=total,
-                    eta_seconds=0,
-                    current_file=None,
-                    files_processed=result.summary.total_files_processed,
-                    total_files=result.summary.total_files_processed,
-                )
-                job.progress = done
-                self.bus.publish(done)
-            self._end(job, Action.COMPLETE, None)
-            skipped = tuple(Skipped(k.path, k.reason) for k in result.skipped)
-            self.bus.publish(
-                BackupCompleted(job.id, total, skipped[:MAX_SKIPPED_LISTED], len(skipped))
-            )
+            if isinstance(result, RestoreResult):
+                self._complete_restore(job, result)
+            else:
+                self._complete_backup(job, result)
         finally:
             if self._ticker is not None:
                 self._ticker.cancel()
             self._current = None
+
+    def _final_progress(self, job: _Job, total: int, files: int) -> None:
+        """The last progress event of a completed job: 100%, the final totals."""
+        last = job.progress
+        if last is None:
+            return
+        done = replace(
+            last,
+            percent=100.0,
+            transferred_bytes=total,
+            total_bytes=total,
+            eta_seconds=0,
+            current_file=None,
+            files_processed=files,
+            total_files=files,
+        )
+        job.progress = done
+        self.bus.publish(done)
+
+    def _complete_backup(self, job: _Job, result: BackupResult) -> None:
+        total = result.summary.total_bytes_processed
+        self._final_progress(job, total, result.summary.total_files_processed)
+        self._end(job, Action.COMPLETE, None)
+        skipped = tuple(Skipped(k.path, k.reason) for k in result.skipped)
+        self.bus.publish(BackupCompleted(job.id, total, skipped[:MAX_SKIPPED_LISTED], len(skipped)))
+
+    def _complete_restore(self, job: _Job, result: RestoreResult) -> None:
+        self._final_progress(job, result.bytes_written, result.files)
+        self._end(job, Action.COMPLETE, None)
+        if result.errors_total or result.errors:
+            log.info(
+                "job %s: %d entries not restored, e.g. %s",
+                job.id,
+                max(result.errors_total, len(result.errors)),
+                result.errors[0] if result.errors else "?",
+            )
+        self.bus.publish(RestoreCompleted(job.id, result.bytes_written))
 
     def _end(self, job: _Job, action: Action, error: str | None) -> None:
         job.pause_requested = False
@@ -430,12 +610,12 @@ class JobController:
         job.error = error
         if error is not None:
             log.info("job %s ended: %s", job.id, error)
-            self.bus.publish(BackupFailed(job.id, error))
+            self.bus.publish(job.messages.failed(job.id, error))
 
     # -------------------------------------------------- engine (worker thread)
     def open_repository(self) -> Repository:
         """A fresh Repository of the configured path, for work beside the jobs
-        (browsing, restoring). Blocking: call it from a worker thread."""
+        (browsing). Blocking: call it from a worker thread."""
         return self._repository()
 
     def _repository(self) -> Repository:
@@ -458,24 +638,39 @@ class JobController:
         self._key = (path, repo.key)
         return repo
 
-    def _run_engine(self, job: _Job) -> BackupResult:
-        repo = self._repository()
-        cache_root = self._cache_root or user_cache_dir()
-        options = BackupOptions(
-            sources=list(job.paths) if job.paths else self.config.expanded_sources(),
-            excludes=self.config.backup_excludes(),
-            cache_dir=str(cache_root / "repositories" / repo.config.id),
-        )
+    def _reporter(self, job: _Job) -> Callable[[Progress], None]:
         loop = self._loop
         assert loop is not None
 
         def report(p: Progress) -> None:
             loop.call_soon_threadsafe(self._on_progress, job, p)
 
+        return report
+
+    def _run_engine(self, job: _Job) -> JobResult:
+        spec = job.spec
+        if isinstance(spec, RestoreSpec):
+            return run_restore(
+                self._repository(),
+                spec,
+                progress=self._reporter(job),
+                control=job.control,
+                progress_interval=1.0 / MAX_EVENTS_PER_SECOND,
+            )
+        return self._run_backup(job, spec)
+
+    def _run_backup(self, job: _Job, spec: BackupSpec) -> BackupResult:
+        repo = self._repository()
+        cache_root = self._cache_root or user_cache_dir()
+        options = BackupOptions(
+            sources=list(spec.paths) if spec.paths else self.config.expanded_sources(),
+            excludes=self.config.backup_excludes(),
+            cache_dir=str(cache_root / "repositories" / repo.config.id),
+        )
         return backup(
             repo,
             options,
-            progress=report,
+            progress=self._reporter(job),
             control=job.control,
             progress_interval=1.0 / MAX_EVENTS_PER_SECOND,
         )
@@ -494,7 +689,7 @@ class JobController:
         if p.scan_finished and p.bytes_total > 0:
             job.percent = max(job.percent, min(99.9, 100.0 * p.bytes_done / p.bytes_total))
         eta = job.rate.eta(p.bytes_total - p.bytes_done) if p.scan_finished else 0
-        job.progress = BackupProgress(
+        job.progress = job.messages.progress(
             job_id=job.id,
             percent=round(job.percent, 2),
             transferred_bytes=p.bytes_done,
@@ -532,3 +727,11 @@ class JobController:
                 rate = job.rate.decay(now)
                 job.progress = replace(job.progress, bytes_per_second=int(rate))
                 self._send_progress(job, now)
+
+
+def _rmdir_quietly(folder: str) -> None:
+    """Remove ``folder`` if it is empty (a restore folder nothing went into)."""
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass

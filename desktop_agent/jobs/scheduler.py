@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from .controller import JobController, JobError
+from .spec import JobKind
 from .state import JobState
 
 __all__ = ["Scheduler", "RETRY_AFTER"]
@@ -57,9 +58,9 @@ class Scheduler:
         if minutes <= 0:
             return False
         if self.controller.status().active_jobs:
-            return False
+            return False  # one queue: a running restore delays the backup, it does not skip it
         now = self._now()
-        last = self.controller.last_finished()
+        last = self.controller.last_finished(JobKind.BACKUP)  # a restore is no backup
         if last is not None and last.finished is not None:
             if last.state is JobState.COMPLETED:
                 self.last_success = max(self.last_success or 0.0, last.finished)
@@ -79,7 +80,7 @@ class Scheduler:
             if self.due():
                 try:
                     self._last_attempt = self._now()
-                    job_id = self.controller.start_backup()
+                    job_id = self.controller.start_backup(origin="scheduler")
                     log.info("scheduled backup started: job %s", job_id)
                 except JobError as exc:
                     log.warning("scheduled backup not started: %s", exc)

@@ -31,6 +31,17 @@ from .messages import (
     ErrorReply,
     Event,
     JobId,
+    JobProgress,
+    RestoreCancel,
+    RestoreCompleted,
+    RestoreFailed,
+    RestorePause,
+    RestorePaused,
+    RestoreProgress,
+    RestoreResume,
+    RestoreResumed,
+    RestoreStart,
+    RestoreStarted,
     Skipped,
     StatusRequest,
 )
@@ -42,9 +53,11 @@ __all__ = [
     "encode_command",
     "decode_event",
     "MAX_JOB_ID",
+    "MAX_SNAPSHOT_REF",
 ]
 
 MAX_JOB_ID = 128
+MAX_SNAPSHOT_REF = 128  # "latest", a snapshot id (64 hex digits) or a prefix of one
 _EVENT_TYPES = {
     "backup:progress",
     "backup:started",
@@ -52,7 +65,20 @@ _EVENT_TYPES = {
     "backup:failed",
     "backup:paused",
     "backup:resumed",
+    "restore:progress",
+    "restore:started",
+    "restore:completed",
+    "restore:failed",
+    "restore:paused",
+    "restore:resumed",
     "error",
+}
+_JOB_COMMANDS: dict[
+    str,
+    type[BackupPause | BackupResume | BackupCancel | RestorePause | RestoreResume | RestoreCancel],
+] = {
+    c.TYPE: c
+    for c in (BackupPause, BackupResume, BackupCancel, RestorePause, RestoreResume, RestoreCancel)
 }
 
 
@@ -97,15 +123,35 @@ def _job_id(kind: str, payload: Any) -> JobId:
     return JobId(job_id)
 
 
+def _paths(kind: str, paths: Any) -> tuple[str, ...]:
+    if not isinstance(paths, list) or not paths:
+        raise ProtocolError("paths must be a non-empty list of paths", kind)
+    if not all(isinstance(p, str) and p and "\0" not in p for p in paths):
+        raise ProtocolError("every path must be a non-empty string", kind)
+    return tuple(paths)
+
+
+def _restore_start(kind: str, payload: Any) -> RestoreStart:
+    usage = 'restore:start takes {"snapshot": "latest" or an id, "paths": [...] (optional)}'
+    if not isinstance(payload, dict) or set(payload) - {"snapshot", "paths"}:
+        raise ProtocolError(usage, kind)
+    snapshot = payload.get("snapshot")
+    if not isinstance(snapshot, str) or not snapshot.strip() or "\0" in snapshot:
+        raise ProtocolError(f'{usage}: "snapshot" must be a non-empty string', kind)
+    if len(snapshot) > MAX_SNAPSHOT_REF:
+        raise ProtocolError(f"snapshot is longer than {MAX_SNAPSHOT_REF} characters", kind)
+    paths = payload.get("paths")
+    return RestoreStart(snapshot, None if paths is None else _paths(kind, paths))
+
+
 def decode_command(text: str | bytes) -> Command:
     """Parse a frame a client sent; :class:`ProtocolError` when it is not a valid command."""
     kind, payload = _parse(text)
-    if kind == "backup:pause":
-        return BackupPause(_job_id(kind, payload))
-    if kind == "backup:resume":
-        return BackupResume(_job_id(kind, payload))
-    if kind == "backup:cancel":
-        return BackupCancel(_job_id(kind, payload))
+    job_command = _JOB_COMMANDS.get(kind)
+    if job_command is not None:
+        return job_command(_job_id(kind, payload))
+    if kind == "restore:start":
+        return _restore_start(kind, payload)
     if kind == "agent:status":
         if payload is not None and payload != {}:
             raise ProtocolError("agent:status takes a null payload", kind)
@@ -118,11 +164,7 @@ def decode_command(text: str | bytes) -> Command:
         paths = payload.get("paths")
         if paths is None:
             return BackupStart(None)
-        if not isinstance(paths, list) or not paths:
-            raise ProtocolError("paths must be a non-empty list of paths", kind)
-        if not all(isinstance(p, str) and p and "\0" not in p for p in paths):
-            raise ProtocolError("every path must be a non-empty string", kind)
-        return BackupStart(tuple(paths))
+        return BackupStart(_paths(kind, paths))
     if kind in _EVENT_TYPES:
         raise ProtocolError(f"{kind} is an event the agent sends, not a command", kind)
     raise ProtocolError(f"unknown message type {kind!r}", kind)
@@ -132,7 +174,7 @@ def _payload(event: Event) -> dict[str, Any]:
     data = asdict(event)
     if isinstance(event, BackupCompleted) and not event.skipped_total:
         del data["skipped"], data["skipped_total"]  # the seed's event, exactly
-    if isinstance(event, BackupProgress):
+    if isinstance(event, JobProgress):
         pct = float(event.percent)
         data["percent"] = round(pct, 2) if math.isfinite(pct) else 0.0
     return data
@@ -150,6 +192,10 @@ def encode_command(command: Command) -> str:
         payload = None
     elif isinstance(command, BackupStart):
         payload = {} if command.paths is None else {"paths": list(command.paths)}
+    elif isinstance(command, RestoreStart):
+        payload = {"snapshot": command.snapshot}
+        if command.paths is not None:
+            payload["paths"] = list(command.paths)
     else:
         payload = {"job_id": command.job_id}
     return json.dumps({"type": command.TYPE, "payload": payload}, separators=(",", ":"))
@@ -169,26 +215,44 @@ def _str(p: dict[str, Any], key: str) -> str:
     return v
 
 
+def _progress(
+    cls: type[BackupProgress] | type[RestoreProgress], p: dict[str, Any]
+) -> BackupProgress | RestoreProgress:
+    cf = p["current_file"]
+    pct = p["percent"]
+    if isinstance(pct, bool) or not isinstance(pct, int | float):
+        raise ProtocolError("percent must be a number")
+    return cls(
+        job_id=JobId(_str(p, "job_id")),
+        percent=float(pct),
+        transferred_bytes=_int(p, "transferred_bytes"),
+        total_bytes=_int(p, "total_bytes"),
+        bytes_per_second=_int(p, "bytes_per_second"),
+        eta_seconds=_int(p, "eta_seconds"),
+        current_file=None if cf is None else str(cf),
+        files_processed=_int(p, "files_processed"),
+        total_files=_int(p, "total_files"),
+    )
+
+
 def decode_event(text: str | bytes) -> Event:
     """Parse a frame the agent sent (client side)."""
     kind, p = _parse(text)
     try:
         if kind == "backup:progress":
-            cf = p["current_file"]
-            pct = p["percent"]
-            if isinstance(pct, bool) or not isinstance(pct, int | float):
-                raise ProtocolError("percent must be a number")
-            return BackupProgress(
-                job_id=JobId(_str(p, "job_id")),
-                percent=float(pct),
-                transferred_bytes=_int(p, "transferred_bytes"),
-                total_bytes=_int(p, "total_bytes"),
-                bytes_per_second=_int(p, "bytes_per_second"),
-                eta_seconds=_int(p, "eta_seconds"),
-                current_file=None if cf is None else str(cf),
-                files_processed=_int(p, "files_processed"),
-                total_files=_int(p, "total_files"),
-            )
+            return _progress(BackupProgress, p)
+        if kind == "restore:progress":
+            return _progress(RestoreProgress, p)
+        if kind == "restore:started":
+            return RestoreStarted(JobId(_str(p, "job_id")), _str(p, "snapshot"), _str(p, "target"))
+        if kind == "restore:completed":
+            return RestoreCompleted(JobId(_str(p, "job_id")), _int(p, "total_bytes"))
+        if kind == "restore:failed":
+            return RestoreFailed(JobId(_str(p, "job_id")), _str(p, "error"))
+        if kind == "restore:paused":
+            return RestorePaused(JobId(_str(p, "job_id")))
+        if kind == "restore:resumed":
+            return RestoreResumed(JobId(_str(p, "job_id")))
         if kind == "backup:started":
             return BackupStarted(JobId(_str(p, "job_id")))
         if kind == "backup:completed":

@@ -1,9 +1,11 @@
 """The messages of the ``/ws`` protocol as frozen dataclasses.
 
-Every message on the wire is ``{"type": "...", "payload": ...}``. The seed
-(``websocket-api.md``) defines the events and commands; ``CONTRACT.md`` adds
-``backup:start``, ``backup:paused``, ``backup:resumed`` and ``error``.
-Field names and JSON types are the seed's, exactly.
+Every message on the wire is ``{"type": "...", "payload": ...}``.
+``docs/protocol.md`` is the reference: the seed's events and commands
+(field names and JSON types exactly the seed's), and the additions:
+``backup:start``, ``backup:paused``, ``backup:resumed``, ``error`` and the
+``restore:*`` messages of restore jobs. The seed's messages are about
+backup jobs only; a restore job speaks ``restore:*``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ __all__ = [
     "JobId",
     "Event",
     "Command",
+    "JobProgress",
+    "ProgressEvent",
     "BackupProgress",
     "BackupStarted",
     "BackupCompleted",
@@ -30,6 +34,16 @@ __all__ = [
     "BackupCancel",
     "BackupStart",
     "StatusRequest",
+    "RestoreStarted",
+    "RestoreProgress",
+    "RestoreCompleted",
+    "RestoreFailed",
+    "RestorePaused",
+    "RestoreResumed",
+    "RestoreStart",
+    "RestorePause",
+    "RestoreResume",
+    "RestoreCancel",
     "AGENT_STATES",
     "CANCELLED",
 ]
@@ -42,8 +56,12 @@ CANCELLED = "cancelled"  # the ``error`` of a job that was cancelled
 
 # ------------------------------------------------------------------ events
 @dataclass(frozen=True, slots=True)
-class BackupProgress:
-    """``backup:progress``: where a running job is."""
+class JobProgress:
+    """The nine fields of the seed's ``backup:progress``: where a running job is.
+
+    Not a message itself: :class:`BackupProgress` and :class:`RestoreProgress`
+    are (an event of one is never equal to, nor an instance of, the other).
+    """
 
     job_id: JobId
     percent: float
@@ -54,6 +72,11 @@ class BackupProgress:
     current_file: str | None
     files_processed: int
     total_files: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackupProgress(JobProgress):
+    """``backup:progress``: where a running backup is."""
 
     TYPE = "backup:progress"
 
@@ -145,6 +168,71 @@ class ErrorReply:
     TYPE = "error"
 
 
+# ------------------------------------------------------- restore events
+@dataclass(frozen=True, slots=True)
+class RestoreStarted:
+    """``restore:started``: a restore job was accepted (it may wait behind another job).
+
+    ``snapshot`` is the full id of the snapshot restored, ``target`` the
+    folder the files go into (each at its full original path below it).
+    """
+
+    job_id: JobId
+    snapshot: str
+    target: str
+
+    TYPE = "restore:started"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreProgress(JobProgress):
+    """``restore:progress``: where a running restore is (the fields of ``backup:progress``)."""
+
+    TYPE = "restore:progress"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreCompleted:
+    """``restore:completed``: the restore ran to its end (``total_bytes`` of file content written).
+
+    Files it could not restore (an existing file, a damaged entry) do not
+    make it fail; the tray lists them.
+    """
+
+    job_id: JobId
+    total_bytes: int
+
+    TYPE = "restore:completed"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreFailed:
+    """``restore:failed``: the restore stopped (``error`` says why; ``"cancelled"``)."""
+
+    job_id: JobId
+    error: str
+
+    TYPE = "restore:failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePaused:
+    """``restore:paused``: the pause of a restore has taken effect."""
+
+    job_id: JobId
+
+    TYPE = "restore:paused"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResumed:
+    """``restore:resumed``: the restore runs again."""
+
+    job_id: JobId
+
+    TYPE = "restore:resumed"
+
+
 Event = (
     BackupProgress
     | BackupStarted
@@ -154,7 +242,14 @@ Event = (
     | BackupResumed
     | AgentStatus
     | ErrorReply
+    | RestoreStarted
+    | RestoreProgress
+    | RestoreCompleted
+    | RestoreFailed
+    | RestorePaused
+    | RestoreResumed
 )
+ProgressEvent = BackupProgress | RestoreProgress
 
 
 # ---------------------------------------------------------------- commands
@@ -201,4 +296,55 @@ class StatusRequest:
     TYPE = "agent:status"
 
 
-Command = BackupPause | BackupResume | BackupCancel | BackupStart | StatusRequest
+@dataclass(frozen=True, slots=True)
+class RestoreStart:
+    """``restore:start``: ``{"snapshot": "latest" | id, "paths": [...]}`` (``paths`` optional).
+
+    Honoured only when the agent's ``[agent] allow_remote_restore`` is true;
+    the files always go into a new folder.
+    """
+
+    snapshot: str
+    paths: tuple[str, ...] | None = None
+
+    TYPE = "restore:start"
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePause:
+    """``restore:pause``."""
+
+    job_id: JobId
+
+    TYPE = "restore:pause"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResume:
+    """``restore:resume``."""
+
+    job_id: JobId
+
+    TYPE = "restore:resume"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreCancel:
+    """``restore:cancel``."""
+
+    job_id: JobId
+
+    TYPE = "restore:cancel"
+
+
+Command = (
+    BackupPause
+    | BackupResume
+    | BackupCancel
+    | BackupStart
+    | StatusRequest
+    | RestoreStart
+    | RestorePause
+    | RestoreResume
+    | RestoreCancel
+)

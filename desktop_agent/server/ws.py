@@ -21,8 +21,14 @@ This module only moves messages: parsing and validation live in
   logged one line at a time, at most one a minute per kind.
 * Frames over 64 KiB are refused (the connection is closed with 1009), no
   compression, pings every 20 s.
+* Commands: ``backup:*`` act on backup jobs, ``restore:*`` on restore jobs
+  (a job id of the other kind is refused); ``restore:start`` is honoured
+  only with ``[agent] allow_remote_restore`` (the controller decides) and is
+  answered, like every command, by events to everyone or an ``error`` to
+  its sender.
 * Fan-out: every client has a bounded queue. Progress of a job waiting in a
-  queue is replaced by newer progress (only the newest matters); a client
+  queue (``backup:progress`` or ``restore:progress``) is replaced by newer
+  progress (only the newest matters); a client
   whose queue overflows, or that cannot take a frame for 10 s (it stopped
   reading: its TCP window is full), is disconnected, so it never slows the
   others.
@@ -50,17 +56,22 @@ from websockets.typing import Subprotocol
 
 from desktop_agent.config import AgentConfig
 from desktop_agent.config.network import normalize_origin
-from desktop_agent.jobs import BusEvent, EventBus, JobController, JobError
+from desktop_agent.jobs import BusEvent, EventBus, JobController, JobError, JobKind
 from desktop_agent.protocol import (
     BackupCancel,
     BackupPause,
-    BackupProgress,
     BackupResume,
     BackupStart,
+    Command,
     ErrorReply,
     Event,
     JobId,
+    ProgressEvent,
     ProtocolError,
+    RestoreCancel,
+    RestorePause,
+    RestoreResume,
+    RestoreStart,
     StatusRequest,
     decode_command,
     encode_event,
@@ -201,7 +212,7 @@ class _Slot:
 
     __slots__ = ("event",)
 
-    def __init__(self, event: BackupProgress) -> None:
+    def __init__(self, event: ProgressEvent) -> None:
         self.event = event
 
 
@@ -216,7 +227,7 @@ class _Client:
 
     def offer(self, event: Event) -> bool:
         """Queue an event; False when the client is too far behind."""
-        if isinstance(event, BackupProgress):
+        if isinstance(event, ProgressEvent):
             slot = self.pending.get(event.job_id)
             if slot is not None:
                 slot.event = event  # only the newest progress matters
@@ -273,6 +284,7 @@ class AgentServer:
         self._server: Server | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._commands: set[asyncio.Task[None]] = set()  # commands that take a while
         self._fd_cap: int | None = None  # connections the open-file limit leaves room for
         self._gate = _Gate(lambda: self.connection_limit, self._on_drop)
         self._refusals: dict[str, Throttle] = {}
@@ -364,6 +376,8 @@ class AgentServer:
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
+        for task in list(self._commands):
+            task.cancel()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -517,19 +531,36 @@ class AgentServer:
         except ProtocolError as exc:
             self._deliver(client, exc.reply())
             return
+        ctl = self.controller
+        backup, restore = JobKind.BACKUP, JobKind.RESTORE
         try:
             if isinstance(command, StatusRequest):
-                self._deliver(client, self.controller.status())
+                self._deliver(client, ctl.status())
             elif isinstance(command, BackupStart):
-                self.controller.start_backup(command.paths)  # backup:started goes to everyone
-            elif isinstance(command, BackupPause):
-                self.controller.pause(command.job_id)
-            elif isinstance(command, BackupResume):
-                self.controller.resume(command.job_id)
-            elif isinstance(command, BackupCancel):
-                self.controller.cancel(command.job_id)
+                ctl.start_backup(command.paths, origin="/ws")  # backup:started goes to everyone
+            elif isinstance(command, RestoreStart):
+                # finding the snapshot reads the repository: off the loop, answered later
+                task = asyncio.get_running_loop().create_task(self._restore(client, command))
+                self._commands.add(task)
+                task.add_done_callback(self._commands.discard)
+            elif isinstance(command, BackupPause | RestorePause):
+                ctl.pause(command.job_id, backup if isinstance(command, BackupPause) else restore)
+            elif isinstance(command, BackupResume | RestoreResume):
+                ctl.resume(command.job_id, backup if isinstance(command, BackupResume) else restore)
+            elif isinstance(command, BackupCancel | RestoreCancel):
+                ctl.cancel(command.job_id, backup if isinstance(command, BackupCancel) else restore)
         except JobError as exc:
-            self._deliver(client, ErrorReply(str(exc), command.TYPE))
+            self._refuse(client, command, exc)
+
+    async def _restore(self, client: _Client, command: RestoreStart) -> None:
+        try:
+            # restore:started goes to everyone
+            await self.controller.start_remote_restore(command.snapshot, command.paths)
+        except JobError as exc:
+            self._refuse(client, command, exc)
+
+    def _refuse(self, client: _Client, command: Command, exc: JobError) -> None:
+        self._deliver(client, ErrorReply(str(exc), command.TYPE))
 
 
 @functools.lru_cache(maxsize=512)

@@ -153,7 +153,7 @@ class Shell(QObject):
                 self.open(request.show)
             else:
                 log.warning("no window called %r", request.show)
-        elif not self.agent.controller.repository_exists():
+        elif not self.bridge.repository_exists():
             self.open("first_run")
         else:
             self.open("progress" if self.has_tray else "main")
@@ -189,7 +189,7 @@ class Shell(QObject):
         else:
             log.warning("no system tray on this desktop: showing the main window instead")
             self.open("main")
-        if not self.agent.controller.repository_exists():
+        if not self.bridge.repository_exists():
             if self._first_run_wanted():
                 self.open("first_run")
         elif self.show_at_start and not self.autostart:

@@ -1,30 +1,47 @@
 """Between the agent and the widgets: bus events in as Qt signals, commands out.
 
 The bridge subscribes to the same :class:`~desktop_agent.jobs.EventBus` as
-the /ws server, so the tray sees exactly what a backup server sees. Widgets
-never call the engine: they call the bridge, which calls the job
-controller. Everything runs on the one qasync loop, so signals are direct.
+the /ws server, so the tray sees exactly what a backup server sees. It is
+the only thing windows talk to: they never call the engine nor the job
+controller, they call the bridge, which calls the controller (jobs,
+repository creation, password checks) or the repository browser
+(snapshots and folders, read-only, on its own thread). Everything runs on
+the one qasync loop, so signals are direct.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from desktop_agent.app import Agent
 from desktop_agent.config import Config
-from desktop_agent.jobs import BusEvent, JobError
-from desktop_agent.protocol import CANCELLED, BackupCompleted, BackupFailed
+from desktop_agent.engine.backup import BackupResult
+from desktop_agent.engine.restore import RestoreResult
+from desktop_agent.engine.snapshot import Snapshot
+from desktop_agent.jobs import BusEvent, JobError, JobKind, JobState, JobView
+from desktop_agent.jobs.browse import Entry, RepositoryBrowser
+from desktop_agent.protocol import (
+    CANCELLED,
+    BackupCompleted,
+    BackupFailed,
+    RestoreCompleted,
+    RestoreFailed,
+    RestoreStarted,
+)
+from desktop_agent.termtext import human_bytes
 
 from .model import TrayModel
 
-__all__ = ["Bridge"]
+__all__ = ["Bridge", "TRAY"]
 
 log = logging.getLogger(__name__)
+
+TRAY = "tray"  # the origin of jobs started here
 
 
 class Bridge(QObject):
@@ -43,6 +60,7 @@ class Bridge(QObject):
         self.notify_success = agent.config.ui.notify_success
         self._unsubscribe = agent.bus.subscribe(self._on_event)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._browser: RepositoryBrowser | None = None
         # "Last backup: 5 minutes ago" and the staleness warning age with time
         self._clock = QTimer(self)
         self._clock.setInterval(60_000)
@@ -55,19 +73,19 @@ class Bridge(QObject):
         return self.agent.config
 
     def close(self) -> None:
-        """Stop listening to the bus."""
+        """Stop listening to the bus; let the browser's thread end."""
         self._unsubscribe()
         self._clock.stop()
+        if self._browser is not None:
+            self._browser.close()
+            self._browser = None
 
     # ------------------------------------------------------------- events
     def _on_event(self, event: BusEvent) -> None:
         self.model.apply(event)
         if isinstance(event, BackupCompleted):
-            try:
-                view = self.agent.controller.job(event.job_id)
-            except JobError:
-                view = None
-            if view is not None and view.result is not None:
+            view = self.job(event.job_id)
+            if view is not None and isinstance(view.result, BackupResult):
                 self.model.note_skipped(len(view.result.skipped))
             if self.notify_success:
                 self.notify.emit("Backup complete", self.model.completion_message(), False)
@@ -75,8 +93,39 @@ class Bridge(QObject):
                 self.notify.emit("Some files were skipped", self.model.warning() or "", True)
         elif isinstance(event, BackupFailed) and event.error != CANCELLED:
             self.notify.emit("Backup failed", f"{event.error}\nSee the log for details.", True)
+        elif isinstance(event, RestoreStarted | RestoreCompleted | RestoreFailed):
+            self._restore_notice(event)
         self.bus_event.emit(event)
         self.changed.emit()
+
+    def _restore_notice(self, event: RestoreStarted | RestoreCompleted | RestoreFailed) -> None:
+        """Tell the user about restores: files appear on their computer, whoever asked."""
+        view = self.job(event.job_id)
+        if view is None or view.restore is None:
+            return
+        spec = view.restore
+        if isinstance(event, RestoreStarted):
+            if view.origin != TRAY:  # the restore window shows its own
+                self.notify.emit(
+                    "Restoring files",
+                    f"A backup server is restoring files of snapshot {spec.snapshot.short_id} "
+                    f"into {spec.target}",
+                    False,
+                )
+        elif isinstance(event, RestoreCompleted):
+            result = view.result
+            files = problems = 0
+            if isinstance(result, RestoreResult):
+                files, problems = result.files, max(result.errors_total, len(result.errors))
+            text = (
+                f"{files:,} file{'s' if files != 1 else ''} ({human_bytes(event.total_bytes)}) "
+                f"restored into {spec.target}"
+            )
+            if problems:
+                text += f"; {problems:,} could not be restored (see the restore window)"
+            self.notify.emit("Files restored", text, bool(problems))
+        elif event.error != CANCELLED:
+            self.notify.emit("Restore failed", f"{event.error}\nInto {spec.target}.", True)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a coroutine on the loop, keeping a reference to its task."""
@@ -92,33 +141,99 @@ class Bridge(QObject):
             self.model.last_success = when
         self.changed.emit()
 
+    # ---------------------------------------------------------- queries
+    def job(self, job_id: str) -> JobView | None:
+        """What the agent knows about a job; None when it is unknown (or forgotten)."""
+        try:
+            return self.agent.controller.job(job_id)
+        except JobError:
+            return None
+
+    def active_restore(self) -> JobView | None:
+        """The newest restore job that has not ended (queued, running or paused)."""
+        for view in reversed(self.agent.controller.jobs()):
+            if view.kind is JobKind.RESTORE and view.state in _ACTIVE:
+                return view
+        return None
+
+    def repository_exists(self) -> bool:
+        """Whether the configured repository has been created."""
+        return self.agent.controller.repository_exists()
+
+    # ------------------------------------------- the repository (read-only)
+    def _browse(self) -> RepositoryBrowser:
+        if self._browser is None:
+            self._browser = RepositoryBrowser(self.agent.controller)
+        return self._browser
+
+    async def snapshots(self) -> list[Snapshot]:
+        """Every snapshot, newest first (read afresh); raises ``EngineError``."""
+        return await self._browse().snapshots()
+
+    async def list_dir(self, snapshot: Snapshot, path: str) -> list[Entry]:
+        """The entries of folder ``path`` of ``snapshot``; raises ``EngineError``."""
+        return await self._browse().list_dir(snapshot, path)
+
+    async def target_state(self, path: str) -> str:
+        """Why restoring into ``path`` needs care ("" when it is new or empty)."""
+        return await self._browse().target_state(path)
+
+    async def create_repository(self, path: str, password: str) -> None:
+        """Create an empty repository in ``path`` (the engine's errors are raised)."""
+        await self.agent.controller.create_repository(path, password)
+
+    async def check_password(self, path: str, password: str) -> None:
+        """Open the repository in ``path`` with ``password``; raise if it does not open."""
+        await self.agent.controller.check_password(path, password)
+
     # ----------------------------------------------------------- commands
     def _current_id(self) -> str | None:
         return self.model.job_id
 
     def back_up_now(self) -> None:
         """Start a backup of the configured sources."""
-        self._guard(lambda: self.agent.controller.start_backup())
+        self._guard(lambda: self.agent.controller.start_backup(origin=TRAY))
 
     def pause(self) -> None:
         """Pause the running backup."""
         job_id = self._current_id()
         if job_id is not None:
-            self._guard(lambda: self.agent.controller.pause(job_id))
+            self.pause_job(job_id)
 
     def resume(self) -> None:
         """Resume the paused backup."""
         job_id = self._current_id()
         if job_id is not None:
-            self._guard(lambda: self.agent.controller.resume(job_id))
+            self.resume_job(job_id)
 
     def cancel(self) -> None:
         """Cancel the current backup."""
         job_id = self._current_id()
         if job_id is not None:
-            self._guard(lambda: self.agent.controller.cancel(job_id))
+            self.cancel_job(job_id)
 
-    def _guard(self, action: Any) -> None:
+    def start_restore(self, snapshot: Snapshot, includes: Sequence[str], target: str) -> str:
+        """Queue a restore job; returns its id. Raises :class:`JobError` when refused.
+
+        The job is the agent's like any other: /ws clients see it
+        (``restore:started``...), and its progress comes back as bus events.
+        """
+        job_id = self.agent.controller.start_restore(snapshot, includes, target, origin=TRAY)
+        return str(job_id)
+
+    def pause_job(self, job_id: str) -> None:
+        """Pause a running job (backup or restore); its ``paused`` event confirms it."""
+        self._guard(lambda: self.agent.controller.pause(job_id))
+
+    def resume_job(self, job_id: str) -> None:
+        """Resume a paused job."""
+        self._guard(lambda: self.agent.controller.resume(job_id))
+
+    def cancel_job(self, job_id: str) -> None:
+        """Cancel a job; it ends with its ``failed`` event, error ``cancelled``."""
+        self._guard(lambda: self.agent.controller.cancel(job_id))
+
+    def _guard(self, action: Callable[[], object]) -> None:
         try:
             action()
         except JobError as exc:
@@ -132,3 +247,6 @@ class Bridge(QObject):
         self.notify_success = config.ui.notify_success
         self.config_changed.emit(config)
         self.changed.emit()
+
+
+_ACTIVE = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)

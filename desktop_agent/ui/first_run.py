@@ -1,11 +1,11 @@
 """The first-run window: create the repository, keep its password, back up.
 
 Shown when the configured repository does not exist. The repository is
-created through the job controller (on its worker thread); the password is
-written only after the repository exists, so a failed attempt never
-overwrites a password file, and an existing password file that holds
+created through the bridge (the job controller's worker thread); the
+password is written only after the repository exists, so a failed attempt
+never overwrites a password file, and an existing password file that holds
 another password is never replaced (it may belong to a repository on a disk
-that is just not plugged in).
+that is just not plugged in): :mod:`desktop_agent.config.secrets` decides.
 """
 
 from __future__ import annotations
@@ -35,23 +35,22 @@ from desktop_agent.config import (
     PASSWORD_ENV,
     Config,
     ConfigError,
+    password_storage_problem,
     save,
+    store_password,
     validate,
     write_password_file,
 )
-from desktop_agent.config.password import read_password_file
 from desktop_agent.engine.errors import EngineError
 
 from .bridge import Bridge
 from .icons import app_icon
 from .settings import (
     error_label,
-    keyring_usable,
     open_folder_dialog,
     run_off_loop,
     show_text,
     start_dir,
-    store_password,
 )
 
 __all__ = ["FirstRunDialog", "generate_password"]
@@ -62,32 +61,6 @@ log = logging.getLogger(__name__)
 def generate_password() -> str:
     """A strong random repository password (192 bits, URL-safe, one line)."""
     return secrets.token_urlsafe(24)
-
-
-def _storage_problem(file: str | None, password: str, generated: bool) -> str | None:
-    """Why ``password`` could not be kept, or None; checked before creating anything.
-
-    An existing password file holding another password is never replaced.
-    Blocking (file, keyring): call it off the loop thread.
-    """
-    if file is not None and os.path.lexists(file):
-        try:
-            existing: str | None = read_password_file(file)
-        except ConfigError:
-            existing = None
-        if existing != password:
-            return (
-                f"The password file {file} already exists and holds another password (of "
-                "a repository on a disk that is not plugged in?). Move it away, or enter "
-                "that password and choose that repository's location."
-            )
-        return None
-    if file is None and not generated and not keyring_usable():
-        return (
-            "There is no OS keyring to keep the password in and no password file is "
-            "configured ([repository] password_file)."
-        )
-    return None
 
 
 class FirstRunDialog(QDialog):
@@ -277,10 +250,12 @@ class FirstRunDialog(QDialog):
         path = config.repository_path
         file = config.password_file_path
         try:
-            problem = await run_off_loop(_storage_problem, file, password, generated)
+            problem = await run_off_loop(
+                lambda: password_storage_problem(file, password, generated=generated)
+            )
             if problem is not None:
                 raise ConfigError(problem)
-            await self.bridge.agent.controller.create_repository(path, password)
+            await self.bridge.create_repository(path, password)
         except (EngineError, ConfigError) as exc:
             show_text(self.error, str(exc))
             self.status.clear()

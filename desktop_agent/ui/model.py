@@ -2,8 +2,10 @@
 
 One :class:`TrayModel` turns the agent's events into the things a user sees
 at a glance: which icon (idle, running, paused, warning, error), the
-progress, the tooltip in words, "Last backup: 5 minutes ago". Views read it
-when they draw; nothing here decides anything about jobs.
+progress, the tooltip in words, "Last backup: 5 minutes ago". The icon and
+its commands are about backups; a restore job (from the restore window or
+a backup server) is shown beside them, in words. Views read it when they
+draw; nothing here decides anything about jobs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from desktop_agent.jobs import BusEvent, JobChanged, JobState
+from desktop_agent.jobs import BusEvent, JobChanged, JobKind, JobState
 from desktop_agent.protocol import (
     CANCELLED,
     BackupCompleted,
@@ -21,8 +23,14 @@ from desktop_agent.protocol import (
     BackupProgress,
     BackupResumed,
     BackupStarted,
+    RestoreCompleted,
+    RestoreFailed,
+    RestorePaused,
+    RestoreProgress,
+    RestoreResumed,
+    RestoreStarted,
 )
-from desktop_agent.termprogress import human_bytes
+from desktop_agent.termtext import human_bytes
 
 __all__ = ["TrayModel", "Kind", "ago", "eta_words"]
 
@@ -63,6 +71,13 @@ class _Last:
     skipped: int = 0
 
 
+@dataclass
+class _Restore:
+    state: JobState
+    progress: RestoreProgress | None = None
+    target: str = ""
+
+
 class TrayModel:
     """Aggregated agent state for the tray icon, tooltip, menu and windows."""
 
@@ -78,11 +93,24 @@ class TrayModel:
         self.started_at: float | None = None
         self.last_success: float | None = None
         self.last: _Last | None = None
+        self.restores: dict[str, _Restore] = {}  # restore jobs not ended, oldest first
 
     # ------------------------------------------------------------- events
     def apply(self, event: BusEvent) -> None:
         """Update from one bus event."""
-        if isinstance(event, JobChanged):
+        if isinstance(event, JobChanged) and event.kind is not JobKind.BACKUP:
+            self._apply_restore(event)
+        elif isinstance(
+            event,
+            RestoreStarted
+            | RestoreProgress
+            | RestorePaused
+            | RestoreResumed
+            | RestoreCompleted
+            | RestoreFailed,
+        ):
+            self._apply_restore(event)
+        elif isinstance(event, JobChanged):
             if event.new is JobState.QUEUED:
                 self.queued += 1
             elif event.new is JobState.RUNNING:
@@ -127,6 +155,33 @@ class TrayModel:
         self.state = None
         self.progress = None
         self.started_at = None
+
+    def _apply_restore(self, event: BusEvent) -> None:
+        if isinstance(event, RestoreStarted):
+            self.restores[event.job_id] = _Restore(JobState.QUEUED, None, event.target)
+            return
+        restore = self.restores.get(str(getattr(event, "job_id", "")))
+        if restore is None:
+            return
+        if isinstance(event, JobChanged):
+            if event.new in (JobState.RUNNING, JobState.PAUSED):
+                restore.state = event.new
+        elif isinstance(event, RestoreProgress):
+            restore.progress = event
+        elif isinstance(event, RestorePaused):
+            restore.state = JobState.PAUSED
+        elif isinstance(event, RestoreResumed):
+            restore.state = JobState.RUNNING
+        elif isinstance(event, RestoreCompleted | RestoreFailed):
+            del self.restores[event.job_id]
+
+    @property
+    def restore(self) -> _Restore | None:
+        """The restore to show: the one running (or paused), else the first waiting."""
+        for restore in self.restores.values():
+            if restore.state is not JobState.QUEUED:
+                return restore
+        return next(iter(self.restores.values()), None)
 
     def note_skipped(self, count: int) -> None:
         """The last completed backup left ``count`` unreadable files out."""
@@ -191,13 +246,28 @@ class TrayModel:
             return f"Needs attention: {warning}"
         return "Backups are up to date"
 
+    def restore_line(self) -> str | None:
+        """The restore job in words (``"Restoring files: 40%"``), or None when there is none."""
+        restore = self.restore
+        if restore is None:
+            return None
+        percent = int(restore.progress.percent) if restore.progress else 0
+        if restore.state is JobState.QUEUED:
+            return "Restore waiting for the running job to finish"
+        if restore.state is JobState.PAUSED:
+            return f"Restore paused at {percent}%"
+        return f"Restoring files: {percent}%"
+
     def tooltip(self) -> str:
-        """Tooltip text: the state and the last backup."""
+        """Tooltip text: the state, the last backup, a restore under way."""
         lines = ["desktop-agent", self.status_line()]
         if self.state is None:
             lines.append(self.last_backup_line())
         if self.queued:
             lines.append(f"{self.queued} more backup{'s' if self.queued != 1 else ''} waiting")
+        restore = self.restore_line()
+        if restore is not None:
+            lines.append(restore)
         return "\n".join(lines)
 
     def completion_message(self) -> str:

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop_agent.termprogress import human_bytes
+from desktop_agent.termtext import human_bytes
 
 from .bridge import Bridge
 from .icons import app_icon

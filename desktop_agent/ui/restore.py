@@ -1,9 +1,18 @@
 """The restore window: pick a snapshot, tick files and folders, restore them.
 
-Nothing here touches the repository: snapshots, folder listings and the
-restore itself come from :class:`~desktop_agent.jobs.browse.RepositoryBrowser`
-(worker threads), awaited in tasks the bridge keeps. Folders are listed when
-first expanded; until then they hold a "Loading..." row.
+Nothing here touches the repository, nor runs anything: snapshots and
+folder listings come from the bridge (the repository browser's own thread,
+read-only, so browsing works while a backup runs), awaited in tasks the
+bridge keeps. Folders are listed when first expanded; until then they hold
+a "Loading..." row.
+
+"Restore" asks the bridge for a restore *job*: it queues behind a running
+backup, a backup server sees it (``restore:started``...), and this window
+is a view of it, drawn from the job's bus events exactly as a server sees
+them: progress, paused, resumed, the end. Pause and Cancel are commands
+through the bridge. A restore started elsewhere (by a backup server) is
+shown here too, with the same buttons, while this window has none of its
+own.
 
 Restores never replace anything: the default target is a new folder, and
 when the chosen one already has files in it the window says so and the
@@ -13,7 +22,6 @@ files that exist are reported, not overwritten.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -49,21 +57,28 @@ from PySide6.QtWidgets import (
 )
 from shiboken6 import isValid
 
-from desktop_agent.engine.control import Control
-from desktop_agent.engine.errors import Cancelled, EngineError
-from desktop_agent.engine.progress import Progress
+from desktop_agent.engine.errors import EngineError
 from desktop_agent.engine.restore import RestoreResult
 from desktop_agent.engine.snapshot import Snapshot
-from desktop_agent.jobs.browse import Entry, RepositoryBrowser
-from desktop_agent.protocol import BackupCompleted
-from desktop_agent.termprogress import human_bytes
+from desktop_agent.jobs import JobChanged, JobError, JobState
+from desktop_agent.jobs.browse import Entry
+from desktop_agent.protocol import (
+    CANCELLED,
+    BackupCompleted,
+    JobProgress,
+    RestoreCompleted,
+    RestoreFailed,
+    RestorePaused,
+    RestoreProgress,
+    RestoreResumed,
+    RestoreStarted,
+)
+from desktop_agent.termtext import human_bytes
 
-from .bridge import Bridge
+from .bridge import TRAY, Bridge
 from .icons import app_icon
 
 __all__ = ["RestoreWindow", "SnapshotTreeModel", "default_target"]
-
-log = logging.getLogger(__name__)
 
 AnyIndex = QModelIndex | QPersistentModelIndex
 Lister = Callable[[Snapshot, str], Coroutine[Any, Any, list[Entry]]]
@@ -404,21 +419,29 @@ class SnapshotTreeModel(QAbstractItemModel):
 
 # -------------------------------------------------------------- the window
 class RestoreWindow(QWidget):
-    """Snapshots on the left, their files on the right, where to and "Restore" below."""
+    """Snapshots on the left, their files on the right, where to and "Restore" below.
+
+    Below that, the restore job this window shows: its progress bar, Pause
+    (Resume) and Cancel, and its result.
+    """
 
     restore_finished = Signal(object)  # RestoreResult, or the error message (str)
 
     def __init__(self, bridge: Bridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
-        self.browser = RepositoryBrowser(bridge.agent.controller)
         self.setWindowTitle("Restore files - desktop-agent")
         self.setWindowIcon(app_icon())
         self.resize(960, 640)
 
         self._snapshots: list[Snapshot] = []
-        self._control: Control | None = None
-        self._restore_task: asyncio.Task[Any] | None = None
+        self._job_id: str | None = None  # the restore job shown
+        self._own = False  # ...started here (closing the window cancels it)
+        self._job_target = ""
+        self._paused = False
+        self._pause_pending = False
+        self._cancelling = False
+        self._starting: asyncio.Task[Any] | None = None  # checking the target, then starting
         self._refresh_task: asyncio.Task[Any] | None = None
         self._default_target = ""
         self._target_check = 0
@@ -449,8 +472,8 @@ class RestoreWindow(QWidget):
 
         # right: the files of the selected snapshot
         self.model = SnapshotTreeModel(
-            # looked up per call, so that the browser can be swapped (tests)
-            lambda snap, path: self.browser.list_dir(snap, path),
+            # looked up per call, so that the bridge's listing can be swapped (tests)
+            lambda snap, path: self.bridge.list_dir(snap, path),
             bridge.spawn,
             self,
         )
@@ -499,13 +522,18 @@ class RestoreWindow(QWidget):
         self.restore_button = QPushButton("Restore")
         self.restore_button.setDefault(True)
         self.restore_button.clicked.connect(self.start_restore)
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setToolTip("Hold the restore; Resume goes on where it stopped")
+        self.pause_button.clicked.connect(self.toggle_pause)
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop the restore (closing this window stops it too)")
+        self.cancel_button.setToolTip(
+            "Stop the restore (closing this window stops a restore started here too)"
+        )
         self.cancel_button.clicked.connect(self.cancel_restore)
-        self.cancel_button.setEnabled(False)
         buttons = QHBoxLayout()
         buttons.addWidget(self.status, 1)
         buttons.addWidget(self.restore_button)
+        buttons.addWidget(self.pause_button)
         buttons.addWidget(self.cancel_button)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
@@ -530,14 +558,20 @@ class RestoreWindow(QWidget):
         layout.addWidget(self.errors)
 
         bridge.bus_event.connect(self._bus_event)
+        self._adopt_active()
         self._update_buttons()
         self.refresh()
 
     # ------------------------------------------------------------ snapshots
     @property
     def restoring(self) -> bool:
-        """Whether a restore is running."""
-        return self._control is not None
+        """Whether a restore is shown that has not ended (or one is being started)."""
+        return self._job_id is not None or self._starting is not None
+
+    @property
+    def job_id(self) -> str | None:
+        """The restore job shown, while it has not ended."""
+        return self._job_id
 
     def selected_snapshot(self) -> Snapshot | None:
         """The snapshot whose files are shown."""
@@ -558,7 +592,7 @@ class RestoreWindow(QWidget):
             snaps: list[Snapshot] | None = None
             error = ""
             try:
-                snaps = await self.browser.snapshots()
+                snaps = await self.bridge.snapshots()
             except EngineError as exc:
                 error = str(exc)
             if not isValid(self):
@@ -620,13 +654,6 @@ class RestoreWindow(QWidget):
             self._set_default_target(snap)
         self._update_buttons()
 
-    def _bus_event(self, event: object) -> None:
-        if isinstance(event, BackupCompleted):  # a new snapshot
-            if self.isVisible():
-                self.refresh()
-            else:
-                self._stale = True
-
     def _folder_loaded(self, index: QModelIndex) -> None:
         # a folder holding just one folder (/home/me...): open it too
         if self.model.rowCount(index) == 1:
@@ -657,7 +684,7 @@ class RestoreWindow(QWidget):
 
     async def _check_target(self, path: str, generation: int) -> None:
         try:
-            problem = await self.browser.target_state(path) if path else ""
+            problem = await self.bridge.target_state(path) if path else ""
         except EngineError:
             return  # the window is gone
         if isValid(self) and generation == self._target_check:
@@ -704,88 +731,185 @@ class RestoreWindow(QWidget):
             and self.model.has_selection()
             and bool(self.target_path())
         )
-        self.cancel_button.setEnabled(
-            busy and self._control is not None and not self._control.cancelled
-        )
+        shown = self._job_id is not None and not self._cancelling
+        view = self.bridge.job(self._job_id) if shown and self._job_id else None
+        running = view is not None and view.state in (JobState.RUNNING, JobState.PAUSED)
+        self.pause_button.setEnabled(running and (self._paused or not self._pause_pending))
+        self.pause_button.setText("Resume" if self._paused else "Pause")
+        self.cancel_button.setEnabled(shown)
         self.target.setEnabled(not busy)
         self.choose_button.setEnabled(not busy)
 
     def start_restore(self) -> None:
-        """Restore the ticked files and folders of the selected snapshot."""
+        """Restore the ticked files and folders of the selected snapshot (as a job)."""
         snap = self.selected_snapshot()
         includes = self.model.includes()
         target = self.target_path()
         if self.restoring or snap is None or not includes or not target:
             return
-        self._control = Control()
-        self._restore_task = self.bridge.spawn(self._restore(snap, includes, target, self._control))
+        self._starting = self.bridge.spawn(self._start(snap, includes, target))
+        self._update_buttons()
+
+    async def _start(self, snap: Snapshot, includes: list[str], target: str) -> None:
+        self._clear_result()
+        self.status.setText("Preparing the restore...")
+        try:
+            problem = await self.bridge.target_state(target)
+        except EngineError:
+            problem = ""
+        if not isValid(self):
+            return
+        self._show_target_warning(target, problem)
+        try:
+            job_id = self.bridge.start_restore(snap, includes, target)
+        except JobError as exc:
+            self._starting = None
+            self.status.setText("The restore could not start.")
+            self.result.setText(printable(str(exc)))
+            self._update_buttons()
+            self.restore_finished.emit(str(exc))
+            return
+        self._starting = None
+        self._follow(job_id, own=True, target=target)
+
+    def _adopt_active(self) -> None:
+        """Show a restore started elsewhere that has not ended (when none of ours is shown)."""
+        if self.restoring:
+            return
+        view = self.bridge.active_restore()
+        if view is not None and view.restore is not None:
+            self._clear_result()
+            self._follow(view.id, own=view.origin == TRAY, target=view.restore.target)
+
+    def _follow(self, job_id: str, *, own: bool, target: str) -> None:
+        self._job_id = job_id
+        self._own = own
+        self._job_target = target
+        self._paused = False
+        self._pause_pending = False
+        self._cancelling = False
+        view = self.bridge.job(job_id)
+        if not own and view is not None and view.restore is not None:
+            who = "a backup server" if view.origin == "/ws" else "elsewhere"
+            self.result.setText(
+                f"A restore started by {who}: snapshot {view.restore.snapshot.short_id} "
+                f"into {printable(target)}."
+            )
+        if view is not None and view.progress is not None:
+            self._show_progress(view.progress)
+        if view is not None and view.state is JobState.PAUSED:
+            self._paused = True
+            self.status.setText("Restore paused.")
+        elif view is not None and view.state is JobState.QUEUED:
+            self.status.setText("Waiting for the running job (a backup?) to finish...")
+        else:
+            self.status.setText("Restoring...")
+        self._update_buttons()
+
+    def toggle_pause(self) -> None:
+        """Pause the restore shown, or resume it when it is paused."""
+        if self._job_id is None:
+            return
+        if self._paused:
+            self.bridge.resume_job(self._job_id)
+        else:
+            self._pause_pending = True
+            self.status.setText("Pausing...")
+            self.bridge.pause_job(self._job_id)
         self._update_buttons()
 
     def cancel_restore(self) -> None:
-        """Stop the running restore (what it wrote stays)."""
-        if self._control is not None and not self._control.cancelled:
-            self._control.cancel()
+        """Stop the restore shown (what it wrote stays)."""
+        if self._job_id is not None and not self._cancelling:
+            self._cancelling = True
             self.status.setText("Cancelling...")
+            self.bridge.cancel_job(self._job_id)
             self._update_buttons()
 
-    async def _restore(
-        self, snap: Snapshot, includes: list[str], target: str, control: Control
-    ) -> None:
+    def _bus_event(self, event: object) -> None:
+        if isinstance(event, BackupCompleted):  # a new snapshot
+            if self.isVisible():
+                self.refresh()
+            else:
+                self._stale = True
+            return
+        if isinstance(event, RestoreStarted):
+            # ours is announced while _starting is set: only others are adopted
+            if not self.restoring:
+                self._clear_result()
+                self._follow(event.job_id, own=False, target=event.target)
+            return
+        if self._job_id is None or getattr(event, "job_id", None) != self._job_id:
+            return
+        if isinstance(event, JobChanged):
+            if event.new is JobState.RUNNING and event.old is JobState.QUEUED:
+                self.status.setText("Restoring...")
+                self._update_buttons()
+        elif isinstance(event, RestoreProgress):
+            self._show_progress(event)
+        elif isinstance(event, RestorePaused):
+            self._paused = True
+            self._pause_pending = False
+            self.status.setText("Restore paused.")
+            self._update_buttons()
+        elif isinstance(event, RestoreResumed):
+            self._paused = False
+            self._pause_pending = False
+            self.status.setText("Restoring...")
+            self._update_buttons()
+        elif isinstance(event, RestoreCompleted):
+            view = self.bridge.job(event.job_id)
+            result = view.result if view is not None else None
+            if isinstance(result, RestoreResult):
+                self._show_result(result, self._job_target)
+                self._finish(result)
+            else:  # forgotten already (cannot happen with the controller's history)
+                self.status.setText("Restore finished.")
+                self._finish(f"restored {event.total_bytes} bytes")
+        elif isinstance(event, RestoreFailed):
+            if event.error == CANCELLED:
+                self.status.setText("Restore cancelled.")
+                self.result.setText(
+                    f"What was restored before the cancel is in {printable(self._job_target)}."
+                )
+                self._finish(CANCELLED)
+            else:
+                self.status.setText("Restore failed.")
+                self.result.setText(printable(event.error))
+                self._finish(event.error)
+
+    def _show_progress(self, p: JobProgress) -> None:
+        self.bar.setValue(int(min(100.0, p.percent) * 10))
+        if self._paused or self._pause_pending or self._cancelling:
+            return
+        self.status.setText(
+            f"Restoring: {p.files_processed:,} of {p.total_files:,} files, "
+            f"{human_bytes(p.transferred_bytes)} of {human_bytes(p.total_bytes)}"
+        )
+
+    def _clear_result(self) -> None:
         self.bar.setValue(0)
         self.bar.setFormat("%p%")
         self.result.setText("")
         self.errors.clear()
         self.errors.hide()
-        self.status.setText("Preparing the restore...")
-        self._update_buttons()
-        outcome: RestoreResult | str
-        try:
-            problem = await self.browser.target_state(target)
-            self._show_target_warning(target, problem)
-            result = await self.browser.restore(snap, includes, target, self._progress, control)
-        except Cancelled:
-            outcome = "cancelled"
-            self.status.setText("Restore cancelled.")
-            self.result.setText(f"What was restored before the cancel is in {printable(target)}.")
-        except EngineError as exc:
-            outcome = str(exc)
-            self.status.setText("Restore failed.")
-            self.result.setText(printable(str(exc)))
-        except Exception as exc:  # noqa: BLE001 - the window must say that it ended
-            log.exception("restore failed unexpectedly")
-            outcome = f"internal error: {type(exc).__name__}: {exc}"
-            self.status.setText("Restore failed.")
-            self.result.setText(printable(outcome) + " (see the log)")
-        else:
-            outcome = result
-            self._show_result(result, target)
-        finally:
-            self._control = None
-            if self._target_is_default:
-                # the next restore goes somewhere new again
-                self._set_default_target(self.selected_snapshot() or snap)
-            else:
-                self._target_changed(self.target.text())
-            self._update_buttons()
-        self.restore_finished.emit(outcome)
 
-    def _progress(self, p: Progress) -> None:
-        if self._control is None:
-            return
-        if p.bytes_total:
-            fraction = p.bytes_done / p.bytes_total
+    def _finish(self, outcome: RestoreResult | str) -> None:
+        self._job_id = None
+        self._own = False
+        self._paused = self._pause_pending = self._cancelling = False
+        snap = self.selected_snapshot()
+        if self._target_is_default and snap is not None:
+            # the next restore goes somewhere new again
+            self._set_default_target(snap)
         else:
-            fraction = p.files_done / p.files_total if p.files_total else 0.0
-        self.bar.setValue(int(min(1.0, fraction) * 1000))
-        if not self._control.cancelled:
-            self.status.setText(
-                f"Restoring: {p.files_done:,} of {p.files_total:,} files, "
-                f"{human_bytes(p.bytes_done)} of {human_bytes(p.bytes_total)}"
-            )
+            self._target_changed(self.target.text())
+        self._update_buttons()
+        self.restore_finished.emit(outcome)
 
     def _show_result(self, result: RestoreResult, target: str) -> None:
         self.bar.setValue(self.bar.maximum())
-        n = len(result.errors)
+        n = max(result.errors_total, len(result.errors))
         self.status.setText(
             "Restore finished."
             if not n
@@ -803,13 +927,19 @@ class RestoreWindow(QWidget):
 
     # ------------------------------------------------------------ lifecycle
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt's name
-        """Catch up with backups made while the window was hidden."""
+        """Catch up with backups made, and restores started, while the window was hidden."""
         if self._stale:
             self._stale = False
             self.refresh()
+        self._adopt_active()
         super().showEvent(event)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
-        """Closing the window (or quitting) stops a running restore."""
-        self.cancel_restore()
+        """Closing the window (or quitting) stops a restore started here.
+
+        A restore started elsewhere (a backup server) goes on: it is not
+        this window's to stop; the tray tells when it ends.
+        """
+        if self._own:
+            self.cancel_restore()
         super().closeEvent(event)

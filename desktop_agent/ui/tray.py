@@ -3,7 +3,10 @@
 The icon says at a glance whether backups are fine (idle, running with a
 progress ring, paused, warning, error); the tooltip says it in words. The
 menu is rebuilt from the current state every time it opens (as Vorta does),
-so it never shows a stale "Pause" next to a finished backup.
+so it never shows a stale "Pause" next to a finished backup. A restore
+under way (from the restore window or a backup server) has a line of its
+own that opens the restore window, where it can be paused or cancelled;
+notifications tell when one starts from elsewhere and when one ends.
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ class Tray(QObject):
         status.setEnabled(False)
         last = menu.addAction(model.last_backup_line())
         last.setEnabled(False)
+        restore = model.restore_line()
+        if restore is not None:  # the restore window shows it and has its buttons
+            menu.addAction(restore).triggered.connect(self._open_restore)
         menu.addSeparator()
         now = menu.addAction("Back up now")
         now.setEnabled(not model.active and not model.queued)

@@ -15,7 +15,6 @@ from desktop_agent.engine.progress import Progress
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.storage import LocalStorage
 from desktop_agent.jobs import EventBus, JobChanged, JobController, JobError, JobState
-from desktop_agent.jobs.scheduler import Scheduler
 from desktop_agent.protocol import BackupCompleted, BackupFailed, BackupPaused, BackupProgress
 
 
@@ -234,30 +233,3 @@ def test_pause_takes_effect_quickly(tmp_path):
 
     latency = asyncio.run(scenario())
     print(f"pause latency {latency * 1000:.0f} ms")
-
-
-def test_scheduler_starts_a_backup_when_due(tmp_path):
-    src = write(tmp_path / "src" / "a.txt", b"a").parent
-    wall = [time.time()]
-
-    async def scenario() -> None:
-        bus = EventBus()
-        ctl = JobController(config(tmp_path, [src], interval=60), bus)
-        await ctl.start()
-        sched = Scheduler(ctl, check_every=0.05, wall_clock=lambda: wall[0])
-        try:
-            completed = asyncio.Event()
-            bus.subscribe(lambda e: completed.set() if isinstance(e, BackupCompleted) else None)
-            sched.start()  # no backup yet: one is due at once
-            await asyncio.wait_for(completed.wait(), 30)
-            completed.clear()
-            await asyncio.sleep(0.3)
-            assert len(ctl.jobs()) == 1  # not due again within the hour
-            wall[0] += 61 * 60  # the laptop slept for an hour
-            await asyncio.wait_for(completed.wait(), 30)
-            assert len(ctl.jobs()) == 2
-        finally:
-            await sched.stop()
-            await ctl.stop()
-
-    asyncio.run(scenario())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from desktop_agent.jobs import JobChanged, JobState
+from desktop_agent.jobs import JobChanged, JobKind, JobState
 from desktop_agent.protocol import (
     BackupCompleted,
     BackupFailed,
@@ -10,6 +10,12 @@ from desktop_agent.protocol import (
     BackupProgress,
     BackupResumed,
     JobId,
+    RestoreCompleted,
+    RestoreFailed,
+    RestorePaused,
+    RestoreProgress,
+    RestoreResumed,
+    RestoreStarted,
 )
 from desktop_agent.ui.model import TrayModel, ago, eta_words
 
@@ -87,3 +93,41 @@ def test_events_of_other_jobs_do_not_disturb_the_current_one():
     m.apply(BackupPaused(JobId("other")))
     m.apply(BackupFailed(JobId("other"), "x"))
     assert m.kind() == "running" and m.percent == 0.0  # progress was for job "j"
+
+
+def test_a_restore_is_shown_beside_the_backups_not_as_one():
+    """The icon, its Pause and the queue count are about backups; a restore has its line."""
+    m = TrayModel()
+    m.last_success = m._now()
+    r = JobId("r")
+    m.apply(RestoreStarted(r, "ab" * 32, "/home/me/Downloads/x"))
+    m.apply(JobChanged("r", None, JobState.QUEUED, JobKind.RESTORE))
+    assert m.queued == 0 and m.restore_line() == "Restore waiting for the running job to finish"
+    m.apply(JobChanged("r", JobState.QUEUED, JobState.RUNNING, JobKind.RESTORE))
+    m.apply(RestoreProgress(r, 40.0, 4, 10, 1, 6, "/x", 1, 3))
+    assert m.kind() == "idle" and not m.active and m.job_id is None
+    assert m.restore_line() == "Restoring files: 40%"
+    # a second restore waits behind it: the running one is shown
+    m.apply(RestoreStarted(JobId("r2"), "ab" * 32, "/t2"))
+    assert m.restore_line() == "Restoring files: 40%"
+    assert m.tooltip().endswith("\nRestoring files: 40%")
+    m.apply(RestorePaused(r))
+    assert m.restore_line() == "Restore paused at 40%" and m.kind() == "idle"
+    # a backup queued meanwhile counts as waiting; it does not touch the restore
+    m.apply(JobChanged("b", None, JobState.QUEUED))
+    assert m.queued == 1
+    m.apply(RestoreResumed(r))
+    assert m.restore_line() == "Restoring files: 40%"
+    m.apply(RestoreCompleted(r, 10))
+    assert m.restore_line() == "Restore waiting for the running job to finish"
+    m.apply(RestoreFailed(JobId("r2"), "cancelled"))
+    assert m.restore_line() is None and "Restor" not in m.tooltip()
+    assert m.last is None  # a restore is not the last backup
+
+
+def test_a_failed_restore_is_not_a_failed_backup():
+    m = TrayModel()
+    m.last_success = m._now()
+    m.apply(RestoreStarted(JobId("r"), "ab" * 32, "/t"))
+    m.apply(RestoreFailed(JobId("r"), "the restore target is full"))
+    assert m.kind() == "idle" and m.restore_line() is None

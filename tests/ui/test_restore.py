@@ -53,7 +53,6 @@ def window(agent: Any, qtbot: Any, run: Any) -> Any:
     yield win
     win.close()
     settle(bridge, run)
-    win.browser.close()
     bridge.close()
 
 
@@ -107,13 +106,13 @@ def test_lists_the_snapshot_and_folders_lazily(
         fh.write(b"odd\n")
     back_up(agent, run)
     listed: list[str] = []
-    real = window.browser.list_dir
+    real = window.bridge.list_dir
 
     async def recording(snap: Any, path: str) -> Any:
         listed.append(path)
         return await real(snap, path)
 
-    window.browser.list_dir = recording  # type: ignore[method-assign]
+    window.bridge.list_dir = recording  # type: ignore[method-assign]
     open_window(window, run)
     window.refresh_button.click()
     assert window.snapshot_status.text() == "Reading the snapshots..."
@@ -154,10 +153,11 @@ def test_lists_the_snapshot_and_folders_lazily(
     bad = child(window, d1, BAD)
     assert window.model.entry(bad).size == 4  # type: ignore[union-attr]
 
-    # expanding again lists nothing again
+    # expanding again lists nothing again: no listing task is even started
+    settle(window.bridge, run)
     window.tree.collapse(d1)
     window.tree.expand(d1)
-    run(asyncio.sleep(0.05))
+    assert not window.bridge._tasks
     assert listed.count(f"{source}/d1") == 1
 
 
@@ -211,7 +211,7 @@ def test_restore_a_folder_then_again(
     window.model.setData(child(window, src, b"d0"), Qt.CheckState.Checked, CHECK)
     out = tmp_path / "out"
     window.target.setText(str(out))
-    run(asyncio.sleep(0.05))
+    settle(window.bridge, run)  # the target has been checked
     assert window.warning.isHidden()
     values: list[int] = []
     window.bar.valueChanged.connect(values.append)
@@ -317,8 +317,9 @@ def test_two_snapshots_and_a_hidden_window(
     window.hide()
     write(source / "later.txt", b"later\n")
     back_up(agent, run)
-    run(asyncio.sleep(0.05))
+    settle(window.bridge, run)
     assert window.snapshot_list.topLevelItemCount() == 1  # nothing is read while hidden
+    assert window._refresh_task is not None and window._refresh_task.done()
     window.show()  # ...but on showing
     run(wait_for(lambda: "2 snapshots" in window.snapshot_status.text()))
     assert window.selected_snapshot() is first  # the selection is kept
@@ -355,5 +356,5 @@ def test_no_repository_is_reported(
     assert "no repository" in win.snapshot_status.text()
     assert win.snapshot_list.topLevelItemCount() == 0
     assert not win.restore_button.isEnabled()
-    win.browser.close()
+    settle(win.bridge, run)
     win.bridge.close()
