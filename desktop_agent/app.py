@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 import sys
-from typing import TextIO
 
 from desktop_agent.config import Config, ConfigError
 from desktop_agent.engine.errors import EngineError
 from desktop_agent.firststart import create_default_repository
 from desktop_agent.jobs import EventBus, JobController
 from desktop_agent.jobs.scheduler import Scheduler
-from desktop_agent.protocol import BackupCompleted, BackupFailed, BackupProgress
 from desktop_agent.server import AgentServer
 from desktop_agent.server.ws import make_tls_context
-from desktop_agent.termprogress import human_bytes, human_duration
-from desktop_agent.termtext import columns, fit, fit_tail
+from desktop_agent.termtext import show_progress_on_terminal
 
-__all__ = ["Agent", "TerminalProgress", "first_start", "run_headless"]
+__all__ = ["Agent", "first_start", "run_headless"]
 
 log = logging.getLogger(__name__)
 
@@ -109,66 +105,6 @@ class Agent:
         await self.server.stop()
 
 
-class TerminalProgress:
-    """The agent's jobs on a terminal: one line redrawn in place while a job
-    runs, cleared before any log line so the two never overwrite each other."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self._shown = 0
-
-    def on_event(self, event: object) -> None:
-        """Bus subscriber: draw progress, end the line when the job ends."""
-        if isinstance(event, BackupProgress):
-            self.draw(event)
-        elif isinstance(event, BackupCompleted | BackupFailed):
-            self.clear()
-
-    def draw(self, p: BackupProgress) -> None:
-        width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
-        eta = f"  ETA {human_duration(p.eta_seconds)}" if p.eta_seconds > 0 else ""
-        text = (
-            f"backup {p.percent:5.1f}%  {human_bytes(p.transferred_bytes)} / "
-            f"{human_bytes(p.total_bytes)}  {human_bytes(p.bytes_per_second)}/s{eta}  "
-            f"{p.files_processed}/{p.total_files} files"
-        )
-        if p.current_file and columns(text) + 12 < width:
-            text += "  " + fit_tail(p.current_file, width - columns(text) - 2)
-        text = fit(text, width)
-        self.stream.write("\r" + text + " " * max(0, self._shown - columns(text)))
-        self.stream.flush()
-        self._shown = columns(text)
-
-    def clear(self) -> None:
-        """Wipe the progress line (before a log line, or at the end of a job)."""
-        if self._shown:
-            self.stream.write("\r" + " " * self._shown + "\r")
-            self.stream.flush()
-            self._shown = 0
-
-
-class _ClearFirst(logging.Filter):
-    def __init__(self, progress: TerminalProgress) -> None:
-        super().__init__()
-        self.progress = progress
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.progress.clear()
-        return True
-
-
-def _show_progress_on_terminal(agent: Agent) -> None:
-    """On a terminal, the headless agent shows its jobs' progress."""
-    stream = sys.stderr
-    if stream is None or not stream.isatty():
-        return
-    progress = TerminalProgress(stream)
-    agent.bus.subscribe(progress.on_event)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
-            handler.addFilter(_ClearFirst(progress))
-
-
 def first_start(config: Config) -> None:
     """Create the default repository on a first start (the headless agent logs
     to stderr too, so the user reads that line there)."""
@@ -180,7 +116,8 @@ def first_start(config: Config) -> None:
 
 async def _serve(config: Config) -> None:
     agent = Agent(config)
-    _show_progress_on_terminal(agent)
+    # on a terminal, the headless agent shows its jobs' progress
+    show_progress_on_terminal(agent.bus.subscribe)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,14 +1,15 @@
-"""Text for a terminal: the one sanitizer for names that come from elsewhere.
+"""Terminal output: the one sanitizer, widths and cuts, human figures, progress lines.
 
 File names, paths, hostnames, usernames, tags and error texts may come from
 a repository somebody else wrote, from an agent across the network, or from
 a local disk where any byte but ``/`` and NUL can be in a name. Printed raw,
 they drive the terminal: an escape sequence clears the screen or sets the
 window title, a carriage return or newline forges a line, a bidi override
-reverses what follows. Everything of that kind printed by ``cli``,
-``remote`` and the progress line goes through :func:`clean` first, and is
-measured and cut with :func:`columns`, :func:`fit` and friends, which count
-terminal columns (a CJK character takes two) rather than code points.
+reverses what follows. Everything of that kind printed by the command line
+(:mod:`desktop_agent.cli`), the remote client and the progress lines goes
+through :func:`clean` first, and is measured and cut with :func:`columns`,
+:func:`fit` and friends, which count terminal columns (a CJK character takes
+two) rather than code points.
 
 :func:`clean` is injective: two different names never look the same
 (a control character is shown as ``\\x1b``; a backslash that would read as
@@ -17,16 +18,32 @@ characters ``\\x1b`` shows as ``\\\\x1b``). Machine-readable output uses
 :func:`json_text` instead: exact JSON, with the same characters escaped the
 JSON way.
 
-Standard library only: imported by the engine-free parts of the command line
-and by the remote client alike.
+Also here: :func:`human_bytes` and :func:`human_duration`, the figures every
+printer shows; :class:`ProgressLine`, the command line's status line for an
+engine operation, whose rate and ETA come from
+:class:`~desktop_agent.engine.progress.RateEstimator` (the estimator the job
+controller uses for ``backup:progress``); and :class:`TerminalProgress`, the
+headless agent's line, which shows the figures of the events it is given.
+
+Imports nothing of ours but :mod:`desktop_agent.engine.progress` and
+:mod:`desktop_agent.protocol`'s messages (values, no I/O): the command
+line, the remote client, the agent and the tray can all use it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
+import sys
+import time
 import unicodedata
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from desktop_agent.engine.progress import Progress, RateEstimator
+from desktop_agent.protocol import BackupCompleted, BackupFailed, BackupProgress
 
 __all__ = [
     "ELLIPSIS",
@@ -38,6 +55,11 @@ __all__ = [
     "fit_middle",
     "pad",
     "json_text",
+    "human_bytes",
+    "human_duration",
+    "ProgressLine",
+    "TerminalProgress",
+    "show_progress_on_terminal",
 ]
 
 ELLIPSIS = "..."
@@ -246,3 +268,154 @@ def json_text(obj: Any) -> str:
     # outside strings json.dumps writes only printable ASCII, so every
     # character replaced here is inside a string, where \\u escapes are valid
     return "".join(_json_escape(c) if _unsafe(c) else c for c in text)
+
+
+# ------------------------------------------------------------ human figures
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_duration(seconds: float) -> str:
+    """``75`` -> ``"1:15"``, ``3700`` -> ``"1:01:40"``."""
+    s = max(0, int(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def _line_width() -> int:
+    # one column short of the terminal: a line that wraps spoils the redraw
+    return shutil.get_terminal_size((100, 20)).columns - 1
+
+
+# ---------------------------------------------------------- progress lines
+class ProgressLine:
+    """Redraws one status line on a terminal, at most every ``interval`` s.
+
+    A reporter for an engine operation run by the command line; the rate
+    and ETA are :class:`RateEstimator`'s, as in the agent's ``backup:progress``.
+    """
+
+    def __init__(self, verb: str, stream: TextIO | None = None, interval: float = 0.2) -> None:
+        self.verb = verb
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self._last = 0.0
+        self._shown = False
+        self._rate = RateEstimator()
+        self.enabled = self.stream.isatty()
+
+    def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not p.final and now - self._last < self.interval:
+            return
+        self._last = now
+        pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 0.0
+        rate = self._rate.update(p.elapsed, p.bytes_done)
+        left = self._rate.eta(p.bytes_total - p.bytes_done) if p.scan_finished else 0
+        eta = f"  ETA {human_duration(left)}" if left else ""
+        text = (
+            f"[{human_duration(p.elapsed)}] {pct:5.1f}%  {human_bytes(p.bytes_done)} / "
+            f"{human_bytes(p.bytes_total)}  {human_bytes(rate)}/s{eta}  "
+            f"{p.files_done}/{p.files_total} files"
+        )
+        width = _line_width()
+        room = width - columns(text) - 2
+        if p.current_file and not p.final and room > 8:
+            # the name comes from the disk or the repository: it may hold
+            # escape sequences, a newline, or characters two columns wide
+            text += "  " + fit_tail(clean(p.current_file), room)
+        self.stream.write("\r" + pad(fit(text, width), width))
+        self._shown = True
+        if p.final:
+            self.done()
+        self.stream.flush()
+
+    def done(self) -> None:
+        """Move past the status line."""
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._shown = False
+
+
+class TerminalProgress:
+    """The agent's jobs on a terminal: one line redrawn in place while a job
+    runs, cleared before any log line so the two never overwrite each other.
+
+    It shows the rate and ETA the events carry (the job controller's
+    :class:`RateEstimator`), computing none of its own.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._shown = 0
+
+    def on_event(self, event: object) -> None:
+        """Bus subscriber: draw progress, end the line when the job ends."""
+        if isinstance(event, BackupProgress):
+            self.draw(event)
+        elif isinstance(event, BackupCompleted | BackupFailed):
+            self.clear()
+
+    def draw(self, p: BackupProgress) -> None:
+        """Redraw the line with ``p``'s figures."""
+        width = max(20, _line_width())
+        eta = f"  ETA {human_duration(p.eta_seconds)}" if p.eta_seconds > 0 else ""
+        text = (
+            f"backup {p.percent:5.1f}%  {human_bytes(p.transferred_bytes)} / "
+            f"{human_bytes(p.total_bytes)}  {human_bytes(p.bytes_per_second)}/s{eta}  "
+            f"{p.files_processed}/{p.total_files} files"
+        )
+        if p.current_file and columns(text) + 12 < width:
+            text += "  " + fit_tail(p.current_file, width - columns(text) - 2)
+        text = fit(text, width)
+        self.stream.write("\r" + text + " " * max(0, self._shown - columns(text)))
+        self.stream.flush()
+        self._shown = columns(text)
+
+    def clear(self) -> None:
+        """Wipe the progress line (before a log line, or at the end of a job)."""
+        if self._shown:
+            self.stream.write("\r" + " " * self._shown + "\r")
+            self.stream.flush()
+            self._shown = 0
+
+
+class _ClearFirst(logging.Filter):
+    """Wipes the progress line before its handler writes a log line."""
+
+    def __init__(self, progress: TerminalProgress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.progress.clear()
+        return True
+
+
+def show_progress_on_terminal(
+    subscribe: Callable[[Callable[[object], None]], object], stream: TextIO | None = None
+) -> TerminalProgress | None:
+    """Show the jobs' progress on ``stream`` (default: stderr) when it is a terminal.
+
+    ``subscribe`` adds an event subscriber (the agent's ``bus.subscribe``).
+    Every log handler writing to the same stream wipes the line before a
+    log line. Returns the display, or None when ``stream`` is no terminal.
+    """
+    stream = sys.stderr if stream is None else stream
+    if stream is None or not stream.isatty():
+        return None
+    progress = TerminalProgress(stream)
+    subscribe(progress.on_event)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
+            handler.addFilter(_ClearFirst(progress))
+    return progress

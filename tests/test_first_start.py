@@ -3,7 +3,6 @@ its default repository and backs up, with sensible default sources."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -16,9 +15,7 @@ from pathlib import Path
 from support import write
 from test_headless import free_port
 
-from desktop_agent.app import TerminalProgress
 from desktop_agent.config.paths import HOME_EXCLUDES, default_sources
-from desktop_agent.protocol import BackupCompleted, BackupProgress, JobId
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -125,17 +122,3 @@ def test_a_chosen_repository_location_is_never_created_behind_the_users_back(
     finally:
         del os.environ["XDG_CONFIG_HOME"]
     assert list(chosen.iterdir()) == []
-
-
-def test_progress_on_a_terminal_is_one_line_cleared_before_log_lines() -> None:
-    out = io.StringIO()
-    progress = TerminalProgress(out)
-    event = BackupProgress(JobId("j"), 42.5, 5 << 20, 10 << 20, 1 << 20, 5, "/a/b\x1b[2J", 3, 7)
-    progress.on_event(event)
-    assert out.getvalue().startswith("\rbackup  42.5%  5.0 MiB / 10.0 MiB  1.0 MiB/s  ETA 0:05")
-    assert "\x1b" not in out.getvalue()
-    progress.clear()
-    assert out.getvalue().endswith("\r")
-    before = out.getvalue()
-    progress.on_event(BackupCompleted(JobId("j"), 10 << 20))
-    assert out.getvalue() == before  # nothing shown: nothing to clear

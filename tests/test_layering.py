@@ -1,4 +1,4 @@
-"""The dependency rule of STYLE.md, executed: import-linter's contracts from pyproject.toml."""
+"""The dependency rule of docs/architecture.md, run: the import contracts in pyproject.toml."""
 
 from __future__ import annotations
 

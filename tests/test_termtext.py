@@ -1,25 +1,32 @@
-"""The terminal-text sanitizer and the progress line that uses it."""
+"""The terminal-output module: the sanitizer, widths and cuts, JSON text, human
+figures, the command line's progress line and the headless agent's."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from desktop_agent.engine.progress import Progress
-from desktop_agent.termprogress import ProgressLine
+from desktop_agent.engine.progress import Progress, RateEstimator
+from desktop_agent.protocol import BackupCompleted, BackupProgress, JobId
 from desktop_agent.termtext import (
+    ProgressLine,
+    TerminalProgress,
     clean,
     columns,
     fit,
     fit_middle,
     fit_tail,
+    human_bytes,
+    human_duration,
     json_text,
     pad,
+    show_progress_on_terminal,
     tail,
 )
 
@@ -249,6 +256,29 @@ def test_json_text_round_trips(values: list[str]) -> None:
     assert text.isprintable()
 
 
+# --------------------------------------------------------- human figures
+@pytest.mark.parametrize(
+    ("n", "shown"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (5 << 20, "5.0 MiB"),
+        (1 << 50, "1024.0 TiB"),
+    ],
+)
+def test_human_bytes(n: int, shown: str) -> None:
+    assert human_bytes(n) == shown
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0:00"), (75, "1:15"), (3700, "1:01:40"), (-3, "0:00"), (59.9, "0:59")],
+)
+def test_human_duration(seconds: float, shown: str) -> None:
+    assert human_duration(seconds) == shown
+
+
 # ------------------------------------------------------- the progress line
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
@@ -279,6 +309,24 @@ def test_the_progress_line_escapes_and_cuts_the_file_name(
     assert "..." in shown and "/data/" not in shown  # the start of the path gives way
 
 
+def test_the_progress_line_shows_the_rate_estimators_rate_and_eta(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rate is the moving average the agent's backup:progress shows, not
+    bytes over elapsed time (1.0 MiB/s and ETA 0:07 here)."""
+    monkeypatch.setenv("COLUMNS", "120")
+    out = _Terminal()
+    line = ProgressLine("backup", stream=out, interval=0)
+    estimator = RateEstimator()
+    for elapsed, done in ((1.0, 0), (2.0, 1 << 20), (3.0, 3 << 20)):
+        line(Progress(done, 10 << 20, 1, 4, "", scan_finished=True, elapsed=elapsed))
+        estimator.update(elapsed, done)
+    shown = out.getvalue().rsplit("\r", 1)[1]
+    left = human_duration(estimator.eta(7 << 20))
+    assert f"{human_bytes(estimator.rate)}/s  ETA {left}" in shown
+    assert shown.startswith("[0:03]  30.0%  3.0 MiB / 10.0 MiB  1.3 MiB/s  ETA 0:06  1/4 files")
+
+
 @pytest.mark.parametrize("width", [40, 70, 71, 72, 73])
 def test_the_progress_line_fits_a_narrow_terminal(
     monkeypatch: pytest.MonkeyPatch, width: int
@@ -297,3 +345,40 @@ def test_the_progress_line_fits_a_narrow_terminal(
         assert room - 1 <= columns(name) <= room  # less only by half a wide character
     else:
         assert name == ""
+
+
+# ------------------------------------------- the headless agent's progress line
+def test_progress_on_a_terminal_is_one_line_cleared_before_log_lines() -> None:
+    out = io.StringIO()
+    progress = TerminalProgress(out)
+    event = BackupProgress(JobId("j"), 42.5, 5 << 20, 10 << 20, 1 << 20, 5, "/a/b\x1b[2J", 3, 7)
+    progress.on_event(event)
+    assert out.getvalue().startswith("\rbackup  42.5%  5.0 MiB / 10.0 MiB  1.0 MiB/s  ETA 0:05")
+    assert "\x1b" not in out.getvalue()
+    progress.clear()
+    assert out.getvalue().endswith("\r")
+    before = out.getvalue()
+    progress.on_event(BackupCompleted(JobId("j"), 10 << 20))
+    assert out.getvalue() == before  # nothing shown: nothing to clear
+
+
+def test_show_progress_on_terminal_subscribes_only_on_a_terminal() -> None:
+    subscribed: list[object] = []
+    assert show_progress_on_terminal(subscribed.append, io.StringIO()) is None
+    assert subscribed == []
+
+    out = _Terminal()
+    handler = logging.StreamHandler(out)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        progress = show_progress_on_terminal(subscribed.append, out)
+        assert progress is not None and subscribed == [progress.on_event]
+        progress.on_event(BackupProgress(JobId("j"), 50.0, 1, 2, 1, 1, "", 1, 2))
+        shown = out.getvalue()
+        root.warning("a log line")
+    finally:
+        root.removeHandler(handler)
+    # the line was wiped before the log line was written, not overwritten by it
+    wiped = "\r" + " " * (len(shown) - 1) + "\r"
+    assert out.getvalue() == shown + wiped + "a log line\n"

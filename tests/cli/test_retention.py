@@ -1,4 +1,5 @@
-"""``desktop-agent forget`` on restic-made snapshots with controlled times."""
+"""``forget`` and ``prune`` (:mod:`desktop_agent.cli.retention`), on restic-made
+snapshots with controlled times."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import shutil
 import subprocess
 
 import pytest
+from clisupport import HOSTILE_HOST, HOSTILE_HOST_SHOWN, WIDE_HOST, safe_lines
 from support import FAST_KDF, PASSWORD, write_config
 
 from desktop_agent.engine.lock import Lock
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.storage import FileType, LocalStorage
+from desktop_agent.termtext import columns
 
 ENV = {"DESKTOP_AGENT_PASSWORD": PASSWORD}
 
@@ -223,3 +226,22 @@ def test_forget_with_prune(cli, restic, setup):
     restic(repo_dir, "check", "--read-data")
     packs_after = sum(1 for p in (repo_dir / "data").rglob("*") if p.is_file())
     assert packs_after <= packs_before
+
+
+def test_forget_shows_hostile_hosts_escaped_and_json_exact(hostile, raw_cli):
+    src, c, evil, wide = hostile
+    proc = raw_cli(*c, "forget", "--keep-last", "1", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = safe_lines(proc.stdout)
+    assert f"snapshots of host {HOSTILE_HOST_SHOWN}, paths [{src}]:" in lines
+    assert f"snapshots of host {WIDE_HOST}, paths [{src}]:" in lines
+    # each group has a table of its own: the wide host's row against its header
+    n = next(i for i, line in enumerate(lines) if line.startswith(wide.short_id))
+    row, header = lines[n], lines[n - 2]
+    assert header.startswith("ID ")
+    at = columns(header[: header.index("Reasons")])
+    assert columns(row[: row.index("last snapshot")]) == at
+    doc = raw_cli(*c, "forget", "--keep-last", "1", "--dry-run", "--json")
+    assert doc.returncode == 0, doc.stderr
+    (line,) = safe_lines(doc.stdout)
+    assert {g["host"] for g in json.loads(line)} == {HOSTILE_HOST, WIDE_HOST}

@@ -1,0 +1,337 @@
+"""``desktop-agent remote``: talk to a running agent over ``/ws``.
+
+Ask for the status, start a backup, pause, resume or cancel a job, and
+watch progress live. It needs no local configuration: the URL and the
+token are all it knows (the token from ``--token`` or, better, since
+command lines are visible to other users, the environment variable
+``DESKTOP_AGENT_TOKEN``).
+
+Here: the parser, the options and the commands. The connection and the
+request/answer exchange are in :mod:`.remote_client`, following jobs and
+showing them in :mod:`.remote_watch`.
+
+Exit status as for every command: 0 success, 1 failure (one line on stderr),
+2 bad usage. Every failure the client expects is a
+:class:`~.remote_client.RemoteError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection
+
+from desktop_agent.protocol import (
+    CANCELLED,
+    AgentStatus,
+    BackupCancel,
+    BackupCompleted,
+    BackupFailed,
+    BackupPause,
+    BackupPaused,
+    BackupResume,
+    BackupResumed,
+    BackupStart,
+    BackupStarted,
+    Event,
+    JobId,
+    StatusRequest,
+)
+from desktop_agent.termtext import clean, human_duration
+
+from .common import EXIT_USAGE, CliError, Subparsers, emit
+from .remote_client import Options, RemoteError, RemoteUsageError, connected, request
+from .remote_watch import Watcher, follow, printer_for
+
+__all__ = ["TOKEN_ENV", "DEFAULT_TIMEOUT", "add_remote", "cmd_remote", "run"]
+
+TOKEN_ENV = "DESKTOP_AGENT_TOKEN"
+DEFAULT_TIMEOUT = 10.0
+
+
+# ------------------------------------------------------------ arguments
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _common_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Options accepted both before and after COMMAND.
+
+    Only the ``remote`` parser itself sets defaults; on the sub-commands they
+    are suppressed so that an option given before COMMAND is not reset.
+    """
+
+    def d(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument(
+        "--token",
+        metavar="T",
+        default=d(None),
+        help=f"the agent's /ws token (default: env {TOKEN_ENV}; "
+        "the agent prints it with `desktop-agent token`)",
+    )
+    p.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive,
+        default=d(DEFAULT_TIMEOUT),
+        help=f"how long to wait to connect and for an answer (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=d(False),
+        help="machine-readable output: the agent's JSON payloads (watch: one message a line)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=d(False),
+        help="wss://: do not verify the agent's certificate (self-signed certificates)",
+    )
+
+
+def add_remote(sub: Subparsers) -> None:
+    """``desktop-agent remote URL [options] COMMAND ...``."""
+    p = sub.add_parser(
+        "remote",
+        help="talk to a running agent over /ws: status, start, pause, resume, cancel, watch",
+    )
+    p.add_argument(
+        "url",
+        metavar="URL",
+        help="the agent's endpoint: ws://host:port/ws, or wss://... when it serves TLS",
+    )
+    _common_options(p, defaults=True)
+    cmds = p.add_subparsers(dest="remote_command", metavar="COMMAND", required=True)
+
+    _common_options(
+        cmds.add_parser("status", help="the agent's status, active jobs and uptime"),
+        defaults=False,
+    )
+
+    s = cmds.add_parser("start", help="start a backup and print its job id")
+    s.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="*",
+        help="paths on the agent's machine (default: its configured sources)",
+    )
+    s.add_argument("--watch", action="store_true", help="then follow the job until it ends")
+    _common_options(s, defaults=False)
+
+    for verb, text in (
+        ("pause", "pause a running job (waits until the pause has taken effect)"),
+        ("resume", "resume a paused job"),
+        ("cancel", "cancel a job (it ends as failed, error `cancelled`)"),
+    ):
+        c = cmds.add_parser(verb, help=text)
+        c.add_argument("job", metavar="JOB", help="the job id (from `start` or `watch`)")
+        _common_options(c, defaults=False)
+
+    w = cmds.add_parser("watch", help="show live progress of every job until Ctrl-C")
+    w.add_argument("--once", action="store_true", help="exit once every job seen so far has ended")
+    _common_options(w, defaults=False)
+    p.set_defaults(run=cmd_remote)
+
+
+def _endpoint(url: str) -> str:
+    """The URL to connect to; a URL without a path gets ``/ws``."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise RemoteUsageError(f"bad URL {url!r}: {exc}") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise RemoteUsageError(
+            f"bad URL {url!r}: it must start with ws:// (or wss:// when the agent serves TLS)"
+        )
+    if not parts.hostname:
+        raise RemoteUsageError(f"bad URL {url!r}: no host")
+    if parts.username is not None or parts.password is not None:
+        raise RemoteUsageError("put the token in --token or $DESKTOP_AGENT_TOKEN, not in the URL")
+    if parts.path in ("", "/"):
+        parts = parts._replace(path="/ws")
+    return urlunsplit(parts)
+
+
+def _token(given: str | None) -> str:
+    token = given if given is not None else os.environ.get(TOKEN_ENV, "")
+    token = token.strip()
+    if not token:
+        raise RemoteUsageError(
+            f"no token: pass --token T or set {TOKEN_ENV} "
+            "(on the agent's machine, `desktop-agent token` prints it)"
+        )
+    if not all(0x21 <= ord(c) <= 0x7E for c in token):
+        raise RemoteUsageError("the token has characters that cannot be sent in an HTTP header")
+    return token
+
+
+def _options(args: argparse.Namespace) -> Options:
+    return Options(
+        url=_endpoint(args.url),
+        token=_token(args.token),
+        command=args.remote_command,
+        timeout=args.timeout,
+        json=args.json,
+        insecure=args.insecure,
+        paths=tuple(getattr(args, "paths", ()) or ()),
+        job=getattr(args, "job", ""),
+        watch=getattr(args, "watch", False),
+        once=getattr(args, "once", False),
+    )
+
+
+# ---------------------------------------------------------- entry point
+def cmd_remote(args: argparse.Namespace) -> int:
+    """``remote URL COMMAND``: needs no local configuration, only the URL and the token."""
+    try:
+        return run(args)
+    except RemoteUsageError as exc:
+        print(f"desktop-agent: error: {clean(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except RemoteError as exc:
+        raise CliError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out ``desktop-agent remote ...``; returns the exit status.
+
+    Raises :class:`RemoteError` (or :class:`RemoteUsageError`) for the
+    caller to print in one line.
+    """
+    opts = _options(args)
+    watching = opts.command == "watch" or (opts.command == "start" and opts.watch)
+    host = urlsplit(opts.url).hostname or ""
+    if opts.url.startswith("ws://") and not _is_loopback(host):
+        print(
+            f"desktop-agent: warning: ws:// sends the token to {clean(host)} unencrypted; "
+            "use wss:// (TLS) across a network",
+            file=sys.stderr,
+        )
+    command = _COMMANDS[opts.command]
+    try:
+        return asyncio.run(connected(opts, lambda ws: command(ws, opts)))
+    except KeyboardInterrupt:
+        if watching:  # Ctrl-C is how a watch ends
+            return 0
+        raise
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -------------------------------------------------------------- commands
+async def _status(ws: ClientConnection, opts: Options) -> int:
+    msg = await request(
+        ws, opts, StatusRequest(), lambda e: isinstance(e, AgentStatus), "agent:status"
+    )
+    ev = msg.event
+    assert isinstance(ev, AgentStatus)
+    if opts.json:
+        emit(msg.frame["payload"])
+    else:
+        jobs = f"{ev.active_jobs} active job{'' if ev.active_jobs == 1 else 's'}"
+        print(f"{clean(ev.status)}, {jobs}, up {human_duration(ev.uptime_secs)}", flush=True)
+    return 0
+
+
+async def _start(ws: ClientConnection, opts: Options) -> int:
+    # backup:started goes to every client: the first one after our command
+    # is taken as ours (the protocol has no request ids)
+    msg = await request(
+        ws,
+        opts,
+        BackupStart(opts.paths or None),
+        lambda e: isinstance(e, BackupStarted),
+        "backup:started",
+    )
+    assert isinstance(msg.event, BackupStarted)
+    job = msg.event.job_id
+    if not opts.watch:
+        if opts.json:
+            emit(msg.frame["payload"])
+        else:
+            print(clean(job), flush=True)
+        return 0
+    watcher = Watcher(printer_for(opts), only=job)
+    watcher.handle(msg)
+    await follow(ws, watcher)
+    end = watcher.ended[job]
+    if isinstance(end, BackupFailed):
+        raise RemoteError(f"backup {job} failed: {clean(end.error)}")
+    return 0
+
+
+# command, past participle, the event that confirms it
+_CONTROL: dict[str, tuple[type[BackupPause | BackupResume | BackupCancel], str, str]] = {
+    "pause": (BackupPause, "paused", "backup:paused"),
+    "resume": (BackupResume, "resumed", "backup:resumed"),
+    "cancel": (BackupCancel, "cancelled", 'backup:failed "cancelled"'),
+}
+
+
+async def _control(ws: ClientConnection, opts: Options) -> int:
+    kind, verb, confirmation = _CONTROL[opts.command]
+    job = JobId(opts.job)
+
+    def done(ev: Event) -> bool:
+        if getattr(ev, "job_id", None) != job:
+            return False
+        if isinstance(ev, BackupPaused):
+            return opts.command == "pause"
+        if isinstance(ev, BackupResumed):
+            return opts.command == "resume"
+        if isinstance(ev, BackupFailed):
+            if ev.error == CANCELLED:
+                if opts.command == "cancel":
+                    return True
+                raise RemoteError(f"job {job} was cancelled before it was {verb}")
+            raise RemoteError(f"job {job} failed before it was {verb}: {clean(ev.error)}")
+        if isinstance(ev, BackupCompleted):
+            raise RemoteError(f"job {job} completed before it was {verb}")
+        return False
+
+    msg = await request(ws, opts, kind(job), done, f"{confirmation} for job {job}")
+    if opts.json:
+        emit(msg.frame["payload"])
+    else:
+        print(f"job {job} {verb}", flush=True)
+    return 0
+
+
+async def _watch(ws: ClientConnection, opts: Options) -> int:
+    if sys.stderr.isatty() and sys.stdout.isatty() and not opts.json:
+        print(f"watching {opts.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    await follow(ws, Watcher(printer_for(opts), once=opts.once))
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[ClientConnection, Options], Awaitable[int]]] = {
+    "status": _status,
+    "start": _start,
+    "pause": _control,
+    "resume": _control,
+    "cancel": _control,
+    "watch": _watch,
+}

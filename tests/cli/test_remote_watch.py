@@ -1,0 +1,93 @@
+"""What ``remote watch`` shows (:mod:`desktop_agent.cli.remote_watch`): the live
+display on a terminal, lines elsewhere, JSON with ``--json``; nothing from the
+agent can drive the terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+
+from desktop_agent.cli.remote_client import Message
+from desktop_agent.cli.remote_watch import JsonPrinter, LinePrinter, LivePrinter, Watcher
+from desktop_agent.protocol import (
+    BackupCompleted,
+    BackupFailed,
+    BackupProgress,
+    BackupStarted,
+    JobId,
+    encode_event,
+)
+
+
+def _msg(event: Any) -> Message:
+    text = encode_event(event)
+    return Message(event, json.loads(text))
+
+
+def _progress(job: str, percent: float, current: str | None) -> BackupProgress:
+    return BackupProgress(JobId(job), percent, 1024, 4096, 512, 3, current, 1, 4)
+
+
+def test_the_live_display_redraws_one_line_per_job_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    out = io.StringIO()
+    watcher = Watcher(LivePrinter(out), once=True)
+    a, b = "a" * 36, "b" * 36
+    for event in (
+        BackupStarted(JobId(a)),
+        BackupStarted(JobId(b)),
+        _progress(a, 25.0, "/data/" + "x" * 200 + "/evil\x1b[2Jname\n"),
+        _progress(b, 50.0, "/data/" + "\u5bb6" * 60),
+    ):
+        watcher.handle(_msg(event))
+    watcher.printer.flush(watcher.active)
+    screen = out.getvalue()
+    # a file name cannot drive the terminal
+    assert "\x1b[2J" not in screen and "evil\\x1b[2Jname\\n" in screen
+    assert "\r\x1b[2A\x1b[J" in screen  # back up over the two job lines and redraw
+    lines = screen.rsplit("\x1b[J", 1)[1].splitlines()  # the last redraw
+    assert len(lines) == 2
+    assert lines[0].startswith(
+        "aaaaaaaa [####............]  25.0% 1.0 KiB/4.0 KiB 512 B/s ETA 0:03"
+    )
+    assert lines[1].startswith("bbbbbbbb [########........]  50.0%")
+    assert "1/4 files  /data/x" not in lines[0] and "1/4 files  ..." in lines[0]
+    assert lines[0].endswith("name\\n")  # the end of a long path is kept, escaped
+    # a wide character takes two columns: no line is wider than the terminal
+    assert all(len(line) + line.count("\u5bb6") <= 99 for line in lines)
+
+    watcher.handle(_msg(BackupCompleted(JobId(a), 4096)))
+    assert screen.count("completed") == 0
+    assert out.getvalue().rsplit("\x1b[J", 1)[1].startswith(f"{a} completed: 4.0 KiB\nbbbbbbbb [")
+    assert not watcher.finished
+    watcher.handle(_msg(BackupFailed(JobId(b), "cancelled")))
+    assert watcher.finished
+    assert out.getvalue().rsplit("\x1b[J", 1)[1] == f"{b} failed: cancelled\n"
+
+
+def test_lines_and_json_from_the_agent_cannot_drive_the_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    a = "a" * 36
+    evil = "/data/\x1b]0;pwned\x07\u009b2J\u202e\r\nb completed: 1 B"
+    out = io.StringIO()
+    lines = Watcher(LinePrinter(out))
+    for event in (_progress(a, 10.0, evil), BackupFailed(JobId(a), "disk \x1b[2J\nfull")):
+        lines.handle(_msg(event))
+    shown = out.getvalue().split("\n")
+    assert shown[-1] == "" and len(shown) == 3  # one line per event, nothing forged
+    assert all(line.isprintable() for line in shown)
+    assert shown[0].endswith("\\x1b]0;pwned\\x07\\u009b2J\\u202e\\r\\nb completed: 1 B")
+    assert shown[1] == f"{a} failed: disk \\x1b[2J\\nfull"
+
+    # --json: the agent's payloads exactly, with the dangerous characters \u-escaped
+    as_json = Watcher(JsonPrinter())
+    as_json.handle(_msg(_progress(a, 10.0, evil)))
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.isprintable()
+    assert json.loads(line)["payload"]["current_file"] == evil
