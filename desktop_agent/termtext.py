@@ -43,7 +43,14 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from desktop_agent.engine.progress import Progress, RateEstimator
-from desktop_agent.protocol import BackupCompleted, BackupFailed, BackupProgress
+from desktop_agent.protocol import (
+    BackupCompleted,
+    BackupFailed,
+    JobProgress,
+    RestoreCompleted,
+    RestoreFailed,
+    RestoreProgress,
+)
 
 __all__ = [
     "ELLIPSIS",
@@ -360,22 +367,23 @@ class TerminalProgress:
 
     def on_event(self, event: object) -> None:
         """Bus subscriber: draw progress, end the line when the job ends."""
-        if isinstance(event, BackupProgress):
+        if isinstance(event, JobProgress):
             self.draw(event)
-        elif isinstance(event, BackupCompleted | BackupFailed):
+        elif isinstance(event, BackupCompleted | BackupFailed | RestoreCompleted | RestoreFailed):
             self.clear()
 
-    def draw(self, p: BackupProgress) -> None:
+    def draw(self, p: JobProgress) -> None:
         """Redraw the line with ``p``'s figures."""
         width = max(20, _line_width())
         eta = f"  ETA {human_duration(p.eta_seconds)}" if p.eta_seconds > 0 else ""
+        what = "restore" if isinstance(p, RestoreProgress) else "backup"
         text = (
-            f"backup {p.percent:5.1f}%  {human_bytes(p.transferred_bytes)} / "
+            f"{what} {p.percent:5.1f}%  {human_bytes(p.transferred_bytes)} / "
             f"{human_bytes(p.total_bytes)}  {human_bytes(p.bytes_per_second)}/s{eta}  "
             f"{p.files_processed}/{p.total_files} files"
         )
         if p.current_file and columns(text) + 12 < width:
-            text += "  " + fit_tail(p.current_file, width - columns(text) - 2)
+            text += "  " + fit_tail(clean(p.current_file), width - columns(text) - 2)
         text = fit(text, width)
         self.stream.write("\r" + text + " " * max(0, self._shown - columns(text)))
         self.stream.flush()

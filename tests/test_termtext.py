@@ -13,7 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from desktop_agent.engine.progress import Progress, RateEstimator
-from desktop_agent.protocol import BackupCompleted, BackupProgress, JobId
+from desktop_agent.protocol import (
+    BackupCompleted,
+    BackupProgress,
+    JobId,
+    RestoreFailed,
+    RestoreProgress,
+)
 from desktop_agent.termtext import (
     ProgressLine,
     TerminalProgress,
@@ -360,6 +366,18 @@ def test_progress_on_a_terminal_is_one_line_cleared_before_log_lines() -> None:
     before = out.getvalue()
     progress.on_event(BackupCompleted(JobId("j"), 10 << 20))
     assert out.getvalue() == before  # nothing shown: nothing to clear
+
+
+def test_a_restore_has_the_same_line_and_says_restore() -> None:
+    out = io.StringIO()
+    progress = TerminalProgress(out)
+    progress.on_event(
+        RestoreProgress(JobId("j"), 10.0, 1 << 20, 10 << 20, 1 << 20, 9, "/a/\udcff\x1b", 1, 7)
+    )
+    assert out.getvalue().startswith("\rrestore  10.0%  1.0 MiB / 10.0 MiB  1.0 MiB/s  ETA 0:09")
+    assert out.getvalue().rstrip().endswith("/a/\\xff\\x1b")  # the one display form, clean
+    progress.on_event(RestoreFailed(JobId("j"), "cancelled"))
+    assert out.getvalue().endswith("\r")  # the line is wiped when the restore ends
 
 
 def test_show_progress_on_terminal_subscribes_only_on_a_terminal() -> None:

@@ -4,8 +4,10 @@ A :class:`Watcher` keeps the jobs seen on the connection and how they
 ended; its printer shows them: on a terminal one line per active job,
 redrawn in place (:class:`LivePrinter`); elsewhere one line per event
 (:class:`LinePrinter`); with ``--json`` every message as the agent sent it
-(:class:`JsonPrinter`). The rate and ETA shown are the agent's own, from
-its ``backup:progress`` events; nothing here estimates them.
+(:class:`JsonPrinter`). Backups and restores alike: a restore's lines say
+"restore". The rate and ETA shown are the agent's own, from its
+``backup:progress`` and ``restore:progress`` events; nothing here
+estimates them.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ from desktop_agent.protocol import (
     BackupCompleted,
     BackupFailed,
     BackupPaused,
-    BackupProgress,
     BackupResumed,
     BackupStarted,
     Event,
     JobId,
+    JobProgress,
+    RestoreCompleted,
+    RestoreFailed,
+    RestorePaused,
+    RestoreProgress,
+    RestoreResumed,
+    RestoreStarted,
 )
 from desktop_agent.termtext import clean, columns, fit, fit_tail, human_bytes, human_duration
 
@@ -47,6 +55,17 @@ __all__ = [
     "describe",
 ]
 
+_End = BackupCompleted | BackupFailed | RestoreCompleted | RestoreFailed
+_END = (BackupCompleted, BackupFailed, RestoreCompleted, RestoreFailed)
+_RESTORE = (
+    RestoreStarted,
+    RestoreProgress,
+    RestorePaused,
+    RestoreResumed,
+    RestoreCompleted,
+    RestoreFailed,
+)
+
 _REDRAW_INTERVAL = 0.1  # seconds between two redraws of the live display
 _BAR_WIDTH = 16
 
@@ -57,7 +76,8 @@ class Job:
 
     id: JobId
     state: str = "waiting"  # waiting (queued), running, paused
-    progress: BackupProgress | None = None
+    progress: JobProgress | None = None
+    restore: bool = False
 
 
 class Printer:
@@ -83,7 +103,7 @@ class Watcher:
         self.only = only
         self.once = once
         self.active: dict[JobId, Job] = {}
-        self.ended: dict[JobId, BackupCompleted | BackupFailed] = {}
+        self.ended: dict[JobId, _End] = {}
 
     @property
     def finished(self) -> bool:
@@ -100,18 +120,20 @@ class Watcher:
             return
         if job_id in self.ended:
             return  # nothing follows the end of a job
-        if isinstance(ev, BackupCompleted | BackupFailed):
+        if isinstance(ev, _END):
             self.active.pop(job_id, None)
             self.ended[job_id] = ev
         else:
             job = self.active.setdefault(job_id, Job(job_id))
-            if isinstance(ev, BackupProgress):
+            if isinstance(ev, _RESTORE):
+                job.restore = True
+            if isinstance(ev, JobProgress):
                 job.progress = ev
                 if job.state == "waiting":
                     job.state = "running"
-            elif isinstance(ev, BackupPaused):
+            elif isinstance(ev, BackupPaused | RestorePaused):
                 job.state = "paused"
-            elif isinstance(ev, BackupResumed):
+            elif isinstance(ev, BackupResumed | RestoreResumed):
                 job.state = "running"
         self.printer.event(msg, self.active)
 
@@ -158,12 +180,17 @@ def describe(ev: Event) -> str | None:
     """A one-line text for an event (None: not worth a line)."""
     if isinstance(ev, BackupStarted):
         return f"{ev.job_id} started"
-    if isinstance(ev, BackupProgress):
-        return f"{ev.job_id} {_progress_text(ev)}"
-    if isinstance(ev, BackupPaused):
-        return f"{ev.job_id} paused"
-    if isinstance(ev, BackupResumed):
-        return f"{ev.job_id} resumed"
+    if isinstance(ev, RestoreStarted):
+        return f"{ev.job_id} restore of snapshot {ev.snapshot[:8]} into {ev.target} started"
+    what = "restore " if isinstance(ev, _RESTORE) else ""
+    if isinstance(ev, JobProgress):
+        return f"{ev.job_id} {what}{_progress_text(ev)}"
+    if isinstance(ev, BackupPaused | RestorePaused):
+        return f"{ev.job_id} {what}paused"
+    if isinstance(ev, BackupResumed | RestoreResumed):
+        return f"{ev.job_id} {what}resumed"
+    if isinstance(ev, RestoreCompleted):
+        return f"{ev.job_id} restore completed: {human_bytes(ev.total_bytes)}"
     if isinstance(ev, BackupCompleted):
         text = f"{ev.job_id} completed: {human_bytes(ev.total_bytes)}"
         if ev.skipped_total:
@@ -173,8 +200,8 @@ def describe(ev: Event) -> str | None:
             if more > 0:
                 text += f"; and {more} more"
         return text
-    if isinstance(ev, BackupFailed):
-        return f"{ev.job_id} failed: {ev.error}"
+    if isinstance(ev, BackupFailed | RestoreFailed):
+        return f"{ev.job_id} {what}failed: {ev.error}"
     return None
 
 
@@ -203,13 +230,13 @@ class LivePrinter(Printer):
 
     def event(self, msg: Message, jobs: dict[JobId, Job]) -> None:
         ev = msg.event
-        if isinstance(ev, BackupCompleted | BackupFailed):
+        if isinstance(ev, _END):
             text = describe(ev)
             if text is not None:
                 self.notes.append(clean(text))
         self.dirty = True
         # progress is throttled; a change of state shows at once
-        if not isinstance(ev, BackupProgress) or time.monotonic() - self.last >= _REDRAW_INTERVAL:
+        if not isinstance(ev, JobProgress) or time.monotonic() - self.last >= _REDRAW_INTERVAL:
             self.flush(jobs)
 
     def due(self) -> float | None:
@@ -236,7 +263,7 @@ class LivePrinter(Printer):
         self.dirty = False
 
 
-def _progress_text(p: BackupProgress) -> str:
+def _progress_text(p: JobProgress) -> str:
     eta = human_duration(p.eta_seconds) if p.eta_seconds > 0 else "?"
     text = (
         f"{p.percent:5.1f}%  {human_bytes(p.transferred_bytes)} / {human_bytes(p.total_bytes)}  "
@@ -249,7 +276,7 @@ def _progress_text(p: BackupProgress) -> str:
 
 
 def _live_line(job: Job, width: int) -> str:
-    head = clean(job.id[:8])
+    head = clean(job.id[:8]) + (" restore" if job.restore else "")
     p = job.progress
     if p is None:
         return f"{head} {'paused' if job.state == 'paused' else 'waiting to start'}"

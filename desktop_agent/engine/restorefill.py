@@ -18,7 +18,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from .control import Control
@@ -109,6 +109,10 @@ class Filler:
         self.verify = verify
         self.pack_sizes: dict[bytes, int] | None = None
         self._lock = threading.Lock()
+        # workers inside restore_range and not blocked at a pause: a pause is
+        # reported as taken (Control.wait_paused) only once this is zero
+        self._busy = 0
+        self._idle = threading.Condition()
         self.bytes_written = 0
         self.files_done = 0  # files completed (size and metadata) by their last write
 
@@ -128,8 +132,13 @@ class Filler:
             for group in self.ranges(batch, pack, blobs):
                 futures.append(self.pool.submit(self.restore_range, batch, pack, group))
         try:
-            for fut in futures:
-                fut.result()
+            pending: set[Future[None]] = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    fut.result()
+                # the primary thread takes the pause once every worker stands still
+                self.control.checkpoint(quiesce=self._quiesce)
         except BaseException:
             for fut in futures:
                 fut.cancel()
@@ -177,9 +186,37 @@ class Filler:
             groups.append([b])
         return groups
 
+    def _quiesce(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0)
+
+    def _pause_point(self) -> None:
+        """A worker's checkpoint: while it blocks here it counts as idle."""
+        control = self.control
+        if not (control.paused or control.cancelled):
+            return
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+        try:
+            control.checkpoint(secondary=True)
+        finally:
+            with self._idle:
+                self._busy += 1
+
     def restore_range(self, batch: Batch, pack: PackId, group: list[_Where]) -> None:
-        """Read one range of a pack and write its blobs out."""
-        self.control.checkpoint()
+        """Read one range of a pack and write its blobs out (on a worker thread)."""
+        with self._idle:
+            self._busy += 1
+        try:
+            self._restore_range(batch, pack, group)
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def _restore_range(self, batch: Batch, pack: PackId, group: list[_Where]) -> None:
+        self._pause_point()
         start = group[0][1]
         end = max(b[1] + b[2] for b in group)
         try:
@@ -190,7 +227,7 @@ class Filler:
             return
         view = memoryview(raw)
         for blob_id, offset, length, ulen in group:
-            self.control.checkpoint()
+            self._pause_point()
             try:
                 plain = self.repo.decode_blob(
                     BlobType.DATA,

@@ -7,7 +7,8 @@ does); browsing a repository (:mod:`.browse`) is not a job: it only reads.
 from __future__ import annotations
 
 from .bus import BusEvent, EventBus, JobChanged
-from .controller import JobController, JobError, JobView
+from .controller import JobController, JobError
+from .job import JobView
 from .spec import BackupSpec, JobKind, JobSpec, RestoreSpec
 from .state import Action, IllegalTransition, JobState
 

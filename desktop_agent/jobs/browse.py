@@ -21,37 +21,28 @@ import asyncio
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 from desktop_agent.config import ConfigError
-from desktop_agent.engine.control import Control
 from desktop_agent.engine.errors import EngineError, NotFound
 from desktop_agent.engine.ids import BlobId
-from desktop_agent.engine.progress import Progress
 from desktop_agent.engine.repository import Repository
-from desktop_agent.engine.restore import RestoreResult
 from desktop_agent.engine.snapshot import Snapshot
 from desktop_agent.engine.tree import Node, NodeType
+from desktop_agent.termtext import clean
 
 from .controller import JobController
-from .restores import run_restore
-from .spec import RestoreSpec
 
-__all__ = ["Entry", "RepositoryBrowser", "display_name", "split_path", "target_state"]
+__all__ = ["Entry", "RepositoryBrowser", "split_path", "target_state"]
 
 T = TypeVar("T")
 
 # Cached trees are bounded by their total number of entries (a Node is a few
 # hundred bytes): enough for every folder a person opens in one session.
 _CACHE_NODES = 200_000
-
-
-def display_name(raw: bytes) -> str:
-    """A file name for display: UTF-8, with undecodable bytes shown as ``\\xff``."""
-    return raw.decode("utf-8", "backslashreplace")
 
 
 def split_path(path: str) -> list[bytes]:
@@ -123,7 +114,6 @@ class RepositoryBrowser:
         self._repo: Repository | None = None
         self._repo_path = ""
         self._cache = _TreeCache()
-        self._controls: set[Control] = set()
         self._closed = False
 
     # ------------------------------------------------------------ public API
@@ -143,49 +133,18 @@ class RepositoryBrowser:
         else "is not empty", "is not a folder" or "cannot be read (...)"."""
         return await self._call(self._browse, target_state, path)
 
+    @property
+    def controller(self) -> JobController:
+        """The controller whose repository this browses (and which runs its restores)."""
+        return self._controller
+
     def is_cached(self, tree_id: BlobId) -> bool:
         """Whether a tree has been loaded (and is still cached)."""
         return tree_id in self._cache
 
-    async def restore(
-        self,
-        snapshot: Snapshot,
-        includes: Sequence[str],
-        target: str,
-        on_progress: Callable[[Progress], None],
-        control: Control,
-    ) -> RestoreResult:
-        """Deprecated: restores are jobs (:meth:`JobController.start_restore`).
-
-        Kept, without a thread of its own, only for the engine's hostile
-        repository tests (``tests/engine/test_hostile.py``) until they queue
-        a restore job; nothing in desktop-agent calls it. Restores exactly
-        as a restore job does (:func:`~.restores.run_restore`), on the
-        browse thread.
-        """
-        loop = asyncio.get_running_loop()
-
-        def report(progress: Progress) -> None:
-            loop.call_soon_threadsafe(on_progress, progress)
-
-        spec = RestoreSpec(snapshot, tuple(includes), target)
-        self._controls.add(control)
-        try:
-            return await self._call(
-                self._browse,
-                lambda: run_restore(self._open(), spec, progress=report, control=control),
-            )
-        except asyncio.CancelledError:
-            control.cancel()  # the worker thread cannot be interrupted otherwise
-            raise
-        finally:
-            self._controls.discard(control)
-
     def close(self) -> None:
         """Let the worker thread end (what it was reading is dropped)."""
         self._closed = True
-        for control in list(self._controls):
-            control.cancel()
         self._browse.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------ internals
@@ -227,13 +186,13 @@ class RepositoryBrowser:
         for depth, comp in enumerate(comps):
             node = next((n for n in self._tree(tree_id) if n.name == comp), None)
             if node is None or node.type != NodeType.DIR or node.subtree is None:
-                shown = "/" + "/".join(display_name(c) for c in comps[: depth + 1])
+                shown = "/" + "/".join(os.fsdecode(c) for c in comps[: depth + 1])
                 raise NotFound(f"{shown} is not a folder in snapshot {snapshot.short_id}")
             tree_id = node.subtree
         prefix = "/" + "".join(os.fsdecode(c) + "/" for c in comps)
         return [
             Entry(
-                name=display_name(n.name),
+                name=clean(n.name),
                 raw_name=n.name,
                 type=n.type,
                 size=n.size,

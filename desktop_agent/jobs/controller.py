@@ -33,15 +33,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from desktop_agent.config import Config, ConfigError, read_password, user_cache_dir
 from desktop_agent.engine import crypto
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup, find_parent
-from desktop_agent.engine.control import Control
 from desktop_agent.engine.errors import Cancelled, EngineError, RepositoryNotFound
-from desktop_agent.engine.progress import RATE_WINDOW, Progress, RateEstimator
+from desktop_agent.engine.progress import RATE_WINDOW, Progress
 from desktop_agent.engine.repository import Repository, hostname
 from desktop_agent.engine.restore import RestoreResult
 from desktop_agent.engine.snapshot import Snapshot
@@ -51,148 +50,29 @@ from desktop_agent.protocol import (
     MAX_SKIPPED_LISTED,
     AgentStatus,
     BackupCompleted,
-    BackupFailed,
-    BackupPaused,
-    BackupProgress,
-    BackupResumed,
     BackupStarted,
     JobId,
-    ProgressEvent,
     RestoreCompleted,
-    RestoreFailed,
-    RestorePaused,
-    RestoreProgress,
-    RestoreResumed,
     RestoreStarted,
     Skipped,
 )
 
 from .bus import EventBus, JobChanged
+from .job import Job, JobResult, JobView
 from .restores import new_restore_folder, run_restore
 from .spec import BackupSpec, JobKind, JobSpec, RestoreSpec
 from .state import TERMINAL, Action, IllegalTransition, JobState, next_state
 
-__all__ = ["JobController", "JobError", "JobView", "RATE_WINDOW"]
+__all__ = ["JobController", "JobError", "RATE_WINDOW"]
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_SECOND = 10
 _HISTORY = 100  # finished jobs remembered for lookups
 
-JobResult = BackupResult | RestoreResult
-
 
 class JobError(Exception):
     """A command that cannot be carried out (unknown job, wrong state)."""
-
-
-@dataclass(frozen=True)
-class _Messages:
-    """How one kind of job is reported on the bus (and so on /ws)."""
-
-    progress: type[BackupProgress] | type[RestoreProgress]
-    paused: type[BackupPaused] | type[RestorePaused]
-    resumed: type[BackupResumed] | type[RestoreResumed]
-    failed: type[BackupFailed] | type[RestoreFailed]
-
-
-_MESSAGES = {
-    JobKind.BACKUP: _Messages(BackupProgress, BackupPaused, BackupResumed, BackupFailed),
-    JobKind.RESTORE: _Messages(RestoreProgress, RestorePaused, RestoreResumed, RestoreFailed),
-}
-
-
-@dataclass(frozen=True)
-class JobView:
-    """What consumers may know about a job.
-
-    ``paths``: a backup's paths (None: the configured sources), a restore's
-    snapshot paths (None: everything). ``origin`` says who asked for it
-    ("tray", "/ws", "scheduler"; "" when not said). ``result`` is a
-    :class:`BackupResult` or a :class:`RestoreResult` once it completed.
-    """
-
-    id: JobId
-    state: JobState
-    paths: tuple[str, ...] | None
-    created: float  # wall clock
-    started: float | None = None
-    finished: float | None = None
-    progress: ProgressEvent | None = None
-    error: str | None = None
-    result: JobResult | None = None
-    spec: JobSpec = BackupSpec()
-    origin: str = ""
-
-    @property
-    def kind(self) -> JobKind:
-        """Backup or restore."""
-        return self.spec.kind
-
-    @property
-    def restore(self) -> RestoreSpec | None:
-        """A restore's snapshot, paths and target; None for other jobs."""
-        return self.spec if isinstance(self.spec, RestoreSpec) else None
-
-
-@dataclass
-class _Job:
-    id: JobId
-    spec: JobSpec
-    created: float
-    origin: str = ""
-    state: JobState = JobState.QUEUED
-    control: Control = field(default_factory=Control)
-    started: float | None = None
-    finished: float | None = None
-    progress: ProgressEvent | None = None
-    error: str | None = None
-    result: JobResult | None = None
-    pause_requested: bool = False
-    resume_requested: bool = False  # a resume that arrived before the pause took effect
-    # progress bookkeeping (loop thread only)
-    last_sent: float = 0.0
-    dirty: bool = False
-    rate: RateEstimator = field(default_factory=RateEstimator)
-    percent: float = 0.0
-
-    @property
-    def kind(self) -> JobKind:
-        return self.spec.kind
-
-    @property
-    def messages(self) -> _Messages:
-        return _MESSAGES[self.spec.kind]
-
-    @property
-    def paths(self) -> tuple[str, ...] | None:
-        if isinstance(self.spec, RestoreSpec):
-            return self.spec.includes or None
-        return self.spec.paths
-
-    def describe(self) -> str:
-        spec = self.spec
-        if isinstance(spec, RestoreSpec):
-            what = ", ".join(spec.includes) if spec.includes else "everything"
-            text = f"restore of {what} from snapshot {spec.snapshot.short_id} into {spec.target}"
-        else:
-            text = "backup of " + ("the sources" if spec.paths is None else ", ".join(spec.paths))
-        return text + (f" (from {self.origin})" if self.origin else "")
-
-    def view(self) -> JobView:
-        return JobView(
-            self.id,
-            self.state,
-            self.paths,
-            self.created,
-            self.started,
-            self.finished,
-            self.progress,
-            self.error,
-            self.result,
-            self.spec,
-            self.origin,
-        )
 
 
 class JobController:
@@ -211,9 +91,9 @@ class JobController:
         self._clock = clock
         self._cache_root = cache_root
         self._born = clock()
-        self._jobs: dict[JobId, _Job] = {}
+        self._jobs: dict[JobId, Job] = {}
         self._order: deque[JobId] = deque()
-        self._queue: deque[_Job] = deque()
+        self._queue: deque[Job] = deque()
         self._wake = asyncio.Event()
         # the one worker of the repository's queue: a job at a time
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
@@ -224,7 +104,7 @@ class JobController:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._current: _Job | None = None
+        self._current: Job | None = None
         self._key: tuple[str, crypto.Key] | None = None  # (repository path, master key)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -400,7 +280,7 @@ class JobController:
             raise JobError(f"job {job_id} is {job.state.value}; only a paused job can be resumed")
         self._do_resume(job)
 
-    def _do_resume(self, job: _Job) -> None:
+    def _do_resume(self, job: Job) -> None:
         job.pause_requested = False
         job.resume_requested = False
         job.control.resume()
@@ -458,7 +338,7 @@ class JobController:
 
     def _enqueue(self, spec: JobSpec, origin: str) -> JobId:
         self._check_open()
-        job = _Job(JobId(str(uuid.uuid4())), spec, time.time(), origin)
+        job = Job(JobId(str(uuid.uuid4())), spec, time.time(), origin)
         self._jobs[job.id] = job
         self._order.append(job.id)
         self._forget_old()
@@ -472,7 +352,7 @@ class JobController:
         self._wake.set()
         return job.id
 
-    def _get(self, job_id: str, kind: JobKind | None = None) -> _Job:
+    def _get(self, job_id: str, kind: JobKind | None = None) -> Job:
         job = self._jobs.get(JobId(job_id))
         if job is None:
             raise JobError(f"unknown job_id {job_id!r}")
@@ -493,13 +373,13 @@ class JobController:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _transition(self, job: _Job, action: Action) -> None:
+    def _transition(self, job: Job, action: Action) -> None:
         old = job.state
         job.state = next_state(old, action)
         log.info("job %s: %s -> %s", job.id, old.value, job.state.value)
         self.bus.publish(JobChanged(job.id, old, job.state, job.kind))
 
-    def _finish_cancelled(self, job: _Job) -> None:
+    def _finish_cancelled(self, job: Job) -> None:
         self._transition(job, Action.CANCELLED)
         job.finished = time.time()
         job.error = CANCELLED
@@ -509,7 +389,7 @@ class JobController:
             # it never ran: the folder made for it is empty
             self._checks.submit(_rmdir_quietly, spec.target)
 
-    async def _confirm_pause(self, job: _Job) -> None:
+    async def _confirm_pause(self, job: Job) -> None:
         while job.pause_requested and job.state is JobState.RUNNING:
             took = await asyncio.to_thread(job.control.wait_paused, 0.5)
             if took and job.pause_requested and job.state is JobState.RUNNING:
@@ -533,7 +413,7 @@ class JobController:
                 continue
             await self._run(job)
 
-    async def _run(self, job: _Job) -> None:
+    async def _run(self, job: Job) -> None:
         assert self._loop is not None
         self._current = job
         job.started = time.time()
@@ -561,7 +441,7 @@ class JobController:
                 self._ticker.cancel()
             self._current = None
 
-    def _final_progress(self, job: _Job, total: int, files: int) -> None:
+    def _final_progress(self, job: Job, total: int, files: int) -> None:
         """The last progress event of a completed job: 100%, the final totals."""
         last = job.progress
         if last is None:
@@ -579,14 +459,14 @@ class JobController:
         job.progress = done
         self.bus.publish(done)
 
-    def _complete_backup(self, job: _Job, result: BackupResult) -> None:
+    def _complete_backup(self, job: Job, result: BackupResult) -> None:
         total = result.summary.total_bytes_processed
         self._final_progress(job, total, result.summary.total_files_processed)
         self._end(job, Action.COMPLETE, None)
         skipped = tuple(Skipped(k.path, k.reason) for k in result.skipped)
         self.bus.publish(BackupCompleted(job.id, total, skipped[:MAX_SKIPPED_LISTED], len(skipped)))
 
-    def _complete_restore(self, job: _Job, result: RestoreResult) -> None:
+    def _complete_restore(self, job: Job, result: RestoreResult) -> None:
         self._final_progress(job, result.bytes_written, result.files)
         self._end(job, Action.COMPLETE, None)
         if result.errors_total or result.errors:
@@ -598,7 +478,7 @@ class JobController:
             )
         self.bus.publish(RestoreCompleted(job.id, result.bytes_written))
 
-    def _end(self, job: _Job, action: Action, error: str | None) -> None:
+    def _end(self, job: Job, action: Action, error: str | None) -> None:
         job.pause_requested = False
         job.resume_requested = False
         try:
@@ -638,7 +518,7 @@ class JobController:
         self._key = (path, repo.key)
         return repo
 
-    def _reporter(self, job: _Job) -> Callable[[Progress], None]:
+    def _reporter(self, job: Job) -> Callable[[Progress], None]:
         loop = self._loop
         assert loop is not None
 
@@ -647,7 +527,7 @@ class JobController:
 
         return report
 
-    def _run_engine(self, job: _Job) -> JobResult:
+    def _run_engine(self, job: Job) -> JobResult:
         spec = job.spec
         if isinstance(spec, RestoreSpec):
             return run_restore(
@@ -659,7 +539,7 @@ class JobController:
             )
         return self._run_backup(job, spec)
 
-    def _run_backup(self, job: _Job, spec: BackupSpec) -> BackupResult:
+    def _run_backup(self, job: Job, spec: BackupSpec) -> BackupResult:
         repo = self._repository()
         cache_root = self._cache_root or user_cache_dir()
         options = BackupOptions(
@@ -676,12 +556,12 @@ class JobController:
         )
 
     # ------------------------------------------------------ progress (loop)
-    def _on_progress(self, job: _Job, p: Progress) -> None:
+    def _on_progress(self, job: Job, p: Progress) -> None:
         if job.state in TERMINAL:
             return
         self._publish_progress(job, p)
 
-    def _publish_progress(self, job: _Job, p: Progress, *, force: bool = False) -> None:
+    def _publish_progress(self, job: Job, p: Progress, *, force: bool = False) -> None:
         now = self._clock()
         rate = job.rate.update(now, p.bytes_done)
         # Until the scan has counted everything the total is not known: a
@@ -705,13 +585,13 @@ class JobController:
         else:
             job.dirty = True
 
-    def _send_progress(self, job: _Job, now: float) -> None:
+    def _send_progress(self, job: Job, now: float) -> None:
         job.last_sent = now
         job.dirty = False
         if job.progress is not None and job.state is JobState.RUNNING:
             self.bus.publish(job.progress)
 
-    async def _tick(self, job: _Job) -> None:
+    async def _tick(self, job: Job) -> None:
         """Send held-back progress, and at least one event a second while running."""
         interval = 1.0 / MAX_EVENTS_PER_SECOND
         while job.state not in TERMINAL:

@@ -205,7 +205,7 @@ class Shell(QObject):
             win.close()
         self.tray.hide()
         await self.agent.stop()
-        self.bridge.close()
+        await self.bridge.aclose()
 
     async def run(self) -> None:
         """Start, wait for Quit, stop. A failed start stops what it started, then raises."""
@@ -226,7 +226,7 @@ class Shell(QObject):
             await self.agent.stop()
         except Exception:  # noqa: BLE001 - the start's own error is the one to report
             log.exception("stopping after a failed start")
-        self.bridge.close()
+        await self.bridge.aclose()
 
 
 def _route_signals(shell: Shell) -> Any:

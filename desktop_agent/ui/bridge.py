@@ -33,7 +33,7 @@ from desktop_agent.protocol import (
     RestoreFailed,
     RestoreStarted,
 )
-from desktop_agent.termtext import human_bytes
+from desktop_agent.termtext import clean, human_bytes
 
 from .model import TrayModel
 
@@ -73,12 +73,21 @@ class Bridge(QObject):
         return self.agent.config
 
     def close(self) -> None:
-        """Stop listening to the bus; let the browser's thread end."""
+        """Stop listening to the bus; cancel the tasks it runs; let the browser's thread end."""
         self._unsubscribe()
         self._clock.stop()
+        for task in self._tasks:
+            task.cancel()
         if self._browser is not None:
             self._browser.close()
             self._browser = None
+
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait until its tasks have ended (none is left pending)."""
+        self.close()
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------- events
     def _on_event(self, event: BusEvent) -> None:
@@ -109,7 +118,7 @@ class Bridge(QObject):
                 self.notify.emit(
                     "Restoring files",
                     f"A backup server is restoring files of snapshot {spec.snapshot.short_id} "
-                    f"into {spec.target}",
+                    f"into {clean(spec.target)}",
                     False,
                 )
         elif isinstance(event, RestoreCompleted):
@@ -119,13 +128,15 @@ class Bridge(QObject):
                 files, problems = result.files, max(result.errors_total, len(result.errors))
             text = (
                 f"{files:,} file{'s' if files != 1 else ''} ({human_bytes(event.total_bytes)}) "
-                f"restored into {spec.target}"
+                f"restored into {clean(spec.target)}"
             )
             if problems:
                 text += f"; {problems:,} could not be restored (see the restore window)"
             self.notify.emit("Files restored", text, bool(problems))
         elif event.error != CANCELLED:
-            self.notify.emit("Restore failed", f"{event.error}\nInto {spec.target}.", True)
+            self.notify.emit(
+                "Restore failed", f"{clean(event.error)}\nInto {clean(spec.target)}.", True
+            )
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a coroutine on the loop, keeping a reference to its task."""

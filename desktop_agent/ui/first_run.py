@@ -45,7 +45,7 @@ from desktop_agent.engine.errors import EngineError
 
 from .bridge import Bridge
 from .icons import app_icon
-from .settings import (
+from .widgets import (
     error_label,
     open_folder_dialog,
     run_off_loop,

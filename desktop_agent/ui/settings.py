@@ -18,15 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication, QHideEvent, QShowEvent
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QDialog,
     QDialogButtonBox,
@@ -35,8 +33,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
     QSpinBox,
     QTabWidget,
@@ -65,162 +61,23 @@ from desktop_agent.system.errors import AutostartError
 
 from .bridge import Bridge
 from .icons import app_icon
+from .widgets import (
+    StringList,
+    error_label,
+    hint,
+    open_folder_dialog,
+    run_off_loop,
+    show_text,
+    start_dir,
+)
 
-__all__ = [
-    "SettingsDialog",
-    "StringList",
-    "open_folder_dialog",
-    "run_off_loop",
-    "start_dir",
-]
+__all__ = ["SettingsDialog"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ERROR_STYLE = "color: #c62828;"
 MAX_INTERVAL = 7 * 24 * 60  # the loader's limit for [backup] interval_minutes
-
-# Keyring calls may wait on D-Bus or an unlock prompt; config and password
-# files are fsynced. Neither belongs on the loop thread. A plain thread pool,
-# not qasync's default executor: its QThreads outlive test loops noisily.
-_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settings-io")
-
-
-async def run_off_loop(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking call (file, keyring) on a worker thread and await it."""
-    return await asyncio.get_running_loop().run_in_executor(_io, fn, *args)
-
-
-# ------------------------------------------------------------ widgets
-def open_folder_dialog(
-    parent: QWidget, title: str, start: str, chosen: Callable[[str], None]
-) -> QFileDialog:
-    """Open a folder chooser without blocking (``open()``); ``chosen`` gets the folder.
-
-    The caller keeps the returned dialog: it is the only reference.
-    """
-    dialog = QFileDialog(parent, title, start)
-    dialog.setFileMode(QFileDialog.FileMode.Directory)
-    dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
-    dialog.fileSelected.connect(chosen)
-    dialog.open()
-    return dialog
-
-
-def start_dir(text: str, config: Config) -> str:
-    """Where a folder chooser opens: the folder in ``text`` or its nearest existing parent."""
-    path = config.resolve_path(text) if text.strip() else os.path.expanduser("~")
-    while path and not os.path.isdir(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
-
-
-def error_label() -> QLabel:
-    """A red, wrapping, selectable label, hidden while empty."""
-    label = QLabel()
-    label.setStyleSheet(ERROR_STYLE)
-    label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    label.hide()
-    return label
-
-
-def show_text(label: QLabel, text: str) -> None:
-    """Set a label's text; hide it while there is none."""
-    label.setText(text)
-    label.setVisible(bool(text))
-
-
-class StringList(QWidget):
-    """An editable list of lines with Add / Edit / Remove.
-
-    ``add`` replaces the default Add (a new empty line, edited in place),
-    e.g. with a folder chooser. Blank lines are dropped by :meth:`values`.
-    """
-
-    def __init__(
-        self,
-        add_text: str = "Add",
-        add: Callable[[], None] | None = None,
-        parent: QWidget | None = None,
-    ) -> None:
-        super().__init__(parent)
-        self.list = QListWidget()
-        self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.add_button = QPushButton(add_text)
-        self.edit_button = QPushButton("Edit")
-        self.remove_button = QPushButton("Remove")
-        self.add_button.clicked.connect(add or self.add_empty)
-        self.edit_button.clicked.connect(self.edit_current)
-        self.remove_button.clicked.connect(self.remove_selected)
-        self.list.itemSelectionChanged.connect(self._update_buttons)
-        buttons = QVBoxLayout()
-        for button in (self.add_button, self.edit_button, self.remove_button):
-            buttons.addWidget(button)
-        buttons.addStretch(1)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.list, 1)
-        layout.addLayout(buttons)
-        self._update_buttons()
-
-    def _update_buttons(self) -> None:
-        selected = bool(self.list.selectedItems())
-        self.edit_button.setEnabled(len(self.list.selectedItems()) == 1)
-        self.remove_button.setEnabled(selected)
-
-    def _item(self, text: str) -> QListWidgetItem:
-        item = QListWidgetItem(text)
-        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
-        return item
-
-    def set_values(self, values: Iterable[str]) -> None:
-        """Replace the lines."""
-        self.list.clear()
-        for value in values:
-            self.list.addItem(self._item(value))
-        self._update_buttons()
-
-    def values(self) -> tuple[str, ...]:
-        """The lines, stripped, without blank ones, in order."""
-        out = []
-        for row in range(self.list.count()):
-            text = self.list.item(row).text().strip()
-            if text:
-                out.append(text)
-        return tuple(out)
-
-    def append(self, text: str) -> None:
-        """Add a line (unless it is already there) and select it."""
-        for row in range(self.list.count()):
-            if self.list.item(row).text() == text:
-                self.list.setCurrentRow(row)
-                return
-        self.list.addItem(self._item(text))
-        self.list.setCurrentRow(self.list.count() - 1)
-
-    def add_empty(self) -> None:
-        """Add an empty line and start editing it."""
-        item = self._item("")
-        self.list.addItem(item)
-        self.list.setCurrentItem(item)
-        self.list.editItem(item)
-
-    def edit_current(self) -> None:
-        """Edit the selected line in place."""
-        item = self.list.currentItem()
-        if item is not None:
-            self.list.editItem(item)
-
-    def remove_selected(self) -> None:
-        """Remove the selected lines."""
-        for item in self.list.selectedItems():
-            self.list.takeItem(self.list.row(item))
-        self._update_buttons()
 
 
 def _autostart_words(status: AutostartStatus) -> str:
@@ -232,15 +89,6 @@ def _autostart_words(status: AutostartStatus) -> str:
     if status.system_entry is not None:
         return f"Off for you: {status.entry} hides {status.system_entry}."
     return "Scheduled backups run only while desktop-agent runs."
-
-
-def _hint(text: str) -> QLabel:
-    label = QLabel(text)
-    label.setWordWrap(True)
-    font = label.font()
-    font.setPointSizeF(font.pointSizeF() * 0.9)
-    label.setFont(font)
-    return label
 
 
 # ------------------------------------------------------------ the dialog
@@ -321,13 +169,13 @@ class SettingsDialog(QDialog):
         form.addRow("Leave out:", self.excludes)
         form.addRow(
             "",
-            _hint('restic --exclude patterns: "*.tmp", "**/.cache"; "*" stays within a folder.'),
+            hint('restic --exclude patterns: "*.tmp", "**/.cache"; "*" stays within a folder.'),
         )
         form.addRow("Back up every:", self.interval)
-        form.addRow("", _hint("Back up every N minutes; 0 = only on request."))
+        form.addRow("", hint("Back up every N minutes; 0 = only on request."))
         self.start_at_login = QCheckBox("Start desktop-agent when I log in")
         self.start_at_login.setEnabled(False)  # until the state is read
-        self.start_at_login_note = _hint("")
+        self.start_at_login_note = hint("")
         self.start_at_login_note.setObjectName("start_at_login_note")
         self.start_at_login_note.setTextInteractionFlags(
             Qt.TextInteractionFlag.TextSelectableByMouse
@@ -357,8 +205,8 @@ class SettingsDialog(QDialog):
         self.password_status = QLabel()
         self.password_status.setObjectName("password_status")
         self.password_status.setWordWrap(True)
-        self.password_where = _hint("")
-        self.env_note = _hint(
+        self.password_where = hint("")
+        self.env_note = hint(
             f"{PASSWORD_ENV} is set in this program's environment: it is used before "
             "any stored password."
         )
@@ -369,10 +217,10 @@ class SettingsDialog(QDialog):
 
         form = QFormLayout(tab)
         form.addRow("Location:", row)
-        form.addRow("", _hint("A folder, ideally on another disk, in restic's format."))
+        form.addRow("", hint("A folder, ideally on another disk, in restic's format."))
         form.addRow(QLabel("<b>Change stored password</b>"))
         form.addRow(
-            _hint(
+            hint(
                 "desktop-agent reads the repository password from the OS keyring or its "
                 "password file. This does not re-key the repository: enter the password "
                 "the repository was created with. It is checked by opening the "
@@ -406,7 +254,7 @@ class SettingsDialog(QDialog):
         token_row.addWidget(self.token, 1)
         for button in (self.show_token_button, self.copy_token_button, self.regenerate_button):
             token_row.addWidget(button)
-        self.token_note = _hint(
+        self.token_note = hint(
             "A new token: connected backup servers keep their connection, but need the "
             "new token to connect again. It takes effect when you click Apply."
         )
@@ -417,14 +265,14 @@ class SettingsDialog(QDialog):
         form.addRow("Listen on:", self.listen)
         form.addRow(
             "",
-            _hint("host:port of the /ws endpoint; 127.0.0.1 accepts this machine only."),
+            hint("host:port of the /ws endpoint; 127.0.0.1 accepts this machine only."),
         )
         form.addRow("Access token:", token_row)
         form.addRow("", self.token_note)
         form.addRow("Allowed origins:", self.origins)
         form.addRow(
             "",
-            _hint(
+            hint(
                 'Browser pages allowed to connect, e.g. "https://backup.example.com"; '
                 "none: no browser may connect."
             ),
@@ -433,7 +281,7 @@ class SettingsDialog(QDialog):
         form.addRow("", self.allow_remote_restore)
         form.addRow(
             "",
-            _hint(
+            hint(
                 "Restores it asks for always go into a new folder in Downloads (never over "
                 "existing files), and desktop-agent tells you when one starts."
             ),
@@ -445,7 +293,7 @@ class SettingsDialog(QDialog):
         self.notify_success = QCheckBox("Notify me when a backup completes")
         layout = QVBoxLayout(tab)
         layout.addWidget(self.notify_success)
-        layout.addWidget(_hint("Failed backups are always shown."))
+        layout.addWidget(hint("Failed backups are always shown."))
         layout.addStretch(1)
         return tab
 

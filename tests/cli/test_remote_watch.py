@@ -18,6 +18,12 @@ from desktop_agent.protocol import (
     BackupProgress,
     BackupStarted,
     JobId,
+    RestoreCompleted,
+    RestoreFailed,
+    RestorePaused,
+    RestoreProgress,
+    RestoreResumed,
+    RestoreStarted,
     encode_event,
 )
 
@@ -91,3 +97,38 @@ def test_lines_and_json_from_the_agent_cannot_drive_the_terminal(
     (line,) = capsys.readouterr().out.splitlines()
     assert line.isprintable()
     assert json.loads(line)["payload"]["current_file"] == evil
+
+
+def test_restores_are_watched_like_backups_and_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    r, b = "r" * 36, "b" * 36
+    out = io.StringIO()
+    lines = Watcher(LinePrinter(out), once=True)
+    for event in (
+        RestoreStarted(JobId(r), "ab" * 32, "/home/me/Downloads/Restored \udcff"),
+        RestoreProgress(JobId(r), 40.0, 1024, 4096, 512, 3, "/x/a.txt", 1, 4),
+        RestorePaused(JobId(r)),
+        RestoreResumed(JobId(r)),
+        RestoreCompleted(JobId(r), 4096),
+    ):
+        lines.handle(_msg(event))
+    assert lines.finished
+    assert out.getvalue().splitlines() == [
+        f"{r} restore of snapshot abababab into /home/me/Downloads/Restored \\xff started",
+        f"{r} restore  40.0%  1.0 KiB / 4.0 KiB  512 B/s  ETA 0:03  1/4 files  /x/a.txt",
+        f"{r} restore paused",
+        f"{r} restore resumed",
+        f"{r} restore completed: 4.0 KiB",
+    ]
+
+    live = io.StringIO()
+    watcher = Watcher(LivePrinter(live), once=True)
+    watcher.handle(_msg(BackupStarted(JobId(b))))
+    watcher.handle(_msg(RestoreProgress(JobId(r), 40.0, 1024, 4096, 512, 3, None, 1, 4)))
+    watcher.printer.flush(watcher.active)
+    shown = live.getvalue().rsplit("\x1b[J", 1)[1].splitlines()
+    assert shown[0] == "bbbbbbbb waiting to start"
+    assert shown[1].startswith("rrrrrrrr restore [######..........]  40.0%")
+    watcher.handle(_msg(RestoreFailed(JobId(r), "cancelled")))
+    assert f"{r} restore failed: cancelled" in live.getvalue()
+    assert not watcher.finished  # the backup is still active

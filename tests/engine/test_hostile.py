@@ -35,7 +35,6 @@ from desktop_agent.config import AgentConfig, BackupConfig, Config, RepositoryCo
 from desktop_agent.engine import crypto, restoretarget
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.check import check
-from desktop_agent.engine.control import Control
 from desktop_agent.engine.errors import EngineError
 from desktop_agent.engine.ids import BlobType
 from desktop_agent.engine.repository import Repository
@@ -43,6 +42,7 @@ from desktop_agent.engine.restore import RestoreOptions, restore
 from desktop_agent.engine.storage import FileType, LocalStorage
 from desktop_agent.jobs import EventBus, JobController
 from desktop_agent.jobs.browse import RepositoryBrowser
+from desktop_agent.protocol import RestoreCompleted, RestoreFailed
 
 IS_ROOT = os.geteuid() == 0
 RSS_BOUND = 300 * 1024 * 1024
@@ -100,8 +100,8 @@ def no_traceback(proc: Any) -> None:
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
 
 
-def browser_restore(tmp_path: Path, target: Path, overwrite_ok: bool = False) -> Any:
-    """Restore ``latest`` through the tray's path (the repository browser)."""
+def browser_restore(tmp_path: Path, target: Path) -> Any:
+    """Restore ``latest`` the tray's way: a restore job queued in the controller."""
     os.environ["DESKTOP_AGENT_PASSWORD"] = PASSWORD
     cfg = Config(
         agent=AgentConfig(token="t" * 20),
@@ -109,16 +109,30 @@ def browser_restore(tmp_path: Path, target: Path, overwrite_ok: bool = False) ->
         backup=BackupConfig(sources=(str(tmp_path),), exclude=(), interval_minutes=0),
         path=tmp_path / "tray.toml",
     )
-    browser = RepositoryBrowser(JobController(cfg, EventBus()))
 
     async def scenario() -> Any:
-        snaps = await browser.snapshots()
-        return await browser.restore(snaps[0], [], str(target), lambda _p: None, Control())
+        bus = EventBus()
+        ended = asyncio.Event()
+        ctl = JobController(cfg, bus)
+        bus.subscribe(
+            lambda e: ended.set() if isinstance(e, RestoreCompleted | RestoreFailed) else None
+        )
+        await ctl.start()
+        browser = RepositoryBrowser(ctl)
+        try:
+            snaps = await browser.snapshots()
+            job = ctl.start_restore(snaps[0], [], str(target), origin="tray")
+            await ended.wait()
+            view = ctl.job(job)
+            assert view.error is None, view.error
+            return view.result
+        finally:
+            browser.close()
+            await ctl.stop()
 
     try:
         return asyncio.run(asyncio.wait_for(scenario(), 120))
     finally:
-        browser.close()
         del os.environ["DESKTOP_AGENT_PASSWORD"]
 
 

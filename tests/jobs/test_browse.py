@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,15 +15,15 @@ from support import FAST_KDF, PASSWORD, signature, write
 
 from desktop_agent.config import AgentConfig, BackupConfig, Config, RepositoryConfig
 from desktop_agent.engine.backup import BackupOptions, backup
-from desktop_agent.engine.control import Control
-from desktop_agent.engine.errors import Cancelled, EngineError, NotFound, RepositoryNotFound
+from desktop_agent.engine.errors import EngineError, NotFound, RepositoryNotFound
 from desktop_agent.engine.progress import Progress
 from desktop_agent.engine.repository import Repository
+from desktop_agent.engine.restore import RestoreResult
 from desktop_agent.engine.snapshot import Snapshot
 from desktop_agent.engine.storage import FileType, LocalStorage
-from desktop_agent.jobs import EventBus, JobController, JobState
+from desktop_agent.jobs import EventBus, JobController, JobState, JobView
 from desktop_agent.jobs.browse import Entry, RepositoryBrowser, split_path
-from desktop_agent.protocol import BackupFailed, BackupPaused
+from desktop_agent.protocol import BackupFailed, BackupPaused, RestoreCompleted, RestoreFailed
 
 T = TypeVar("T")
 BAD = b"bad\xffname.txt"
@@ -105,6 +106,16 @@ def browser(tmp_path: Path, source: Path) -> Any:
     b.close()
 
 
+@asynccontextmanager
+async def running(browser: RepositoryBrowser) -> AsyncIterator[None]:
+    """The browser's controller runs jobs (on the test's loop) inside the block."""
+    await browser.controller.start()
+    try:
+        yield
+    finally:
+        await browser.controller.stop()
+
+
 def test_snapshots_newest_first(tmp_path: Path, source: Path, browser: RepositoryBrowser) -> None:
     first = run(browser.snapshots())
     assert len(first) == 1
@@ -171,33 +182,49 @@ def test_listing_walks_down_lazily_with_raw_names(
     assert threads == {"browse_0"}  # never on the loop thread
 
 
+async def restore_job(
+    browser: RepositoryBrowser, snap: Snapshot, includes: list[str], target: Path
+) -> JobView:
+    """Restore the way the restore window does: a job of the browser's (started) controller."""
+    ctl = browser.controller
+    ended = asyncio.Event()
+
+    def on_event(e: object) -> None:
+        if isinstance(e, RestoreCompleted | RestoreFailed):
+            ended.set()
+
+    unsubscribe = ctl.bus.subscribe(on_event)
+    try:
+        job = ctl.start_restore(snap, includes, str(target))
+        await ended.wait()
+        return ctl.job(job)
+    finally:
+        unsubscribe()
+
+
 def test_restore_a_folder_and_never_overwrite(
     tmp_path: Path, source: Path, browser: RepositoryBrowser
 ) -> None:
     out = tmp_path / "out"
-    seen: list[Progress] = []
-    loop_thread: list[bool] = []
 
-    def on_progress(p: Progress) -> None:
-        seen.append(p)
-        loop_thread.append(threading.current_thread() is threading.main_thread())
+    async def scenario() -> tuple[JobView, JobView]:
+        async with running(browser):
+            (snap,) = await browser.snapshots()
+            first = await restore_job(browser, snap, [f"{source}/d1"], out)
+            second = await restore_job(browser, snap, [f"{source}/d1"], out)
+            return first, second
 
-    async def scenario() -> tuple[Any, Any]:
-        (snap,) = await browser.snapshots()
-        first = await browser.restore(snap, [f"{source}/d1"], str(out), on_progress, Control())
-        second = await browser.restore(snap, [f"{source}/d1"], str(out), on_progress, Control())
-        return first, second
-
-    first, second = run(scenario())
+    first_view, second_view = run(scenario())
+    first, second = first_view.result, second_view.result
+    assert isinstance(first, RestoreResult) and isinstance(second, RestoreResult)
     restored = out / source.relative_to("/") / "d1"
     assert signature(restored) == signature(source / "d1")
     assert sorted(os.listdir(out / source.relative_to("/"))) == ["d1"]
     assert first.files == 4 and first.errors == ()
     assert first.bytes_written == 3 * len(b"file 0\n" * 500) + len(b"not utf-8 name\n")
-    assert seen and all(loop_thread)
-    assert seen[-1].final or any(p.final for p in seen)
 
     # again into the same place: every file is reported, none replaced
+    assert second_view.state is JobState.COMPLETED
     assert second.files == 0 and second.bytes_written == 0
     assert len(second.errors) == 4
     assert all(e.endswith("exists; not overwritten") for e in second.errors)
@@ -207,14 +234,18 @@ def test_restore_a_folder_and_never_overwrite(
 def test_restore_one_file_with_an_undecodable_name(
     tmp_path: Path, source: Path, browser: RepositoryBrowser
 ) -> None:
+    """The entry's path (surrogate escapes) goes back to a restore job unchanged."""
     out = tmp_path / "out"
 
-    async def scenario() -> Any:
-        (snap,) = await browser.snapshots()
-        (bad,) = [e for e in await walk_to(browser, snap, source / "d1") if e.raw_name == BAD]
-        return await browser.restore(snap, [bad.path], str(out), ignore, Control())
+    async def scenario() -> JobView:
+        async with running(browser):
+            (snap,) = await browser.snapshots()
+            (bad,) = [e for e in await walk_to(browser, snap, source / "d1") if e.raw_name == BAD]
+            assert bad.name == "bad\\xffname.txt"  # shown in the one display form
+            return await restore_job(browser, snap, [bad.path], out)
 
-    result = run(scenario())
+    result = run(scenario()).result
+    assert isinstance(result, RestoreResult)
     assert result.files == 1 and result.errors == ()
     where = os.fsencode(out / source.relative_to("/") / "d1")
     assert os.listdir(where) == [BAD]
@@ -222,51 +253,8 @@ def test_restore_one_file_with_an_undecodable_name(
         assert fh.read() == b"not utf-8 name\n"
 
 
-def test_restore_errors(tmp_path: Path, source: Path, browser: RepositoryBrowser) -> None:
-    async def scenario() -> None:
-        (snap,) = await browser.snapshots()
-        with pytest.raises(NotFound):
-            await browser.restore(snap, ["/no/such/path"], str(tmp_path / "o1"), ignore, Control())
-        control = Control()
-        control.cancel()
-        with pytest.raises(Cancelled):
-            await browser.restore(snap, [str(source)], str(tmp_path / "o2"), ignore, control)
-
-    run(scenario())
-
-
-def test_cancelling_the_task_cancels_the_restore(tmp_path: Path) -> None:
-    src = tmp_path / "big"
-    write(src / "big.bin", os.urandom(64 * 1024 * 1024))
-    snapshot_of(tmp_path, [src])
-    browser = RepositoryBrowser(JobController(config(tmp_path, [src]), EventBus()))
-    control = Control()
-
-    async def scenario() -> None:
-        (snap,) = await browser.snapshots()
-        started = asyncio.Event()
-
-        def on_progress(p: Progress) -> None:
-            if p.bytes_done:
-                started.set()
-
-        task = asyncio.ensure_future(
-            browser.restore(snap, [], str(tmp_path / "out"), on_progress, control)
-        )
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    try:
-        run(scenario())
-        assert control.cancelled
-    finally:
-        browser.close()
-
-
-def test_browse_and_restore_while_a_backup_is_paused(tmp_path: Path, source: Path) -> None:
-    """A restore has its own thread: a backup holding the controller's does not block it."""
+def test_browse_while_a_backup_is_paused(tmp_path: Path, source: Path) -> None:
+    """Browsing has its own thread: a backup holding the controller's does not block it."""
     snapshot_of(tmp_path, [source])
     big = tmp_path / "bigsrc"
     for i in range(4):
@@ -287,14 +275,9 @@ def test_browse_and_restore_while_a_backup_is_paused(tmp_path: Path, source: Pat
                 await asyncio.sleep(0.01)
             ctl.pause(job)
             await asyncio.wait_for(paused.wait(), 60)
-            (snap,) = await browser.snapshots()
-            entries = await walk_to(browser, snap, source)
+            (snap,) = await asyncio.wait_for(browser.snapshots(), 30)
+            entries = await asyncio.wait_for(walk_to(browser, snap, source), 30)
             assert "top.txt" in by_name(entries)
-            result = await asyncio.wait_for(
-                browser.restore(snap, [str(source)], str(tmp_path / "out"), ignore, Control()),
-                60,
-            )
-            assert result.errors == ()
             assert ctl.job(job).state is JobState.PAUSED
             ctl.cancel(job)
             await asyncio.wait_for(failed.wait(), 60)
@@ -303,7 +286,6 @@ def test_browse_and_restore_while_a_backup_is_paused(tmp_path: Path, source: Pat
             await ctl.stop()
 
     run(scenario())
-    assert signature(tmp_path / "out" / source.relative_to("/")) == signature(source)
 
 
 def test_errors_are_engine_errors(
@@ -338,8 +320,14 @@ def test_a_tree_newer_than_the_index_is_found(tmp_path: Path, source: Path) -> N
         newer = snapshot_of(tmp_path, [source])
         entries = run(walk_to(b, newer, source))
         assert "new" in by_name(entries)
+
         # and the lock a restore takes is gone afterwards
-        run(b.restore(newer, [f"{source}/new"], str(tmp_path / "o"), ignore, Control()))
+        async def restore_newer() -> JobView:
+            async with running(b):
+                return await restore_job(b, newer, [f"{source}/new"], tmp_path / "o")
+
+        view = run(restore_newer())
+        assert view.state is JobState.COMPLETED
         storage = LocalStorage(tmp_path / "repo")
         assert list(storage.list(FileType.LOCK)) == []
     finally:

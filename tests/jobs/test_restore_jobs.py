@@ -116,6 +116,15 @@ def small_source(root: Path) -> Path:
     return root
 
 
+def written(root: Path) -> list[tuple[str, int, int]]:
+    """Every file under ``root`` with its size and allocated blocks."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out.append((str(p), st.st_size, st.st_blocks))
+    return out
+
+
 def data_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
@@ -240,6 +249,10 @@ def test_pause_resume_and_cancel_a_restore_mid_way(tmp_path: Path) -> None:
             view = ctl.job(job)
             assert view.state is JobState.PAUSED and ctl.status().status == "paused"
             assert view.progress is not None and 0 < view.progress.percent < 100
+            # paused means paused: no worker writes a byte until resumed
+            before = written(tmp_path / "one")
+            await asyncio.sleep(1.0)  # a window to watch, not a wait for a condition
+            assert written(tmp_path / "one") == before
             # the commands know their kind: a restore is not a backup
             with pytest.raises(JobError, match="is a restore, not a backup"):
                 ctl.resume(job, JobKind.BACKUP)

@@ -1,0 +1,194 @@
+"""Small widgets and helpers the settings and first-run dialogs share.
+
+Folder choosers that do not block the loop, error labels, an editable list
+of lines, and :func:`run_off_loop` for file, keyring and repository work
+that must not run on the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_agent.config import Config
+
+__all__ = [
+    "ERROR_STYLE",
+    "StringList",
+    "error_label",
+    "hint",
+    "open_folder_dialog",
+    "run_off_loop",
+    "show_text",
+    "start_dir",
+]
+
+T = TypeVar("T")
+
+ERROR_STYLE = "color: #c62828;"
+
+# Keyring calls may wait on D-Bus or an unlock prompt; config and password
+# files are fsynced. Neither belongs on the loop thread. A plain thread pool,
+# not qasync's default executor: its QThreads outlive test loops noisily.
+_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settings-io")
+
+
+async def run_off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call (file, keyring) on a worker thread and await it."""
+    return await asyncio.get_running_loop().run_in_executor(_io, fn, *args)
+
+
+def open_folder_dialog(
+    parent: QWidget, title: str, start: str, chosen: Callable[[str], None]
+) -> QFileDialog:
+    """Open a folder chooser without blocking (``open()``); ``chosen`` gets the folder.
+
+    The caller keeps the returned dialog: it is the only reference.
+    """
+    dialog = QFileDialog(parent, title, start)
+    dialog.setFileMode(QFileDialog.FileMode.Directory)
+    dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+    dialog.fileSelected.connect(chosen)
+    dialog.open()
+    return dialog
+
+
+def start_dir(text: str, config: Config) -> str:
+    """Where a folder chooser opens: the folder in ``text`` or its nearest existing parent."""
+    path = config.resolve_path(text) if text.strip() else os.path.expanduser("~")
+    while path and not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def error_label() -> QLabel:
+    """A red, wrapping, selectable label, hidden while empty."""
+    label = QLabel()
+    label.setStyleSheet(ERROR_STYLE)
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    label.hide()
+    return label
+
+
+def show_text(label: QLabel, text: str) -> None:
+    """Set a label's text; hide it while there is none."""
+    label.setText(text)
+    label.setVisible(bool(text))
+
+
+class StringList(QWidget):
+    """An editable list of lines with Add / Edit / Remove.
+
+    ``add`` replaces the default Add (a new empty line, edited in place),
+    e.g. with a folder chooser. Blank lines are dropped by :meth:`values`.
+    """
+
+    def __init__(
+        self,
+        add_text: str = "Add",
+        add: Callable[[], None] | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.list = QListWidget()
+        self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.add_button = QPushButton(add_text)
+        self.edit_button = QPushButton("Edit")
+        self.remove_button = QPushButton("Remove")
+        self.add_button.clicked.connect(add or self.add_empty)
+        self.edit_button.clicked.connect(self.edit_current)
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.list.itemSelectionChanged.connect(self._update_buttons)
+        buttons = QVBoxLayout()
+        for button in (self.add_button, self.edit_button, self.remove_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.list, 1)
+        layout.addLayout(buttons)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        selected = bool(self.list.selectedItems())
+        self.edit_button.setEnabled(len(self.list.selectedItems()) == 1)
+        self.remove_button.setEnabled(selected)
+
+    def _item(self, text: str) -> QListWidgetItem:
+        item = QListWidgetItem(text)
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+        return item
+
+    def set_values(self, values: Iterable[str]) -> None:
+        """Replace the lines."""
+        self.list.clear()
+        for value in values:
+            self.list.addItem(self._item(value))
+        self._update_buttons()
+
+    def values(self) -> tuple[str, ...]:
+        """The lines, stripped, without blank ones, in order."""
+        out = []
+        for row in range(self.list.count()):
+            text = self.list.item(row).text().strip()
+            if text:
+                out.append(text)
+        return tuple(out)
+
+    def append(self, text: str) -> None:
+        """Add a line (unless it is already there) and select it."""
+        for row in range(self.list.count()):
+            if self.list.item(row).text() == text:
+                self.list.setCurrentRow(row)
+                return
+        self.list.addItem(self._item(text))
+        self.list.setCurrentRow(self.list.count() - 1)
+
+    def add_empty(self) -> None:
+        """Add an empty line and start editing it."""
+        item = self._item("")
+        self.list.addItem(item)
+        self.list.setCurrentItem(item)
+        self.list.editItem(item)
+
+    def edit_current(self) -> None:
+        """Edit the selected line in place."""
+        item = self.list.currentItem()
+        if item is not None:
+            self.list.editItem(item)
+
+    def remove_selected(self) -> None:
+        """Remove the selected lines."""
+        for item in self.list.selectedItems():
+            self.list.takeItem(self.list.row(item))
+        self._update_buttons()
+
+
+def hint(text: str) -> QLabel:
+    """A wrapping explanation in a slightly smaller font."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    font = label.font()
+    font.setPointSizeF(font.pointSizeF() * 0.9)
+    label.setFont(font)
+    return label
