@@ -15,12 +15,11 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from .ids import BlobId
 from .progress import ProgressState
-from .snapshot import SnapshotSummary
+from .snapshot import BackupCounts, SnapshotSummary
 from .tree import Node
 from .writer import SaveResult
 
@@ -28,30 +27,17 @@ __all__ = ["BackupStats", "DirJob", "FileJob", "Notices", "SkippedPath"]
 
 
 @dataclass
-class BackupStats:
-    """What a backup counted: the counters of :class:`~.snapshot.SnapshotSummary`.
+class BackupStats(BackupCounts):
+    """What one part of a backup counted (:class:`~.snapshot.BackupCounts`), and the sum.
 
     Not thread-safe: each part of the pipeline keeps its own (guarded by its
     own lock where worker threads count into it) and the backup adds them up.
     """
 
-    files_new: int = 0
-    files_changed: int = 0
-    files_unmodified: int = 0
-    dirs_new: int = 0
-    dirs_changed: int = 0
-    dirs_unmodified: int = 0
-    data_blobs: int = 0
-    tree_blobs: int = 0
-    data_added: int = 0  # plaintext bytes of new blobs
-    data_added_packed: int = 0  # what they added to packs (compressed, encrypted)
-    total_files_processed: int = 0
-    total_bytes_processed: int = 0
-
     def add(self, other: BackupStats) -> None:
         """Add ``other``'s counts to these."""
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for name, value in other.counts().items():
+            setattr(self, name, getattr(self, name) + value)
 
     def add_blob(self, plain: int, stored: int, *, tree: bool = False) -> None:
         """Count one new blob of ``plain`` bytes that added ``stored`` bytes to a pack."""
@@ -64,8 +50,7 @@ class BackupStats:
 
     def summary(self, backup_start: str, backup_end: str) -> SnapshotSummary:
         """The snapshot's summary: these counts and the backup's start and end."""
-        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        return SnapshotSummary(backup_start=backup_start, backup_end=backup_end, **values)
+        return SnapshotSummary(backup_start=backup_start, backup_end=backup_end, **self.counts())
 
 
 @dataclass(frozen=True)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import IntegrityError
 from .gocompat import parse_time
 from .ids import BlobId, SnapshotId, parse_id
 
-__all__ = ["Snapshot", "SnapshotSummary"]
+__all__ = ["BackupCounts", "Snapshot", "SnapshotSummary"]
 
 
-@dataclass(frozen=True)
-class SnapshotSummary:
-    """Statistics restic >= 0.17 records; we write them too."""
+@dataclass
+class BackupCounts:
+    """What a backup counts, with restic's names: the counters of a snapshot's summary.
 
-    backup_start: str = ""
-    backup_end: str = ""
+    The backup pipeline's parts count into these (:class:`~.pipeline.BackupStats`);
+    :class:`SnapshotSummary` adds the start and end times.
+    """
+
     files_new: int = 0
     files_changed: int = 0
     files_unmodified: int = 0
@@ -27,29 +29,26 @@ class SnapshotSummary:
     dirs_unmodified: int = 0
     data_blobs: int = 0
     tree_blobs: int = 0
-    data_added: int = 0
-    data_added_packed: int = 0
+    data_added: int = 0  # plaintext bytes of new blobs
+    data_added_packed: int = 0  # what they added to packs (compressed, encrypted)
     total_files_processed: int = 0
     total_bytes_processed: int = 0
 
+    def counts(self) -> dict[str, int]:
+        """The counters by name, in restic's order."""
+        return {f.name: getattr(self, f.name) for f in fields(BackupCounts)}
+
+
+@dataclass
+class SnapshotSummary(BackupCounts):
+    """Statistics restic >= 0.17 records; we write them too. Treat it as a value."""
+
+    backup_start: str = ""
+    backup_end: str = ""
+
     def to_json(self) -> dict[str, Any]:
         """Field order as restic writes it."""
-        return {
-            "backup_start": self.backup_start,
-            "backup_end": self.backup_end,
-            "files_new": self.files_new,
-            "files_changed": self.files_changed,
-            "files_unmodified": self.files_unmodified,
-            "dirs_new": self.dirs_new,
-            "dirs_changed": self.dirs_changed,
-            "dirs_unmodified": self.dirs_unmodified,
-            "data_blobs": self.data_blobs,
-            "tree_blobs": self.tree_blobs,
-            "data_added": self.data_added,
-            "data_added_packed": self.data_added_packed,
-            "total_files_processed": self.total_files_processed,
-            "total_bytes_processed": self.total_bytes_processed,
-        }
+        return {"backup_start": self.backup_start, "backup_end": self.backup_end, **self.counts()}
 
 
 def _summary(obj: Any) -> SnapshotSummary | None:
@@ -57,7 +56,8 @@ def _summary(obj: Any) -> SnapshotSummary | None:
     if not isinstance(obj, dict):
         return None
     values: dict[str, Any] = {}
-    for name, f in SnapshotSummary.__dataclass_fields__.items():
+    for f in fields(SnapshotSummary):
+        name = f.name
         if name not in obj:
             continue
         value = obj[name]

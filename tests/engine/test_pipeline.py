@@ -12,14 +12,22 @@ from support import write
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.pipeline import BackupStats, DirJob, FileJob, Notices
 from desktop_agent.engine.progress import ProgressState
-from desktop_agent.engine.snapshot import SnapshotSummary
+from desktop_agent.engine.snapshot import BackupCounts, SnapshotSummary
 from desktop_agent.engine.tree import Node, NodeType
 
 
 def test_the_stats_are_the_summarys_counters() -> None:
-    counters = [f.name for f in dataclasses.fields(SnapshotSummary)]
-    assert counters[:2] == ["backup_start", "backup_end"]
-    assert [f.name for f in dataclasses.fields(BackupStats)] == counters[2:]
+    """The counters are declared once (BackupCounts); both types are built on them."""
+    counters = [f.name for f in dataclasses.fields(BackupCounts)]
+    assert len(counters) == 12
+    assert [f.name for f in dataclasses.fields(BackupStats)] == counters
+    assert [f.name for f in dataclasses.fields(SnapshotSummary)] == [
+        *counters,
+        "backup_start",
+        "backup_end",
+    ]
+    # written in restic's order: the times first
+    assert list(SnapshotSummary().to_json()) == ["backup_start", "backup_end", *counters]
 
 
 def test_add_and_summary() -> None:
