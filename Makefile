@@ -29,8 +29,9 @@ QT_DEBS := libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 \
            libdbus-1-3 libglib2.0-0 libxcb-cursor0 libx11-xcb1 libxcb-icccm4 \
            libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 \
            libxcb-randr0 libxcb-xfixes0 libxcb-sync1 libxcb-xkb1 libxcb-xinerama0
-# restic is the oracle for the repository format in the tests.
-TEST_DEBS := restic $(QT_DEBS)
+# restic is the oracle for the repository format in the tests; rclone serves
+# REST repositories and openssh-server SFTP ones to the remote-backend tests.
+TEST_DEBS := restic rclone openssh-server openssh-client $(QT_DEBS)
 RUN_DEBS := $(QT_DEBS)
 
 .PHONY: run test venv lint clean debs-test debs-run

@@ -149,6 +149,13 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     its helper processes, sampled every 5 ms (desktop-agent starts helper
     processes for many small files; their memory counts).
     """
+    wall, peak, _cpu = run_usage(cmd, env)
+    return wall, peak
+
+
+def run_usage(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
+    """:func:`run`'s wall seconds and peak memory, and the CPU seconds (user and
+    system) of the command and its children."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = [0]
@@ -169,7 +176,7 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode not in (0, 3):
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return wall, max(usage.ru_maxrss * 1024, peak[0])
+    return wall, max(usage.ru_maxrss * 1024, peak[0]), usage.ru_utime + usage.ru_stime
 
 
 def du(path: Path) -> int:

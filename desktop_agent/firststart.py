@@ -19,7 +19,7 @@ from desktop_agent.config import Config, ConfigError
 from desktop_agent.config.password import PASSWORD_ENV, read_password, write_password_file
 from desktop_agent.config.paths import default_repository_path
 from desktop_agent.engine.repository import Repository
-from desktop_agent.engine.storage import open_storage
+from desktop_agent.engine.storage import storage_for
 
 __all__ = ["create_default_repository"]
 
@@ -36,7 +36,7 @@ def create_default_repository(config: Config) -> str | None:
     if config.repository.path != default_repository_path():
         return None
     path = config.repository_path
-    storage = open_storage(path)
+    storage = storage_for(config)
     if storage.exists():
         return None
     if os.path.isdir(path) and any(True for _ in os.scandir(path)):

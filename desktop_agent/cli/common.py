@@ -22,7 +22,7 @@ from desktop_agent.config import Config, load_or_create, read_password, resolve_
 from desktop_agent.engine.errors import RepositoryNotFound, StorageError
 from desktop_agent.engine.lock import Lock
 from desktop_agent.engine.repository import Repository
-from desktop_agent.engine.storage import open_storage
+from desktop_agent.engine.storage import storage_for
 from desktop_agent.termtext import clean, columns, json_text, pad
 
 __all__ = [
@@ -92,7 +92,7 @@ def repository_password(config: Config) -> str:
 
 def open_repository(config: Config) -> Repository:
     """The configured repository, opened (it must exist)."""
-    storage = open_storage(config.repository_path)
+    storage = storage_for(config)
     if not storage.exists():
         raise RepositoryNotFound(
             f"there is no repository at {storage.location} (create one with `desktop-agent init`)"

@@ -15,7 +15,7 @@ from desktop_agent.config import read_password, write_password_file
 from desktop_agent.engine.check import check, parse_subset
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.snapshot import Snapshot
-from desktop_agent.engine.storage import open_storage
+from desktop_agent.engine.storage import storage_for
 from desktop_agent.termtext import ProgressLine, clean, human_bytes
 
 from .common import (
@@ -45,7 +45,7 @@ def add_init(sub: Subparsers) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     """Create the configured repository; without a password, make one up or ask for one."""
     config = load_config(args)
-    storage = open_storage(config.repository_path)
+    storage = storage_for(config)
     password = read_password(config)
     generated = False
     if not password:

@@ -21,6 +21,7 @@ import tomli_w
 
 from desktop_agent.config.atomicfile import make_private_dirs, resolve_link, write_atomic
 from desktop_agent.config.errors import ConfigError
+from desktop_agent.config.location import parse_location
 from desktop_agent.config.model import (
     AgentConfig,
     BackupConfig,
@@ -63,7 +64,6 @@ _KEYS: dict[str, tuple[str, ...]] = {
 CONFIG_FILE_LIMIT = 1024 * 1024
 
 # restic's remote backends; a local path is all this version stores to.
-_REMOTE_PREFIXES = ("sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:")
 
 
 def _toml_type(value: object) -> str:
@@ -243,9 +243,15 @@ def _parse_repository(section: _Section) -> RepositoryConfig:
         path = default_repository_path()
     if not path.strip():
         raise section.error("path", "is empty; name the directory that holds the backups")
-    if path.lower().startswith(_REMOTE_PREFIXES):
+    try:
+        location = parse_location(path)
+    except ConfigError as exc:
+        raise section.error("path", str(exc)) from None
+    if location.password:
         raise section.error(
-            "path", f"{_show(path)}: remote repositories are not supported yet; use a local path"
+            "path",
+            f"{location.display()}: holds a password in clear; remove it from the URL and store "
+            "it with the settings window, or set RESTIC_REST_PASSWORD",
         )
     password_file = section.string("password_file", None)
     if password_file is None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from desktop_agent.config.errors import ConfigError
+from desktop_agent.config.location import Location, parse_location
 from desktop_agent.config.network import parse_listen
 from desktop_agent.config.paths import (
     default_password_file,
@@ -128,14 +129,27 @@ class Config:
         repository itself and the agent's own caches and logs, wherever they
         lie inside a source (backing up the backup, or its cache, would make
         every run bigger than the last)."""
-        own = [self.repository_path, str(user_cache_dir()), str(user_log_dir())]
+        own = [str(user_cache_dir()), str(user_log_dir())]
+        if not self.repository_location.remote:
+            own.insert(0, self.repository_path)
         # absolute patterns match exactly that path; glob characters in it are literal
         return list(self.backup.exclude) + [glob.escape(os.path.abspath(p)) for p in own]
 
     @property
+    def repository_location(self) -> Location:
+        """Where the repository is; a local folder's path expanded and absolute."""
+        location = parse_location(self.repository.path)
+        if location.remote:
+            return location
+        path = self.resolve_path(location.path)
+        return Location("local", path, path=path)
+
+    @property
     def repository_path(self) -> str:
-        """The repository directory, expanded and absolute."""
-        return self.resolve_path(self.repository.path)
+        """The repository: a local folder expanded and absolute, or a remote location as
+        written (it holds no password: the loader refuses one)."""
+        location = self.repository_location
+        return location.path if not location.remote else location.text
 
     @property
     def password_file_path(self) -> str | None:

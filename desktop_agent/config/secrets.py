@@ -22,18 +22,31 @@ call them off the event loop thread.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import logging
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from desktop_agent.config.atomicfile import make_private_dirs, resolve_link, write_atomic
 from desktop_agent.config.errors import ConfigError
+from desktop_agent.config.location import Location
 from desktop_agent.config.model import Config
 from desktop_agent.config.privatefile import read_regular_file, warn_if_exposed
 
 __all__ = [
     "KEYRING_SERVICE",
+    "REST_PASSWORD",
+    "S3_ACCESS_KEY",
+    "S3_SECRET_KEY",
+    "ServerCredentials",
+    "credentials_dir",
+    "read_server_secret",
+    "server_credentials",
+    "store_server_secret",
     "PASSWORD_FILE_LIMIT",
     "keyring_get",
     "keyring_set",
@@ -215,3 +228,111 @@ def password_storage_problem(file: str | None, password: str, *, generated: bool
             "configured ([repository] password_file)."
         )
     return None
+
+
+# ------------------------------------------------ repository server credentials
+# A REST password and S3 keys: kept in the OS keyring under "<kind>:<where>"
+# (the location without any password), else in a 0600 file of their own in
+# a 0700 folder beside the configuration. The environment (restic's
+# variables) always wins over what is stored.
+REST_PASSWORD = "rest-password"
+S3_ACCESS_KEY = "s3-access-key"
+S3_SECRET_KEY = "s3-secret-key"
+
+
+def credentials_dir(config: Config) -> Path:
+    """Where server credentials are kept when there is no keyring (0700)."""
+    return config.path.parent / "credentials"
+
+
+def _secret_name(kind: str, location: Location) -> str:
+    where = (
+        location.key() if location.scheme == "rest" else f"{location.endpoint}/{location.bucket}"
+    )
+    return f"{kind}:{where}"
+
+
+def _secret_file(config: Config, name: str) -> Path:
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return credentials_dir(config) / digest
+
+
+def read_server_secret(config: Config, kind: str, location: Location) -> str | None:
+    """A stored server credential (``kind`` is one of :data:`REST_PASSWORD`,
+    :data:`S3_ACCESS_KEY`, :data:`S3_SECRET_KEY`), or None."""
+    name = _secret_name(kind, location)
+    found = keyring_get(name)
+    if found:
+        return found
+    path = _secret_file(config, name)
+    if os.path.lexists(path):
+        return read_password_file(str(path))
+    return None
+
+
+def store_server_secret(config: Config, kind: str, location: Location, secret: str) -> str:
+    """Keep a server credential: the OS keyring when usable, else a 0600 file.
+
+    Returns where, in words (never the secret). An empty ``secret`` removes
+    what is stored.
+    """
+    name = _secret_name(kind, location)
+    path = _secret_file(config, name)
+    if not secret:
+        if keyring_usable():
+            with contextlib.suppress(Exception):
+                import keyring
+
+                keyring.delete_password(KEYRING_SERVICE, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return "nowhere (removed)"
+    if keyring_usable():
+        try:
+            keyring_set(name, secret, what="server credential")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # one place only: a stale file would hide nothing, but confuse
+            return "the OS keyring"
+        except ConfigError as exc:
+            log.info("%s; using a private file", exc)
+    write_password_file(str(path), secret)
+    return f"the private file {path}"
+
+
+@dataclass(frozen=True)
+class ServerCredentials:
+    """What a remote repository is opened with (never shown, never logged)."""
+
+    rest_user: str = field(default="", repr=False)
+    rest_password: str = field(default="", repr=False)
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    s3_session_token: str = field(default="", repr=False)
+    s3_region: str = ""
+
+
+def server_credentials(
+    config: Config, location: Location, env: Mapping[str, str] | None = None
+) -> ServerCredentials:
+    """The credentials for ``location``: restic's environment variables first, then
+    the URL (REST user), then what :func:`store_server_secret` kept."""
+    environ = os.environ if env is None else env
+    if location.scheme == "rest":
+        user = location.user or environ.get("RESTIC_REST_USERNAME", "")
+        password = location.password or environ.get("RESTIC_REST_PASSWORD", "")
+        if user and not password:
+            password = read_server_secret(config, REST_PASSWORD, location) or ""
+        return ServerCredentials(rest_user=user, rest_password=password)
+    if location.scheme == "s3":
+        access = environ.get("AWS_ACCESS_KEY_ID", "")
+        secret = environ.get("AWS_SECRET_ACCESS_KEY", "")
+        token = environ.get("AWS_SESSION_TOKEN", "")
+        if not (access and secret):
+            access = read_server_secret(config, S3_ACCESS_KEY, location) or ""
+            secret = read_server_secret(config, S3_SECRET_KEY, location) or ""
+            token = ""
+        region = environ.get("AWS_DEFAULT_REGION", "") or environ.get("AWS_REGION", "")
+        return ServerCredentials(
+            s3_access_key=access, s3_secret_key=secret, s3_session_token=token, s3_region=region
+        )
+    return ServerCredentials()

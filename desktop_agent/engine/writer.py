@@ -105,8 +105,11 @@ class BlobWriter:
             BlobType.DATA: PackBuilder(repo.key, spool),
             BlobType.TREE: PackBuilder(repo.key, spool),
         }
-        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
-        self._upload_slots = threading.BoundedSemaphore(_MAX_PENDING_UPLOADS)
+        # a server takes several uploads at once (its latency hides behind the others);
+        # packs wait as spool files on disk, so memory stays bounded either way
+        parallel = max(1, int(getattr(repo.storage, "upload_parallelism", 1)))
+        self._uploader = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="upload")
+        self._upload_slots = threading.BoundedSemaphore(_MAX_PENDING_UPLOADS + parallel - 1)
         self._uploads: list[Future[None]] = []
         self._uploaded: list[tuple[PackId, list[PackedBlob]]] = []  # not yet in an index file
         self._error: BaseException | None = None

@@ -44,7 +44,7 @@ from desktop_agent.engine.progress import RATE_WINDOW, Progress
 from desktop_agent.engine.repository import Repository, hostname
 from desktop_agent.engine.restore import RestoreResult
 from desktop_agent.engine.snapshot import Snapshot
-from desktop_agent.engine.storage import open_storage
+from desktop_agent.engine.storage import storage_for
 from desktop_agent.protocol import (
     CANCELLED,
     MAX_SKIPPED_LISTED,
@@ -162,7 +162,7 @@ class JobController:
 
     def repository_exists(self) -> bool:
         """Whether the configured repository has been created."""
-        return open_storage(self.config.repository_path).exists()
+        return storage_for(self.config).exists()
 
     def current(self) -> JobView | None:
         """The running or paused job (of any kind), if any."""
@@ -312,7 +312,7 @@ class JobController:
         loop = asyncio.get_running_loop()
 
         def init() -> None:
-            Repository.init(open_storage(path), password)
+            Repository.init(storage_for(self.config, path), password)
             log.info("created a repository at %s", path)
 
         await loop.run_in_executor(self._executor, init)
@@ -327,7 +327,7 @@ class JobController:
         loop = asyncio.get_running_loop()
 
         def check() -> None:
-            Repository.open(open_storage(path), password)
+            Repository.open(storage_for(self.config, path), password)
 
         await loop.run_in_executor(self._checks, check)
 
@@ -501,12 +501,13 @@ class JobController:
     def _repository(self) -> Repository:
         """Open the repository; the key is derived once per path and kept."""
         path = self.config.repository_path
-        storage = open_storage(path)
+        storage = storage_for(self.config)
         if self._key is not None and self._key[0] == path:
             return Repository.open_with_key(storage, self._key[1])
         if not storage.exists():
             raise RepositoryNotFound(
-                f"there is no repository at {path} (create one with `desktop-agent init`)"
+                f"there is no repository at {storage.location} "
+                "(create one with `desktop-agent init`)"
             )
         password = read_password(self.config)
         if not password:

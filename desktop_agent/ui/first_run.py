@@ -46,7 +46,9 @@ from desktop_agent.engine.errors import EngineError
 from .bridge import Bridge
 from .icons import app_icon
 from .widgets import (
+    ServerCredentials,
     error_label,
+    hint,
     open_folder_dialog,
     run_off_loop,
     show_text,
@@ -85,7 +87,8 @@ class FirstRunDialog(QDialog):
         file = config.password_file_path
 
         intro = QLabel(
-            "desktop-agent needs a repository: a folder, ideally on another disk, where "
+            "desktop-agent needs a repository: a folder, ideally on another disk, or a "
+            "backup server, where "
             "your backups are stored encrypted, in restic's format. Choose where it goes "
             "and its password - without the password nobody, not even you, can restore "
             "the backups."
@@ -93,6 +96,7 @@ class FirstRunDialog(QDialog):
         intro.setWordWrap(True)
 
         self.location = QLineEdit(config.repository_path)
+        self.location.setPlaceholderText("/media/usb/backup or rest:https://host:8000/laptop")
         self.choose_button = QPushButton("Choose...")
         self.choose_button.clicked.connect(self.choose_location)
         location_row = QHBoxLayout()
@@ -169,6 +173,16 @@ class FirstRunDialog(QDialog):
 
         form = QFormLayout()
         form.addRow("Location:", location_row)
+        form.addRow(
+            "",
+            hint(
+                "Or a server in restic's syntax: rest:https://host:8000/path, "
+                "sftp:user@host:/path, s3:https://host/bucket/prefix."
+            ),
+        )
+        self.credentials = ServerCredentials(form)
+        self.location.textChanged.connect(self.credentials.follow)
+        self.credentials.follow(self.location.text())
         form.addRow(self.generate)
         form.addRow("Password:", self.password)
         form.addRow("Repeat:", self.repeat)
@@ -202,9 +216,10 @@ class FirstRunDialog(QDialog):
     def _new_config(self, location: str) -> Config:
         """The configuration with this location (itself when unchanged); validated."""
         config = self.bridge.config
-        if config.resolve_path(location) == config.repository_path:
+        candidate = validate(replace(config, repository=replace(config.repository, path=location)))
+        if candidate.repository_path == config.repository_path:
             return config
-        return validate(replace(config, repository=replace(config.repository, path=location)))
+        return candidate
 
     # ---------------------------------------------------------- create
     def create_repository(self) -> None:
@@ -214,7 +229,7 @@ class FirstRunDialog(QDialog):
         show_text(self.error, "")
         location = self.location.text().strip()
         if not location:
-            show_text(self.error, "Enter the folder for the repository.")
+            show_text(self.error, "Enter the folder or the server for the repository.")
             return
         generated = self.generate.isChecked()
         if generated:
@@ -255,6 +270,10 @@ class FirstRunDialog(QDialog):
             )
             if problem is not None:
                 raise ConfigError(problem)
+            typed = self.credentials.typed()
+            if typed:  # the server needs them to create the repository
+                await run_off_loop(ServerCredentials.store, config, typed)
+                self.credentials.clear()
             await self.bridge.create_repository(path, password)
         except (EngineError, ConfigError) as exc:
             show_text(self.error, str(exc))
@@ -268,7 +287,7 @@ class FirstRunDialog(QDialog):
             self._set_busy(False)
             return
         self.created = True
-        self.status.setText(f"Created the repository at {path}.")
+        self.status.setText(f"Created the repository at {config.repository_location.display()}.")
         if generated:
             # shown before storing it: if storing fails, this is the only copy
             self.generated.setText(password)

@@ -62,6 +62,7 @@ from desktop_agent.system.errors import AutostartError
 from .bridge import Bridge
 from .icons import app_icon
 from .widgets import (
+    ServerCredentials,
     StringList,
     error_label,
     hint,
@@ -217,7 +218,17 @@ class SettingsDialog(QDialog):
 
         form = QFormLayout(tab)
         form.addRow("Location:", row)
-        form.addRow("", hint("A folder, ideally on another disk, in restic's format."))
+        form.addRow(
+            "",
+            hint(
+                "A folder, ideally on another disk, or a server in restic's syntax: "
+                "rest:https://host:8000/path, sftp:user@host:/path, "
+                "s3:https://host/bucket/prefix."
+            ),
+        )
+        # a server's credentials: stored on Apply (keyring or a 0600 file), never in the file
+        self.credentials = ServerCredentials(form)
+        self.location.textChanged.connect(self.credentials.follow)
         form.addRow(QLabel("<b>Change stored password</b>"))
         form.addRow(
             hint(
@@ -305,6 +316,8 @@ class SettingsDialog(QDialog):
         self.excludes.set_values(config.backup.exclude)
         self.interval.setValue(config.backup.interval_minutes)
         self.location.setText(config.repository.path)
+        self.credentials.clear()
+        self.credentials.follow(config.repository.path)
         self.listen.setText(config.agent.listen)
         self._set_token(config.agent.token)
         self.token_note.hide()
@@ -387,7 +400,9 @@ class SettingsDialog(QDialog):
 
     def edited(self) -> bool:
         """Whether anything was typed or changed since the form was filled."""
-        typed = bool(self.new_password.text() or self.repeat_password.text())
+        typed = bool(
+            self.new_password.text() or self.repeat_password.text() or self.credentials.typed()
+        )
         return (
             typed
             or self._autostart_wanted() is not None
@@ -433,7 +448,8 @@ class SettingsDialog(QDialog):
             show_text(self.error, str(exc))
             return
         start_at_login = self._autostart_wanted()
-        if checked == self.bridge.config and start_at_login is None:
+        credentials = self.credentials.typed()
+        if checked == self.bridge.config and start_at_login is None and not credentials:
             if close:
                 self.accept()
             else:
@@ -441,10 +457,17 @@ class SettingsDialog(QDialog):
             return
         self._busy(True)
         config = None if checked == self.bridge.config else checked
-        self.task = self.bridge.spawn(self._save_and_apply(config, start_at_login, close))
+        self.task = self.bridge.spawn(
+            self._save_and_apply(config, start_at_login, close, checked, credentials)
+        )
 
     async def _save_and_apply(
-        self, config: Config | None, start_at_login: bool | None, close: bool
+        self,
+        config: Config | None,
+        start_at_login: bool | None,
+        close: bool,
+        checked: Config | None = None,
+        credentials: list[tuple[str, str]] | None = None,
     ) -> None:
         # start at login first: when it fails nothing is changed, and the form keeps the edits
         try:
@@ -453,6 +476,15 @@ class SettingsDialog(QDialog):
                 status = await run_off_loop(change)
                 log.info("start at login: %s", status.describe())
                 self._show_autostart(status)
+            stored = ""
+            if credentials and checked is not None:
+                stored = await run_off_loop(ServerCredentials.store, checked, credentials)
+                self.credentials.clear()
+                log.info(
+                    "server credentials for %s stored in %s",
+                    checked.repository_location.display(),
+                    stored,
+                )
             if config is not None:
                 await run_off_loop(save, config)
         except (ConfigError, AutostartError) as exc:
@@ -468,7 +500,9 @@ class SettingsDialog(QDialog):
             self.bridge.apply_config(config)
             log.info("settings saved to %s and applied", config.path)
             self.load(config)
-        self.status.setText("Saved; in use now.")
+        self.status.setText(
+            "Saved; in use now." + (f" Server credentials are in {stored}." if stored else "")
+        )
         if close:
             self.accept()
 

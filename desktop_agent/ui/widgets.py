@@ -17,8 +17,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -26,10 +28,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop_agent.config import Config
+from desktop_agent.config import Config, ConfigError
+from desktop_agent.config.location import Location, parse_location
+from desktop_agent.config.secrets import (
+    REST_PASSWORD,
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    store_server_secret,
+)
 
 __all__ = [
     "ERROR_STYLE",
+    "ServerCredentials",
     "StringList",
     "error_label",
     "hint",
@@ -192,3 +202,83 @@ def hint(text: str) -> QLabel:
     font.setPointSizeF(font.pointSizeF() * 0.9)
     label.setFont(font)
     return label
+
+
+class ServerCredentials:
+    """The credential fields of a server location, for a QFormLayout.
+
+    Which fields show follows the location typed (:meth:`follow`): a REST
+    password when the URL names a user, S3's two keys, nothing for SFTP (it
+    uses SSH keys and ``known_hosts``) or a folder; a note says where the
+    secrets go. :meth:`store` keeps what was typed with
+    :func:`desktop_agent.config.secrets.store_server_secret` (the OS
+    keyring, else a 0600 file), never in the configuration.
+    """
+
+    NOTES = {
+        "rest-user": "The REST server's password goes to the OS keyring (or a private file), "
+        "never into the configuration; RESTIC_REST_PASSWORD overrides it.",
+        "rest": "Put the user name into the URL (rest:https://user@host/...) if the server "
+        "asks for one.",
+        "s3": "The keys go to the OS keyring (or a private file), never into the "
+        "configuration; AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY override them.",
+        "sftp": "Uses your SSH keys and agent. The server's host key must be in "
+        "~/.ssh/known_hosts: connect once with ssh to accept it.",
+    }
+
+    def __init__(self, form: QFormLayout) -> None:
+        self.form = form
+        self.note = hint("")
+        self.note.setObjectName("server_note")
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.access_key = QLineEdit()
+        self.secret_key = QLineEdit()
+        self.secret_key.setEchoMode(QLineEdit.EchoMode.Password)
+        for field in self.fields():
+            field.setPlaceholderText("leave empty to keep what is stored")
+        form.addRow("", self.note)
+        form.addRow("Server password:", self.password)
+        form.addRow("Access key ID:", self.access_key)
+        form.addRow("Secret access key:", self.secret_key)
+        self.follow("")
+
+    def fields(self) -> tuple[QLineEdit, QLineEdit, QLineEdit]:
+        return (self.password, self.access_key, self.secret_key)
+
+    def follow(self, text: str) -> None:
+        """Show the fields and the note for the location ``text``."""
+        try:
+            location: Location | None = parse_location(text.strip()) if text.strip() else None
+        except ConfigError:
+            location = None
+        scheme = location.scheme if location is not None else "local"
+        rest_user = scheme == "rest" and location is not None and bool(location.user)
+        self.form.setRowVisible(self.password, rest_user)
+        self.form.setRowVisible(self.access_key, scheme == "s3")
+        self.form.setRowVisible(self.secret_key, scheme == "s3")
+        key = "rest-user" if rest_user else scheme
+        show_text(self.note, self.NOTES.get(key, ""))
+
+    def typed(self) -> list[tuple[str, str]]:
+        """(kind, secret) of the visible fields that were filled in."""
+        kinds = (REST_PASSWORD, S3_ACCESS_KEY, S3_SECRET_KEY)
+        return [
+            (kind, w.text())
+            for kind, w in zip(kinds, self.fields(), strict=True)
+            if w.text() and self.form.isRowVisible(w)
+        ]
+
+    def clear(self) -> None:
+        for field in self.fields():
+            field.clear()
+
+    @staticmethod
+    def store(config: Config, typed: list[tuple[str, str]]) -> str:
+        """Keep ``typed`` for the configuration's location (blocking: run off the loop);
+        returns where they went, in words ("" when nothing was typed)."""
+        location = config.repository_location
+        where = ""
+        for kind, secret in typed:
+            where = store_server_secret(config, kind, location, secret)
+        return where

@@ -291,8 +291,25 @@ VALIDATION_ERRORS = [
     # [repository]
     (f'[agent]\n{T}\n[repository]\npath = ""', "[repository] path: is empty"),
     (
-        f'[agent]\n{T}\n[repository]\npath = "sftp:me@host:/backup"',
-        '[repository] path: "sftp:me@host:/backup": remote repositories are not supported yet',
+        f'[agent]\n{T}\n[repository]\npath = "rest:https://me:hunter2@host:8000/r"',
+        "[repository] path: rest:https://me:***@host:8000/r: holds a password in clear; "
+        "remove it from the URL and store it with the settings window, or set "
+        "RESTIC_REST_PASSWORD",
+    ),
+    (
+        f'[agent]\n{T}\n[repository]\npath = "sftp:me@host"',
+        "[repository] path: repository location 'sftp:me@host': an SFTP location is "
+        "sftp:user@host:/path or sftp://user@host:port//path",
+    ),
+    (
+        f'[agent]\n{T}\n[repository]\npath = "s3:https://minio:99999/bucket"',
+        "[repository] path: repository location 's3:https://minio:99999/bucket': "
+        "'99999' is not a port (1-65535)",
+    ),
+    (
+        f'[agent]\n{T}\n[repository]\npath = "b2:bucket:path"',
+        "[repository] path: repository location 'b2:bucket:path': b2: repositories are not "
+        "supported; use rest:, sftp:, s3: or a folder",
     ),
     (
         f"[agent]\n{T}\n[repository]\npath = ['/a']",

@@ -125,7 +125,8 @@ def _origins(draw: st.DrawFn) -> str:
     return f"{scheme}://{host}" if port is None else f"{scheme}://{host}:{port}"
 
 
-_remote = ("sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:")
+# locations in restic's URL syntax are parsed (tests/config/test_location.py)
+_remote = ("sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:", "local:")
 _repository = st.builds(
     RepositoryConfig,
     path=_text.filter(lambda s: not s.lower().startswith(_remote)),

@@ -337,3 +337,44 @@ def test_the_password_goes_to_the_os_keyring_when_there_is_one(dialog, run, tmp_
     assert backend.passwords == {(KEYRING_SERVICE, bridge.config.repository_path): PASSWORD}
     assert not file.exists()
     assert read_password(bridge.config) == PASSWORD
+
+
+def test_a_server_location_takes_its_credentials_to_the_keyring_not_the_file(dialog, run):
+    bridge, dlg = dialog
+    backend = MemoryKeyring()
+    keyring.set_keyring(backend)
+    dlg.tabs.setCurrentIndex(1)
+    form, fields = dlg.credentials.form, dlg.credentials
+
+    dlg.location.setText("sftp:me@nas:/volume1/restic")
+    assert not form.isRowVisible(fields.password) and not form.isRowVisible(fields.access_key)
+    assert "known_hosts" in fields.note.text()
+    dlg.location.setText("rest:https://me@backup.example:8000/laptop")
+    assert form.isRowVisible(fields.password) and not form.isRowVisible(fields.secret_key)
+    dlg.location.setText("s3:https://minio.example:9000/backups/laptop")
+    assert form.isRowVisible(fields.access_key) and form.isRowVisible(fields.secret_key)
+    assert not form.isRowVisible(fields.password)
+    fields.access_key.setText("AKIAEXAMPLE")
+    fields.secret_key.setText("wJalrXUtnFEMI-secret")
+
+    dlg.apply_button.click()
+    until(run, done(dlg.task))
+
+    assert dlg.error.isHidden(), dlg.error.text()
+    assert "Server credentials are in the OS keyring" in dlg.status.text()
+    where = "https://minio.example:9000/backups"
+    assert backend.passwords == {
+        (KEYRING_SERVICE, f"s3-access-key:{where}"): "AKIAEXAMPLE",
+        (KEYRING_SERVICE, f"s3-secret-key:{where}"): "wJalrXUtnFEMI-secret",
+    }
+    text = bridge.config.path.read_text()
+    assert "s3:https://minio.example:9000/backups/laptop" in text
+    assert "AKIAEXAMPLE" not in text and "wJalr" not in text
+    assert bridge.config.repository_location.bucket == "backups"
+    assert fields.access_key.text() == "" and fields.secret_key.text() == ""
+
+    # a REST password typed into the URL is refused, not saved in clear
+    dlg.location.setText("rest:https://me:hunter2@backup.example:8000/laptop")
+    dlg.apply_button.click()
+    assert "holds a password in clear" in dlg.error.text() and "hunter2" not in dlg.error.text()
+    assert "hunter2" not in bridge.config.path.read_text()
