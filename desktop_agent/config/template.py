@@ -82,9 +82,15 @@ max_connections = {max_connections}
 allow_remote_restore = {allow_remote_restore}
 
 [repository]
-# Where the backups are stored: a local directory (on an external disk, say),
-# in restic's repository format, so restic can read it too.
-# `desktop-agent init` creates it.
+# Where the backups are stored, in restic's repository format, so restic can
+# read it too: a local directory (on an external disk, say), or a server in
+# restic's syntax:
+#   rest:https://user@host:8000/path     (rest-server, rclone serve restic)
+#   sftp:user@host:/path  or  sftp://user@host:2222//path
+#   s3:https://host:9000/bucket/prefix   (S3, MinIO, Ceph, B2, Wasabi)
+# Server credentials never go here: RESTIC_REST_PASSWORD, AWS_ACCESS_KEY_ID
+# and AWS_SECRET_ACCESS_KEY, or the settings window (OS keyring); SFTP uses
+# your SSH keys and ~/.ssh/known_hosts. `desktop-agent init` creates it.
 path = {repository_path}
 
 # A file whose first line is the repository password. The password is looked
