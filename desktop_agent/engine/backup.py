@@ -51,7 +51,7 @@ from .pipeline import BackupStats, DirJob, Notices, SkippedPath
 from .progress import ProgressState, Reporter
 from .repository import Repository, hostname, username
 from .snapshot import Snapshot, SnapshotSummary
-from .storage import gone_message
+from .storage import NetworkError, gone_message
 from .treesaver import TreeSaver
 from .walker import Walker, node_from_stat, scan, source_trie
 from .writer import BlobWriter, remove_stale_spool
@@ -297,9 +297,14 @@ def backup(
         except BaseException as exc:
             stop_scan.set()
             job.abort()
-            if isinstance(exc, StorageError) and not repo.storage.exists():
-                # whatever call met it first, the cause is the same
-                raise StorageError(gone_message(repo.storage.location)) from None
+            if isinstance(exc, StorageError) and not isinstance(exc, NetworkError):
+                try:
+                    gone = not repo.storage.exists()
+                except NetworkError:
+                    raise exc from None  # a server out of reach: the first error says it
+                if gone:
+                    # whatever call met it first, the cause is the same
+                    raise StorageError(gone_message(repo.storage.location)) from None
             raise
         finally:
             stop_scan.set()

@@ -10,6 +10,7 @@ removing the old.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,10 +18,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from .errors import IntegrityError, NotFound, RepositoryLocked
+from .errors import EngineError, IntegrityError, NotFound, RepositoryLocked
 from .gocompat import format_time, parse_time
 from .repository import Repository, hostname, username
 from .storage import FileType
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Lock", "LockInfo", "STALE_AFTER", "REFRESH_EVERY"]
 
@@ -264,4 +267,12 @@ class Lock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        if exc is None:
+            self.release()
+            return
+        # the work already failed: that is the error to report, not a lock file
+        # that could not be removed as well (the same lost server, say)
+        try:
+            self.release()
+        except EngineError as cleanup:
+            log.info("lock not removed after a failure: %s", cleanup)

@@ -240,6 +240,10 @@ class BlobWriter:
     def _upload(self, finished: FinishedPack) -> None:
         pack_id, path, blobs, size = finished
         try:
+            if self._error is not None:
+                # an upload already failed (the server is gone, say): the backup fails
+                # with that error; the packs still queued are not tried one by one
+                raise self._error
             self.repo.storage.save_file(FileType.PACK, pack_id.hex(), path)
             self.repo.index.add_pack(pack_id, blobs)
             with self._lock:

@@ -235,7 +235,8 @@ def test_disk_full_on_a_pack_mid_backup(tmp_path, new_repo, restic, source, smal
     with pytest.raises(StorageError) as info:
         backup(repo, BackupOptions(sources=[str(source)]))
     assert str(info.value).startswith(FULL) and "/data/" in str(info.value)
-    assert fault.fired >= 1 and len(faulty.names("save", FileType.PACK)) > 4
+    # the 4th pack fails; the packs still queued are not tried after it
+    assert fault.fired >= 1 and len(faulty.names("save", FileType.PACK)) >= 4
     assert_failed_cleanly(repo, restic)
     assert_next_run_works(repo, source, tmp_path, restic)
 
@@ -278,8 +279,9 @@ def test_destination_unplugged_mid_backup(tmp_path, new_repo, restic, source, sm
     with pytest.raises(StorageError) as info:
         backup(repo, BackupOptions(sources=[str(source)]))
     assert faulty.unplugged
-    assert f"I/O error on the backup destination ({os.strerror(err)})" in str(info.value)
-    assert GONE in str(info.value)
+    # the backup's own error, not the lock file that could not be removed afterwards
+    assert "is gone (was the drive unplugged or unmounted?)" in str(info.value)
+    assert repo.storage.location in str(info.value)
     stored = [n for n, _ in LocalStorage(repo.storage.location).list(FileType.PACK)]
     assert len(stored) == 3  # nothing reached the drive after it went away
     # while it is gone, the next run fails at once with the same message

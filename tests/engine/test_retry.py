@@ -80,3 +80,31 @@ def test_a_server_gone_longer_than_the_bound_is_a_network_error_in_bounded_time(
     assert "connection refused" in message and "loading index/ab12" in message
     assert "\n" not in message
     assert clock.now == pytest.approx(30)  # the last wait is cut to the bound
+
+
+def test_after_giving_up_the_server_counts_as_down_until_a_request_succeeds() -> None:
+    clock = Clock()
+    retrier = Retrier("sftp:me@nas:/r", RetryPolicy(10, 0.5, 2), sleep=clock.sleep, clock=clock)
+
+    def down() -> None:
+        raise Transient("connection reset")
+
+    with pytest.raises(NetworkError):
+        retrier.call("saving data/aa", down)
+    waited = len(clock.sleeps)
+    # the packs still queued, the index, the lock: one try each, no second bound
+    for what in ("saving data/bb", "saving index/cc", "removing locks/dd"):
+        with pytest.raises(NetworkError, match="still unreachable"):
+            retrier.call(what, down)
+    assert len(clock.sleeps) == waited
+    assert retrier.call("loading config", lambda: "back") == "back"
+    flaky = iter([Transient("503"), None])
+
+    def once_more() -> str:
+        failure = next(flaky)
+        if failure is not None:
+            raise failure
+        return "ok"
+
+    assert retrier.call("saving data/ee", once_more) == "ok"  # retried again, as before
+    assert len(clock.sleeps) == waited + 1

@@ -67,7 +67,8 @@ def open_storage(
     ``location`` is a local path (already expanded) or a remote location.
     ``cache_root`` is where remote backends spool packs before upload and
     cache the repository's index, snapshot and key files
-    (:class:`~.cache.CachingStorage`; the user's cache folder by default). ``credentials`` are the server's (see
+    (:class:`~.cache.CachingStorage`; the user's cache folder by default).
+    ``credentials`` are the server's (see
     :func:`desktop_agent.config.secrets.server_credentials`); without them,
     restic's environment variables are read. SFTP needs none: it uses the
     user's SSH agent and keys and ``~/.ssh/known_hosts``.

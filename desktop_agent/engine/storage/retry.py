@@ -95,8 +95,12 @@ class Retrier:
     """Runs requests under a :class:`RetryPolicy`; thread-safe.
 
     ``where`` names the server in messages (never with a password).
-    ``cancelled`` is polled between tries: when it returns True the wait
-    ends at once and the last failure is raised.
+
+    Once a request has given up (:class:`NetworkError`), the server counts
+    as down: later requests get one try each, and a transient failure
+    raises at once, until one succeeds again. A backup that lost its
+    server so ends in one bound, not in one bound per request still queued
+    (the last uploads, the index, the lock).
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class Retrier:
         self._lock = threading.Lock()
         self.retries = 0  # how many tries were repeated (for tests and logs)
         self._last_notice: float | None = None
+        self._down_since: float | None = None  # set when a request gave up
 
     def _notice_due(self) -> bool:
         now = self._clock()
@@ -134,12 +139,20 @@ class Retrier:
         attempt = 0
         while True:
             try:
-                return request()
+                result = request()
             except Permanent as exc:
                 raise exc.error from None
             except Transient as exc:
+                down_since = self._down_since
+                if down_since is not None:
+                    raise NetworkError(
+                        f"network: {self.where} is still unreachable ({exc.reason}) "
+                        f"while {what}; check the connection and try again"
+                    ) from None
                 elapsed = self._clock() - started
                 if elapsed >= self.policy.give_up_after:
+                    with self._lock:
+                        self._down_since = self._clock()
                     raise NetworkError(
                         f"network: {self.where} could not be reached for {elapsed:.0f} s "
                         f"({exc.reason}) while {what}; check the connection and try again"
@@ -162,3 +175,8 @@ class Retrier:
                     log.info("%s: %s; retrying in %.1f s", self.where, exc.reason, delay)
                 self._sleep(delay)
                 attempt += 1
+            else:
+                if self._down_since is not None:
+                    with self._lock:
+                        self._down_since = None
+                return result
