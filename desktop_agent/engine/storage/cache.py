@@ -58,6 +58,12 @@ class CachingStorage:
     def save_file(self, ftype: FileType, name: str, path: str) -> None:
         self.backend.save_file(ftype, name, path)
 
+    def close(self) -> None:
+        """Close the backend's connections, if it holds any."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
     # ------------------------------------------------------------ cached
     def _path(self, ftype: FileType, name: str) -> str:
         return os.path.join(self.cache_dir, ftype.value, name)
