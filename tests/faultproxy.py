@@ -34,6 +34,9 @@ def _rst(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     with contextlib.suppress(OSError):
+        # wakes a pump blocked in recv() on it, so the close really sends the RST
+        sock.shutdown(socket.SHUT_RD)
+    with contextlib.suppress(OSError):
         sock.close()
 
 
@@ -204,8 +207,8 @@ class FaultProxy:
                 body += chunk
             reason = {500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
             head = f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            self.failed_requests += 1  # before the answer: a client may check it at once
             client.sendall(head.encode())
-            self.failed_requests += 1
         except OSError:
             pass
         finally:
