@@ -87,6 +87,9 @@ def _is_user_notice(record: logging.LogRecord) -> bool:
     return bool(getattr(record, USER_NOTICE, False))
 
 
+_CHATTY = ("httpx", "httpcore", "asyncssh", "botocore", "urllib3")
+
+
 def setup_logging(*, stderr: bool = False, level: int = logging.INFO) -> str | None:
     """Log to ``<log dir>/desktop-agent.log`` (rotated, private); returns its path.
 
@@ -97,6 +100,10 @@ def setup_logging(*, stderr: bool = False, level: int = logging.INFO) -> str | N
     """
     root = logging.getLogger()
     root.setLevel(level)
+    # the network libraries of the remote backends log every request (a URL per
+    # pack) and connection at INFO: the backends report what matters themselves
+    for chatty in _CHATTY:
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     path: str | None = None
     try:
         log_dir = user_log_dir()

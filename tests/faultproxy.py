@@ -7,6 +7,8 @@ Put it between a backend and its test server::
         proxy.reset_after(200_000)   # connections are reset (RST) after 200 kB
         proxy.blackhole()            # a dead link: nothing forwarded, nothing closed
         proxy.fail_next(2, 503)      # plain HTTP: the next 2 requests get a 503
+        proxy.lose_next_answer()     # plain HTTP: the next request reaches the server,
+                                     # its whole answer is swallowed, the client is reset
         proxy.refuse()               # new connections are refused
         proxy.pass_through()         # back to normal
 
@@ -46,6 +48,7 @@ class _Conn:
         self.server = server
         self.flowed = 0
         self.closed = False
+        self.lose_answer = False
 
     def kill(self, *, reset: bool = True) -> None:
         if self.closed:
@@ -73,6 +76,8 @@ class FaultProxy:
         self._reset_budget = 0
         self._fail_count = 0
         self._fail_status = 503
+        self._lose_answers = 0
+        self.lost_answers = 0
         self._conns: list[_Conn] = []
         self._stopping = False
         self.bytes_forwarded = 0
@@ -121,6 +126,21 @@ class FaultProxy:
             self._mode = "pass"
             self._fail_count = count
             self._fail_status = status
+            victims = list(self._conns)
+        for c in victims:
+            c.kill(reset=False)
+
+    def lose_next_answer(self, count: int = 1) -> None:
+        """Plain HTTP: the next ``count`` connections reach the server, which answers;
+        the answer is read to its end and dropped, and the client's connection reset.
+
+        The server has then done the work (stored the upload, say) while the
+        client saw a broken connection: what a retry must cope with. Open
+        keep-alive connections are closed first so the next request opens one.
+        """
+        with self._lock:
+            self._mode = "pass"
+            self._lose_answers = count
             victims = list(self._conns)
         for c in victims:
             c.kill(reset=False)
@@ -229,11 +249,40 @@ class FaultProxy:
         conn = _Conn(client, server)
         with self._lock:
             self._conns.append(conn)
+            if server is not None and self._lose_answers > 0:
+                self._lose_answers -= 1
+                conn.lose_answer = True
         if server is None:
             self._hold(conn)
             return
-        threading.Thread(target=self._pump, args=(conn, server, client), daemon=True).start()
+        answer = self._swallow if conn.lose_answer else self._pump
+        threading.Thread(target=answer, args=(conn, server, client), daemon=True).start()
         self._pump(conn, client, server)
+
+    def _swallow(self, conn: _Conn, src: socket.socket, _dst: socket.socket) -> None:
+        """Read the server's answer to its end (Content-Length, or the server closing),
+        drop it, and reset the client."""
+        data = b""
+        try:
+            while True:
+                head, sep, body = data.partition(b"\r\n\r\n")
+                if sep:
+                    length = None
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value.strip())
+                    if length is not None and len(body) >= length:
+                        break
+                chunk = src.recv(_CHUNK)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        self.lost_answers += 1
+        conn.kill()
+        self._forget(conn)
 
     def _hold(self, conn: _Conn) -> None:
         """A dead link: read and drop whatever the client sends, answer nothing."""
