@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
 import re
 import threading
 import urllib.error
@@ -86,6 +85,7 @@ from ..errors import NotFound, StorageError
 from .base import Buffer, FileType, is_storage_id, too_large
 from .local import describe_oserror
 from .retry import AuthError, Permanent, Retrier, RetryPolicy, Transient
+from .spool import discard_spooled, make_spool_dir
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, S3Config, S3Credential
@@ -672,19 +672,11 @@ class S3Storage:
         except OSError as exc:
             raise describe_oserror(exc, path) from None
         self._put(key, self._label(ftype, name), data)
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            # it is stored; a leftover spool file is removed by a later run
-            log.warning("could not remove the spool file %s after its upload: %s", path, exc)
+        discard_spooled(path)
 
     def spool_dir(self) -> str:
         """The local folder where packs are assembled (created, 0700)."""
-        try:
-            os.makedirs(self._spool, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise describe_oserror(exc, self._spool) from None
-        return self._spool
+        return make_spool_dir(self._spool)
 
     def load(
         self,

@@ -50,6 +50,7 @@ from ..errors import IntegrityError, NotFound, StorageError
 from .base import Buffer, FileType, is_storage_id, too_large
 from .local import describe_oserror
 from .retry import AuthError, Permanent, Retrier, RetryPolicy, Transient
+from .spool import make_spool_dir
 
 with warnings.catch_warnings():
     # asyncssh still imports DSA support, which cryptography flags as deprecated
@@ -737,11 +738,7 @@ class SftpStorage:
 
     def spool_dir(self) -> str:
         """The local folder where packs wait for upload (made private)."""
-        try:
-            os.makedirs(self._spool, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise describe_oserror(exc, self._spool) from None
-        return self._spool
+        return make_spool_dir(self._spool)
 
     def load(
         self,
