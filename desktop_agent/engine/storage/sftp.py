@@ -37,11 +37,10 @@ import os
 import posixpath
 import secrets
 import stat
-import threading
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import suppress
 from typing import Any, TypeVar
 
 from desktop_agent.config.location import Location
@@ -49,7 +48,9 @@ from desktop_agent.config.location import Location
 from ..errors import IntegrityError, NotFound, StorageError
 from .base import Buffer, FileType, is_storage_id, too_large
 from .local import describe_oserror
+from .loopthread import LoopThread
 from .retry import AuthError, Permanent, Retrier, RetryPolicy, Transient
+from .sftpsession import Progress, Session
 from .spool import make_spool_dir
 
 with warnings.catch_warnings():
@@ -75,168 +76,7 @@ class HostKeyError(StorageError):
     """The server's host key is unknown or changed: nothing was sent to it."""
 
 
-class _Progress:
-    """When a request of one operation last got an answer (the watchdog's clock)."""
-
-    def __init__(self) -> None:
-        self.last = asyncio.get_running_loop().time()
-
-    def touch(self) -> None:
-        """An answer arrived."""
-        self.last = asyncio.get_running_loop().time()
-
-    async def __call__(self, request: Awaitable[T]) -> T:
-        """Await one request and count its answer as progress."""
-        result = await request
-        self.touch()
-        return result
-
-
-_Op = Callable[[SFTPClient, _Progress], Coroutine[Any, Any, T]]
-
-
-class _LoopThread:
-    """An asyncio event loop in a daemon thread, started on first use."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop and wait for its result (from any other thread)."""
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=self._main, args=(loop,), name=self._name, daemon=True
-                )
-                thread.start()
-                self._loop, self._thread = loop, thread
-            loop = self._loop
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-    @staticmethod
-    def _main(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
-    def stop(self, cleanup: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run ``cleanup()`` on the loop (briefly), then end the loop and its thread."""
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None or loop.is_closed():
-            return
-        if threading.current_thread() is thread:  # garbage collected on the loop itself
-            loop.create_task(_shut_down(cleanup)).add_done_callback(lambda _: loop.stop())
-            return
-        with suppress(Exception):
-            asyncio.run_coroutine_threadsafe(_shut_down(cleanup), loop).result(timeout=5)
-        with suppress(RuntimeError):  # already closed
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-
-
-async def _shut_down(cleanup: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Cancel what still runs, then ``cleanup()``: a call under way when the storage
-    is closed ends (with an error) instead of waiting for a loop that is gone."""
-    current = asyncio.current_task()
-    others = [t for t in asyncio.all_tasks() if t is not current]
-    for task in others:
-        task.cancel()
-    if others:
-        await asyncio.wait(others, timeout=2)
-    await cleanup()
-
-
-class _Session:
-    """The SSH connection and its SFTP channels; used on the loop thread only."""
-
-    def __init__(
-        self, connect: Callable[[], Coroutine[Any, Any, SSHClientConnection]], channels: int
-    ) -> None:
-        # weakly: the storage's finalizer holds the session, and must not keep the storage alive
-        self._connect = weakref.WeakMethod(connect)
-        self._max = channels
-        self._lock: asyncio.Lock | None = None
-        self._connecting: asyncio.Future[SSHClientConnection] | None = None
-        self.conn: SSHClientConnection | None = None
-        self._channels: list[SFTPClient] = []
-        self._busy: dict[SFTPClient, int] = {}
-
-    async def _connection(self) -> SSHClientConnection:
-        """The open connection. Callers share one attempt to connect, and its
-        failure: when the server is gone, they wait for it together, not in turn."""
-        if self.conn is not None and not self.conn.is_closed():
-            return self.conn
-        if self._connecting is None:
-            self.conn = None
-            self._forget()
-            connect = self._connect()
-            if connect is None:
-                raise StorageError("the SFTP storage was closed")
-            self._connecting = asyncio.ensure_future(connect())
-            self._connecting.add_done_callback(self._connected)
-        return await asyncio.shield(self._connecting)
-
-    def _connected(self, attempt: asyncio.Future[SSHClientConnection]) -> None:
-        self._connecting = None
-        if not attempt.cancelled() and attempt.exception() is None:
-            self.conn = attempt.result()
-
-    @asynccontextmanager
-    async def channel(self) -> AsyncIterator[tuple[SSHClientConnection, SFTPClient]]:
-        """The least busy SFTP channel, connecting or opening one when needed."""
-        conn = await self._connection()
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:  # channels are opened one at a time
-            if conn is not self.conn:
-                raise Transient("SSH connection lost")  # and replaced while we waited
-            sftp = min(self._channels, key=self._busy.__getitem__, default=None)
-            if sftp is None or (self._busy[sftp] and len(self._channels) < self._max):
-                try:
-                    # a foreign file whose name is not UTF-8 must not break a listing
-                    sftp = await conn.start_sftp_client(path_errors="surrogateescape")
-                except asyncssh.ChannelOpenError:
-                    if sftp is None:
-                        raise
-                    self._max = len(self._channels)  # the server allows no more sessions
-                else:
-                    self._channels.append(sftp)
-                    self._busy[sftp] = 0
-        self._busy[sftp] = self._busy.get(sftp, 0) + 1
-        try:
-            yield conn, sftp
-        finally:
-            if sftp in self._busy:
-                self._busy[sftp] -= 1
-
-    def reset(self, conn: SSHClientConnection | None) -> None:
-        """Drop ``conn`` (when it is still the current connection): the next use reconnects."""
-        if conn is not None and conn is self.conn:
-            conn.abort()
-            self.conn = None
-            self._forget()
-
-    def _forget(self) -> None:
-        self._channels.clear()
-        self._busy.clear()
-
-    async def close(self) -> None:
-        """Close the connection."""
-        conn, self.conn = self.conn, None
-        self._forget()
-        self._lock = self._connecting = None  # both belong to this loop, which ends now
-        if conn is not None:
-            conn.close()
-            with suppress(Exception):
-                await asyncio.wait_for(conn.wait_closed(), 2)
+_Op = Callable[[SFTPClient, Progress], Coroutine[Any, Any, T]]
 
 
 class SftpStorage:
@@ -284,8 +124,8 @@ class SftpStorage:
         self._io_timeout = io_timeout
         self._port = location.port or _DEFAULT_PORT
         self._user = location.user or getpass.getuser()
-        self._runner = _LoopThread(f"sftp {location.host}")
-        self._session = _Session(self._connect, self.upload_parallelism)
+        self._runner = LoopThread(f"sftp {location.host}")
+        self._session = Session(self._connect, self.upload_parallelism)
         # the loop thread must not outlive the storage: a dropped storage ends it
         self._finalizer = weakref.finalize(self, self._runner.stop, self._session.close)
 
@@ -345,7 +185,7 @@ class SftpStorage:
         conn: SSHClientConnection | None = None
         try:
             async with self._session.channel() as (conn, sftp):
-                progress = _Progress()
+                progress = Progress()
                 return await self._watched(op(sftp, progress), progress)
         except (StorageError, NotFound, IntegrityError):
             raise
@@ -355,7 +195,7 @@ class SftpStorage:
                 self._session.reset(conn)
             raise mapped from None
 
-    async def _watched(self, coro: Coroutine[Any, Any, T], progress: _Progress) -> T:
+    async def _watched(self, coro: Coroutine[Any, Any, T], progress: Progress) -> T:
         """``coro``, abandoned when none of its requests got an answer for ``io_timeout``."""
         task = asyncio.ensure_future(coro)
         loop = asyncio.get_running_loop()
@@ -521,7 +361,7 @@ class SftpStorage:
     def exists(self) -> bool:
         """True when the repository's ``config`` is on the server."""
 
-        async def op(sftp: SFTPClient, progress: _Progress) -> bool:
+        async def op(sftp: SFTPClient, progress: Progress) -> bool:
             return await self._stat(sftp, progress, self._abs("config")) is not None
 
         return self._call("looking for the repository", "config", op)
@@ -529,7 +369,7 @@ class SftpStorage:
     def create_layout(self) -> None:
         """``mkdir -p`` the folder and restic's subfolders, ``data/00`` .. ``data/ff`` included."""
 
-        async def op(sftp: SFTPClient, progress: _Progress) -> None:
+        async def op(sftp: SFTPClient, progress: Progress) -> None:
             await self._makedirs(sftp, progress, self._root)
             await self._mkdirs(sftp, progress, self._root, _DIRS)
             await self._mkdirs(sftp, progress, self._abs("data"), [f"{i:02x}" for i in range(256)])
@@ -584,7 +424,7 @@ class SftpStorage:
         mode = 0o600 if ftype is FileType.LOCK else 0o400
         tries = 0
 
-        async def op(sftp: SFTPClient, progress: _Progress) -> None:
+        async def op(sftp: SFTPClient, progress: Progress) -> None:
             nonlocal tries
             tries += 1
             if tries > 1 and await self._stat_size(sftp, progress, final) == size:
@@ -621,7 +461,7 @@ class SftpStorage:
         self._call(f"saving {rel}", rel, op)
 
     async def _create(
-        self, sftp: SFTPClient, progress: _Progress, tmp: str, rel: str
+        self, sftp: SFTPClient, progress: Progress, tmp: str, rel: str
     ) -> SFTPClientFile:
         """Open a new temporary file, making its folder when it is missing (a
         ``data/xx`` removed by another tool) but only inside a repository that
@@ -642,7 +482,7 @@ class SftpStorage:
         return await progress(sftp.open(tmp, flags, attrs, encoding=None, block_size=0))
 
     async def _write(
-        self, fh: SFTPClientFile, progress: _Progress, blocks: Iterator[tuple[int, bytes]]
+        self, fh: SFTPClientFile, progress: Progress, blocks: Iterator[tuple[int, bytes]]
     ) -> None:
         """Write the blocks, one request each, with up to _IN_FLIGHT outstanding.
 
@@ -674,7 +514,7 @@ class SftpStorage:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     async def _read(
-        self, fh: SFTPClientFile, progress: _Progress, offset: int, length: int, block: int
+        self, fh: SFTPClientFile, progress: Progress, offset: int, length: int, block: int
     ) -> bytes:
         """``length`` bytes from ``offset`` (fewer at the end of the file), one
         request per block with up to _IN_FLIGHT outstanding; a short answer
@@ -712,7 +552,7 @@ class SftpStorage:
         return bytes(buf[:end])
 
     async def _rename(
-        self, sftp: SFTPClient, progress: _Progress, tmp: str, final: str, size: int
+        self, sftp: SFTPClient, progress: Progress, tmp: str, final: str, size: int
     ) -> None:
         try:
             await progress(sftp.posix_rename(tmp, final))
@@ -753,7 +593,7 @@ class SftpStorage:
         rel = self._rel(ftype, name)
         shown = self._shown(rel)
 
-        async def op(sftp: SFTPClient, progress: _Progress) -> bytes:
+        async def op(sftp: SFTPClient, progress: Progress) -> bytes:
             path = self._abs(rel)
             try:
                 fh = await progress(sftp.open(path, asyncssh.FXF_READ, encoding=None, block_size=0))
@@ -781,7 +621,7 @@ class SftpStorage:
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
         """Yield ``(name, size)`` of a type's files; temporary and foreign ones are skipped."""
 
-        async def op(sftp: SFTPClient, progress: _Progress) -> list[tuple[str, int]]:
+        async def op(sftp: SFTPClient, progress: Progress) -> list[tuple[str, int]]:
             if ftype is FileType.CONFIG:
                 attrs = await self._stat(sftp, progress, self._abs("config"))
                 return [] if attrs is None else [("", attrs.size or 0)]
@@ -807,7 +647,7 @@ class SftpStorage:
         """Delete a file; a missing one is fine."""
         rel = self._rel(ftype, name)
 
-        async def op(sftp: SFTPClient, progress: _Progress) -> None:
+        async def op(sftp: SFTPClient, progress: Progress) -> None:
             with suppress(asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
                 await progress(sftp.remove(self._abs(rel)))
 
@@ -815,19 +655,19 @@ class SftpStorage:
 
     # ------------------------------------------------------------ helpers on the loop
 
-    async def _stat(self, sftp: SFTPClient, progress: _Progress, path: str) -> SFTPAttrs | None:
+    async def _stat(self, sftp: SFTPClient, progress: Progress, path: str) -> SFTPAttrs | None:
         """The attributes of ``path``, None when it does not exist."""
         try:
             return await progress(sftp.stat(path))
         except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
             return None
 
-    async def _stat_size(self, sftp: SFTPClient, progress: _Progress, path: str) -> int | None:
+    async def _stat_size(self, sftp: SFTPClient, progress: Progress, path: str) -> int | None:
         attrs = await self._stat(sftp, progress, path)
         return None if attrs is None else attrs.size
 
     async def _readdir(
-        self, sftp: SFTPClient, progress: _Progress, path: str
+        self, sftp: SFTPClient, progress: Progress, path: str
     ) -> Sequence[asyncssh.SFTPName]:
         """The entries of a folder; none when it does not exist."""
         try:
@@ -835,7 +675,7 @@ class SftpStorage:
         except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
             return []
 
-    async def _makedirs(self, sftp: SFTPClient, progress: _Progress, path: str) -> None:
+    async def _makedirs(self, sftp: SFTPClient, progress: Progress, path: str) -> None:
         """``mkdir -p path``."""
         if path in ("", "/", ".") or await self._is_dir(sftp, progress, path):
             return
@@ -845,7 +685,7 @@ class SftpStorage:
         await self._mkdirs(sftp, progress, parent, [posixpath.basename(path.rstrip("/"))])
 
     async def _mkdirs(
-        self, sftp: SFTPClient, progress: _Progress, parent: str, names: Sequence[str]
+        self, sftp: SFTPClient, progress: Progress, parent: str, names: Sequence[str]
     ) -> None:
         """Make the missing folders among ``parent/name`` (0700), all at once."""
         existing = {e.filename for e in await self._readdir(sftp, progress, parent or ".")}
@@ -861,7 +701,7 @@ class SftpStorage:
 
         await asyncio.gather(*(mkdir(n) for n in names if n not in existing))
 
-    async def _is_dir(self, sftp: SFTPClient, progress: _Progress, path: str) -> bool:
+    async def _is_dir(self, sftp: SFTPClient, progress: Progress, path: str) -> bool:
         attrs = await self._stat(sftp, progress, path)
         return attrs is not None and stat.S_ISDIR(attrs.permissions or 0)
 
