@@ -28,7 +28,7 @@ import io
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from desktop_agent.config.atomicfile import make_private_dirs, resolve_link, write_atomic
@@ -44,6 +44,7 @@ __all__ = [
     "S3_SECRET_KEY",
     "ServerCredentials",
     "credentials_dir",
+    "environment_credentials",
     "read_server_secret",
     "server_credentials",
     "store_server_secret",
@@ -311,28 +312,41 @@ class ServerCredentials:
     s3_region: str = ""
 
 
+def environment_credentials(
+    location: Location, env: Mapping[str, str] | None = None
+) -> ServerCredentials:
+    """The credentials for ``location`` that the URL (a REST user) and restic's
+    environment variables give, nothing stored."""
+    environ = os.environ if env is None else env
+    if location.scheme == "rest":
+        return ServerCredentials(
+            rest_user=location.user or environ.get("RESTIC_REST_USERNAME", ""),
+            rest_password=location.password or environ.get("RESTIC_REST_PASSWORD", ""),
+        )
+    if location.scheme == "s3":
+        return ServerCredentials(
+            s3_access_key=environ.get("AWS_ACCESS_KEY_ID", ""),
+            s3_secret_key=environ.get("AWS_SECRET_ACCESS_KEY", ""),
+            s3_session_token=environ.get("AWS_SESSION_TOKEN", ""),
+            s3_region=environ.get("AWS_DEFAULT_REGION", "") or environ.get("AWS_REGION", ""),
+        )
+    return ServerCredentials()
+
+
 def server_credentials(
     config: Config, location: Location, env: Mapping[str, str] | None = None
 ) -> ServerCredentials:
     """The credentials for ``location``: restic's environment variables first, then
     the URL (REST user), then what :func:`store_server_secret` kept."""
-    environ = os.environ if env is None else env
-    if location.scheme == "rest":
-        user = location.user or environ.get("RESTIC_REST_USERNAME", "")
-        password = location.password or environ.get("RESTIC_REST_PASSWORD", "")
-        if user and not password:
-            password = read_server_secret(config, REST_PASSWORD, location) or ""
-        return ServerCredentials(rest_user=user, rest_password=password)
-    if location.scheme == "s3":
-        access = environ.get("AWS_ACCESS_KEY_ID", "")
-        secret = environ.get("AWS_SECRET_ACCESS_KEY", "")
-        token = environ.get("AWS_SESSION_TOKEN", "")
-        if not (access and secret):
-            access = read_server_secret(config, S3_ACCESS_KEY, location) or ""
-            secret = read_server_secret(config, S3_SECRET_KEY, location) or ""
-            token = ""
-        region = environ.get("AWS_DEFAULT_REGION", "") or environ.get("AWS_REGION", "")
-        return ServerCredentials(
-            s3_access_key=access, s3_secret_key=secret, s3_session_token=token, s3_region=region
+    found = environment_credentials(location, env)
+    if location.scheme == "rest" and found.rest_user and not found.rest_password:
+        stored = read_server_secret(config, REST_PASSWORD, location) or ""
+        return replace(found, rest_password=stored)
+    if location.scheme == "s3" and not (found.s3_access_key and found.s3_secret_key):
+        return replace(
+            found,
+            s3_access_key=read_server_secret(config, S3_ACCESS_KEY, location) or "",
+            s3_secret_key=read_server_secret(config, S3_SECRET_KEY, location) or "",
+            s3_session_token="",
         )
-    return ServerCredentials()
+    return found

@@ -161,8 +161,14 @@ class JobController:
         return self._get(job_id).view()
 
     def repository_exists(self) -> bool:
-        """Whether the configured repository has been created."""
+        """Whether the configured repository has been created (blocking: for a
+        server, a request that may retry; see :meth:`has_repository`)."""
         return storage_for(self.config).exists()
+
+    async def has_repository(self) -> bool:
+        """:meth:`repository_exists`, asked on a worker thread, not the loop's."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._checks, self.repository_exists)
 
     def current(self) -> JobView | None:
         """The running or paused job (of any kind), if any."""

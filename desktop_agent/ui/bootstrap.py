@@ -153,7 +153,7 @@ class Shell(QObject):
                 self.open(request.show)
             else:
                 log.warning("no window called %r", request.show)
-        elif not self.bridge.repository_exists():
+        elif self.bridge.has_repository is False:  # as found at start, or since
             self.open("first_run")
         else:
             self.open("progress" if self.has_tray else "main")
@@ -189,7 +189,7 @@ class Shell(QObject):
         else:
             log.warning("no system tray on this desktop: showing the main window instead")
             self.open("main")
-        if not self.bridge.repository_exists():
+        if not await self.bridge.check_repository():
             if self._first_run_wanted():
                 self.open("first_run")
         elif self.show_at_start and not self.autostart:

@@ -19,8 +19,9 @@ from typing import Any
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from desktop_agent.app import Agent
-from desktop_agent.config import Config
+from desktop_agent.config import Config, ConfigError
 from desktop_agent.engine.backup import BackupResult
+from desktop_agent.engine.errors import EngineError
 from desktop_agent.engine.restore import RestoreResult
 from desktop_agent.engine.snapshot import Snapshot
 from desktop_agent.jobs import BusEvent, JobError, JobKind, JobState, JobView
@@ -60,6 +61,8 @@ class Bridge(QObject):
         self.notify_success = agent.config.ui.notify_success
         self._unsubscribe = agent.bus.subscribe(self._on_event)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # whether the repository exists, once check_repository() has asked
+        self.has_repository: bool | None = None
         self._browser: RepositoryBrowser | None = None
         # "Last backup: 5 minutes ago" and the staleness warning age with time
         self._clock = QTimer(self)
@@ -167,9 +170,20 @@ class Bridge(QObject):
                 return view
         return None
 
-    def repository_exists(self) -> bool:
-        """Whether the configured repository has been created."""
-        return self.agent.controller.repository_exists()
+    async def check_repository(self) -> bool:
+        """Whether the configured repository has been created, asked off the loop
+        thread (a server may be slow or gone); remembered in :attr:`has_repository`.
+
+        When it cannot be told (the server is out of reach) the answer is
+        True: a missing network is no reason to offer a new repository.
+        """
+        try:
+            self.has_repository = await self.agent.controller.has_repository()
+        except (EngineError, ConfigError) as exc:
+            log.warning("cannot tell whether the repository exists: %s", exc)
+            self.has_repository = None
+            return True
+        return self.has_repository
 
     # ------------------------------------------- the repository (read-only)
     def _browse(self) -> RepositoryBrowser:
@@ -192,6 +206,7 @@ class Bridge(QObject):
     async def create_repository(self, path: str, password: str) -> None:
         """Create an empty repository in ``path`` (the engine's errors are raised)."""
         await self.agent.controller.create_repository(path, password)
+        self.has_repository = True
 
     async def check_password(self, path: str, password: str) -> None:
         """Open the repository in ``path`` with ``password``; raise if it does not open."""

@@ -25,16 +25,15 @@ from pathlib import Path
 
 import pytest
 from faultproxy import FaultProxy
+from remotesupport import data_blobs, many_packs_tree, restored
 from restserver import RestServer
 from storage_suite import *  # noqa: F403 - the shared suite, run against the fixture below
 from storage_suite import name_of
 from support import FAST_KDF, PASSWORD, signature, write
 
 from desktop_agent.config.location import parse_location
-from desktop_agent.engine import crypto
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.errors import IntegrityError, NotFound, StorageError
-from desktop_agent.engine.ids import BlobType
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.restore import RestoreOptions, restore
 from desktop_agent.engine.storage import (
@@ -46,7 +45,6 @@ from desktop_agent.engine.storage import (
     open_storage,
 )
 from desktop_agent.engine.storage.rest import RestStorage
-from desktop_agent.engine.writer import BlobWriter
 
 RCLONE = shutil.which("rclone")
 # a server that is gone for longer than 2 s is reported; tries come quickly
@@ -598,10 +596,6 @@ def small_tree(root: Path, seed: int = 1) -> Path:
     return root
 
 
-def restored(target: Path, source: Path) -> Path:
-    return target / str(source).lstrip("/")
-
-
 def test_restic_reads_what_we_write(
     tmp_path: Path, shared_rclone: Rclone, connect: Callable[..., RestStorage], restic
 ) -> None:
@@ -650,37 +644,6 @@ def test_we_read_and_extend_what_restic_writes(
 
 
 # ------------------------------------------------------------------ a whole backup under faults
-
-
-@pytest.fixture
-def small_packs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """256 KiB packs: a file of 1.1 MB makes a pack of its own, so faults hit mid-backup."""
-    monkeypatch.setitem(BlobWriter.__init__.__kwdefaults__, "pack_size", 256 * 1024)
-
-
-def many_packs_tree(root: Path, seed: int, count: int) -> Path:
-    """``count`` files of 1.1 MB (a pack each, at most about 1.2 MB) and a few small ones."""
-    rng = random.Random(seed)
-    for i in range(count):
-        write(root / "big" / f"b{i:02}.bin", rng.randbytes(1_100_000 + i))
-    for i in range(20):
-        write(root / "small" / f"s{i:02}.txt", rng.randbytes(2000 + i))
-    write(root / "empty", b"")
-    os.symlink("empty", root / "link")
-    return root
-
-
-def data_blobs(url: str, connect: Callable[..., RestStorage]) -> dict[bytes, int]:
-    """The data blobs the repository's index lists (as a new process sees them),
-    with their plaintext sizes."""
-    repo = Repository.open(connect(url), PASSWORD)
-    _names, live = repo.load_index()
-    return {
-        b.id: b.uncompressed_length or b.length - crypto.OVERHEAD
-        for blobs in live.values()
-        for b in blobs
-        if b.type is BlobType.DATA
-    }
 
 
 def test_a_backup_through_resetting_connections_completes(
@@ -745,11 +708,11 @@ def test_a_backup_that_loses_the_server_fails_cleanly_and_the_next_stores_the_re
     # our lock could not be removed while the server was unreachable
     assert len(list(plain.list(FileType.LOCK))) == 1
     restic(location, "--no-lock", "check", "--read-data")
-    before = data_blobs(url, connect)
+    before = data_blobs(connect(url))
     assert before  # the checkpointed packs are indexed
 
     second = backup(Repository.open(plain, PASSWORD), BackupOptions(sources=[str(src)]))
-    after = data_blobs(url, connect)
+    after = data_blobs(connect(url))
     # what the index listed was not stored again; only the rest was (and the trees)
     missing = after.keys() - before.keys()
     assert second.summary.data_blobs == len(missing) > 0

@@ -23,16 +23,15 @@ from pathlib import Path
 import obstore
 import pytest
 from faultproxy import FaultProxy
+from remotesupport import data_blobs, many_packs_tree, restored
 from s3servers import Moto, RcloneS3, unique_bucket
 from storage_suite import *  # noqa: F403 - the shared suite, run against the fixture below
 from storage_suite import name_of
 from support import FAST_KDF, PASSWORD, signature, write, write_config
 
 from desktop_agent.config.location import parse_location
-from desktop_agent.engine import crypto
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.errors import IntegrityError, NotFound, StorageError
-from desktop_agent.engine.ids import BlobType
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.restore import RestoreOptions, restore
 from desktop_agent.engine.storage import (
@@ -46,7 +45,6 @@ from desktop_agent.engine.storage import (
 from desktop_agent.engine.storage.base import Buffer
 from desktop_agent.engine.storage.retry import Retrier
 from desktop_agent.engine.storage.s3 import MissingBucket, S3Storage
-from desktop_agent.engine.writer import BlobWriter
 
 # a server that is gone for longer than 2 s is reported; tries come quickly
 FAST_RETRY = RetryPolicy(give_up_after=2, base_delay=0.05, max_delay=0.2)
@@ -601,10 +599,6 @@ def small_tree(root: Path, seed: int = 1) -> Path:
     return root
 
 
-def restored(target: Path, source: Path) -> Path:
-    return target / str(source).lstrip("/")
-
-
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """restic finds moto's credentials where it looks for them."""
@@ -664,37 +658,6 @@ def test_we_read_and_extend_what_restic_writes(
 
 
 # ------------------------------------------------------------------ a whole backup under faults
-
-
-@pytest.fixture
-def small_packs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """256 KiB packs: a file of 1.1 MB makes a pack of its own, so faults hit mid-backup."""
-    monkeypatch.setitem(BlobWriter.__init__.__kwdefaults__, "pack_size", 256 * 1024)
-
-
-def many_packs_tree(root: Path, seed: int, count: int) -> Path:
-    """``count`` files of 1.1 MB (a pack each) and a few small ones."""
-    rng = random.Random(seed)
-    for i in range(count):
-        write(root / "big" / f"b{i:02}.bin", rng.randbytes(1_100_000 + i))
-    for i in range(20):
-        write(root / "small" / f"s{i:02}.txt", rng.randbytes(2000 + i))
-    write(root / "empty", b"")
-    os.symlink("empty", root / "link")
-    return root
-
-
-def data_blobs(store: Storage) -> dict[bytes, int]:
-    """The data blobs the repository's index lists (as a new process sees them),
-    with their plaintext sizes."""
-    repo = Repository.open(store, PASSWORD)
-    _names, live = repo.load_index()
-    return {
-        b.id: b.uncompressed_length or b.length - crypto.OVERHEAD
-        for blobs in live.values()
-        for b in blobs
-        if b.type is BlobType.DATA
-    }
 
 
 def test_a_backup_through_resetting_connections_completes(

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from faultproxy import FaultProxy
+from remotesupport import data_blobs, restored
 from sshserver import SshServer
 from storage_suite import *  # noqa: F403 - the shared suite, run against the fixture below
 from storage_suite import A, B, name_of
@@ -36,7 +37,6 @@ from support import FAST_KDF, PASSWORD, signature, write, write_config
 from desktop_agent.config.location import parse_location
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.errors import IntegrityError, NotFound, StorageError
-from desktop_agent.engine.ids import BlobType
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.restore import RestoreOptions, restore
 from desktop_agent.engine.storage import (
@@ -50,7 +50,6 @@ from desktop_agent.engine.storage import (
 )
 from desktop_agent.engine.storage import sftp as sftp_backend
 from desktop_agent.engine.storage.sftp import HostKeyError, SftpStorage
-from desktop_agent.engine.writer import BlobWriter
 
 # a server that is gone for longer than 2 s is reported; tries come quickly
 FAST_RETRY = RetryPolicy(give_up_after=2, base_delay=0.05, max_delay=0.2)
@@ -551,10 +550,6 @@ def small_tree(root: Path, seed: int = 1) -> Path:
     return root
 
 
-def restored(target: Path, source: Path) -> Path:
-    return target / str(source).lstrip("/")
-
-
 def test_restic_reads_what_we_write(
     server: SshServer, connect: Connect, tmp_path: Path, restic
 ) -> None:
@@ -601,19 +596,6 @@ def test_we_read_and_extend_what_restic_writes(
 
 
 # ------------------------------------------------------------------ a whole backup under faults
-
-
-@pytest.fixture
-def small_packs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """256 KiB packs: a few MB make a dozen uploads, so faults hit mid-backup."""
-    monkeypatch.setitem(BlobWriter.__init__.__kwdefaults__, "pack_size", 256 * 1024)
-
-
-def data_blobs(store: Storage) -> set[bytes]:
-    """The data blobs the repository's index lists (as a new process sees them)."""
-    repo = Repository.open(store, PASSWORD)
-    _names, live = repo.load_index()
-    return {b.id for blobs in live.values() for b in blobs if b.type is BlobType.DATA}
 
 
 def test_a_backup_through_resetting_connections_completes(
@@ -718,7 +700,7 @@ def test_a_backup_that_loses_the_server_fails_cleanly_and_the_next_stores_the_re
 
     second = backup(Repository.open(plain, PASSWORD), BackupOptions(sources=[str(src)]))
     after = data_blobs(plain)
-    assert second.summary.data_blobs == len(after - before) > 0
+    assert second.summary.data_blobs == len(after.keys() - before.keys()) > 0
     total = sum(f.stat().st_size for f in src.rglob("*") if f.is_file() and not f.is_symlink())
     assert second.summary.data_added < total
     restic(location, "-o", ssh, "--no-lock", "check", "--read-data")

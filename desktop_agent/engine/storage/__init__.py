@@ -14,7 +14,11 @@ import os
 
 from desktop_agent.config.location import Location, parse_location
 from desktop_agent.config.model import Config
-from desktop_agent.config.secrets import ServerCredentials, server_credentials
+from desktop_agent.config.secrets import (
+    ServerCredentials,
+    environment_credentials,
+    server_credentials,
+)
 
 from .base import FileType, Storage, is_storage_id
 from .cache import CachingStorage
@@ -77,7 +81,7 @@ def open_storage(
     if not loc.remote:
         return LocalStorage(loc.path)
     if credentials is None:
-        credentials = _environment_credentials(loc)
+        credentials = environment_credentials(loc)
     if cache_root is None:
         from desktop_agent.config import user_cache_dir
 
@@ -114,21 +118,6 @@ def _remote_backend(
     from .sftp import SftpStorage
 
     return SftpStorage(loc, spool_dir=spool, retry=retry)
-
-
-def _environment_credentials(location: Location) -> ServerCredentials:
-    env = os.environ
-    if location.scheme == "rest":
-        user = location.user or env.get("RESTIC_REST_USERNAME", "")
-        return ServerCredentials(
-            rest_user=user, rest_password=location.password or env.get("RESTIC_REST_PASSWORD", "")
-        )
-    return ServerCredentials(
-        s3_access_key=env.get("AWS_ACCESS_KEY_ID", ""),
-        s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
-        s3_session_token=env.get("AWS_SESSION_TOKEN", ""),
-        s3_region=env.get("AWS_DEFAULT_REGION", "") or env.get("AWS_REGION", ""),
-    )
 
 
 def storage_for(
