@@ -27,8 +27,12 @@ from desktop_agent.config.model import (
     BackupConfig,
     Config,
     RepositoryConfig,
+    ScheduleConfig,
     UiConfig,
+    UpkeepConfig,
     generate_token,
+    parse_clock,
+    parse_quiet_hours,
 )
 from desktop_agent.config.network import normalize_origin, parse_listen
 from desktop_agent.config.paths import (
@@ -56,6 +60,29 @@ _KEYS: dict[str, tuple[str, ...]] = {
     ),
     "repository": ("path", "password_file"),
     "backup": ("sources", "exclude", "interval_minutes"),
+    "schedule": (
+        "daily_at",
+        "random_delay_minutes",
+        "wake_delay_seconds",
+        "skip_on_battery",
+        "min_battery_percent",
+        "skip_on_metered",
+        "quiet_hours",
+        "max_runtime_minutes",
+        "keep_awake",
+        "stale_after_days",
+        "max_retry_minutes",
+    ),
+    "upkeep": (
+        "forget",
+        "keep_last",
+        "keep_hourly",
+        "keep_daily",
+        "keep_weekly",
+        "keep_monthly",
+        "keep_yearly",
+        "check_subsets",
+    ),
     "ui": ("notify_success",),
 }
 
@@ -271,6 +298,71 @@ def _parse_backup(section: _Section) -> BackupConfig:
     )
 
 
+def _parse_schedule(section: _Section) -> ScheduleConfig:
+    d = ScheduleConfig()
+    daily_at = section.string("daily_at", d.daily_at) or ""
+    if daily_at.strip():
+        try:
+            parse_clock(daily_at)
+        except ValueError as exc:
+            raise section.error("daily_at", f'{exc}; or "" for every interval_minutes') from None
+    quiet = section.string("quiet_hours", d.quiet_hours) or ""
+    try:
+        parse_quiet_hours(quiet)
+    except ValueError as exc:
+        raise section.error("quiet_hours", f'{exc}; or "" for none') from None
+    return ScheduleConfig(
+        daily_at=daily_at.strip(),
+        random_delay_minutes=section.integer(
+            "random_delay_minutes", d.random_delay_minutes, minimum=0, maximum=240
+        ),
+        wake_delay_seconds=section.integer(
+            "wake_delay_seconds", d.wake_delay_seconds, minimum=0, maximum=3600
+        ),
+        skip_on_battery=section.boolean("skip_on_battery", d.skip_on_battery),
+        min_battery_percent=section.integer(
+            "min_battery_percent", d.min_battery_percent, minimum=0, maximum=100
+        ),
+        skip_on_metered=section.boolean("skip_on_metered", d.skip_on_metered),
+        quiet_hours=quiet.strip(),
+        max_runtime_minutes=section.integer(
+            "max_runtime_minutes", d.max_runtime_minutes, minimum=0, maximum=7 * 24 * 60
+        ),
+        keep_awake=section.boolean("keep_awake", d.keep_awake),
+        stale_after_days=section.integer(
+            "stale_after_days", d.stale_after_days, minimum=0, maximum=365
+        ),
+        max_retry_minutes=section.integer(
+            "max_retry_minutes", d.max_retry_minutes, minimum=1, maximum=7 * 24 * 60
+        ),
+    )
+
+
+def _parse_upkeep(section: _Section) -> UpkeepConfig:
+    d = UpkeepConfig()
+    keep = {
+        key: section.integer(key, getattr(d, key), minimum=0, maximum=1_000_000)
+        for key in (
+            "keep_last",
+            "keep_hourly",
+            "keep_daily",
+            "keep_weekly",
+            "keep_monthly",
+            "keep_yearly",
+        )
+    }
+    forget = section.boolean("forget", d.forget)
+    if forget and not any(keep.values()):
+        raise section.error(
+            "forget", "is true but every keep_* is 0, which would forget every snapshot"
+        )
+    return UpkeepConfig(
+        forget=forget,
+        check_subsets=section.integer("check_subsets", d.check_subsets, minimum=0, maximum=10_000),
+        **keep,
+    )
+
+
 def _parse_ui(section: _Section) -> UiConfig:
     defaults = UiConfig()
     return UiConfig(notify_success=section.boolean("notify_success", defaults.notify_success))
@@ -302,7 +394,15 @@ def parse_document(document: Mapping[str, Any], path: Path) -> Config:
     repository = _parse_repository(sections["repository"])
     backup = _parse_backup(sections["backup"])
     ui = _parse_ui(sections["ui"])
-    return Config(agent=agent, repository=repository, backup=backup, path=path, ui=ui)
+    return Config(
+        agent=agent,
+        repository=repository,
+        backup=backup,
+        path=path,
+        ui=ui,
+        schedule=_parse_schedule(sections["schedule"]),
+        upkeep=_parse_upkeep(sections["upkeep"]),
+    )
 
 
 def to_document(config: Config) -> dict[str, Any]:
@@ -329,6 +429,8 @@ def to_document(config: Config) -> dict[str, Any]:
             "exclude": list(config.backup.exclude),
             "interval_minutes": config.backup.interval_minutes,
         },
+        "schedule": dataclasses.asdict(config.schedule),
+        "upkeep": dataclasses.asdict(config.upkeep),
         "ui": {"notify_success": config.ui.notify_success},
     }
 

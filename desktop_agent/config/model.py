@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,11 @@ __all__ = [
     "BackupConfig",
     "Config",
     "RepositoryConfig",
+    "ScheduleConfig",
     "UiConfig",
+    "UpkeepConfig",
+    "parse_clock",
+    "parse_quiet_hours",
     "generate_token",
     "with_token",
 ]
@@ -96,6 +101,77 @@ class BackupConfig:
     interval_minutes: int = 60  # the agent backs up when the last backup is older; 0 = never
 
 
+def parse_clock(text: str) -> int:
+    """``"HH:MM"`` (24-hour local time) as minutes after midnight; ``ValueError`` otherwise."""
+    match = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])", text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a time of day as HH:MM (00:00 to 23:59)")
+    return int(match[1]) * 60 + int(match[2])
+
+
+def parse_quiet_hours(text: str) -> tuple[int, int] | None:
+    """``"HH:MM-HH:MM"`` as (start, end) minutes after midnight (the window may
+    cross midnight: ``22:00-07:00``); None for an empty string."""
+    if not text.strip():
+        return None
+    start, sep, end = text.partition("-")
+    if not sep:
+        raise ValueError(f"{text!r} is not a window as HH:MM-HH:MM (e.g. 22:00-07:00)")
+    window = parse_clock(start), parse_clock(end)
+    if window[0] == window[1]:
+        raise ValueError(f"{text!r} starts and ends at the same time")
+    return window
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The ``[schedule]`` section: when the agent backs up on its own, and when not.
+
+    How often is ``[backup] interval_minutes`` (0: only when asked), or once a
+    day at ``daily_at`` when that is set. See docs/scheduling.md.
+    """
+
+    daily_at: str = ""  # "HH:MM" local time: once a day then, instead of every interval
+    random_delay_minutes: int = 5  # a scheduled run starts up to this much later
+    wake_delay_seconds: int = 60  # after a wake, wait this long (and for the network)
+    skip_on_battery: bool = False  # no scheduled backups while on battery
+    min_battery_percent: int = 20  # on battery: none below this level (0 = any level)
+    skip_on_metered: bool = True  # no scheduled backups over a metered connection
+    quiet_hours: str = ""  # "HH:MM-HH:MM": no scheduled backups in this window
+    max_runtime_minutes: int = 0  # a scheduled backup stops after this (work kept); 0 = none
+    keep_awake: bool = False  # keep the machine from sleeping while a backup runs
+    stale_after_days: int = 3  # warn when the last successful backup is older; 0 = never
+    max_retry_minutes: int = 240  # the cap of the backoff after failed backups
+
+    @property
+    def daily_minute(self) -> int | None:
+        """``daily_at`` as minutes after midnight, or None (every interval)."""
+        return parse_clock(self.daily_at) if self.daily_at.strip() else None
+
+    @property
+    def quiet_window(self) -> tuple[int, int] | None:
+        """``quiet_hours`` as (start, end) minutes after midnight, or None."""
+        return parse_quiet_hours(self.quiet_hours)
+
+
+@dataclass(frozen=True)
+class UpkeepConfig:
+    """The ``[upkeep]`` section: repository maintenance the agent runs on its own.
+
+    Both only on AC power and unmetered networks, as jobs of the one queue.
+    """
+
+    forget: bool = False  # forget + prune by the keep_* policy after a backup, at most daily
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 7
+    keep_weekly: int = 4
+    keep_monthly: int = 12
+    keep_yearly: int = 0
+    # a weekly `check --read-data-subset n/check_subsets`, n rotating; 0 = no scheduled check
+    check_subsets: int = 20
+
+
 @dataclass(frozen=True)
 class UiConfig:
     """The ``[ui]`` section: how the tray app talks to the user."""
@@ -112,6 +188,8 @@ class Config:
     backup: BackupConfig
     path: Path
     ui: UiConfig = UiConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    upkeep: UpkeepConfig = UpkeepConfig()
 
     def resolve_path(self, value: str) -> str:
         """Expand ``~`` and ``$VARS`` in ``value``; relative means relative to the file's dir."""

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from desktop_agent.config.model import AgentConfig, BackupConfig, RepositoryConfig, UiConfig
+from desktop_agent.config.model import (
+    AgentConfig,
+    BackupConfig,
+    RepositoryConfig,
+    ScheduleConfig,
+    UiConfig,
+    UpkeepConfig,
+)
 
 __all__ = ["render_default", "toml_string"]
 
@@ -34,6 +41,14 @@ def toml_string(value: str) -> str:
         else:
             out.append(char)
     return '"' + "".join(out) + '"'
+
+
+def _toml_scalar(value: object) -> str:
+    """A bool as TOML's true/false; an int or a string (written inside quotes
+    by the template) as it is."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _toml_array(values: tuple[str, ...]) -> str:
@@ -113,6 +128,55 @@ exclude = {exclude}
 # when asked (tray, backup server, `desktop-agent backup`).
 interval_minutes = {interval_minutes}
 
+[schedule]
+# When the agent backs up on its own, and when it waits (docs/scheduling.md).
+# A backup missed while the laptop slept or was off runs once soon after it
+# wakes; a failed one is retried after 5, 10, 20... minutes up to
+# max_retry_minutes. Backups you start yourself ignore these conditions.
+# "HH:MM": once a day at this time instead of every interval_minutes; "" = off.
+daily_at = "{daily_at}"
+# A scheduled backup starts up to this many minutes late (spreads the load
+# of many machines on one server).
+random_delay_minutes = {random_delay_minutes}
+# After the laptop wakes up, wait this many seconds (and for the network, when
+# the repository is on a server) before a missed backup starts.
+wake_delay_seconds = {wake_delay_seconds}
+# No scheduled backups on battery at all (true), or only below this percentage
+# (min_battery_percent; 0 = at any level). A backup already running pauses
+# when this turns true and resumes on AC.
+skip_on_battery = {skip_on_battery}
+min_battery_percent = {min_battery_percent}
+# No scheduled backups over a metered connection (a phone's hotspot, say).
+skip_on_metered = {skip_on_metered}
+# "HH:MM-HH:MM": no scheduled backups in this window ("22:00-07:00" crosses
+# midnight); a running one pauses until it ends. "" = none.
+quiet_hours = "{quiet_hours}"
+# A scheduled backup stops after this many minutes and the next run continues
+# where it stopped (nothing stored is lost); 0 = no limit.
+max_runtime_minutes = {max_runtime_minutes}
+# Keep the machine awake while a backup runs (otherwise sleep waits only the
+# few seconds the backup needs to save its place, and it resumes after wake).
+keep_awake = {keep_awake}
+# The tray warns when the last successful backup is older than this; 0 = never.
+stale_after_days = {stale_after_days}
+max_retry_minutes = {max_retry_minutes}
+
+[upkeep]
+# Repository maintenance as jobs of the agent, only on AC and unmetered networks.
+# forget = true: after a successful backup (at most once a day) forget the
+# snapshots of this computer the keep_* policy does not keep, and prune.
+forget = {forget}
+keep_last = {keep_last}
+keep_hourly = {keep_hourly}
+keep_daily = {keep_daily}
+keep_weekly = {keep_weekly}
+keep_monthly = {keep_monthly}
+keep_yearly = {keep_yearly}
+# Once a week read one part in check_subsets of the repository's data and
+# verify it (restic's check --read-data-subset n/t, n rotating: every pack is
+# read once in check_subsets weeks); 0 = no scheduled check.
+check_subsets = {check_subsets}
+
 [ui]
 # Show a notification when a backup completes (true or false). Failures are
 # always shown.
@@ -144,5 +208,7 @@ def render_default(
         sources=_toml_array(backup.sources),
         exclude=_toml_array(backup.exclude),
         interval_minutes=backup.interval_minutes,
+        **{k: _toml_scalar(v) for k, v in dataclasses.asdict(ScheduleConfig()).items()},
+        **{k: _toml_scalar(v) for k, v in dataclasses.asdict(UpkeepConfig()).items()},
         notify_success="true" if ui.notify_success else "false",
     )
