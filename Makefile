@@ -31,7 +31,7 @@ QT_DEBS := libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 \
            libxcb-randr0 libxcb-xfixes0 libxcb-sync1 libxcb-xkb1 libxcb-xinerama0
 # restic is the oracle for the repository format in the tests; rclone serves
 # REST repositories and openssh-server SFTP ones to the remote-backend tests.
-TEST_DEBS := restic rclone openssh-server openssh-client $(QT_DEBS)
+TEST_DEBS := restic rclone openssh-server openssh-client dbus-daemon $(QT_DEBS)
 RUN_DEBS := $(QT_DEBS)
 
 .PHONY: run test venv lint clean debs-test debs-run

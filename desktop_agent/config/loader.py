@@ -358,7 +358,8 @@ def _parse_upkeep(section: _Section) -> UpkeepConfig:
         )
     return UpkeepConfig(
         forget=forget,
-        check_subsets=section.integer("check_subsets", d.check_subsets, minimum=0, maximum=10_000),
+        # restic's read-data-subset groups packs by the first byte of their id: at most 256
+        check_subsets=section.integer("check_subsets", d.check_subsets, minimum=0, maximum=256),
         **keep,
     )
 

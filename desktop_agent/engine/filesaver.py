@@ -178,6 +178,9 @@ class FileSaver:
                     break
                 self._budget.wait(0.01)
         self.writer.wait_idle()
+        # a pause may be the machine going to sleep (or losing power after):
+        # what is stored so far gets indexed, so none of it is lost
+        self.writer.checkpoint_index()
 
     def check_failure(self) -> None:
         """Raise the first failure of any task or reader."""

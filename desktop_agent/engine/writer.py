@@ -338,6 +338,17 @@ class BlobWriter:
         self._last_index = time.monotonic()
         return names
 
+    def checkpoint_index(self) -> None:
+        """Index the packs stored and not yet indexed (during a pause, with no
+        upload running); a failure is left for the next checkpoint or the end."""
+        with self._lock:
+            if not self._uploaded:
+                return
+        try:
+            self.write_index()
+        except EngineError:
+            pass  # kept for the next write_index (see there)
+
     def close(self) -> None:
         """Stop the upload thread (does not flush)."""
         self._uploader.shutdown(wait=True)

@@ -1,7 +1,8 @@
 """Jobs: the state machine, the event bus, the controller and the scheduler (asyncio, no Qt).
 
-Backups and restores are jobs of one queue (:mod:`.spec` says what each
-does); browsing a repository (:mod:`.browse`) is not a job: it only reads.
+Backups, restores and upkeep (forget + prune, check: :mod:`.upkeep`) are
+jobs of one queue (:mod:`.spec` says what each does); browsing a repository
+(:mod:`.browse`) is not a job: it only reads.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from .bus import BusEvent, EventBus, JobChanged
 from .controller import JobController, JobError
 from .job import JobView
-from .spec import BackupSpec, JobKind, JobSpec, RestoreSpec
+from .spec import BackupSpec, JobKind, JobSpec, RestoreSpec, UpkeepSpec
 from .state import Action, IllegalTransition, JobState
+from .upkeep import UpkeepResult
 
 __all__ = [
     "Action",
@@ -26,4 +28,6 @@ __all__ = [
     "JobState",
     "JobView",
     "RestoreSpec",
+    "UpkeepResult",
+    "UpkeepSpec",
 ]

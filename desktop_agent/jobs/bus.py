@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from desktop_agent.protocol import Event
 
+from .schedule import ScheduleStatus
 from .spec import JobKind
 from .state import JobState
 
-__all__ = ["EventBus", "JobChanged", "BusEvent", "Subscriber"]
+__all__ = ["EventBus", "JobChanged", "BusEvent", "ScheduleChanged", "Subscriber"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,14 @@ class JobChanged:
     kind: JobKind = JobKind.BACKUP
 
 
-BusEvent = Event | JobChanged
+@dataclass(frozen=True, slots=True)
+class ScheduleChanged:
+    """Internal event: what the scheduler decided or holds changed (the tray shows it)."""
+
+    status: ScheduleStatus
+
+
+BusEvent = Event | JobChanged | ScheduleChanged
 Subscriber = Callable[[BusEvent], None]
 
 

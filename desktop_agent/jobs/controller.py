@@ -3,10 +3,10 @@
 Lives on the asyncio loop (no Qt). Every job, whatever its kind
 (:mod:`.spec`), goes through one queue and runs the real engine on the
 controller's own worker thread, one at a time: the agent has one
-repository, so a backup and a restore of it never run at once (maintenance
-jobs will queue the same way). Every job follows the one state machine
-(:mod:`.state`) and takes the same commands (pause, resume, cancel through
-the engine's :class:`~desktop_agent.engine.control.Control`).
+repository, so a backup, a restore and upkeep (forget + prune, check:
+:mod:`.upkeep`) of it never run at once. Every job follows the one state
+machine (:mod:`.state`) and takes the same commands (pause, resume, cancel
+through the engine's :class:`~desktop_agent.engine.control.Control`).
 
 The engine reports progress from its threads; the controller turns it into
 the protocol's nine progress fields on the loop thread, the same way for
@@ -14,13 +14,15 @@ every kind: ``percent`` only moves forward and ends at 100,
 ``bytes_per_second`` is a moving average, ``eta_seconds`` follows from it;
 at most 10 events a second and at least one a second while a job runs.
 Each kind is reported with its own messages (``backup:*`` for backups,
-``restore:*`` for restores), and every job announced ends with exactly one
-terminal message. Everything goes out through the :class:`~.bus.EventBus`.
+``restore:*`` for restores, ``upkeep:*`` for upkeep), and every job
+announced ends with exactly one terminal message. Everything goes out
+through the :class:`~.bus.EventBus`.
 
 Shutdown rule (headless agent and tray alike): queued jobs are dropped and a
 running job is cancelled. A cancelled backup keeps what it stored (its packs
 are indexed) and writes no snapshot, so the next run continues from there;
-a cancelled restore keeps the files it wrote.
+a cancelled restore keeps the files it wrote; a cancelled prune stops before
+it deletes anything (:mod:`.upkeep`).
 """
 
 from __future__ import annotations
@@ -55,13 +57,16 @@ from desktop_agent.protocol import (
     RestoreCompleted,
     RestoreStarted,
     Skipped,
+    UpkeepCompleted,
+    UpkeepStarted,
 )
 
 from .bus import EventBus, JobChanged
 from .job import Job, JobResult, JobView
 from .restores import new_restore_folder, run_restore
-from .spec import BackupSpec, JobKind, JobSpec, RestoreSpec
+from .spec import BackupSpec, JobKind, JobSpec, RestoreSpec, UpkeepSpec
 from .state import TERMINAL, Action, IllegalTransition, JobState, next_state
+from .upkeep import UpkeepResult, run_upkeep
 
 __all__ = ["JobController", "JobError", "RATE_WINDOW"]
 
@@ -258,6 +263,15 @@ class JobController:
             await loop.run_in_executor(None, _rmdir_quietly, target)
             raise
 
+    def start_upkeep(self, spec: UpkeepSpec, *, origin: str = "") -> JobId:
+        """Queue repository upkeep: forget + prune, or a check of a part of the data.
+
+        ``UpkeepSpec.forget(config.upkeep)`` or ``UpkeepSpec.check(n, t)``
+        (:mod:`.upkeep` does the work). Announced with ``upkeep:started``;
+        :class:`JobError` when the agent is shutting down.
+        """
+        return self._enqueue(spec, origin)
+
     def pause(self, job_id: str, kind: JobKind | None = None) -> None:
         """Pause a running job; its ``paused`` event follows once it took effect.
 
@@ -306,6 +320,22 @@ class JobController:
             return
         job.control.cancel()  # the runner reports when the engine has stopped
 
+    def stop_job(self, job_id: str, reason: str) -> None:
+        """End a job like :meth:`cancel`, with ``reason`` as its ``failed`` event's error.
+
+        For the scheduler: a backup stopped at its maximum runtime (what it
+        stored is kept, as with a cancel, and the next run continues).
+        """
+        job = self._get(job_id)
+        if job.state in TERMINAL:
+            raise JobError(f"job {job_id} has already {job.state.value}")
+        job.stop_reason = reason
+        if job.state is JobState.QUEUED:
+            self._queue.remove(job)
+            self._finish_cancelled(job)
+            return
+        job.control.cancel()
+
     async def create_repository(self, path: str, password: str) -> None:
         """Create an empty repository in ``path`` (an absolute path; new or empty folder).
 
@@ -353,6 +383,8 @@ class JobController:
         self.bus.publish(JobChanged(job.id, None, JobState.QUEUED, job.kind))
         if isinstance(spec, RestoreSpec):
             self.bus.publish(RestoreStarted(job.id, spec.snapshot_id, spec.target))
+        elif isinstance(spec, UpkeepSpec):
+            self.bus.publish(UpkeepStarted(job.id, spec.task))
         else:
             self.bus.publish(BackupStarted(job.id))
         self._wake.set()
@@ -363,7 +395,7 @@ class JobController:
         if job is None:
             raise JobError(f"unknown job_id {job_id!r}")
         if kind is not None and job.kind is not kind:
-            raise JobError(f"job {job_id} is a {job.kind.value}, not a {kind.value}")
+            raise JobError(f"job {job_id} is {job.kind.noun}, not {kind.noun}")
         return job
 
     def _forget_old(self) -> None:
@@ -388,8 +420,8 @@ class JobController:
     def _finish_cancelled(self, job: Job) -> None:
         self._transition(job, Action.CANCELLED)
         job.finished = time.time()
-        job.error = CANCELLED
-        self.bus.publish(job.messages.failed(job.id, CANCELLED))
+        job.error = job.stop_reason or CANCELLED
+        self.bus.publish(job.messages.failed(job.id, job.error))
         spec = job.spec
         if isinstance(spec, RestoreSpec) and spec.new_folder:
             # it never ran: the folder made for it is empty
@@ -430,7 +462,7 @@ class JobController:
         try:
             result = await self._loop.run_in_executor(self._executor, self._run_engine, job)
         except Cancelled:
-            self._end(job, Action.CANCELLED, CANCELLED)
+            self._end(job, Action.CANCELLED, job.stop_reason or CANCELLED)
         except (EngineError, ConfigError) as exc:
             self._end(job, Action.FAIL, str(exc))
         except Exception as exc:  # noqa: BLE001 - a job must end with an event, whatever happens
@@ -440,6 +472,8 @@ class JobController:
             job.result = result
             if isinstance(result, RestoreResult):
                 self._complete_restore(job, result)
+            elif isinstance(result, UpkeepResult):
+                self._complete_upkeep(job, result)
             else:
                 self._complete_backup(job, result)
         finally:
@@ -483,6 +517,12 @@ class JobController:
                 result.errors[0] if result.errors else "?",
             )
         self.bus.publish(RestoreCompleted(job.id, result.bytes_written))
+
+    def _complete_upkeep(self, job: Job, result: UpkeepResult) -> None:
+        self._final_progress(job, result.bytes_processed, result.items_processed)
+        self._end(job, Action.COMPLETE, None)
+        log.info("job %s: %s", job.id, result.summary)
+        self.bus.publish(UpkeepCompleted(job.id, result.task, result.summary))
 
     def _end(self, job: Job, action: Action, error: str | None) -> None:
         job.pause_requested = False
@@ -543,6 +583,10 @@ class JobController:
                 progress=self._reporter(job),
                 control=job.control,
                 progress_interval=1.0 / MAX_EVENTS_PER_SECOND,
+            )
+        if isinstance(spec, UpkeepSpec):
+            return run_upkeep(
+                self._repository(), spec, progress=self._reporter(job), control=job.control
             )
         return self._run_backup(job, spec)
 

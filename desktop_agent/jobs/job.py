@@ -26,29 +26,35 @@ from desktop_agent.protocol import (
     RestorePaused,
     RestoreProgress,
     RestoreResumed,
+    UpkeepFailed,
+    UpkeepPaused,
+    UpkeepProgress,
+    UpkeepResumed,
 )
 
-from .spec import BackupSpec, JobKind, JobSpec, RestoreSpec
+from .spec import BackupSpec, JobKind, JobSpec, RestoreSpec, UpkeepSpec
 from .state import JobState
+from .upkeep import UpkeepResult
 
 __all__ = ["MESSAGES", "Job", "JobResult", "JobView", "Messages"]
 
-JobResult = BackupResult | RestoreResult
+JobResult = BackupResult | RestoreResult | UpkeepResult
 
 
 @dataclass(frozen=True)
 class Messages:
     """How one kind of job is reported on the bus (and so on /ws)."""
 
-    progress: type[BackupProgress] | type[RestoreProgress]
-    paused: type[BackupPaused] | type[RestorePaused]
-    resumed: type[BackupResumed] | type[RestoreResumed]
-    failed: type[BackupFailed] | type[RestoreFailed]
+    progress: type[BackupProgress] | type[RestoreProgress] | type[UpkeepProgress]
+    paused: type[BackupPaused] | type[RestorePaused] | type[UpkeepPaused]
+    resumed: type[BackupResumed] | type[RestoreResumed] | type[UpkeepResumed]
+    failed: type[BackupFailed] | type[RestoreFailed] | type[UpkeepFailed]
 
 
 MESSAGES = {
     JobKind.BACKUP: Messages(BackupProgress, BackupPaused, BackupResumed, BackupFailed),
     JobKind.RESTORE: Messages(RestoreProgress, RestorePaused, RestoreResumed, RestoreFailed),
+    JobKind.UPKEEP: Messages(UpkeepProgress, UpkeepPaused, UpkeepResumed, UpkeepFailed),
 }
 
 
@@ -57,9 +63,10 @@ class JobView:
     """What consumers may know about a job.
 
     ``paths``: a backup's paths (None: the configured sources), a restore's
-    snapshot paths (None: everything). ``origin`` says who asked for it
-    ("tray", "/ws", "scheduler"; "" when not said). ``result`` is a
-    :class:`BackupResult` or a :class:`RestoreResult` once it completed.
+    snapshot paths (None: everything), None for upkeep. ``origin`` says who
+    asked for it ("tray", "/ws", "scheduler"; "" when not said). ``result``
+    is a :class:`BackupResult`, a :class:`RestoreResult` or an
+    :class:`~.upkeep.UpkeepResult` once it completed.
     """
 
     id: JobId
@@ -76,7 +83,7 @@ class JobView:
 
     @property
     def kind(self) -> JobKind:
-        """Backup or restore."""
+        """Backup, restore or upkeep."""
         return self.spec.kind
 
     @property
@@ -102,6 +109,7 @@ class Job:
     result: JobResult | None = None
     pause_requested: bool = False
     resume_requested: bool = False  # a resume that arrived before the pause took effect
+    stop_reason: str | None = None  # a stop (not a cancel) says why, in place of "cancelled"
     # progress bookkeeping (loop thread only)
     last_sent: float = 0.0
     dirty: bool = False
@@ -120,6 +128,8 @@ class Job:
     def paths(self) -> tuple[str, ...] | None:
         if isinstance(self.spec, RestoreSpec):
             return self.spec.includes or None
+        if isinstance(self.spec, UpkeepSpec):
+            return None
         return self.spec.paths
 
     def describe(self) -> str:
@@ -127,6 +137,8 @@ class Job:
         if isinstance(spec, RestoreSpec):
             what = ", ".join(spec.includes) if spec.includes else "everything"
             text = f"restore of {what} from snapshot {spec.snapshot.short_id} into {spec.target}"
+        elif isinstance(spec, UpkeepSpec):
+            text = spec.describe()
         else:
             text = "backup of " + ("the sources" if spec.paths is None else ", ".join(spec.paths))
         return text + (f" (from {self.origin})" if self.origin else "")

@@ -255,31 +255,35 @@ def in_quiet_hours(now: float, plan: Plan) -> float | None:
     return stop
 
 
-def blocking_reasons(now: float, history: History, conditions: Conditions, plan: Plan) -> list[str]:
-    """Why scheduled work may not run at ``now`` (empty: nothing stops it).
+def blocking_reasons(
+    now: float, history: History, conditions: Conditions, plan: Plan
+) -> dict[str, str]:
+    """Why scheduled work may not run at ``now``: condition -> the words for it
+    (``{"battery": "battery at 15 % (below 20 %)"}``; empty: nothing stops it).
 
-    The same list stops a due backup from starting (a skip) and pauses a
-    scheduled job that is running; it resumes once the list is empty.
-    Unknown conditions (no provider) stop nothing.
+    The same reasons stop a due backup from starting (a skip) and pause a
+    scheduled job that is running; it resumes once there are none. The keys
+    ("paused", "quiet", "battery", "metered") name the condition whatever the
+    numbers in the words. Unknown conditions (no provider) stop nothing.
     """
-    reasons: list[str] = []
+    reasons: dict[str, str] = {}
     if history.paused_forever:
-        reasons.append("paused until you resume")
+        reasons["paused"] = "paused until you resume"
     elif history.paused(now):
         assert history.paused_until is not None
-        reasons.append(f"paused until {clock_text(history.paused_until, plan.tz)}")
+        reasons["paused"] = f"paused until {clock_text(history.paused_until, plan.tz)}"
     quiet_end = in_quiet_hours(now, plan)
     if quiet_end is not None:
-        reasons.append(f"quiet hours until {clock_text(quiet_end, plan.tz)}")
+        reasons["quiet"] = f"quiet hours until {clock_text(quiet_end, plan.tz)}"
     s = plan.schedule
     if conditions.on_battery:
         percent = conditions.battery_percent
         if s.skip_on_battery:
-            reasons.append("on battery")
+            reasons["battery"] = "on battery"
         elif percent is not None and percent < s.min_battery_percent:
-            reasons.append(f"battery at {percent:.0f} % (below {s.min_battery_percent} %)")
+            reasons["battery"] = f"battery at {percent:.0f} % (below {s.min_battery_percent} %)"
     if s.skip_on_metered and conditions.metered:
-        reasons.append("on a metered network")
+        reasons["metered"] = "on a metered network"
     return reasons
 
 
@@ -313,7 +317,10 @@ def decide(history: History, moment: Moment, plan: Plan) -> Decision:
     if reasons:
         recheck = _recheck_after_skip(now, history, plan)
         return Decision(
-            Verdict.SKIP, "; ".join(reasons), None if history.paused_forever else recheck, recheck
+            Verdict.SKIP,
+            "; ".join(reasons.values()),
+            None if history.paused_forever else recheck,
+            recheck,
         )
     if moment.woke_at is not None:
         settled = moment.woke_at + plan.schedule.wake_delay_seconds

@@ -44,6 +44,15 @@ from .messages import (
     RestoreStarted,
     Skipped,
     StatusRequest,
+    UpkeepCancel,
+    UpkeepCompleted,
+    UpkeepFailed,
+    UpkeepPause,
+    UpkeepPaused,
+    UpkeepProgress,
+    UpkeepResume,
+    UpkeepResumed,
+    UpkeepStarted,
 )
 
 __all__ = [
@@ -71,6 +80,12 @@ _EVENT_TYPES = {
     "restore:failed",
     "restore:paused",
     "restore:resumed",
+    "upkeep:progress",
+    "upkeep:started",
+    "upkeep:completed",
+    "upkeep:failed",
+    "upkeep:paused",
+    "upkeep:resumed",
     "error",
 }
 _JOB_COMMANDS: dict[
@@ -79,6 +94,9 @@ _JOB_COMMANDS: dict[
 ] = {
     c.TYPE: c
     for c in (BackupPause, BackupResume, BackupCancel, RestorePause, RestoreResume, RestoreCancel)
+}
+_UPKEEP_COMMANDS: dict[str, type[UpkeepPause | UpkeepResume | UpkeepCancel]] = {
+    c.TYPE: c for c in (UpkeepPause, UpkeepResume, UpkeepCancel)
 }
 
 
@@ -150,6 +168,15 @@ def decode_command(text: str | bytes) -> Command:
     job_command = _JOB_COMMANDS.get(kind)
     if job_command is not None:
         return job_command(_job_id(kind, payload))
+    upkeep_command = _UPKEEP_COMMANDS.get(kind)
+    if upkeep_command is not None:
+        return upkeep_command(_job_id(kind, payload))
+    if kind == "upkeep:start":
+        raise ProtocolError(
+            "upkeep:start is not a command: the agent starts upkeep on its own, "
+            "as its [upkeep] configuration says",
+            kind,
+        )
     if kind == "restore:start":
         return _restore_start(kind, payload)
     if kind == "agent:status":
@@ -216,8 +243,8 @@ def _str(p: dict[str, Any], key: str) -> str:
 
 
 def _progress(
-    cls: type[BackupProgress] | type[RestoreProgress], p: dict[str, Any]
-) -> BackupProgress | RestoreProgress:
+    cls: type[BackupProgress] | type[RestoreProgress] | type[UpkeepProgress], p: dict[str, Any]
+) -> BackupProgress | RestoreProgress | UpkeepProgress:
     cf = p["current_file"]
     pct = p["percent"]
     if isinstance(pct, bool) or not isinstance(pct, int | float):
@@ -235,6 +262,23 @@ def _progress(
     )
 
 
+def _upkeep_event(kind: str, p: dict[str, Any]) -> Event:
+    job_id = JobId(_str(p, "job_id"))
+    if kind == "upkeep:progress":
+        return _progress(UpkeepProgress, p)
+    if kind == "upkeep:started":
+        return UpkeepStarted(job_id, _str(p, "task"))
+    if kind == "upkeep:completed":
+        return UpkeepCompleted(job_id, _str(p, "task"), _str(p, "summary"))
+    if kind == "upkeep:failed":
+        return UpkeepFailed(job_id, _str(p, "error"))
+    if kind == "upkeep:paused":
+        return UpkeepPaused(job_id)
+    if kind == "upkeep:resumed":
+        return UpkeepResumed(job_id)
+    raise ProtocolError(f"unknown message type {kind!r}", kind)
+
+
 def decode_event(text: str | bytes) -> Event:
     """Parse a frame the agent sent (client side)."""
     kind, p = _parse(text)
@@ -243,6 +287,8 @@ def decode_event(text: str | bytes) -> Event:
             return _progress(BackupProgress, p)
         if kind == "restore:progress":
             return _progress(RestoreProgress, p)
+        if kind.startswith("upkeep:"):
+            return _upkeep_event(kind, p)
         if kind == "restore:started":
             return RestoreStarted(JobId(_str(p, "job_id")), _str(p, "snapshot"), _str(p, "target"))
         if kind == "restore:completed":

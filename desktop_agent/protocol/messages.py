@@ -3,9 +3,10 @@
 Every message on the wire is ``{"type": "...", "payload": ...}``.
 ``docs/protocol.md`` is the reference: the seed's events and commands
 (field names and JSON types exactly the seed's), and the additions:
-``backup:start``, ``backup:paused``, ``backup:resumed``, ``error`` and the
-``restore:*`` messages of restore jobs. The seed's messages are about
-backup jobs only; a restore job speaks ``restore:*``.
+``backup:start``, ``backup:paused``, ``backup:resumed``, ``error``, the
+``restore:*`` messages of restore jobs and the ``upkeep:*`` messages of
+upkeep jobs (forget + prune, check). The seed's messages are about backup
+jobs only; a restore job speaks ``restore:*``, an upkeep job ``upkeep:*``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ __all__ = [
     "RestorePause",
     "RestoreResume",
     "RestoreCancel",
+    "UpkeepStarted",
+    "UpkeepProgress",
+    "UpkeepPaused",
+    "UpkeepResumed",
+    "UpkeepCompleted",
+    "UpkeepFailed",
+    "UpkeepPause",
+    "UpkeepResume",
+    "UpkeepCancel",
+    "UPKEEP_TASKS",
     "AGENT_STATES",
     "CANCELLED",
 ]
@@ -233,6 +244,70 @@ class RestoreResumed:
     TYPE = "restore:resumed"
 
 
+# -------------------------------------------------------- upkeep events
+UPKEEP_TASKS = ("forget", "check")  # forget: forget + prune; check: read a part of the data
+
+
+@dataclass(frozen=True, slots=True)
+class UpkeepStarted:
+    """``upkeep:started``: the agent queued repository upkeep (it may wait behind another job).
+
+    ``task`` is one of :data:`UPKEEP_TASKS`. There is no command to start
+    one: the agent decides when (its ``[upkeep]`` configuration).
+    """
+
+    job_id: JobId
+    task: str
+
+    TYPE = "upkeep:started"
+
+
+@dataclass(frozen=True, slots=True)
+class UpkeepProgress(JobProgress):
+    """``upkeep:progress``: where running upkeep is (the fields of ``backup:progress``)."""
+
+    TYPE = "upkeep:progress"
+
+
+@dataclass(frozen=True, slots=True)
+class UpkeepCompleted:
+    """``upkeep:completed``: the upkeep ran to its end; ``summary`` says what it did, one line."""
+
+    job_id: JobId
+    task: str
+    summary: str
+
+    TYPE = "upkeep:completed"
+
+
+@dataclass(frozen=True, slots=True)
+class UpkeepFailed:
+    """``upkeep:failed``: the upkeep stopped, or a check found errors (``error`` says which)."""
+
+    job_id: JobId
+    error: str
+
+    TYPE = "upkeep:failed"
+
+
+@dataclass(frozen=True, slots=True)
+class UpkeepPaused:
+    """``upkeep:paused``: the pause of upkeep has taken effect."""
+
+    job_id: JobId
+
+    TYPE = "upkeep:paused"
+
+
+@dataclass(frozen=True, slots=True)
+class UpkeepResumed:
+    """``upkeep:resumed``: the upkeep runs again."""
+
+    job_id: JobId
+
+    TYPE = "upkeep:resumed"
+
+
 Event = (
     BackupProgress
     | BackupStarted
@@ -248,8 +323,14 @@ Event = (
     | RestoreFailed
     | RestorePaused
     | RestoreResumed
+    | UpkeepStarted
+    | UpkeepProgress
+    | UpkeepCompleted
+    | UpkeepFailed
+    | UpkeepPaused
+    | UpkeepResumed
 )
-ProgressEvent = BackupProgress | RestoreProgress
+ProgressEvent = BackupProgress | RestoreProgress | UpkeepProgress
 
 
 # ---------------------------------------------------------------- commands
@@ -337,6 +418,33 @@ class RestoreCancel:
     TYPE = "restore:cancel"
 
 
+@dataclass(frozen=True, slots=True)
+class UpkeepPause:
+    """``upkeep:pause``."""
+
+    job_id: JobId
+
+    TYPE = "upkeep:pause"
+
+
+@dataclass(frozen=True, slots=True)
+class UpkeepResume:
+    """``upkeep:resume``."""
+
+    job_id: JobId
+
+    TYPE = "upkeep:resume"
+
+
+@dataclass(frozen=True, slots=True)
+class UpkeepCancel:
+    """``upkeep:cancel``."""
+
+    job_id: JobId
+
+    TYPE = "upkeep:cancel"
+
+
 Command = (
     BackupPause
     | BackupResume
@@ -347,4 +455,7 @@ Command = (
     | RestorePause
     | RestoreResume
     | RestoreCancel
+    | UpkeepPause
+    | UpkeepResume
+    | UpkeepCancel
 )

@@ -21,14 +21,15 @@ This module only moves messages: parsing and validation live in
   logged one line at a time, at most one a minute per kind.
 * Frames over 64 KiB are refused (the connection is closed with 1009), no
   compression, pings every 20 s.
-* Commands: ``backup:*`` act on backup jobs, ``restore:*`` on restore jobs
-  (a job id of the other kind is refused); ``restore:start`` is honoured
+* Commands: ``backup:*`` act on backup jobs, ``restore:*`` on restore jobs,
+  ``upkeep:*`` on upkeep jobs (a job id of another kind is refused; upkeep
+  has no start command: the agent decides); ``restore:start`` is honoured
   only with ``[agent] allow_remote_restore`` (the controller decides) and is
   answered, like every command, by events to everyone or an ``error`` to
   its sender.
 * Fan-out: every client has a bounded queue. Progress of a job waiting in a
-  queue (``backup:progress`` or ``restore:progress``) is replaced by newer
-  progress (only the newest matters); a client
+  queue (``backup:progress``, ``restore:progress``, ``upkeep:progress``) is
+  replaced by newer progress (only the newest matters); a client
   whose queue overflows, or that cannot take a frame for 10 s (it stopped
   reading: its TCP window is full), is disconnected, so it never slows the
   others.
@@ -73,6 +74,9 @@ from desktop_agent.protocol import (
     RestoreResume,
     RestoreStart,
     StatusRequest,
+    UpkeepCancel,
+    UpkeepPause,
+    UpkeepResume,
     decode_command,
     encode_event,
 )
@@ -549,6 +553,12 @@ class AgentServer:
                 ctl.resume(command.job_id, backup if isinstance(command, BackupResume) else restore)
             elif isinstance(command, BackupCancel | RestoreCancel):
                 ctl.cancel(command.job_id, backup if isinstance(command, BackupCancel) else restore)
+            elif isinstance(command, UpkeepPause):
+                ctl.pause(command.job_id, JobKind.UPKEEP)
+            elif isinstance(command, UpkeepResume):
+                ctl.resume(command.job_id, JobKind.UPKEEP)
+            elif isinstance(command, UpkeepCancel):
+                ctl.cancel(command.job_id, JobKind.UPKEEP)
         except JobError as exc:
             self._refuse(client, command, exc)
 

@@ -8,7 +8,7 @@ wake, clock jumps, missed slots, failures, quiet hours, pauses.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -32,8 +32,8 @@ from desktop_agent.jobs.schedule import (
     upkeep_due,
 )
 
-UTC = timezone.utc
 MIN = 60.0
+NOTHING_KNOWN = Conditions()
 HOUR = 3600.0
 DAY = 86400.0
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC).timestamp()  # a Monday, 09:00 UTC
@@ -56,7 +56,7 @@ def walk(
     *,
     step: float = MIN,
     woke_at: float | None = None,
-    conditions: Conditions = Conditions(),
+    conditions: Conditions = NOTHING_KNOWN,
     outcome: str = "success",
     asleep: tuple[float, float] | None = None,
 ) -> tuple[list[float], History]:
@@ -113,7 +113,12 @@ def test_slots_missed_while_asleep_run_once_after_the_wake_delay() -> None:
     h = History(last_success=T0)
     # asleep from 09:10 to 14:10: five hourly slots pass
     runs, _ = walk(
-        h, p, T0 + 10 * MIN, T0 + 7 * HOUR, step=30, asleep=(T0 + 10 * MIN, T0 + 5 * HOUR + 10 * MIN)
+        h,
+        p,
+        T0 + 10 * MIN,
+        T0 + 7 * HOUR,
+        step=30,
+        asleep=(T0 + 10 * MIN, T0 + 5 * HOUR + 10 * MIN),
     )
     wake = T0 + 5 * HOUR + 10 * MIN
     # one catch-up 90 s after the wake, then hourly again from that run
@@ -165,7 +170,7 @@ def test_daily_slots_across_daylight_saving_changes() -> None:
         t = next_slot(t, t, p)  # type: ignore[assignment]
         slots.append(datetime.fromtimestamp(t, berlin))
     assert [s.day for s in slots] == list(range(26, 32)) + [1, 2, 3, 4]
-    assert all(b > a for a, b in zip(slots, slots[1:]))
+    assert all(b > a for a, b in zip(slots, slots[1:], strict=False))
     assert {(s.hour, s.minute) for s in slots if s.day != 29} == {(2, 30)}
     t = datetime(2026, 10, 22, 3, 0, tzinfo=berlin).timestamp()
     autumn = []
@@ -182,7 +187,7 @@ def test_failures_back_off_exponentially_up_to_the_cap() -> None:
     # walking a day of failures: attempts at the backoff intervals, not every minute
     h = History(last_success=T0 - DAY)
     runs, h2 = walk(h, p, T0, T0 + 10 * HOUR, outcome="failure")
-    gaps = [round((b - a) / MIN) for a, b in zip(runs, runs[1:])]
+    gaps = [round((b - a) / MIN) for a, b in zip(runs, runs[1:], strict=False)]
     assert gaps[:7] == [5, 10, 20, 40, 80, 160, 240]
     assert h2.failures == len(runs)
     d = decide(h2, Moment(runs[-1] + MIN), p)
@@ -207,7 +212,7 @@ def test_conditions_skip_a_due_backup_with_a_reason(
     p = plan(**settings)
     d = decide(History(), Moment(T0, conditions), p)
     assert d.verdict is Verdict.SKIP and d.reason == reason
-    assert blocking_reasons(T0, History(), conditions, p) == [reason]
+    assert list(blocking_reasons(T0, History(), conditions, p).values()) == [reason]
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["PowerSink"]
+__all__ = ["PowerSink", "Providers", "start_providers"]
 
 
 class PowerSink(Protocol):
@@ -31,3 +31,7 @@ class PowerSink(Protocol):
     def on_inhibit(self, listener: Callable[[object], None]) -> Callable[[], None]:
         """Hear the wanted inhibitor level (an enum whose ``value`` is
         ``"none"``, ``"delay"`` or ``"block"``) now and on every change."""
+
+
+# at the end: providers.py names PowerSink only for type checking
+from desktop_agent.system.power.providers import Providers, start_providers  # noqa: E402
