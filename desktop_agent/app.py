@@ -15,9 +15,11 @@ from desktop_agent.config import Config, ConfigError
 from desktop_agent.engine.errors import EngineError
 from desktop_agent.firststart import create_default_repository
 from desktop_agent.jobs import EventBus, JobController
+from desktop_agent.jobs.conditions import ConditionHub
 from desktop_agent.jobs.scheduler import Scheduler
 from desktop_agent.server import AgentServer
 from desktop_agent.server.ws import make_tls_context
+from desktop_agent.system.power import Providers, start_providers
 from desktop_agent.termtext import show_progress_on_terminal
 
 __all__ = ["Agent", "first_start", "run_headless"]
@@ -28,7 +30,13 @@ SWITCH_INTERVAL = 0.001  # seconds (Python's default is 0.005)
 
 
 class Agent:
-    """The event bus, the job controller, the /ws server and the scheduler."""
+    """The event bus, the job controller, the /ws server, the scheduler and the
+    condition providers it decides by.
+
+    ``system_bus``: the D-Bus system bus address the providers use (None: the
+    usual one; tests pass a private bus); ``providers=False`` starts none
+    (the conditions stay unknown, which stops nothing).
+    """
 
     def __init__(
         self,
@@ -37,13 +45,19 @@ class Agent:
         host: str | None = None,
         port: int | None = None,
         schedule: bool = True,
+        providers: bool = True,
+        system_bus: str | None = None,
     ) -> None:
         self.config = config
         self.bus = EventBus()
         self.controller = JobController(config, self.bus)
+        self.hub = ConditionHub()
         self._host, self._port = host, port
+        self.scheduler = Scheduler(self.controller, self.hub) if schedule else None
         self.server = self._make_server(config)
-        self.scheduler = Scheduler(self.controller) if schedule else None
+        self._want_providers = providers and schedule
+        self._system_bus = system_bus
+        self.providers: Providers | None = None
         self._restart: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -53,6 +67,9 @@ class Agent:
         sys.setswitchinterval(SWITCH_INTERVAL)
         await self.controller.start()
         await self.server.start()
+        if self._want_providers:
+            # each provider that cannot start (no D-Bus, no UPower...) is left out, with a log line
+            self.providers = await start_providers(self.hub, system_bus=self._system_bus)
         if self.scheduler is not None:
             self.scheduler.start()
 
@@ -67,6 +84,7 @@ class Agent:
             host=self._host,
             port=self._port,
             ssl_context=ssl_context,
+            scheduler=self.scheduler,
         )
 
     def apply_config(self, config: Config) -> None:
@@ -100,6 +118,8 @@ class Agent:
         """Stop scheduling, end jobs (clients see them end), then close the server."""
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.providers is not None:
+            await self.providers.close()  # releases any inhibitor lock
         await self.controller.stop()
         await self.server.drain(timeout=2.0)  # the last events reach the clients
         await self.server.stop()

@@ -42,6 +42,8 @@ from .messages import (
     RestoreResumed,
     RestoreStart,
     RestoreStarted,
+    SchedulePause,
+    ScheduleResume,
     Skipped,
     StatusRequest,
     UpkeepCancel,
@@ -162,6 +164,27 @@ def _restore_start(kind: str, payload: Any) -> RestoreStart:
     return RestoreStart(snapshot, None if paths is None else _paths(kind, paths))
 
 
+MAX_PAUSE_MINUTES = 366 * 24 * 60  # a pause of more than a year is "until resumed" (null)
+
+
+def _schedule_pause(kind: str, payload: Any) -> SchedulePause:
+    usage = 'schedule:pause takes {"minutes": N} (N > 0) or {"minutes": null} (until resumed)'
+    if not isinstance(payload, dict) or set(payload) != {"minutes"}:
+        raise ProtocolError(usage, kind)
+    minutes = payload["minutes"]
+    if minutes is None:
+        return SchedulePause(None)
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float):
+        raise ProtocolError(usage, kind)
+    if not (math.isfinite(minutes) and 0 < minutes <= MAX_PAUSE_MINUTES):
+        raise ProtocolError(
+            f"minutes must be more than 0 and at most {MAX_PAUSE_MINUTES} "
+            "(null pauses until schedule:resume)",
+            kind,
+        )
+    return SchedulePause(float(minutes))
+
+
 def decode_command(text: str | bytes) -> Command:
     """Parse a frame a client sent; :class:`ProtocolError` when it is not a valid command."""
     kind, payload = _parse(text)
@@ -179,6 +202,12 @@ def decode_command(text: str | bytes) -> Command:
         )
     if kind == "restore:start":
         return _restore_start(kind, payload)
+    if kind == "schedule:pause":
+        return _schedule_pause(kind, payload)
+    if kind == "schedule:resume":
+        if payload is not None and payload != {}:
+            raise ProtocolError("schedule:resume takes {}", kind)
+        return ScheduleResume()
     if kind == "agent:status":
         if payload is not None and payload != {}:
             raise ProtocolError("agent:status takes a null payload", kind)
@@ -199,6 +228,11 @@ def decode_command(text: str | bytes) -> Command:
 
 def _payload(event: Event) -> dict[str, Any]:
     data = asdict(event)
+    if isinstance(event, AgentStatus):
+        del data["extra_json"]
+        if event.extra_json:
+            extra = json.loads(event.extra_json)
+            data.update({k: v for k, v in extra.items() if k not in data})
     if isinstance(event, BackupCompleted) and not event.skipped_total:
         del data["skipped"], data["skipped_total"]  # the seed's event, exactly
     if isinstance(event, JobProgress):
@@ -223,6 +257,10 @@ def encode_command(command: Command) -> str:
         payload = {"snapshot": command.snapshot}
         if command.paths is not None:
             payload["paths"] = list(command.paths)
+    elif isinstance(command, SchedulePause):
+        payload = {"minutes": command.minutes}
+    elif isinstance(command, ScheduleResume):
+        payload = {}
     else:
         payload = {"job_id": command.job_id}
     return json.dumps({"type": command.TYPE, "payload": payload}, separators=(",", ":"))
@@ -323,7 +361,14 @@ def decode_event(text: str | bytes) -> Event:
             status = _str(p, "status")
             if status not in AGENT_STATES:
                 raise ProtocolError(f"unknown agent status {status!r}")
-            return AgentStatus(status, _int(p, "active_jobs"), _int(p, "uptime_secs"))
+            seed = ("status", "active_jobs", "uptime_secs")
+            extra = {k: v for k, v in p.items() if k not in seed}
+            return AgentStatus(
+                status,
+                _int(p, "active_jobs"),
+                _int(p, "uptime_secs"),
+                json.dumps(extra, sort_keys=True) if extra else "",
+            )
         if kind == "error":
             rt = p.get("request_type")
             return ErrorReply(_str(p, "message"), None if rt is None else str(rt))

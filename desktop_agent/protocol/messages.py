@@ -15,48 +15,50 @@ from dataclasses import dataclass
 from typing import NewType
 
 __all__ = [
-    "JobId",
-    "Event",
+    "AGENT_STATES",
+    "CANCELLED",
+    "MAX_SKIPPED_LISTED",
+    "UPKEEP_TASKS",
+    "AgentStatus",
+    "BackupCancel",
+    "BackupCompleted",
+    "BackupFailed",
+    "BackupPause",
+    "BackupPaused",
+    "BackupProgress",
+    "BackupResume",
+    "BackupResumed",
+    "BackupStart",
+    "BackupStarted",
     "Command",
+    "ErrorReply",
+    "Event",
+    "JobId",
     "JobProgress",
     "ProgressEvent",
-    "BackupProgress",
-    "BackupStarted",
-    "BackupCompleted",
-    "Skipped",
-    "MAX_SKIPPED_LISTED",
-    "BackupFailed",
-    "BackupPaused",
-    "BackupResumed",
-    "AgentStatus",
-    "ErrorReply",
-    "BackupPause",
-    "BackupResume",
-    "BackupCancel",
-    "BackupStart",
-    "StatusRequest",
-    "RestoreStarted",
-    "RestoreProgress",
+    "RestoreCancel",
     "RestoreCompleted",
     "RestoreFailed",
+    "RestorePause",
     "RestorePaused",
+    "RestoreProgress",
+    "RestoreResume",
     "RestoreResumed",
     "RestoreStart",
-    "RestorePause",
-    "RestoreResume",
-    "RestoreCancel",
-    "UpkeepStarted",
-    "UpkeepProgress",
-    "UpkeepPaused",
-    "UpkeepResumed",
+    "RestoreStarted",
+    "SchedulePause",
+    "ScheduleResume",
+    "Skipped",
+    "StatusRequest",
+    "UpkeepCancel",
     "UpkeepCompleted",
     "UpkeepFailed",
     "UpkeepPause",
+    "UpkeepPaused",
+    "UpkeepProgress",
     "UpkeepResume",
-    "UpkeepCancel",
-    "UPKEEP_TASKS",
-    "AGENT_STATES",
-    "CANCELLED",
+    "UpkeepResumed",
+    "UpkeepStarted",
 ]
 
 JobId = NewType("JobId", str)
@@ -165,6 +167,10 @@ class AgentStatus:
     status: str  # one of AGENT_STATES
     active_jobs: int
     uptime_secs: int
+    # the optional fields after the seed's three (next_backup, last_success,
+    # paused_until, conditions...), as the text of a JSON object ("" for none):
+    # text keeps the event hashable, so it is encoded once for every client
+    extra_json: str = ""
 
     TYPE = "agent:status"
 
@@ -419,6 +425,23 @@ class RestoreCancel:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulePause:
+    """``schedule:pause``: ``{"minutes": N}`` holds scheduled work for N minutes,
+    ``{"minutes": null}`` until ``schedule:resume``."""
+
+    minutes: float | None
+
+    TYPE = "schedule:pause"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleResume:
+    """``schedule:resume`` ``{}``: scheduled work runs again."""
+
+    TYPE = "schedule:resume"
+
+
+@dataclass(frozen=True, slots=True)
 class UpkeepPause:
     """``upkeep:pause``."""
 
@@ -458,4 +481,6 @@ Command = (
     | UpkeepPause
     | UpkeepResume
     | UpkeepCancel
+    | SchedulePause
+    | ScheduleResume
 )

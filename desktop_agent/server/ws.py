@@ -38,15 +38,17 @@ This module only moves messages: parsing and validation live in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import functools
 import hmac
+import json
 import logging
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -59,6 +61,7 @@ from desktop_agent.config import AgentConfig
 from desktop_agent.config.network import normalize_origin
 from desktop_agent.jobs import BusEvent, EventBus, JobController, JobError, JobKind
 from desktop_agent.protocol import (
+    AgentStatus,
     BackupCancel,
     BackupPause,
     BackupResume,
@@ -73,6 +76,8 @@ from desktop_agent.protocol import (
     RestorePause,
     RestoreResume,
     RestoreStart,
+    SchedulePause,
+    ScheduleResume,
     StatusRequest,
     UpkeepCancel,
     UpkeepPause,
@@ -109,6 +114,16 @@ def _normalize_origin(origin: str) -> str | None:
         return normalize_origin(origin.strip())
     except ValueError:
         return None
+
+
+class ScheduleControl(Protocol):
+    """What the server needs of the scheduler (:class:`desktop_agent.jobs.scheduler.Scheduler`)."""
+
+    def pause(self, minutes: float | None) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def status_fields(self) -> dict[str, object]: ...
 
 
 class _BadRequest(Exception):
@@ -274,9 +289,11 @@ class AgentServer:
         send_timeout: float = SEND_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
+        scheduler: ScheduleControl | None = None,
     ) -> None:
         self.config = config
         self.controller = controller
+        self.scheduler = scheduler
         self.bus = bus
         self.host = host if host is not None else config.host
         self.port = port if port is not None else config.port
@@ -539,7 +556,10 @@ class AgentServer:
         backup, restore = JobKind.BACKUP, JobKind.RESTORE
         try:
             if isinstance(command, StatusRequest):
-                self._deliver(client, ctl.status())
+                self._deliver(client, self.status())
+            elif isinstance(command, SchedulePause | ScheduleResume):
+                self._schedule(command)
+                self._deliver(client, self.status())  # the answer: paused_until as it is now
             elif isinstance(command, BackupStart):
                 ctl.start_backup(command.paths, origin="/ws")  # backup:started goes to everyone
             elif isinstance(command, RestoreStart):
@@ -561,6 +581,23 @@ class AgentServer:
                 ctl.cancel(command.job_id, JobKind.UPKEEP)
         except JobError as exc:
             self._refuse(client, command, exc)
+
+    def status(self) -> AgentStatus:
+        """``agent:status``: the controller's three fields, and the scheduler's
+        optional ones (next_backup, last_success, paused_until, conditions...)."""
+        status = self.controller.status()
+        if self.scheduler is None:
+            return status
+        extra = json.dumps(self.scheduler.status_fields(), sort_keys=True)
+        return dataclasses.replace(status, extra_json=extra)
+
+    def _schedule(self, command: SchedulePause | ScheduleResume) -> None:
+        if self.scheduler is None:
+            raise JobError("this agent runs no scheduler: there is no schedule to pause or resume")
+        if isinstance(command, SchedulePause):
+            self.scheduler.pause(command.minutes)
+        else:
+            self.scheduler.resume()
 
     async def _restore(self, client: _Client, command: RestoreStart) -> None:
         try:
