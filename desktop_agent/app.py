@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from desktop_agent.config import Config, ConfigError
 from desktop_agent.engine.errors import EngineError
@@ -35,7 +36,8 @@ class Agent:
 
     ``system_bus``: the D-Bus system bus address the providers use (None: the
     usual one; tests pass a private bus); ``providers=False`` starts none
-    (the conditions stay unknown, which stops nothing).
+    (the conditions stay unknown, which stops nothing). ``scheduler`` builds
+    the scheduler (tests give it simulated clocks).
     """
 
     def __init__(
@@ -47,13 +49,15 @@ class Agent:
         schedule: bool = True,
         providers: bool = True,
         system_bus: str | None = None,
+        scheduler: Callable[[JobController, ConditionHub], Scheduler] | None = None,
     ) -> None:
         self.config = config
         self.bus = EventBus()
         self.controller = JobController(config, self.bus)
         self.hub = ConditionHub()
         self._host, self._port = host, port
-        self.scheduler = Scheduler(self.controller, self.hub) if schedule else None
+        make = scheduler or Scheduler
+        self.scheduler = make(self.controller, self.hub) if schedule else None
         self.server = self._make_server(config)
         self._want_providers = providers and schedule
         self._system_bus = system_bus

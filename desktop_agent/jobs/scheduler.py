@@ -190,7 +190,7 @@ class Scheduler:
             "paused_until": _rfc3339(s.paused_until),
             "paused_indefinitely": s.paused_forever,
             "conditions": s.conditions.to_json(),
-            "schedule": {"state": _state_word(s), "reason": s.reason},
+            "schedule": {"state": _state_word(s), "reason": s.held or s.reason},
         }
 
     # ------------------------------------------------------------- commands

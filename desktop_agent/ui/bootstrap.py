@@ -44,6 +44,7 @@ from desktop_agent.system.session import first_time_this_session
 from .bridge import Bridge
 from .icons import app_icon
 from .instance import RequestServer, send_request
+from .netinfo import NetworkWatch
 from .progress_window import ProgressWindow
 from .tray import Tray
 
@@ -90,6 +91,8 @@ class Shell(QObject):
             quit_app=self.quit,
         )
         self.has_tray = QSystemTrayIcon.isSystemTrayAvailable()
+        # metered and online, as Qt knows them (the headless agent has D-Bus providers only)
+        self.network = NetworkWatch(self.agent.hub, self)
 
     # ---------------------------------------------------------- windows
     def window(self, name: str) -> QWidget:
@@ -180,6 +183,8 @@ class Shell(QObject):
         Started at login (``autostart``) nothing opens but the first-run
         window, once per session (see :meth:`_first_run_wanted`).
         """
+        if self.agent.scheduler is not None:
+            self.network.start()  # before the scheduler's first decision
         await self.agent.start()
         self.bridge.spawn(self.bridge.load_history())
         if self.has_tray:
@@ -189,6 +194,9 @@ class Shell(QObject):
         else:
             log.warning("no system tray on this desktop: showing the main window instead")
             self.open("main")
+        # the schedule's state, now that the icon (or window) can show it and the
+        # notification of backups too old can pop up
+        self.bridge.sync_schedule()
         if not await self.bridge.check_repository():
             if self._first_run_wanted():
                 self.open("first_run")
@@ -204,6 +212,7 @@ class Shell(QObject):
         for win in self.windows.values():
             win.close()
         self.tray.hide()
+        self.network.close()
         await self.agent.stop()
         await self.bridge.aclose()
 
@@ -222,6 +231,7 @@ class Shell(QObject):
         for win in self.windows.values():
             win.close()
         self.tray.hide()
+        self.network.close()
         try:
             await self.agent.stop()
         except Exception:  # noqa: BLE001 - the start's own error is the one to report

@@ -4,9 +4,14 @@ The bridge subscribes to the same :class:`~desktop_agent.jobs.EventBus` as
 the /ws server, so the tray sees exactly what a backup server sees. It is
 the only thing windows talk to: they never call the engine nor the job
 controller, they call the bridge, which calls the controller (jobs,
-repository creation, password checks) or the repository browser
-(snapshots and folders, read-only, on its own thread). Everything runs on
-the one qasync loop, so signals are direct.
+repository creation, password checks), the scheduler (pause scheduled
+backups for a while, resume them) or the repository browser (snapshots and
+folders, read-only, on its own thread). Everything runs on the one qasync
+loop, so signals are direct.
+
+Notifications: a failed backup or upkeep job, a completed backup (if
+wanted), restores, and backups that are too old - once per such episode,
+until a backup succeeds again (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from desktop_agent.engine.backup import BackupResult
 from desktop_agent.engine.errors import EngineError
 from desktop_agent.engine.restore import RestoreResult
 from desktop_agent.engine.snapshot import Snapshot
-from desktop_agent.jobs import BusEvent, JobError, JobKind, JobState, JobView
+from desktop_agent.jobs import BusEvent, JobError, JobKind, JobState, JobView, UpkeepSpec
 from desktop_agent.jobs.browse import Entry, RepositoryBrowser
+from desktop_agent.jobs.bus import ScheduleChanged
 from desktop_agent.protocol import (
     CANCELLED,
     BackupCompleted,
@@ -33,10 +39,11 @@ from desktop_agent.protocol import (
     RestoreCompleted,
     RestoreFailed,
     RestoreStarted,
+    UpkeepFailed,
 )
 from desktop_agent.termtext import clean, human_bytes
 
-from .model import TrayModel
+from .model import UPKEEP_WORDS, TrayModel
 
 __all__ = ["Bridge", "TRAY"]
 
@@ -57,8 +64,11 @@ class Bridge(QObject):
     def __init__(self, agent: Agent, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.agent = agent
-        self.model = TrayModel()
+        self.model = TrayModel(stale_after=_stale_after(agent.config))
         self.notify_success = agent.config.ui.notify_success
+        self._stale_told = False  # the "no backup for N days" notice of this episode was shown
+        if agent.scheduler is not None:
+            self.model.apply_schedule(agent.scheduler.status())
         self._unsubscribe = agent.bus.subscribe(self._on_event)
         self._tasks: set[asyncio.Task[Any]] = set()
         # whether the repository exists, once check_repository() has asked
@@ -104,10 +114,57 @@ class Bridge(QObject):
             if self.model.last is not None and self.model.last.skipped:
                 self.notify.emit("Some files were skipped", self.model.warning() or "", True)
         elif isinstance(event, BackupFailed) and event.error != CANCELLED:
-            self.notify.emit("Backup failed", f"{event.error}\nSee the log for details.", True)
+            if self._stopped(event.job_id):
+                # stopped at the maximum runtime: not a failure, the next one continues
+                self.notify.emit("Backup stopped", event.error, False)
+            else:
+                self.notify.emit("Backup failed", f"{event.error}\nSee the log for details.", True)
+        elif isinstance(event, UpkeepFailed) and event.error != CANCELLED:
+            if not self._stopped(event.job_id):
+                self._upkeep_failed(event)
         elif isinstance(event, RestoreStarted | RestoreCompleted | RestoreFailed):
             self._restore_notice(event)
+        elif isinstance(event, ScheduleChanged):
+            self.check_health()
         self.bus_event.emit(event)
+        self.changed.emit()
+
+    def _stopped(self, job_id: str) -> bool:
+        """Whether a job that ended with an error was stopped (cancelled), not failed."""
+        view = self.job(job_id)
+        return view is not None and view.state is JobState.CANCELLED
+
+    def _upkeep_failed(self, event: UpkeepFailed) -> None:
+        view = self.job(event.job_id)
+        task = view.spec.task if view is not None and isinstance(view.spec, UpkeepSpec) else ""
+        words = UPKEEP_WORDS.get(task, "Repository upkeep")
+        self.notify.emit(
+            "Repository upkeep failed",
+            f"{words}: {event.error}\nSee the log for details.",
+            True,
+        )
+
+    def check_health(self) -> None:
+        """Notify once when backups became too old (why: the pause, the skip, the
+        failure); the next notice comes after a backup succeeded and they aged again."""
+        notice = self.model.stale_notice()
+        if notice is None:
+            if self.model.schedule is not None and not self.model.stale():
+                self._stale_told = False
+            return
+        if self._stale_told:
+            return
+        self._stale_told = True
+        log.info("%s: %s", *notice)
+        self.notify.emit(notice[0], notice[1], True)
+
+    def sync_schedule(self) -> None:
+        """Take the scheduler's status now (not waiting for its next change) and
+        say whether backups are too old; the tray calls it once it is shown."""
+        if self.agent.scheduler is None:
+            return
+        self.model.apply_schedule(self.agent.scheduler.status())
+        self.check_health()
         self.changed.emit()
 
     def _restore_notice(self, event: RestoreStarted | RestoreCompleted | RestoreFailed) -> None:
@@ -259,6 +316,31 @@ class Bridge(QObject):
         """Cancel a job; it ends with its ``failed`` event, error ``cancelled``."""
         self._guard(lambda: self.agent.controller.cancel(job_id))
 
+    # ----------------------------------------------------------- schedule
+    @property
+    def can_schedule(self) -> bool:
+        """Whether the agent has a scheduler (scheduled backups can be paused)."""
+        return self.agent.scheduler is not None
+
+    def pause_schedule(self, minutes: float | None) -> None:
+        """Hold scheduled backups and upkeep for ``minutes`` (None: until resumed);
+        a scheduled job that runs pauses too. Backing up by hand still works."""
+        scheduler = self.agent.scheduler
+        if scheduler is not None:
+            scheduler.pause(minutes)
+
+    def pause_schedule_until(self, until: float) -> None:
+        """Hold scheduled backups until the wall-clock time ``until``."""
+        scheduler = self.agent.scheduler
+        if scheduler is not None:
+            scheduler.pause_until(until)
+
+    def resume_schedule(self) -> None:
+        """Release the pause of scheduled backups."""
+        scheduler = self.agent.scheduler
+        if scheduler is not None:
+            scheduler.resume()
+
     def _guard(self, action: Callable[[], object]) -> None:
         try:
             action()
@@ -271,8 +353,17 @@ class Bridge(QObject):
         """Use a new (validated, saved) configuration without a restart."""
         self.agent.apply_config(config)
         self.notify_success = config.ui.notify_success
+        self.model.stale_after = _stale_after(config)
+        if self.agent.scheduler is not None:
+            # decide by the new schedule now, not at the next timer tick
+            self.agent.scheduler.tick()
         self.config_changed.emit(config)
         self.changed.emit()
+
+
+def _stale_after(config: Config) -> float:
+    """``[schedule] stale_after_days`` in seconds (0: never)."""
+    return config.schedule.stale_after_days * 86400.0
 
 
 _ACTIVE = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)

@@ -1,8 +1,9 @@
 """The main window: the tray menu as a window, for desktops without a system tray.
 
 It shows what the tray icon and its menu would (the state icon, the state
-in words, the last backup, the progress) with the same commands, and the
-notifications the tray would pop up. Closing it quits desktop-agent, since
+in words, the schedule, the last backup, the progress) with the same
+commands - *Pause backups* included - and the notifications the tray would
+pop up. Closing it quits desktop-agent, since
 nothing else would be left on screen to reach the agent with.
 """
 
@@ -26,6 +27,7 @@ from PySide6.QtWidgets import (
 
 from .bridge import Bridge
 from .icons import app_icon, state_icon
+from .tray import pause_menu
 
 __all__ = ["MainWindow", "NOTE"]
 
@@ -71,6 +73,9 @@ class MainWindow(QMainWindow):
         font.setPointSizeF(font.pointSizeF() * 1.2)
         font.setBold(True)
         self.status.setFont(font)
+        self.schedule = QLabel()
+        self.schedule.setObjectName("schedule")
+        self.schedule.setWordWrap(True)
         self.last = QLabel()
         self.last.setObjectName("last")
         self.bar = QProgressBar()
@@ -91,6 +96,10 @@ class MainWindow(QMainWindow):
         self.settings_button = QPushButton("Settings...")
         self.log_button = QPushButton("Show log")
         self.quit_button = QPushButton("Quit")
+        # scheduled backups: a menu of pauses, or Resume while paused
+        self.schedule_button = QPushButton("Pause backups")
+        self.pause_menu = pause_menu(bridge, self)
+        self.schedule_button.clicked.connect(self._resume_schedule)
         self.start_button.clicked.connect(bridge.back_up_now)
         self.pause_button.clicked.connect(self._toggle_pause)
         self.cancel_button.clicked.connect(bridge.cancel)
@@ -102,6 +111,7 @@ class MainWindow(QMainWindow):
 
         words = QVBoxLayout()
         words.addWidget(self.status)
+        words.addWidget(self.schedule)
         words.addWidget(self.last)
         words.addStretch(1)
         state = QHBoxLayout()
@@ -119,6 +129,7 @@ class MainWindow(QMainWindow):
         ):
             more.addWidget(button, i // 2, i % 2)
         end = QHBoxLayout()
+        end.addWidget(self.schedule_button)
         end.addStretch(1)
         end.addWidget(self.quit_button)
 
@@ -146,6 +157,11 @@ class MainWindow(QMainWindow):
         else:
             self.bridge.pause()
 
+    def _resume_schedule(self) -> None:
+        # clicked while it has no menu: it says "Resume backups"
+        if self.bridge.model.schedule_paused:
+            self.bridge.resume_schedule()
+
     # -------------------------------------------------------------- views
     def refresh(self) -> None:
         """Show the model's state; enable the commands as the tray menu does."""
@@ -157,15 +173,22 @@ class MainWindow(QMainWindow):
             self.icon.setPixmap(state_icon(kind, model.percent).pixmap(ICON_SIZE, ICON_SIZE))
             self.icon.setToolTip(kind)
         self.status.setText(model.status_line())
+        schedule = model.schedule_line()
+        self.schedule.setText(schedule or "")
+        self.schedule.setVisible(schedule is not None)
         self.last.setText(model.last_backup_line())
+        self.schedule_button.setVisible(self.bridge.can_schedule)
+        paused = model.schedule_paused
+        self.schedule_button.setText("Resume backups" if paused else "Pause backups")
+        self.schedule_button.setMenu(None if paused else self.pause_menu)  # type: ignore[arg-type]
         active = model.active
         self.bar.setVisible(active)
         self.bar.setValue(int(model.percent * 10) if active else 0)
         self.bar.setFormat(f"{model.percent:.1f}%")
-        paused = kind == "paused"
+        job_paused = kind == "paused"
         self.start_button.setEnabled(not active and not model.queued)
-        self.pause_button.setText("Resume" if paused else "Pause")
-        self.pause_button.setEnabled(paused or kind == "running")
+        self.pause_button.setText("Resume" if job_paused else "Pause")
+        self.pause_button.setEnabled(job_paused or kind == "running")
         self.cancel_button.setEnabled(active)
 
     def show_notice(self, title: str, message: str, is_error: bool) -> None:

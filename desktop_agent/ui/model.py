@@ -4,7 +4,11 @@ One :class:`TrayModel` turns the agent's events into the things a user sees
 at a glance: which icon (idle, running, paused, warning, error), the
 progress, the tooltip in words, "Last backup: 5 minutes ago". The icon and
 its commands are about backups; a restore job (from the restore window or
-a backup server) is shown beside them, in words. Views read it when they
+a backup server) is shown beside them, in words, and so is repository
+upkeep (forget + prune, a check). The scheduler's
+:class:`~desktop_agent.jobs.schedule.ScheduleStatus` (``ScheduleChanged``)
+says why no backup runs: paused, skipped on battery, the next one at
+14:05, failing, stale (see docs/architecture.md). Views read it when they
 draw; nothing here decides anything about jobs.
 """
 
@@ -13,8 +17,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from desktop_agent.jobs import BusEvent, JobChanged, JobKind, JobState
+from desktop_agent.jobs.bus import ScheduleChanged
+from desktop_agent.jobs.schedule import ScheduleStatus, Verdict
 from desktop_agent.protocol import (
     CANCELLED,
     BackupCompleted,
@@ -29,10 +36,18 @@ from desktop_agent.protocol import (
     RestoreProgress,
     RestoreResumed,
     RestoreStarted,
+    UpkeepCompleted,
+    UpkeepFailed,
+    UpkeepPaused,
+    UpkeepProgress,
+    UpkeepResumed,
+    UpkeepStarted,
 )
 from desktop_agent.termtext import human_bytes
 
-__all__ = ["TrayModel", "Kind", "ago", "eta_words"]
+__all__ = ["TrayModel", "Kind", "ago", "clock", "eta_words", "next_midnight"]
+
+UPKEEP_WORDS = {"check": "Checking the repository", "forget": "Cleaning up old backups"}
 
 Kind = str  # "idle" | "running" | "paused" | "warning" | "error"
 
@@ -61,6 +76,23 @@ def eta_words(seconds: int) -> str:
     return f"{(minutes + 30) // 60} h left"
 
 
+def clock(ts: float, now: float) -> str:
+    """A time as read on a clock: ``14:05`` today, ``tomorrow 14:05``, else ``Tue 14:05``."""
+    when = datetime.fromtimestamp(ts)
+    today = datetime.fromtimestamp(now).date()
+    if when.date() == today:
+        return when.strftime("%H:%M")
+    if when.date() == today + timedelta(days=1):
+        return when.strftime("tomorrow %H:%M")
+    return when.strftime("%a %H:%M")
+
+
+def next_midnight(now: float) -> float:
+    """The next 00:00 local time after ``now`` (the start of tomorrow)."""
+    tomorrow = datetime.fromtimestamp(now).date() + timedelta(days=1)
+    return datetime(tomorrow.year, tomorrow.month, tomorrow.day).timestamp()
+
+
 @dataclass
 class _Last:
     finished: float  # wall clock
@@ -78,14 +110,23 @@ class _Restore:
     target: str = ""
 
 
+@dataclass
+class _Upkeep:
+    task: str  # "forget" (then prune) or "check"
+    state: JobState = JobState.QUEUED
+    progress: UpkeepProgress | None = None
+
+
 class TrayModel:
     """Aggregated agent state for the tray icon, tooltip, menu and windows."""
 
     def __init__(
-        self, *, wall_clock: Callable[[], float] = time.time, stale_after: float = 2 * 86400
+        self, *, wall_clock: Callable[[], float] = time.time, stale_after: float = 3 * 86400
     ) -> None:
         self._now = wall_clock
-        self.stale_after = stale_after  # a warning when the last backup is older
+        # a warning when the last backup is older (0: never); the scheduler's
+        # status decides instead once there is one
+        self.stale_after = stale_after
         self.job_id: str | None = None
         self.state: JobState | None = None
         self.queued = 0
@@ -94,11 +135,27 @@ class TrayModel:
         self.last_success: float | None = None
         self.last: _Last | None = None
         self.restores: dict[str, _Restore] = {}  # restore jobs not ended, oldest first
+        self.upkeeps: dict[str, _Upkeep] = {}  # upkeep jobs not ended, oldest first
+        self.schedule: ScheduleStatus | None = None  # None: no scheduler (or not heard yet)
 
     # ------------------------------------------------------------- events
     def apply(self, event: BusEvent) -> None:
         """Update from one bus event."""
-        if isinstance(event, JobChanged) and event.kind is not JobKind.BACKUP:
+        if isinstance(event, ScheduleChanged):
+            self.apply_schedule(event.status)
+        elif isinstance(event, JobChanged) and event.kind is JobKind.UPKEEP:
+            self._apply_upkeep(event)
+        elif isinstance(
+            event,
+            UpkeepStarted
+            | UpkeepProgress
+            | UpkeepPaused
+            | UpkeepResumed
+            | UpkeepCompleted
+            | UpkeepFailed,
+        ):
+            self._apply_upkeep(event)
+        elif isinstance(event, JobChanged) and event.kind is not JobKind.BACKUP:
             self._apply_restore(event)
         elif isinstance(
             event,
@@ -144,7 +201,9 @@ class TrayModel:
         elif isinstance(event, BackupFailed):
             if event.job_id == self.job_id:
                 now = self._now()
-                if event.error != CANCELLED:
+                # a job that ended cancelled was stopped (by hand, or at the
+                # maximum runtime), not failed: the next backup continues it
+                if event.error != CANCELLED and self.state is not JobState.CANCELLED:
                     self.last = _Last(now, False, event.error, 0, now - (self.started_at or now))
                 self._end()
         elif isinstance(event, BackupStarted):
@@ -174,6 +233,41 @@ class TrayModel:
             restore.state = JobState.RUNNING
         elif isinstance(event, RestoreCompleted | RestoreFailed):
             del self.restores[event.job_id]
+
+    def apply_schedule(self, status: ScheduleStatus) -> None:
+        """What the scheduler decided and holds now."""
+        self.schedule = status
+        if status.last_success is not None and (self.last_success or 0.0) < status.last_success:
+            self.last_success = status.last_success
+
+    def _apply_upkeep(self, event: BusEvent) -> None:
+        if isinstance(event, UpkeepStarted):
+            self.upkeeps[event.job_id] = _Upkeep(event.task)
+            return
+        upkeep = self.upkeeps.get(str(getattr(event, "job_id", "")))
+        if upkeep is None:
+            return
+        if isinstance(event, JobChanged):
+            if event.new in (JobState.RUNNING, JobState.PAUSED):
+                upkeep.state = event.new
+            elif event.new in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
+                del self.upkeeps[event.job_id]
+        elif isinstance(event, UpkeepProgress):
+            upkeep.progress = event
+        elif isinstance(event, UpkeepPaused):
+            upkeep.state = JobState.PAUSED
+        elif isinstance(event, UpkeepResumed):
+            upkeep.state = JobState.RUNNING
+        elif isinstance(event, UpkeepCompleted | UpkeepFailed):
+            self.upkeeps.pop(event.job_id, None)
+
+    @property
+    def upkeep(self) -> _Upkeep | None:
+        """The upkeep job running (or paused) now, if any."""
+        for upkeep in self.upkeeps.values():
+            if upkeep.state is not JobState.QUEUED:
+                return upkeep
+        return None
 
     @property
     def restore(self) -> _Restore | None:
@@ -205,18 +299,39 @@ class TrayModel:
             return "running"
         if self.state is JobState.PAUSED:
             return "paused"
-        if self.last is not None and not self.last.ok:
+        if self.failure() is not None:
             return "error"
         if self.warning() is not None:
             return "warning"
         return "idle"
 
+    def failure(self) -> str | None:
+        """Why the last backup failed, if it did: the last one seen here, else
+        the scheduler's count of scheduled attempts that failed in a row."""
+        if self.last is not None:
+            return None if self.last.ok else self.last.error
+        s = self.schedule
+        if s is not None and s.failures > 0:
+            return s.last_error or "see the log for details"
+        return None
+
+    def stale(self) -> bool:
+        """Whether the last successful backup is too old (the scheduler's
+        ``stale_after_days``; without a scheduler, :attr:`stale_after`)."""
+        s = self.schedule
+        if s is not None and (s.last_success or 0.0) >= (self.last_success or 0.0):
+            return s.stale
+        # no scheduler, or a backup succeeded since it last said: by the age here
+        if self.last_success is None or self.stale_after <= 0:
+            return False
+        return self._now() - self.last_success > self.stale_after
+
     def warning(self) -> str | None:
         """Why the backups need attention, if they do (not counting failures)."""
         if self.last_success is None:
             return "no backup yet"
-        age = self._now() - self.last_success
-        if age > self.stale_after:
+        if self.stale():
+            age = self._now() - self.last_success
             return f"the last backup is {ago(age).removesuffix(' ago')} old"
         if self.last is not None and self.last.ok and self.last.skipped:
             n = self.last.skipped
@@ -229,6 +344,31 @@ class TrayModel:
             return "Last backup: never"
         return f"Last backup: {ago(self._now() - self.last_success)}"
 
+    @property
+    def schedule_paused(self) -> bool:
+        """Whether the user paused scheduled backups (for a while or until resumed)."""
+        return self.schedule is not None and self.schedule.paused
+
+    def pause_line(self) -> str | None:
+        """``"Backups paused until 15:00"`` (or ``until you resume``); None when not paused."""
+        s = self.schedule
+        if s is None or not s.paused:
+            return None
+        if s.paused_forever or s.paused_until is None:
+            return "Backups paused until you resume"
+        return f"Backups paused until {clock(s.paused_until, self._now())}"
+
+    def _held(self) -> str | None:
+        return self.schedule.held if self.schedule is not None else None
+
+    def _skip_reason(self) -> str | None:
+        """Why the due backup is skipped, less a pause (:meth:`pause_line` says that)."""
+        s = self.schedule
+        if s is None or s.verdict is not Verdict.SKIP:
+            return None
+        parts = [p for p in s.reason.split("; ") if p and not (s.paused and p.startswith("paused"))]
+        return "; ".join(parts) or None
+
     def status_line(self) -> str:
         """The state in words, for the tooltip and the menu's first line."""
         if self.state is JobState.RUNNING:
@@ -238,13 +378,93 @@ class TrayModel:
             left = eta_words(p.eta_seconds)
             return f"Backing up: {int(p.percent)}%" + (f" - {left}" if left else "")
         if self.state is JobState.PAUSED:
-            return f"Paused at {int(self.percent)}%"
-        if self.last is not None and not self.last.ok:
-            return f"Backup failed: {self.last.error}"
+            held = self._held()
+            return f"Backup paused: {held}" if held else f"Paused at {int(self.percent)}%"
+        upkeep = self.upkeep_line()
+        if upkeep is not None:
+            return upkeep
+        paused = self.pause_line()
+        if paused is not None:
+            return paused
+        failure = self.failure()
+        if failure is not None:
+            return f"Last backup failed: {failure}"
+        skip = self._skip_reason()
+        if skip is not None:
+            return f"Backup skipped: {skip}"
         warning = self.warning()
         if warning is not None:
             return f"Needs attention: {warning}"
         return "Backups are up to date"
+
+    def schedule_line(self) -> str | None:
+        """The schedule in words, unless :meth:`status_line` says it already:
+        ``"Next backup at 14:05"``, ``"Retrying at 14:05"``, ``"Backup skipped:
+        on battery"``, a pause, or why the scheduler waits. None without a scheduler.
+        """
+        s = self.schedule
+        if s is None:
+            return None
+        status = self.status_line()
+        for line in self._schedule_lines(s):
+            if line != status:
+                return line
+        return None
+
+    def _schedule_lines(self, s: ScheduleStatus) -> list[str]:
+        lines: list[str] = []
+        paused = self.pause_line()
+        if paused is not None:
+            lines.append(paused)
+        if self.active or self.upkeep is not None:
+            return lines  # while a job runs, only the pause the user asked for matters
+        skip = self._skip_reason()
+        if skip is not None:
+            lines.append(f"Backup skipped: {skip}")
+        elif s.verdict is Verdict.WAIT:
+            now = self._now()
+            if s.next_backup is not None and s.next_backup > now:
+                word = "Retrying" if s.failures > 0 else "Next backup"
+                lines.append(f"{word} at {clock(s.next_backup, now)}")
+            elif s.reason and not (s.paused and s.reason.startswith("paused")):
+                lines.append(s.reason[:1].upper() + s.reason[1:])
+        elif s.verdict is Verdict.OFF:
+            lines.append(s.reason[:1].upper() + s.reason[1:])
+        return lines
+
+    def upkeep_line(self) -> str | None:
+        """Repository upkeep under way (``"Checking the repository… 40 %"``), or None."""
+        upkeep = self.upkeep
+        if upkeep is None:
+            return None
+        words = UPKEEP_WORDS.get(upkeep.task, "Repository upkeep")
+        percent = int(upkeep.progress.percent) if upkeep.progress is not None else 0
+        if upkeep.state is JobState.PAUSED:
+            held = self._held()
+            return f"{words} paused: {held}" if held else f"{words} paused at {percent} %"
+        return f"{words}… {percent} %"
+
+    def stale_notice(self) -> tuple[str, str] | None:
+        """The notification for backups that are too old (title, why), or None."""
+        if not self.stale() or self.last_success is None:
+            return None
+        days = max(1, int((self._now() - self.last_success) // 86400))
+        title = f"No backup for {days} day{'s' if days != 1 else ''}"
+        s = self.schedule
+        failure = self.failure()
+        if failure is not None:
+            why = f"The last backup failed: {failure}"
+        elif (paused := self.pause_line()) is not None:
+            why = paused + "."
+        elif (skip := self._skip_reason()) is not None:
+            why = f"Backups are skipped: {skip}."
+        elif s is not None and s.verdict is Verdict.OFF:
+            why = "Backups run only when you start them: choose Back up now."
+        elif s is not None and s.reason:
+            why = f"The scheduler says: {s.reason}."
+        else:
+            why = "Choose Back up now in the tray menu."
+        return title, why
 
     def restore_line(self) -> str | None:
         """The restore job in words (``"Restoring files: 40%"``), or None when there is none."""
@@ -259,8 +479,11 @@ class TrayModel:
         return f"Restoring files: {percent}%"
 
     def tooltip(self) -> str:
-        """Tooltip text: the state, the last backup, a restore under way."""
+        """Tooltip text: the state, the schedule, the last backup, a restore under way."""
         lines = ["desktop-agent", self.status_line()]
+        schedule = self.schedule_line()
+        if schedule is not None:
+            lines.append(schedule)
         if self.state is None:
             lines.append(self.last_backup_line())
         if self.queued:

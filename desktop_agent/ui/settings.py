@@ -1,5 +1,6 @@
-"""The settings window: what to back up, where to, the /ws agent, notifications,
-and whether desktop-agent starts at login.
+"""The settings window: what to back up, when (the schedule and upkeep, in
+:mod:`.schedule_settings`), where to, the /ws agent, notifications, and
+whether desktop-agent starts at login.
 
 Nothing here touches the engine: repository work goes through the bridge
 (``check_password``), the configuration and the password's storage through
@@ -34,7 +35,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
-    QSpinBox,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -61,6 +61,7 @@ from desktop_agent.system.errors import AutostartError
 
 from .bridge import Bridge
 from .icons import app_icon
+from .schedule_settings import ScheduleTab
 from .widgets import (
     ServerCredentials,
     StringList,
@@ -78,8 +79,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_INTERVAL = 7 * 24 * 60  # the loader's limit for [backup] interval_minutes
-
 
 def _autostart_words(status: AutostartStatus) -> str:
     """The start-at-login state for the settings window: which entry decides."""
@@ -94,7 +93,7 @@ def _autostart_words(status: AutostartStatus) -> str:
 
 # ------------------------------------------------------------ the dialog
 class SettingsDialog(QDialog):
-    """Backup, Repository, Agent and Notifications tabs; Apply / OK / Cancel.
+    """Backup, Schedule, Repository, Agent and Notifications tabs; Apply / OK / Cancel.
 
     Non-modal. Apply builds a new :class:`Config`, validates it with the
     loader's rules (an error shows in red at the bottom and nothing is
@@ -126,6 +125,8 @@ class SettingsDialog(QDialog):
 
         self.tabs = QTabWidget()
         self.tabs.addTab(self._backup_tab(), "Backup")
+        self.schedule = ScheduleTab()
+        self.tabs.addTab(self.schedule, "Schedule")
         self.tabs.addTab(self._repository_tab(), "Repository")
         self.tabs.addTab(self._agent_tab(), "Agent")
         self.tabs.addTab(self._notifications_tab(), "Notifications")
@@ -161,10 +162,6 @@ class SettingsDialog(QDialog):
         tab = QWidget()
         self.sources = StringList("Add folder...", add=self.choose_source)
         self.excludes = StringList("Add")
-        self.interval = QSpinBox()
-        self.interval.setRange(0, MAX_INTERVAL)
-        self.interval.setSuffix(" minutes")
-        self.interval.setSpecialValueText("Only on request")
         form = QFormLayout(tab)
         form.addRow("Folders to back up:", self.sources)
         form.addRow("Leave out:", self.excludes)
@@ -172,8 +169,6 @@ class SettingsDialog(QDialog):
             "",
             hint('restic --exclude patterns: "*.tmp", "**/.cache"; "*" stays within a folder.'),
         )
-        form.addRow("Back up every:", self.interval)
-        form.addRow("", hint("Back up every N minutes; 0 = only on request."))
         self.start_at_login = QCheckBox("Start desktop-agent when I log in")
         self.start_at_login.setEnabled(False)  # until the state is read
         self.start_at_login_note = hint("")
@@ -314,7 +309,7 @@ class SettingsDialog(QDialog):
         self._loaded = config
         self.sources.set_values(config.backup.sources)
         self.excludes.set_values(config.backup.exclude)
-        self.interval.setValue(config.backup.interval_minutes)
+        self.schedule.load(config)
         self.location.setText(config.repository.path)
         self.credentials.clear()
         self.credentials.follow(config.repository.path)
@@ -379,6 +374,7 @@ class SettingsDialog(QDialog):
 
     def _form(self, base: Config) -> Config:
         """``base`` with every value the form shows."""
+        base = self.schedule.form(base)
         return replace(
             base,
             agent=replace(
@@ -393,7 +389,6 @@ class SettingsDialog(QDialog):
                 base.backup,
                 sources=self.sources.values(),
                 exclude=self.excludes.values(),
-                interval_minutes=self.interval.value(),
             ),
             ui=replace(base.ui, notify_success=self.notify_success.isChecked()),
         )

@@ -7,20 +7,41 @@ so it never shows a stale "Pause" next to a finished backup. A restore
 under way (from the restore window or a backup server) has a line of its
 own that opens the restore window, where it can be paused or cancelled;
 notifications tell when one starts from elsewhere and when one ends.
+
+Scheduled backups can be paused from the menu (*Pause backups*: for an
+hour, until tomorrow, until resumed); while they are, the menu says until
+when and offers *Resume backups*. The line under the state says what the
+scheduler waits for: the next backup's time, a skip on battery or a
+metered network, quiet hours (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from PySide6.QtCore import QObject
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+from PySide6.QtWidgets import QMenu, QSystemTrayIcon, QWidget
 
 from .bridge import Bridge
 from .icons import state_icon
+from .model import next_midnight
 
-__all__ = ["Tray"]
+__all__ = ["PAUSE_CHOICES", "Tray", "pause_menu"]
+
+PAUSE_CHOICES = ("For 1 hour", "Until tomorrow", "Until I resume")
+
+
+def pause_menu(bridge: Bridge, parent: QWidget) -> QMenu:
+    """The *Pause backups* menu: its choices call the bridge (the tray menu's
+    submenu, the main window's button menu)."""
+    menu = QMenu("Pause backups", parent)
+    hour, tomorrow, forever = (menu.addAction(text) for text in PAUSE_CHOICES)
+    hour.triggered.connect(lambda: bridge.pause_schedule(60))
+    tomorrow.triggered.connect(lambda: bridge.pause_schedule_until(next_midnight(time.time())))
+    forever.triggered.connect(lambda: bridge.pause_schedule(None))
+    return menu
 
 
 class Tray(QObject):
@@ -45,6 +66,8 @@ class Tray(QObject):
         self._quit = quit_app
         self.icon = QSystemTrayIcon(self)
         self.menu = QMenu()
+        # made once, a child of the menu: clear() leaves it alone, deleting the menu deletes it
+        self.pause_menu = pause_menu(bridge, self.menu)
         self.menu.aboutToShow.connect(self.rebuild)
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated)
@@ -82,6 +105,9 @@ class Tray(QObject):
         menu.clear()
         status = menu.addAction(model.status_line())
         status.setEnabled(False)
+        schedule = model.schedule_line()
+        if schedule is not None:
+            menu.addAction(schedule).setEnabled(False)
         last = menu.addAction(model.last_backup_line())
         last.setEnabled(False)
         restore = model.restore_line()
@@ -104,6 +130,12 @@ class Tray(QObject):
         progress = menu.addAction("Show progress...")
         progress.triggered.connect(self._open_progress)
         menu.addSeparator()
+        if self.bridge.can_schedule:
+            if model.schedule_paused:
+                menu.addAction("Resume backups").triggered.connect(self.bridge.resume_schedule)
+            else:
+                menu.addMenu(self.pause_menu)
+            menu.addSeparator()
         menu.addAction("Restore files...").triggered.connect(self._open_restore)
         menu.addAction("Settings...").triggered.connect(self._open_settings)
         menu.addAction("Show log").triggered.connect(self._open_log)
@@ -111,11 +143,17 @@ class Tray(QObject):
         menu.addAction("Quit").triggered.connect(self._quit)
 
     def action(self, text: str) -> QAction:
-        """The menu action with this text (rebuilding the menu first)."""
+        """The menu action with this text, in the menu or a submenu of it
+        (rebuilding the menu first)."""
         self.rebuild()
         for act in self.menu.actions():
             if act.text() == text:
                 return act
+            sub = act.menu()
+            if isinstance(sub, QMenu):
+                for inner in sub.actions():
+                    if inner.text() == text:
+                        return inner
         raise KeyError(text)
 
     # ---------------------------------------------------------- reactions

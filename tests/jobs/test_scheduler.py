@@ -110,7 +110,7 @@ class Rig:
     def of(self, kind: type) -> list:  # type: ignore[type-arg]
         return [e for e in self.events if isinstance(e, kind)]
 
-    async def until(self, test: Callable[[], bool], timeout: float = 60) -> None:
+    async def until(self, test: Callable[[], bool], timeout: float = 30) -> None:
         async def poll() -> None:
             while not test():
                 await asyncio.sleep(0.01)
@@ -194,7 +194,7 @@ def test_due_at_once_then_hourly_and_one_catch_up_after_sleep(tmp_path: Path) ->
 
 
 def test_battery_pauses_a_scheduled_backup_and_ac_resumes_it(tmp_path: Path) -> None:
-    config = make_config(tmp_path, big_source(tmp_path))
+    config = make_config(tmp_path, big_source(tmp_path, files=20))
 
     async def scenario(rig: Rig) -> None:
         unplugged = False

@@ -19,6 +19,7 @@ from desktop_agent.system.autostart import XdgAutostart
 from desktop_agent.system.instance import TrayRequest
 from desktop_agent.ui.bootstrap import Shell
 from desktop_agent.ui.bridge import Bridge
+from desktop_agent.ui.schedule_settings import EVERY_MINUTES
 from desktop_agent.ui.settings import SettingsDialog
 
 
@@ -146,14 +147,16 @@ def test_a_failure_is_shown_inline_and_the_window_stays(
     broken = XdgAutostart(blocker / "autostart", [tmp_path / "no-etc"], ["desktop-agent"])
     bridge, dlg = open_settings(agent, qtbot, run, autostart=broken)
     dlg.start_at_login.setChecked(True)
-    dlg.interval.setValue(45)
+    dlg.schedule.frequency.mode.setCurrentIndex(EVERY_MINUTES)
+    dlg.schedule.frequency.every.setValue(45)
     dlg.ok_button.click()
     until(run, done(dlg.task))
 
     assert dlg.isVisible()
     assert dlg.error.text().startswith(f"cannot write {blocker / 'autostart'}")
     # nothing else was applied either: the edits stay in the form for another try
-    assert agent.config.backup.interval_minutes == 0 and dlg.interval.value() == 45
+    assert agent.config.backup.interval_minutes == 0
+    assert dlg.schedule.frequency.values(0, "") == (45, "")
     assert dlg.start_at_login.isChecked()
     bridge.close()
 

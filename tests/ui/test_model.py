@@ -71,7 +71,7 @@ def test_failure_is_an_error_but_cancel_is_not():
     m.apply(JobChanged("b", JobState.QUEUED, JobState.RUNNING))
     m.apply(BackupFailed(JobId("b"), "the backup destination is full"))
     assert m.kind() == "error"
-    assert m.status_line() == "Backup failed: the backup destination is full"
+    assert m.status_line() == "Last backup failed: the backup destination is full"
     m.apply(JobChanged("c", JobState.QUEUED, JobState.RUNNING))
     m.apply(BackupCompleted(JobId("c"), 1))
     assert m.kind() == "idle"

@@ -26,6 +26,7 @@ from websockets.exceptions import InvalidStatus
 from desktop_agent.config import KEYRING_SERVICE, load, read_password
 from desktop_agent.protocol import BackupCompleted, BackupFailed
 from desktop_agent.ui.bridge import Bridge
+from desktop_agent.ui.schedule_settings import EVERY_MINUTES, MANUAL
 from desktop_agent.ui.settings import SettingsDialog
 
 
@@ -97,6 +98,12 @@ def done(task: asyncio.Task[Any] | None) -> Callable[[], bool]:
     return lambda: task is not None and task.done()
 
 
+def every_minutes(dlg: SettingsDialog, minutes: int) -> None:
+    """Choose "Every N minutes" and type N, as a user would."""
+    dlg.schedule.frequency.mode.setCurrentIndex(EVERY_MINUTES)
+    dlg.schedule.frequency.every.setValue(minutes)
+
+
 def with_password_file(bridge: Bridge, monkeypatch: pytest.MonkeyPatch, file: Path) -> None:
     """Only the stored password counts (no environment variable), kept in ``file``."""
     monkeypatch.delenv("DESKTOP_AGENT_PASSWORD")
@@ -112,13 +119,17 @@ def test_shows_the_configuration_in_use(dialog, source, tmp_path):
     assert not dlg.isModal() and not dlg.windowIcon().isNull()
     assert [dlg.tabs.tabText(i) for i in range(dlg.tabs.count())] == [
         "Backup",
+        "Schedule",
         "Repository",
         "Agent",
         "Notifications",
     ]
     assert dlg.sources.values() == (str(source),)
     assert dlg.excludes.values() == ()
-    assert dlg.interval.value() == 0 and dlg.interval.text() == "Only on request"
+    frequency = dlg.schedule.frequency
+    assert frequency.mode.currentIndex() == MANUAL
+    assert frequency.mode.currentText() == "Only when I start it"
+    assert not frequency.every.isVisible() and not frequency.at.isVisible()
     assert dlg.location.text() == str(tmp_path / "repo")
     assert dlg.listen.text() == "127.0.0.1:8080"
     assert dlg.token.text() == TOKEN
@@ -152,7 +163,7 @@ def test_apply_saves_the_file_and_the_agent_uses_it_at_once(dialog, run, source,
     dlg.excludes.add_empty()
     dlg.excludes.list.item(0).setText("*.iso")
     dlg.excludes.add_empty()  # left blank: dropped
-    dlg.interval.setValue(30)
+    every_minutes(dlg, 30)
     dlg.origins.add_empty()
     dlg.origins.list.item(0).setText("HTTPS://Backup.Example.com:443/")
     dlg.allow_remote_restore.setChecked(True)
@@ -187,7 +198,7 @@ def test_an_invalid_value_is_shown_inline_and_nothing_is_saved(dialog, run):
     bridge, dlg = dialog
     before = bridge.config
     dlg.listen.setText("127.0.0.1:99999")
-    dlg.interval.setValue(5)
+    every_minutes(dlg, 5)
 
     dlg.ok_button.click()
 
@@ -211,7 +222,8 @@ def test_an_invalid_value_is_shown_inline_and_nothing_is_saved(dialog, run):
     dlg.cancel_button.click()
     assert not dlg.isVisible()
     dlg.show()
-    assert dlg.listen.text() == "127.0.0.1:8080" and dlg.interval.value() == 0
+    assert dlg.listen.text() == "127.0.0.1:8080"
+    assert dlg.schedule.frequency.mode.currentIndex() == MANUAL
     assert dlg.error.isHidden()
 
 
@@ -223,9 +235,9 @@ def test_a_change_made_elsewhere_meanwhile_is_kept(dialog, run, tmp_path):
     )
     bridge.apply_config(moved)  # as the first-run window does
     assert dlg.location.text() == str(tmp_path / "usb")  # nothing edited here: follows
-    dlg.interval.setValue(15)
+    every_minutes(dlg, 15)
     bridge.apply_config(replace(moved, backup=replace(moved.backup, exclude=("*.iso",))))
-    assert dlg.interval.value() == 15  # an edit is never thrown away
+    assert dlg.schedule.frequency.every.value() == 15  # an edit is never thrown away
 
     dlg.apply_button.click()
     until(run, done(dlg.task))
