@@ -50,6 +50,9 @@ from desktop_agent.protocol import (
     RestoreCompleted,
     RestoreFailed,
     RestoreProgress,
+    UpkeepCompleted,
+    UpkeepFailed,
+    UpkeepProgress,
 )
 
 __all__ = [
@@ -353,6 +356,16 @@ class ProgressLine:
             self._shown = False
 
 
+_JOB_ENDS = (
+    BackupCompleted,
+    BackupFailed,
+    RestoreCompleted,
+    RestoreFailed,
+    UpkeepCompleted,
+    UpkeepFailed,
+)
+
+
 class TerminalProgress:
     """The agent's jobs on a terminal: one line redrawn in place while a job
     runs, cleared before any log line so the two never overwrite each other.
@@ -369,14 +382,20 @@ class TerminalProgress:
         """Bus subscriber: draw progress, end the line when the job ends."""
         if isinstance(event, JobProgress):
             self.draw(event)
-        elif isinstance(event, BackupCompleted | BackupFailed | RestoreCompleted | RestoreFailed):
+        elif isinstance(event, _JOB_ENDS):
             self.clear()
 
     def draw(self, p: JobProgress) -> None:
         """Redraw the line with ``p``'s figures."""
         width = max(20, _line_width())
         eta = f"  ETA {human_duration(p.eta_seconds)}" if p.eta_seconds > 0 else ""
-        what = "restore" if isinstance(p, RestoreProgress) else "backup"
+        what = (
+            "restore"
+            if isinstance(p, RestoreProgress)
+            else "upkeep"
+            if isinstance(p, UpkeepProgress)
+            else "backup"
+        )
         text = (
             f"{what} {p.percent:5.1f}%  {human_bytes(p.transferred_bytes)} / "
             f"{human_bytes(p.total_bytes)}  {human_bytes(p.bytes_per_second)}/s{eta}  "

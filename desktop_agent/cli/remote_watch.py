@@ -37,6 +37,12 @@ from desktop_agent.protocol import (
     RestoreProgress,
     RestoreResumed,
     RestoreStarted,
+    UpkeepCompleted,
+    UpkeepFailed,
+    UpkeepPaused,
+    UpkeepProgress,
+    UpkeepResumed,
+    UpkeepStarted,
 )
 from desktop_agent.termtext import clean, columns, fit, fit_tail, human_bytes, human_duration
 
@@ -55,8 +61,24 @@ __all__ = [
     "describe",
 ]
 
-_End = BackupCompleted | BackupFailed | RestoreCompleted | RestoreFailed
-_END = (BackupCompleted, BackupFailed, RestoreCompleted, RestoreFailed)
+_End = (
+    BackupCompleted
+    | BackupFailed
+    | RestoreCompleted
+    | RestoreFailed
+    | UpkeepCompleted
+    | UpkeepFailed
+)
+_END = (
+    BackupCompleted,
+    BackupFailed,
+    RestoreCompleted,
+    RestoreFailed,
+    UpkeepCompleted,
+    UpkeepFailed,
+)
+_PAUSED = (BackupPaused, RestorePaused, UpkeepPaused)
+_RESUMED = (BackupResumed, RestoreResumed, UpkeepResumed)
 _RESTORE = (
     RestoreStarted,
     RestoreProgress,
@@ -64,6 +86,14 @@ _RESTORE = (
     RestoreResumed,
     RestoreCompleted,
     RestoreFailed,
+)
+_UPKEEP = (
+    UpkeepStarted,
+    UpkeepProgress,
+    UpkeepPaused,
+    UpkeepResumed,
+    UpkeepCompleted,
+    UpkeepFailed,
 )
 
 _REDRAW_INTERVAL = 0.1  # seconds between two redraws of the live display
@@ -77,7 +107,7 @@ class Job:
     id: JobId
     state: str = "waiting"  # waiting (queued), running, paused
     progress: JobProgress | None = None
-    restore: bool = False
+    kind: str = "backup"  # backup, restore or upkeep
 
 
 class Printer:
@@ -126,14 +156,16 @@ class Watcher:
         else:
             job = self.active.setdefault(job_id, Job(job_id))
             if isinstance(ev, _RESTORE):
-                job.restore = True
+                job.kind = "restore"
+            elif isinstance(ev, _UPKEEP):
+                job.kind = "upkeep"
             if isinstance(ev, JobProgress):
                 job.progress = ev
                 if job.state == "waiting":
                     job.state = "running"
-            elif isinstance(ev, BackupPaused | RestorePaused):
+            elif isinstance(ev, _PAUSED):
                 job.state = "paused"
-            elif isinstance(ev, BackupResumed | RestoreResumed):
+            elif isinstance(ev, _RESUMED):
                 job.state = "running"
         self.printer.event(msg, self.active)
 
@@ -182,12 +214,16 @@ def describe(ev: Event) -> str | None:
         return f"{ev.job_id} started"
     if isinstance(ev, RestoreStarted):
         return f"{ev.job_id} restore of snapshot {ev.snapshot[:8]} into {ev.target} started"
-    what = "restore " if isinstance(ev, _RESTORE) else ""
+    if isinstance(ev, UpkeepStarted):
+        return f"{ev.job_id} upkeep ({ev.task}) started"
+    if isinstance(ev, UpkeepCompleted):
+        return f"{ev.job_id} upkeep completed: {ev.summary}"
+    what = "restore " if isinstance(ev, _RESTORE) else "upkeep " if isinstance(ev, _UPKEEP) else ""
     if isinstance(ev, JobProgress):
         return f"{ev.job_id} {what}{_progress_text(ev)}"
-    if isinstance(ev, BackupPaused | RestorePaused):
+    if isinstance(ev, _PAUSED):
         return f"{ev.job_id} {what}paused"
-    if isinstance(ev, BackupResumed | RestoreResumed):
+    if isinstance(ev, _RESUMED):
         return f"{ev.job_id} {what}resumed"
     if isinstance(ev, RestoreCompleted):
         return f"{ev.job_id} restore completed: {human_bytes(ev.total_bytes)}"
@@ -200,7 +236,7 @@ def describe(ev: Event) -> str | None:
             if more > 0:
                 text += f"; and {more} more"
         return text
-    if isinstance(ev, BackupFailed | RestoreFailed):
+    if isinstance(ev, BackupFailed | RestoreFailed | UpkeepFailed):
         return f"{ev.job_id} {what}failed: {ev.error}"
     return None
 
@@ -276,7 +312,7 @@ def _progress_text(p: JobProgress) -> str:
 
 
 def _live_line(job: Job, width: int) -> str:
-    head = clean(job.id[:8]) + (" restore" if job.restore else "")
+    head = clean(job.id[:8]) + ("" if job.kind == "backup" else f" {job.kind}")
     p = job.progress
     if p is None:
         return f"{head} {'paused' if job.state == 'paused' else 'waiting to start'}"

@@ -204,7 +204,7 @@ def prune(
     control = control or Control()
     started = time.monotonic()
     state = ProgressState(progress, 0.2)
-    with Lock(repo, exclusive=True):
+    with Lock(repo, exclusive=True) as lock:
         remove_stale_spool(repo)  # half-built packs of killed runs on this host
         plan = plan_prune(repo, repack_threshold=repack_threshold, control=control)
         # --- 4. repack, still encrypted, into new durable packs
@@ -271,7 +271,9 @@ def prune(
             raise
         for pack_id in plan.delete:
             unused_blobs += len(plan.packs[pack_id])
-        # --- 5. the new index first, then the old index files go
+        # --- 5. the new index first, then the old index files go; not without a
+        # fresh lock (a prune paused while the laptop slept may have lost it)
+        lock.ensure_held()
         kept = [(p, plan.packs[p]) for p in plan.keep] + written
         new_names = _write_index(repo, kept)
         for name in plan.old_indexes:

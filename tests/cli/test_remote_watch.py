@@ -24,6 +24,12 @@ from desktop_agent.protocol import (
     RestoreProgress,
     RestoreResumed,
     RestoreStarted,
+    UpkeepCompleted,
+    UpkeepFailed,
+    UpkeepPaused,
+    UpkeepProgress,
+    UpkeepResumed,
+    UpkeepStarted,
     encode_event,
 )
 
@@ -132,3 +138,34 @@ def test_restores_are_watched_like_backups_and_say_so(monkeypatch: pytest.Monkey
     watcher.handle(_msg(RestoreFailed(JobId(r), "cancelled")))
     assert f"{r} restore failed: cancelled" in live.getvalue()
     assert not watcher.finished  # the backup is still active
+
+
+def test_upkeep_is_watched_to_its_end_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    u = "u" * 36
+    out = io.StringIO()
+    lines = Watcher(LinePrinter(out), once=True)
+    for event in (
+        UpkeepStarted(JobId(u), "check"),
+        UpkeepProgress(JobId(u), 50.0, 2048, 4096, 1024, 2, None, 3, 6),
+        UpkeepPaused(JobId(u)),
+        UpkeepResumed(JobId(u)),
+    ):
+        lines.handle(_msg(event))
+    assert not lines.finished  # `remote watch --once` waits for the end of upkeep too
+    lines.handle(_msg(UpkeepCompleted(JobId(u), "check", "checked 1/20 of the data: no errors")))
+    assert lines.finished
+    assert out.getvalue().splitlines() == [
+        f"{u} upkeep (check) started",
+        f"{u} upkeep  50.0%  2.0 KiB / 4.0 KiB  1.0 KiB/s  ETA 0:02  3/6 files",
+        f"{u} upkeep paused",
+        f"{u} upkeep resumed",
+        f"{u} upkeep completed: checked 1/20 of the data: no errors",
+    ]
+    live = io.StringIO()
+    watcher = Watcher(LivePrinter(live), once=True)
+    watcher.handle(_msg(UpkeepProgress(JobId(u), 40.0, 1024, 4096, 512, 3, None, 1, 4)))
+    watcher.printer.flush(watcher.active)
+    assert live.getvalue().rsplit("\x1b[J", 1)[1].startswith("uuuuuuuu upkeep [######")
+    watcher.handle(_msg(UpkeepFailed(JobId(u), "cancelled")))
+    assert f"{u} upkeep failed: cancelled" in live.getvalue() and watcher.finished
