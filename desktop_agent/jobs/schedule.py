@@ -198,9 +198,12 @@ def _at_minute(day: datetime, minute: int) -> float:
     return local.timestamp()
 
 
-def clock_text(ts: float, tz: tzinfo | None = None) -> str:
-    """``ts`` as the user reads it: ``14:05``, or ``Tue 14:05`` when not today."""
-    return _local(ts, tz).strftime("%a %H:%M")
+def clock_text(ts: float, tz: tzinfo | None = None, now: float | None = None) -> str:
+    """``ts`` as the user reads it: ``14:05`` on the day of ``now``, ``Tue 14:05`` otherwise."""
+    when = _local(ts, tz)
+    if now is not None and _local(now, tz).date() == when.date():
+        return when.strftime("%H:%M")
+    return when.strftime("%a %H:%M")
 
 
 def jitter(slot: float, plan: Plan) -> float:
@@ -271,10 +274,10 @@ def blocking_reasons(
         reasons["paused"] = "paused until you resume"
     elif history.paused(now):
         assert history.paused_until is not None
-        reasons["paused"] = f"paused until {clock_text(history.paused_until, plan.tz)}"
+        reasons["paused"] = f"paused until {clock_text(history.paused_until, plan.tz, now)}"
     quiet_end = in_quiet_hours(now, plan)
     if quiet_end is not None:
-        reasons["quiet"] = f"quiet hours until {clock_text(quiet_end, plan.tz)}"
+        reasons["quiet"] = f"quiet hours until {clock_text(quiet_end, plan.tz, now)}"
     s = plan.schedule
     if conditions.on_battery:
         percent = conditions.battery_percent
@@ -308,7 +311,8 @@ def decide(history: History, moment: Moment, plan: Plan) -> Decision:
             return Decision(Verdict.WAIT, "paused until you resume", None, due)
         expected = max(due, history.paused_until or 0.0) if history.paused(now) else due
         why = "retrying" if retrying else "next backup"
-        return Decision(Verdict.WAIT, f"{why} at {clock_text(expected, plan.tz)}", expected, due)
+        text = clock_text(expected, plan.tz, now)
+        return Decision(Verdict.WAIT, f"{why} at {text}", expected, due)
     if moment.busy:
         return Decision(Verdict.WAIT, "waiting for the running job", now, None)
     if not moment.repository:

@@ -298,7 +298,13 @@ class Scheduler:
             reasons["sleep"] = "the computer is going to sleep"
         scheduled = current.origin == ORIGIN
         if scheduled:
-            reasons.update(blocking_reasons(now, self.history, self.hub.current, self.plan))
+            conditions = self.hub.current
+            reasons.update(blocking_reasons(now, self.history, conditions, self.plan))
+            if current.kind is JobKind.UPKEEP:  # upkeep runs only on AC and unmetered networks
+                if conditions.on_battery:
+                    reasons["battery"] = reasons.get("battery", "on battery")
+                if conditions.metered:
+                    reasons["metered"] = "on a metered network"
         words = "; ".join(reasons.values())
         new = set(reasons) - self._overridden.get(job_id, frozenset())
         if current.state is JobState.RUNNING and new and job_id not in self._held:

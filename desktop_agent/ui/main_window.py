@@ -180,6 +180,7 @@ class MainWindow(QMainWindow):
         self.schedule_button.setVisible(self.bridge.can_schedule)
         paused = model.schedule_paused
         self.schedule_button.setText("Resume backups" if paused else "Pause backups")
+        # None takes the menu away (the stubs do not say so)
         self.schedule_button.setMenu(None if paused else self.pause_menu)  # type: ignore[arg-type]
         active = model.active
         self.bar.setVisible(active)

@@ -425,7 +425,10 @@ class TrayModel:
             now = self._now()
             if s.next_backup is not None and s.next_backup > now:
                 word = "Retrying" if s.failures > 0 else "Next backup"
-                lines.append(f"{word} at {clock(s.next_backup, now)}")
+                when = clock(s.next_backup, now)
+                # at the end of the pause: the pause's line says that time already
+                if s.paused_until is None or clock(s.paused_until, now) != when:
+                    lines.append(f"{word} at {when}")
             elif s.reason and not (s.paused and s.reason.startswith("paused")):
                 lines.append(s.reason[:1].upper() + s.reason[1:])
         elif s.verdict is Verdict.OFF:

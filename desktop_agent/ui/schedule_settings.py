@@ -34,7 +34,7 @@ from desktop_agent.config.model import parse_clock, parse_quiet_hours
 
 from .widgets import hint
 
-__all__ = ["DAILY", "EVERY_HOURS", "EVERY_MINUTES", "Frequency", "MANUAL", "ScheduleTab"]
+__all__ = ["Count", "DAILY", "EVERY_HOURS", "EVERY_MINUTES", "Frequency", "MANUAL", "ScheduleTab"]
 
 MAX_INTERVAL = 7 * 24 * 60  # the loader's limit for [backup] interval_minutes
 MAX_KEEP = 1_000_000  # the loader's limit for [upkeep] keep_*
@@ -63,12 +63,32 @@ def _time_edit() -> QTimeEdit:
     return edit
 
 
-def _spin(maximum: int, suffix: str = "", zero: str = "", minimum: int = 0) -> QSpinBox:
-    spin = QSpinBox()
+class Count(QSpinBox):
+    """A spin box of a count with its unit, singular or plural as the count is."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._unit = ("", "")
+        self.valueChanged.connect(self._suffix)
+
+    def set_unit(self, singular: str, plural: str) -> None:
+        """``" hour"``, ``" hours"``."""
+        self._unit = (singular, plural)
+        self._suffix(self.value())
+
+    def _suffix(self, value: int) -> None:
+        self.setSuffix(self._unit[0] if value == 1 else self._unit[1])
+
+
+def _spin(maximum: int, unit: str = "", zero: str = "", minimum: int = 0) -> Count:
+    """A count from ``minimum`` to ``maximum`` in ``unit`` (plural, "minutes");
+    ``zero``: the words shown for the minimum."""
+    spin = Count()
     spin.setRange(minimum, maximum)
-    spin.setSuffix(suffix)
+    if unit:
+        spin.set_unit(unit.removesuffix("s"), unit)
     if zero:
-        spin.setSpecialValueText(zero)  # shown for the minimum
+        spin.setSpecialValueText(zero)
     return spin
 
 
@@ -133,10 +153,10 @@ class Frequency(QWidget):
     def _units(self, mode: int) -> None:
         if mode == EVERY_HOURS:
             self.every.setRange(1, MAX_INTERVAL // 60)
-            self.every.setSuffix(" hours")
+            self.every.set_unit(" hour", " hours")
         else:
             self.every.setRange(1, MAX_INTERVAL)
-            self.every.setSuffix(" minutes")
+            self.every.set_unit(" minute", " minutes")
 
     def _mode_changed(self, mode: int) -> None:
         old, self._mode = self._mode, mode
@@ -164,7 +184,7 @@ class ScheduleTab(QWidget):
         self.skip_on_battery = QCheckBox("Skip on battery")
         self.min_battery = _spin(100, " %", "any level")
         self.skip_on_metered = QCheckBox("Skip on metered networks")
-        self.quiet = QCheckBox("Quiet hours: none from")
+        self.quiet = QCheckBox("No backups from")
         self.quiet_start = _time_edit()
         self.quiet_end = _time_edit()
         self.max_runtime = _spin(MAX_INTERVAL, " minutes", "no limit")
@@ -187,15 +207,15 @@ class ScheduleTab(QWidget):
         form.addRow("", self.skip_on_battery)
         form.addRow("On battery, skip below:", self.min_battery)
         form.addRow("", self.skip_on_metered)
-        form.addRow("", quiet_row)
+        form.addRow("Quiet hours:", quiet_row)
         form.addRow("Stop a backup after:", self.max_runtime)
-        form.addRow("", hint("What it stored is kept; the next backup continues from there."))
+        form.addRow("", hint("What it stored is kept; the next one continues from there."))
         form.addRow("", self.keep_awake)
-        form.addRow("Warn when the last backup is older than:", self.stale_days)
+        form.addRow("Warn after no backup for:", self.stale_days)
 
         self.forget = QCheckBox("Forget old snapshots and prune (at most daily, after a backup)")
         self.forget.toggled.connect(self._follow)
-        self.keep: dict[str, QSpinBox] = {
+        self.keep: dict[str, Count] = {
             rule: _spin(MAX_KEEP) for rule in ("last", "daily", "weekly", "monthly", "yearly")
         }
         keep = QGridLayout()

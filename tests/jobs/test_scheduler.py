@@ -27,7 +27,7 @@ from desktop_agent.config import (
 )
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.storage import FileType, LocalStorage
-from desktop_agent.jobs import EventBus, JobChanged, JobController, JobState
+from desktop_agent.jobs import EventBus, JobChanged, JobController, JobKind, JobState
 from desktop_agent.jobs.bus import ScheduleChanged
 from desktop_agent.jobs.conditions import ConditionHub, Inhibit
 from desktop_agent.jobs.schedule import Verdict
@@ -38,6 +38,9 @@ from desktop_agent.protocol import (
     BackupPaused,
     BackupProgress,
     BackupResumed,
+    UpkeepCompleted,
+    UpkeepPaused,
+    UpkeepResumed,
 )
 
 MIN = 60.0
@@ -360,7 +363,7 @@ def test_a_pause_is_kept_across_restarts_and_holds_the_schedule(tmp_path: Path) 
         rig.scheduler.start()
         rig.clocks.run(HOUR + MIN)
         d = rig.scheduler.tick()
-        assert d.verdict is Verdict.SKIP and d.reason == "paused until Mon 11:00"
+        assert d.verdict is Verdict.SKIP and d.reason == "paused until 11:00"
         rig.scheduler.pause(None)
         rig.clocks.run(HOUR)
         d = rig.scheduler.tick()
@@ -400,7 +403,43 @@ def test_failures_back_off_and_a_missing_repository_is_waited_for(
         assert rig.scheduler.tick().next_backup == T0 + 5 * MIN + 10 * MIN
         assert rig.scheduler.status_fields()["schedule"] == {
             "state": "failing",
-            "reason": "retrying at Mon 09:15",
+            "reason": "retrying at 09:15",
         }
+
+    run(scenario, config, tmp_path)
+
+
+def test_scheduled_upkeep_runs_on_ac_only_and_pauses_when_unplugged(tmp_path: Path) -> None:
+    config = make_config(tmp_path, small_source(tmp_path))
+    config = replace(config, upkeep=UpkeepConfig(check_subsets=4))
+
+    async def scenario(rig: Rig) -> None:
+        rig.hub.update("test", on_battery=True, battery_percent=90.0)  # fine for a backup
+        await rig.ended(1)
+        await asyncio.sleep(0.1)
+        kinds = [j.kind for j in rig.jobs()]
+        assert kinds == [JobKind.BACKUP]  # no upkeep on battery
+        unplug: list[str] = []
+
+        def on(event: object) -> None:
+            # the charger is pulled the moment the check starts
+            if isinstance(event, JobChanged) and event.kind is JobKind.UPKEEP and not unplug:
+                if event.new is JobState.RUNNING:
+                    unplug.append(event.job_id)
+                    rig.hub.update("test", on_battery=True)
+
+        rig.bus.subscribe(on)
+        rig.hub.update("test", on_battery=False)  # on AC: the weekly check starts
+        await rig.until(lambda: bool(rig.of(UpkeepPaused)))
+        (check,) = [j for j in rig.jobs() if j.kind is JobKind.UPKEEP]
+        assert check.origin == "scheduler" and rig.scheduler.status().held == "on battery"
+        rig.hub.update("test", on_battery=False)
+        await rig.until(lambda: bool(rig.of(UpkeepCompleted)))
+        assert rig.of(UpkeepResumed) and rig.scheduler.history.check_next == 2
+        # a week later, the next part
+        rig.clocks.run(7 * 24 * HOUR)
+        rig.scheduler.tick()
+        await rig.until(lambda: len(rig.of(UpkeepCompleted)) == 2)
+        assert rig.scheduler.history.check_next == 3
 
     run(scenario, config, tmp_path)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import shiboken6
+from PySide6.QtCore import Qt
 from support import write
 from uisupport import make_config
 
@@ -31,6 +32,7 @@ from desktop_agent.protocol import UpkeepCompleted, UpkeepFailed
 from desktop_agent.system.instance import TrayRequest
 from desktop_agent.ui.bootstrap import Shell
 from desktop_agent.ui.bridge import Bridge
+from desktop_agent.ui.main_window import MainWindow
 from desktop_agent.ui.model import clock, next_midnight
 from desktop_agent.ui.tray import PAUSE_CHOICES, Tray
 
@@ -175,8 +177,8 @@ def test_pause_backups_from_the_menu(harness, run, tmp_path, source):
         assert until == pytest.approx(time.time() + 3600, abs=5)
         menu = h.menu()
         assert menu[0] == f"Backups paused until {clock(until, time.time())}"
-        # the slot after the pause: the next backup is not before it ends
-        assert menu[1] == f"Next backup at {clock(until, time.time())}"
+        # the next backup comes when the pause ends: said once
+        assert menu[1] == "Last backup: 10 minutes ago"
         assert "Resume backups" in menu and "Pause backups" not in menu
         assert menu[0] in h.tray.icon.toolTip()
         assert h.tray.action("Back up now").isEnabled()  # by hand it still works
@@ -388,7 +390,18 @@ def test_upkeep_jobs_in_the_tray(harness, run, tmp_path, source):
     assert h.bridge.model.upkeep is None
 
 
-def test_the_tray_app_starts_the_qt_network_provider(env, run, tmp_path, source):
+@pytest.fixture
+def keep_running_without_windows(qapp: Any) -> Iterator[None]:
+    """As the tray app does: closing the last window must not stop the loop."""
+    before = qapp.quitOnLastWindowClosed()
+    qapp.setQuitOnLastWindowClosed(False)
+    yield
+    qapp.setQuitOnLastWindowClosed(before)
+
+
+def test_the_tray_app_starts_the_qt_network_provider(
+    env, run, tmp_path, source, keep_running_without_windows
+):
     config = scheduled_config(tmp_path, source, interval=0)
     remember(config, last_success=time.time() - 3 * 86400 - 60)
     agent = Agent(config, host="127.0.0.1", port=0, providers=False)
@@ -410,3 +423,29 @@ def test_the_tray_app_starts_the_qt_network_provider(env, run, tmp_path, source)
     finally:
         run(shell.stop())
     assert shell.network.features == ()  # stopped with the app
+
+
+def test_the_main_window_pauses_backups_too(harness, run, tmp_path, source, qtbot):
+    """Without a system tray the main window has the same pause choices."""
+    config = scheduled_config(tmp_path, source)
+    last = time.time() - 600
+    remember(config, last_success=last)
+    h = harness(config)
+    win = MainWindow(h.bridge, open_window=lambda _name: None, quit_app=lambda: None)
+    qtbot.addWidget(win)
+    win.show()
+
+    async def scenario() -> None:
+        await h.until(lambda: status(h).verdict is Verdict.WAIT)
+        assert win.schedule_button.text() == "Pause backups"
+        assert win.schedule_button.menu() is win.pause_menu
+        assert win.schedule.text() == f"Next backup at {clock(last + 3600, time.time())}"
+        win.pause_menu.actions()[PAUSE_CHOICES.index("Until I resume")].trigger()
+        await h.until(lambda: win.schedule_button.text() == "Resume backups")
+        assert win.status.text() == "Backups paused until you resume"
+        assert win.schedule_button.menu() is None
+        qtbot.mouseClick(win.schedule_button, Qt.MouseButton.LeftButton)
+        await h.until(lambda: win.schedule_button.text() == "Pause backups")
+
+    run(scenario())
+    assert not h.scheduler.history.paused_forever
