@@ -102,6 +102,8 @@ class Agent:
         self.config = config
         self.controller.update_config(config)
         self.server.config = config.agent
+        if self.scheduler is not None:
+            self.scheduler.tick()  # decide by the new schedule now, not at the next tick
         if config.agent.token != old.token:
             self.server.disconnect_all("the access token changed")
         rebind = (old.listen, old.tls_cert, old.tls_key) != (

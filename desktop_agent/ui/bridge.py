@@ -354,9 +354,6 @@ class Bridge(QObject):
         self.agent.apply_config(config)
         self.notify_success = config.ui.notify_success
         self.model.stale_after = _stale_after(config)
-        if self.agent.scheduler is not None:
-            # decide by the new schedule now, not at the next timer tick
-            self.agent.scheduler.tick()
         self.config_changed.emit(config)
         self.changed.emit()
 
