@@ -376,6 +376,10 @@ def upkeep_due(history: History, moment: Moment, plan: Plan) -> tuple[str, int, 
     c = moment.conditions
     if c.on_battery or c.metered:
         return None
+    if moment.woke_at is not None and now < moment.woke_at + plan.schedule.wake_delay_seconds:
+        return None  # just woke: the missed backup goes first
+    if plan.needs_network and c.network_up is False:
+        return None
     if history.paused(now) or in_quiet_hours(now, plan) is not None:
         return None
     up = plan.upkeep

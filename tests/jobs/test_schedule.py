@@ -303,6 +303,10 @@ def test_upkeep_on_ac_unmetered_at_most_daily_and_weekly() -> None:
     ):
         assert upkeep_due(h, bad, p) is None
     assert upkeep_due(History(), Moment(T0), p) is None  # nothing backed up yet
+    assert upkeep_due(h, Moment(T0 + MIN, woke_at=T0 + 30), p) is None  # settling after a wake
+    offline = Moment(T0 + MIN, Conditions(network_up=False))
+    assert upkeep_due(h, offline, replace(p, needs_network=True)) is None
+    assert upkeep_due(h, offline, p) == ("forget", 0, 0)  # a local repository needs no network
     quiet = replace(p, schedule=ScheduleConfig(quiet_hours="08:00-10:00"))
     assert upkeep_due(h, Moment(T0 + MIN), quiet) is None
     # forgotten today: not again until a day later, and only after a newer backup
