@@ -134,7 +134,9 @@ class Scheduler:
                 timeout = max(1.0, min(timeout, decision.recheck - self._wall()))
             self._poke.clear()
             try:
-                await asyncio.wait_for(self._poke.wait(), timeout)
+                # not wait_for: on 3.11 it can swallow a cancel that comes with the wake-up
+                async with asyncio.timeout(timeout):
+                    await self._poke.wait()
             except TimeoutError:
                 pass
 
@@ -345,7 +347,9 @@ class Scheduler:
 
     def _want_inhibit(self) -> None:
         current = self.controller.current()
-        if current is None or current.state is not JobState.RUNNING or self._sleeping:
+        # before sleep the lock stays until the job has paused (and indexed what
+        # it stored): only then is it no longer RUNNING
+        if current is None or current.state is not JobState.RUNNING:
             self.hub.want_inhibit(Inhibit.NONE)
         elif self.plan.schedule.keep_awake:
             self.hub.want_inhibit(Inhibit.BLOCK)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,10 @@ from desktop_agent.config import (
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.storage import LocalStorage
-from desktop_agent.jobs import JobController
+from desktop_agent.jobs import JobController, JobState
 from desktop_agent.jobs.conditions import ConditionHub
 from desktop_agent.jobs.scheduler import Scheduler
+from desktop_agent.protocol import BackupPaused, BackupProgress
 
 TOKEN = "schedule-test-token-0123456789"
 
@@ -216,3 +219,67 @@ def _utc(t: time.struct_time) -> float:
     import calendar
 
     return float(calendar.timegm(t))
+
+
+def test_sleep_during_a_backup_releases_the_delay_lock_only_once_it_paused(
+    tmp_path: Path, restic: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    """The real scheduler and logind provider: PrepareForSleep(true) while a backup
+    runs; the delay lock goes after the backup's pause (which indexed what it
+    stored) and well within logind's 5 s; after the wake it resumes and completes."""
+    src = tmp_path / "src"
+    for i in range(24):
+        write(src / f"f{i:02}.bin", os.urandom(8 << 20))
+    repo_path = tmp_path / "repo"
+    Repository.init(LocalStorage(repo_path), PASSWORD, kdf_params=FAST_KDF)
+    config = Config(
+        agent=AgentConfig(token=TOKEN),
+        repository=RepositoryConfig(path=str(repo_path), password_file=None),
+        backup=BackupConfig(sources=(str(src),), exclude=(), interval_minutes=60),
+        path=tmp_path / "config.toml",
+        upkeep=UpkeepConfig(check_subsets=0),
+    )
+    with private_bus(tmp_path) as bus:
+        logind = FakeLogind(bus.address)
+        with running(logind):
+            agent = Agent(config, host="127.0.0.1", port=0, system_bus=bus.address)
+            paused_at: list[float] = []
+            sleep_sent: list[float] = []
+
+            def on(event: object) -> None:
+                if isinstance(event, BackupPaused):
+                    paused_at.append(time.monotonic())
+
+            agent.bus.subscribe(on)
+
+            async def scenario() -> None:
+                await agent.start()  # no backup yet: the scheduler starts one
+                try:
+                    while not any(
+                        isinstance(j.progress, BackupProgress) and j.progress.transferred_bytes
+                        for j in agent.controller.jobs()
+                    ):
+                        await asyncio.sleep(0.01)
+                    lock = await asyncio.to_thread(logind.wait_for_lock, "delay")
+                    sleep_sent.append(await asyncio.to_thread(logind.prepare_for_sleep, True))
+                    released = await asyncio.to_thread(
+                        logind.wait_until, lambda: lock.released_at is not None
+                    )
+                    assert released
+                    (job,) = agent.controller.jobs()
+                    assert job.state is JobState.PAUSED and paused_at
+                    assert paused_at[0] <= lock.released_at  # type: ignore[operator]
+                    assert lock.released_at - sleep_sent[0] < 5.0  # type: ignore[operator]
+                    # the machine sleeps, then wakes: the job resumes, the lock is taken again
+                    count = len(logind.locks)
+                    await asyncio.to_thread(logind.prepare_for_sleep, False)
+                    await asyncio.to_thread(logind.wait_for_lock, "delay", after=count)
+                    while agent.controller.job(job.id).state is not JobState.COMPLETED:
+                        assert agent.controller.job(job.id).state is not JobState.FAILED
+                        await asyncio.sleep(0.05)
+                finally:
+                    await agent.stop()
+
+            asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert logind.held() == []
+    assert "no errors were found" in restic(repo_path, "check", "--read-data").stdout
