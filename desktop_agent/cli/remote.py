@@ -23,6 +23,7 @@ import ipaddress
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection
@@ -253,7 +254,35 @@ async def _status(ws: ClientConnection, opts: Options) -> int:
     else:
         jobs = f"{ev.active_jobs} active job{'' if ev.active_jobs == 1 else 's'}"
         print(f"{clean(ev.status)}, {jobs}, up {human_duration(ev.uptime_secs)}", flush=True)
+        for line in schedule_lines(msg.frame["payload"]):
+            print(clean(line), flush=True)
     return 0
+
+
+def schedule_lines(payload: dict[str, Any]) -> list[str]:
+    """The schedule's optional ``agent:status`` fields as lines for a person
+    (none when the agent sent none)."""
+    lines: list[str] = []
+    schedule = payload.get("schedule")
+    if isinstance(schedule, dict):
+        lines.append(f"schedule: {schedule.get('state')}: {schedule.get('reason')}")
+    facts = [
+        f"{label} {payload[key]}"
+        for key, label in (
+            ("last_success", "last backup"),
+            ("next_backup", "next"),
+            ("paused_until", "paused until"),
+        )
+        if isinstance(payload.get(key), str)
+    ]
+    if payload.get("paused_indefinitely") is True:
+        facts.append("paused until resumed")
+    conditions = payload.get("conditions")
+    if isinstance(conditions, dict) and conditions:
+        facts.append(", ".join(f"{k}={v}" for k, v in sorted(conditions.items())))
+    if facts:
+        lines.append("; ".join(facts))
+    return lines
 
 
 async def _start(ws: ClientConnection, opts: Options) -> int:

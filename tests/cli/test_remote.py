@@ -458,3 +458,24 @@ def test_wss(tmp_path: Path, env: dict[str, str], source: Path) -> None:
         assert insecure.returncode == 0, insecure.stderr
         # ws:// where the agent speaks TLS
         failed(remote(env, url.replace("wss://", "ws://"), "status"), "wss://")
+
+
+def test_status_shows_the_schedules_fields_when_the_agent_sends_them() -> None:
+    from desktop_agent.cli.remote import schedule_lines
+
+    seed = {"status": "idle", "active_jobs": 0, "uptime_secs": 5}
+    assert schedule_lines(seed) == []
+    payload = dict(
+        seed,
+        next_backup=None,
+        last_success="2026-12-07T10:00:03Z",
+        paused_until="2026-12-07T12:00:00Z",
+        paused_indefinitely=False,
+        conditions={"on_battery": True, "battery_percent": 41.0},
+        schedule={"state": "paused", "reason": "paused until 12:00"},
+    )
+    assert schedule_lines(payload) == [
+        "schedule: paused: paused until 12:00",
+        "last backup 2026-12-07T10:00:03Z; paused until 2026-12-07T12:00:00Z; "
+        "battery_percent=41.0, on_battery=True",
+    ]
