@@ -28,6 +28,7 @@ from desktop_agent.config.model import (
     Config,
     RepositoryConfig,
     ScheduleConfig,
+    ServerConfig,
     UiConfig,
     UpkeepConfig,
     generate_token,
@@ -83,6 +84,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
         "keep_yearly",
         "check_subsets",
     ),
+    "server": ("url", "token_file", "ca_file", "allow_insecure"),
     "ui": ("notify_success",),
 }
 
@@ -364,6 +366,25 @@ def _parse_upkeep(section: _Section) -> UpkeepConfig:
     )
 
 
+def _parse_server(section: _Section) -> ServerConfig:
+    d = ServerConfig()
+    url = (section.string("url", d.url) or "").strip()
+    if url:
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in ("ws", "wss") or not rest.split("/")[0]:
+            raise section.error("url", f'{url!r} is not a ws:// or wss:// URL; "" turns it off')
+    token_file = section.string("token_file", None) or None
+    ca_file = section.string("ca_file", None) or None
+    if ca_file is not None:
+        section.existing_file("ca_file", ca_file)
+    return ServerConfig(
+        url=url,
+        token_file=token_file,
+        ca_file=ca_file,
+        allow_insecure=section.boolean("allow_insecure", d.allow_insecure),
+    )
+
+
 def _parse_ui(section: _Section) -> UiConfig:
     defaults = UiConfig()
     return UiConfig(notify_success=section.boolean("notify_success", defaults.notify_success))
@@ -403,6 +424,7 @@ def parse_document(document: Mapping[str, Any], path: Path) -> Config:
         ui=ui,
         schedule=_parse_schedule(sections["schedule"]),
         upkeep=_parse_upkeep(sections["upkeep"]),
+        server=_parse_server(sections["server"]),
     )
 
 
@@ -432,6 +454,7 @@ def to_document(config: Config) -> dict[str, Any]:
         },
         "schedule": dataclasses.asdict(config.schedule),
         "upkeep": dataclasses.asdict(config.upkeep),
+        "server": {k: v for k, v in dataclasses.asdict(config.server).items() if v is not None},
         "ui": {"notify_success": config.ui.notify_success},
     }
 

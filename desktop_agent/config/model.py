@@ -34,6 +34,7 @@ __all__ = [
     "Config",
     "RepositoryConfig",
     "ScheduleConfig",
+    "ServerConfig",
     "UiConfig",
     "UpkeepConfig",
     "parse_clock",
@@ -173,6 +174,20 @@ class UpkeepConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """The ``[server]`` section: the backup server the agent dials out to (docs/protocol.md).
+
+    ``url`` empty: off. The credential is never here: ``DESKTOP_AGENT_SERVER_TOKEN``,
+    ``token_file``, or the OS keyring (config/secrets.py).
+    """
+
+    url: str = ""  # "wss://backup.example.com/agents"
+    token_file: str | None = None
+    ca_file: str | None = None  # trust this CA instead of the system's
+    allow_insecure: bool = False  # ws:// to a host other than this machine
+
+
+@dataclass(frozen=True)
 class UiConfig:
     """The ``[ui]`` section: how the tray app talks to the user."""
 
@@ -190,6 +205,7 @@ class Config:
     ui: UiConfig = UiConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     upkeep: UpkeepConfig = UpkeepConfig()
+    server: ServerConfig = ServerConfig()
 
     def resolve_path(self, value: str) -> str:
         """Expand ``~`` and ``$VARS`` in ``value``; relative means relative to the file's dir."""

@@ -27,6 +27,7 @@ import hashlib
 import io
 import logging
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -261,7 +262,10 @@ def _secret_file(config: Config, name: str) -> Path:
 def read_server_secret(config: Config, kind: str, location: Location) -> str | None:
     """A stored server credential (``kind`` is one of :data:`REST_PASSWORD`,
     :data:`S3_ACCESS_KEY`, :data:`S3_SECRET_KEY`), or None."""
-    name = _secret_name(kind, location)
+    return _read_named(config, _secret_name(kind, location))
+
+
+def _read_named(config: Config, name: str) -> str | None:
     found = keyring_get(name)
     if found:
         return found
@@ -277,7 +281,10 @@ def store_server_secret(config: Config, kind: str, location: Location, secret: s
     Returns where, in words (never the secret). An empty ``secret`` removes
     what is stored.
     """
-    name = _secret_name(kind, location)
+    return _store_named(config, _secret_name(kind, location), secret)
+
+
+def _store_named(config: Config, name: str, secret: str) -> str:
     path = _secret_file(config, name)
     if not secret:
         if keyring_usable():
@@ -350,3 +357,52 @@ def server_credentials(
             s3_session_token="",
         )
     return found
+
+
+# ------------------------------------------------ the backup server dialled out to
+SERVER_TOKEN_ENV = "DESKTOP_AGENT_SERVER_TOKEN"
+
+
+def _dialout_name(config: Config) -> str:
+    return f"server-token:{config.server.url}"
+
+
+def dialout_token(config: Config) -> str | None:
+    """The credential for ``[server] url``: ``DESKTOP_AGENT_SERVER_TOKEN``, else
+    ``[server] token_file``, else what :func:`store_dialout_token` kept (OS
+    keyring or a private file); None when there is none. Raises
+    :class:`ConfigError` for a token file that cannot be read."""
+    env = os.environ.get(SERVER_TOKEN_ENV, "").strip()
+    if env:
+        return env
+    if config.server.token_file:
+        token = read_password_file(config.resolve_path(config.server.token_file))
+        return token or None
+    return _read_named(config, _dialout_name(config)) if config.server.url else None
+
+
+def store_dialout_token(config: Config, token: str) -> str:
+    """Keep the credential for ``[server] url`` (keyring, else a 0600 file); returns
+    where, in words. An empty ``token`` removes it."""
+    return _store_named(config, _dialout_name(config), token)
+
+
+def agent_id(config: Config) -> str:
+    """This agent's stable id for the backup server: made on first use (a random
+    UUID) and kept in ``<config name>-agent-id`` beside the configuration."""
+    path = config.path.with_name(f"{config.path.stem}-agent-id")
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = f.read(200).strip()
+        if found:
+            return found
+    except FileNotFoundError:
+        pass
+    new = str(uuid.uuid4())
+    try:
+        make_private_dirs(path.parent)
+        if not write_atomic(path, (new + "\n").encode(), mode=0o600, replace=False):
+            return agent_id(config)  # someone else made it first: theirs
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot keep the agent id: {exc.strerror or exc}") from None
+    return new

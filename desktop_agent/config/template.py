@@ -177,6 +177,18 @@ keep_yearly = {keep_yearly}
 # read once in check_subsets weeks); 0 = no scheduled check.
 check_subsets = {check_subsets}
 
+[server]
+# The backup server this agent dials out to (it need not be reachable from
+# outside: a laptop behind a router or on a hotspot connects out). "" = off.
+# Over that connection the agent speaks the /ws protocol (docs/protocol.md).
+# The credential is never written here: $DESKTOP_AGENT_SERVER_TOKEN, a
+# token_file, or the settings window (OS keyring).
+url = ""
+# token_file = "server-token"
+# ca_file = "backup-ca.pem"    # trust this CA instead of the system's
+# ws:// (no TLS) only to this machine, unless this is true
+allow_insecure = false
+
 [ui]
 # Show a notification when a backup completes (true or false). Failures are
 # always shown.
