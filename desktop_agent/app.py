@@ -13,12 +13,14 @@ import sys
 from collections.abc import Callable
 
 from desktop_agent.config import Config, ConfigError
+from desktop_agent.config.secrets import agent_id, dialout_token
 from desktop_agent.engine.errors import EngineError
 from desktop_agent.firststart import create_default_repository
 from desktop_agent.jobs import EventBus, JobController
 from desktop_agent.jobs.conditions import ConditionHub
 from desktop_agent.jobs.scheduler import Scheduler
 from desktop_agent.server import AgentServer
+from desktop_agent.server.dialout import DialOut, DialOutSettings, default_hello
 from desktop_agent.server.ws import make_tls_context
 from desktop_agent.system.power import Providers, start_providers
 from desktop_agent.termtext import show_progress_on_terminal
@@ -62,7 +64,12 @@ class Agent:
         self._want_providers = providers and schedule
         self._system_bus = system_bus
         self.providers: Providers | None = None
+        # the connection out to [server] url (None: off), built by start()
+        self.dialout: DialOut | None = None
+        self._started = False
         self._restart: asyncio.Task[None] | None = None
+        self._redials: set[asyncio.Task[None]] = set()
+        self.hub.on_wake(self._woke)
 
     async def start(self) -> None:
         """Controller first (so commands have somewhere to go), then the server."""
@@ -76,6 +83,53 @@ class Agent:
             self.providers = await start_providers(self.hub, system_bus=self._system_bus)
         if self.scheduler is not None:
             self.scheduler.start()
+        self._started = True
+        self._start_dialout()
+
+    def _make_dialout(self, config: Config) -> DialOut | None:
+        """The connection out to ``[server] url``, or None when that is off.
+
+        Without a credential it is still made: it says "refused" with the
+        reason (the tray and settings show it) and does not dial.
+        """
+        server = config.server
+        if not server.url:
+            return None
+        try:
+            token = dialout_token(config) or ""
+            ident = agent_id(config)
+        except ConfigError as exc:
+            log.warning("not dialling the backup server: %s", exc)
+            token, ident = "", ""
+        settings = DialOutSettings(
+            url=server.url,
+            token=token,
+            agent_id=ident,
+            ca_file=config.resolve_path(server.ca_file) if server.ca_file else None,
+            allow_insecure=server.allow_insecure,
+        )
+        return DialOut(self.server, settings, hello=default_hello())
+
+    def _start_dialout(self) -> None:
+        self.dialout = self._make_dialout(self.config)
+        if self.dialout is not None:
+            self.dialout.start()
+
+    def restart_dialout(self) -> None:
+        """Dial ``[server] url`` anew (a new credential, or new settings): the
+        new connection is in :attr:`dialout` at once, the old one closes in a task."""
+        if not self._started:
+            return
+        old = self.dialout
+        self._start_dialout()
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(old.stop())
+            self._redials.add(task)
+            task.add_done_callback(self._redials.discard)
+
+    def _woke(self) -> None:
+        if self.dialout is not None:
+            self.dialout.reconnect_now()  # the network is back: no waiting out the backoff
 
     def _make_server(self, config: Config) -> AgentServer:
         # TLS files resolved like every path in the config (relative to its folder)
@@ -99,9 +153,12 @@ class Agent:
         listen address or TLS files changed.
         """
         old = self.config.agent
+        old_server = self.config.server
         self.config = config
         self.controller.update_config(config)
         self.server.config = config.agent
+        if config.server != old_server:
+            self.restart_dialout()
         if self.scheduler is not None:
             self.scheduler.tick()  # decide by the new schedule now, not at the next tick
         if config.agent.token != old.token:
@@ -118,6 +175,8 @@ class Agent:
         await self.server.stop()
         self.server = self._make_server(self.config)
         await self.server.start()
+        if self.dialout is not None:
+            await self.dialout.use_server(self.server)  # the old server passes nothing on
         log.info("/ws now at %s", self.server.url)
 
     async def stop(self) -> None:
@@ -128,6 +187,11 @@ class Agent:
             await self.providers.close()  # releases any inhibitor lock
         await self.controller.stop()
         await self.server.drain(timeout=2.0)  # the last events reach the clients
+        self._started = False
+        if self.dialout is not None:
+            await self.dialout.stop()
+        for task in list(self._redials):
+            await asyncio.gather(task, return_exceptions=True)
         await self.server.stop()
 
 

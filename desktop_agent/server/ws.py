@@ -51,6 +51,7 @@ from http import HTTPStatus
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -236,7 +237,7 @@ class _Slot:
 
 
 class _Client:
-    def __init__(self, ws: ServerConnection, limit: int) -> None:
+    def __init__(self, ws: Connection, limit: int) -> None:
         self.ws = ws
         self.limit = limit
         self.queue: deque[Event | _Slot] = deque()
@@ -483,9 +484,21 @@ class AgentServer:
 
     # ------------------------------------------------------------ clients
     async def _handle(self, ws: ServerConnection) -> None:
+        await self.serve(ws, ws.remote_address[0] if ws.remote_address else "?")
+
+    async def serve(self, ws: Connection, peer: str, *, first: Sequence[Event] = ()) -> None:
+        """Be the ``/ws`` endpoint over any open WebSocket connection until it closes.
+
+        The connection may be one a ``/ws`` client opened or one the agent
+        opened itself (:mod:`.dialout`): either way it gets every bus event
+        and its commands are handled and answered alike. ``first`` is sent
+        to this client before anything else (it is queued in the same step
+        as the client joins the fan-out, so no event falls between them).
+        """
         client = _Client(ws, self.queue_limit)
+        for event in first:
+            client.offer(event)
         self.clients.add(client)
-        peer = ws.remote_address[0] if ws.remote_address else "?"
         log.info("client %s connected (%d now)", peer, len(self.clients))
         sender = asyncio.create_task(self._send_loop(client))
         try:

@@ -9,6 +9,11 @@ backups for a while, resume them) or the repository browser (snapshots and
 folders, read-only, on its own thread). Everything runs on the one qasync
 loop, so signals are direct.
 
+The dial-out connection to the backup server (``Agent.dialout``, None while
+``[server] url`` is empty) reports its state through ``on_state``; the
+bridge turns that into :attr:`Bridge.server_changed` on the Qt thread and
+keeps it in the model, for the tray's tooltip and the settings window.
+
 Notifications: a failed backup or upkeep job, a completed backup (if
 wanted), restores, and backups that are too old - once per such episode,
 until a backup succeeds again (see docs/architecture.md).
@@ -19,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -45,11 +50,27 @@ from desktop_agent.termtext import clean, human_bytes
 
 from .model import UPKEEP_WORDS, TrayModel
 
-__all__ = ["Bridge", "TRAY"]
+__all__ = ["Bridge", "DialOutView", "TRAY"]
 
 log = logging.getLogger(__name__)
 
 TRAY = "tray"  # the origin of jobs started here
+
+
+class DialOutView(Protocol):
+    """What the bridge uses of the agent's dial-out connection
+    (:class:`desktop_agent.server.dialout.DialOut`)."""
+
+    @property
+    def state(self) -> str:
+        """``off``, ``connecting``, ``connected``, ``refused`` or ``unreachable``."""
+        ...
+
+    last_error: str | None
+    on_state: Callable[[str], None] | None
+
+    def reconnect_now(self) -> None:
+        """Skip the wait before the next attempt."""
 
 
 class Bridge(QObject):
@@ -60,6 +81,9 @@ class Bridge(QObject):
     notify = Signal(str, str, bool)  # title, message, is_error
     config_changed = Signal(object)  # a new Config was applied
     failed = Signal(str)  # a command could not be carried out
+    server_changed = Signal()  # the dial-out connection's state (model.server_*) changed
+    # DialOut.on_state, which may be called on another thread: queued to this one
+    _dialout_state = Signal(str)
 
     def __init__(self, agent: Agent, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -79,6 +103,11 @@ class Bridge(QObject):
         self._clock.setInterval(60_000)
         self._clock.timeout.connect(self.changed)
         self._clock.start()
+        self._dialout: DialOutView | None = None  # the one whose on_state is ours
+        self._chained: Callable[[str], None] | None = None  # its on_state before ours
+        self._dialout_state.connect(self._dialout_state_changed)
+        self._clock.timeout.connect(self.attach_dialout)  # in case it was replaced unseen
+        self.attach_dialout()
 
     @property
     def config(self) -> Config:
@@ -89,6 +118,7 @@ class Bridge(QObject):
         """Stop listening to the bus; cancel the tasks it runs; let the browser's thread end."""
         self._unsubscribe()
         self._clock.stop()
+        self._detach_dialout()
         for task in self._tasks:
             task.cancel()
         if self._browser is not None:
@@ -348,12 +378,68 @@ class Bridge(QObject):
             log.info("command refused: %s", exc)
             self.failed.emit(str(exc))
 
+    # ------------------------------------------------------ the backup server
+    @property
+    def dialout(self) -> DialOutView | None:
+        """The agent's dial-out connection; None when ``[server] url`` is empty."""
+        found: DialOutView | None = getattr(self.agent, "dialout", None)
+        return found
+
+    def attach_dialout(self) -> None:
+        """Follow the agent's current dial-out connection (a new one after a
+        ``[server]`` change) and show its state."""
+        dialout = self.dialout
+        if dialout is not self._dialout:
+            self._detach_dialout()
+            if dialout is not None:
+                self._chained = dialout.on_state
+                dialout.on_state = self._on_dialout_state
+                self._dialout = dialout
+        self._show_dialout()
+
+    def _detach_dialout(self) -> None:
+        dialout, self._dialout = self._dialout, None
+        if dialout is not None and dialout.on_state == self._on_dialout_state:
+            dialout.on_state = self._chained
+        self._chained = None
+
+    def _on_dialout_state(self, state: str) -> None:
+        # called by the DialOut, maybe off the Qt thread: only pass it on
+        if self._chained is not None:
+            self._chained(state)
+        self._dialout_state.emit(state)
+
+    def _dialout_state_changed(self, _state: str) -> None:
+        self.attach_dialout()
+
+    def _show_dialout(self) -> None:
+        dialout = self._dialout
+        url = self.config.server.url
+        state, error = ("off", None) if dialout is None else (dialout.state, dialout.last_error)
+        model = self.model
+        if (model.server_url, model.server_state, model.server_error) == (url, state, error):
+            return
+        model.apply_server(url, state, error)
+        self.server_changed.emit()
+        self.changed.emit()
+
+    def redial(self) -> None:
+        """Connect to the backup server again with a newly stored token (the
+        configuration did not change, so :meth:`apply_config` would not)."""
+        restart = getattr(self.agent, "restart_dialout", None)
+        if callable(restart):
+            restart()
+            self.attach_dialout()
+        elif self._dialout is not None:
+            self._dialout.reconnect_now()
+
     # ------------------------------------------------------------ settings
     def apply_config(self, config: Config) -> None:
         """Use a new (validated, saved) configuration without a restart."""
         self.agent.apply_config(config)
         self.notify_success = config.ui.notify_success
         self.model.stale_after = _stale_after(config)
+        self.attach_dialout()
         self.config_changed.emit(config)
         self.changed.emit()
 

@@ -8,7 +8,9 @@ a backup server) is shown beside them, in words, and so is repository
 upkeep (forget + prune, a check). The scheduler's
 :class:`~desktop_agent.jobs.schedule.ScheduleStatus` (``ScheduleChanged``)
 says why no backup runs: paused, skipped on battery, the next one at
-14:05, failing, stale (see docs/architecture.md). Views read it when they
+14:05, failing, stale (see docs/architecture.md). The dial-out connection
+to the backup server (``[server] url``, docs/protocol.md) has a line of its
+own: connected, connecting, not reachable, refused. Views read it when they
 draw; nothing here decides anything about jobs.
 """
 
@@ -45,11 +47,33 @@ from desktop_agent.protocol import (
 )
 from desktop_agent.termtext import human_bytes
 
-__all__ = ["TrayModel", "Kind", "ago", "clock", "eta_words", "next_midnight"]
+__all__ = [
+    "TrayModel",
+    "Kind",
+    "ago",
+    "clock",
+    "eta_words",
+    "next_midnight",
+    "server_state_words",
+]
 
 UPKEEP_WORDS = {"check": "Checking the repository", "forget": "Cleaning up old backups"}
 
 Kind = str  # "idle" | "running" | "paused" | "warning" | "error"
+
+
+def server_state_words(state: str, error: str | None) -> str:
+    """The dial-out state for the settings window: ``Connected``, ``Connecting…``,
+    ``Refused: <why>``, ``Unreachable: <why>`` or ``Off``."""
+    if state == "connected":
+        return "Connected"
+    if state == "connecting":
+        return "Connecting…"
+    if state == "refused":
+        return f"Refused: {error}" if error else "Refused"
+    if state == "unreachable":
+        return f"Unreachable: {error}" if error else "Unreachable"
+    return "Off"
 
 
 def ago(seconds: float) -> str:
@@ -137,6 +161,11 @@ class TrayModel:
         self.restores: dict[str, _Restore] = {}  # restore jobs not ended, oldest first
         self.upkeeps: dict[str, _Upkeep] = {}  # upkeep jobs not ended, oldest first
         self.schedule: ScheduleStatus | None = None  # None: no scheduler (or not heard yet)
+        # the backup server dialled out to: [server] url ("" = off), the connection's
+        # state ("off", "connecting", "connected", "refused", "unreachable") and why
+        self.server_url = ""
+        self.server_state = "off"
+        self.server_error: str | None = None
 
     # ------------------------------------------------------------- events
     def apply(self, event: BusEvent) -> None:
@@ -481,8 +510,37 @@ class TrayModel:
             return f"Restore paused at {percent}%"
         return f"Restoring files: {percent}%"
 
+    def apply_server(self, url: str, state: str, error: str | None) -> None:
+        """The dial-out connection's state (``url`` empty: none is configured)."""
+        self.server_url = url
+        self.server_state = state
+        self.server_error = error
+
+    def server_line(self) -> str | None:
+        """The backup server in words (``"Backup server: connected"``); None when
+        no ``[server] url`` is set."""
+        if not self.server_url:
+            return None
+        state, error = self.server_state, self.server_error
+        if state == "connected":
+            return "Backup server: connected"
+        if state == "connecting":
+            return "Backup server: connecting"
+        if state == "unreachable":
+            return (
+                f"Backup server: not reachable ({error})"
+                if error
+                else ("Backup server: not reachable")
+            )
+        if state == "refused":
+            if error is None or "refused the token" in error:
+                return "Backup server: refused the token"
+            return f"Backup server: not connecting ({error})"  # a setting forbids it
+        return "Backup server: not connected"
+
     def tooltip(self) -> str:
-        """Tooltip text: the state, the schedule, the last backup, a restore under way."""
+        """Tooltip text: the state, the schedule, the last backup, a restore under
+        way, the backup server."""
         lines = ["desktop-agent", self.status_line()]
         schedule = self.schedule_line()
         if schedule is not None:
@@ -494,6 +552,9 @@ class TrayModel:
         restore = self.restore_line()
         if restore is not None:
             lines.append(restore)
+        server = self.server_line()
+        if server is not None:
+            lines.append(server)
         return "\n".join(lines)
 
     def completion_message(self) -> str:

@@ -1,6 +1,6 @@
 """The settings window: what to back up, when (the schedule and upkeep, in
-:mod:`.schedule_settings`), where to, the /ws agent, notifications, and
-whether desktop-agent starts at login.
+:mod:`.schedule_settings`), where to, the /ws agent and the backup server it
+dials out to, notifications, and whether desktop-agent starts at login.
 
 Nothing here touches the engine: repository work goes through the bridge
 (``check_password``), the configuration and the password's storage through
@@ -12,6 +12,12 @@ configuration: the switch shows the operating system's state
 (:mod:`desktop_agent.system.autostart`), read when the window opens, and
 changes it on Apply like the rest. Errors are shown inline, never in a modal
 box, and file, keyring and repository work runs off the loop thread.
+
+The backup server (``[server] url``, docs/protocol.md) is on the Agent tab:
+its token is never shown nor written into the configuration; a typed one
+is kept with :func:`~desktop_agent.config.secrets.store_dialout_token` on
+Apply, and the field's placeholder says where the one in use comes from.
+The connection's state follows :attr:`Bridge.server_changed` live.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -50,6 +57,12 @@ from desktop_agent.config import (
     store_password,
     validate,
 )
+from desktop_agent.config.secrets import (
+    SERVER_TOKEN_ENV,
+    agent_id,
+    dialout_token,
+    store_dialout_token,
+)
 from desktop_agent.engine.errors import EngineError
 from desktop_agent.system.autostart import (
     Autostart,
@@ -61,8 +74,10 @@ from desktop_agent.system.errors import AutostartError
 
 from .bridge import Bridge
 from .icons import app_icon
+from .model import server_state_words
 from .schedule_settings import ScheduleTab
 from .widgets import (
+    ERROR_STYLE,
     ServerCredentials,
     StringList,
     error_label,
@@ -89,6 +104,36 @@ def _autostart_words(status: AutostartStatus) -> str:
     if status.system_entry is not None:
         return f"Off for you: {status.entry} hides {status.system_entry}."
     return "Scheduled backups run only while desktop-agent runs."
+
+
+def token_source(config: Config) -> str:
+    """Where the backup server's token in use comes from, in words for the token
+    field's placeholder (never the token). Blocking (keyring, file): run off the loop."""
+    if os.environ.get(SERVER_TOKEN_ENV, "").strip():
+        return f"from {SERVER_TOKEN_ENV} in the environment (used first)"
+    if config.server.token_file:
+        path = config.resolve_path(config.server.token_file)
+        try:
+            dialout_token(config)
+        except ConfigError:
+            return f"the token file {path} cannot be read"
+        return f"from the token file {path}"
+    if config.server.url and dialout_token(config):
+        return "stored (OS keyring or a private file); type a new one to replace it"
+    return "none: paste the token the backup server gave you"
+
+
+def _server_facts(config: Config) -> tuple[str, str]:
+    """(where the token comes from, the agent id or why there is none); blocking."""
+    try:
+        source = token_source(config)
+    except ConfigError as exc:
+        source = str(exc)
+    try:
+        ident = agent_id(config)
+    except ConfigError as exc:
+        ident = str(exc)
+    return source, ident
 
 
 # ------------------------------------------------------------ the dialog
@@ -119,6 +164,7 @@ class SettingsDialog(QDialog):
         self.chooser: QFileDialog | None = None  # the open folder chooser, if any
         self.task: asyncio.Task[Any] | None = None  # the running Apply
         self.password_task: asyncio.Task[Any] | None = None
+        self.server_task: asyncio.Task[Any] | None = None  # reading token source, agent id
         self._token = ""
         self._loaded = bridge.config  # what the form was filled from
         self._stale = False
@@ -156,6 +202,7 @@ class SettingsDialog(QDialog):
         layout.addWidget(self.buttons)
         self.load(bridge.config)
         bridge.config_changed.connect(self._config_changed)
+        bridge.server_changed.connect(self.show_server_state)
 
     # ---------------------------------------------------------- tabs
     def _backup_tab(self) -> QWidget:
@@ -292,7 +339,33 @@ class SettingsDialog(QDialog):
                 "existing files), and desktop-agent tells you when one starts."
             ),
         )
+        form.addRow(self._server_group())
         return tab
+
+    def _server_group(self) -> QGroupBox:
+        group = QGroupBox("Backup server")
+        self.server_url = QLineEdit()
+        self.server_url.setPlaceholderText("wss://backup.example.com/agents")
+        self.server_token = QLineEdit()
+        self.server_token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.agent_id = QLineEdit()
+        self.agent_id.setReadOnly(True)
+        self.server_state = QLabel()
+        self.server_state.setObjectName("server_state")
+        self.server_state.setWordWrap(True)
+        self.server_state.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form = QFormLayout(group)
+        form.addRow(
+            hint(
+                "desktop-agent connects to this server itself, so that it can be reached "
+                "behind a router or firewall. Empty: off."
+            )
+        )
+        form.addRow("Backup server:", self.server_url)
+        form.addRow("Access token:", self.server_token)
+        form.addRow("Agent id:", self.agent_id)
+        form.addRow("State:", self.server_state)
+        return group
 
     def _notifications_tab(self) -> QWidget:
         tab = QWidget()
@@ -319,6 +392,10 @@ class SettingsDialog(QDialog):
         self.origins.set_values(config.agent.allowed_origins)
         self.allow_remote_restore.setChecked(config.agent.allow_remote_restore)
         self.notify_success.setChecked(config.ui.notify_success)
+        self.server_url.setText(config.server.url)
+        self.server_token.clear()
+        self.read_server_facts(config)
+        self.show_server_state()
         self.new_password.clear()
         self.repeat_password.clear()
         file = config.password_file_path
@@ -336,6 +413,32 @@ class SettingsDialog(QDialog):
         self.status.clear()
         self._stale = False
         self.read_autostart()
+
+    # ---------------------------------------------------------- the backup server
+    def read_server_facts(self, config: Config) -> None:
+        """Read where the token comes from and the agent id (in the background)."""
+        if self.server_task is not None and not self.server_task.done():
+            self.server_task.cancel()
+        self.server_token.setPlaceholderText("")
+        self.server_task = self.bridge.spawn(self._read_server_facts(config))
+
+    async def _read_server_facts(self, config: Config) -> None:
+        try:
+            source, ident = await run_off_loop(_server_facts, config)
+        except Exception as exc:  # noqa: BLE001 - shown in place, logged with its traceback
+            log.exception("reading the backup server's token and agent id failed")
+            source, ident = f"cannot tell: {exc}", ""
+        self.server_token.setPlaceholderText(source)
+        self.agent_id.setText(ident)
+        self.agent_id.setCursorPosition(0)
+
+    def show_server_state(self) -> None:
+        """The dial-out connection's state, as the bridge last heard it."""
+        model = self.bridge.model
+        state = model.server_state if model.server_url else "off"
+        self.server_state.setText(server_state_words(state, model.server_error))
+        bad = state in ("refused", "unreachable")
+        self.server_state.setStyleSheet(ERROR_STYLE if bad else "")
 
     # ---------------------------------------------------------- start at login
     def read_autostart(self) -> None:
@@ -391,12 +494,16 @@ class SettingsDialog(QDialog):
                 exclude=self.excludes.values(),
             ),
             ui=replace(base.ui, notify_success=self.notify_success.isChecked()),
+            server=replace(base.server, url=self.server_url.text().strip()),
         )
 
     def edited(self) -> bool:
         """Whether anything was typed or changed since the form was filled."""
         typed = bool(
-            self.new_password.text() or self.repeat_password.text() or self.credentials.typed()
+            self.new_password.text()
+            or self.repeat_password.text()
+            or self.credentials.typed()
+            or self.server_token.text()
         )
         return (
             typed
@@ -444,7 +551,19 @@ class SettingsDialog(QDialog):
             return
         start_at_login = self._autostart_wanted()
         credentials = self.credentials.typed()
-        if checked == self.bridge.config and start_at_login is None and not credentials:
+        server_token = self.server_token.text().strip()
+        if "\n" in server_token or "\r" in server_token:
+            show_text(self.error, "The backup server's access token must be a single line.")
+            return
+        if server_token and not checked.server.url:
+            show_text(self.error, "Enter the backup server's address for the access token.")
+            return
+        if (
+            checked == self.bridge.config
+            and start_at_login is None
+            and not credentials
+            and not server_token
+        ):
             if close:
                 self.accept()
             else:
@@ -453,7 +572,7 @@ class SettingsDialog(QDialog):
         self._busy(True)
         config = None if checked == self.bridge.config else checked
         self.task = self.bridge.spawn(
-            self._save_and_apply(config, start_at_login, close, checked, credentials)
+            self._save_and_apply(config, start_at_login, close, checked, credentials, server_token)
         )
 
     async def _save_and_apply(
@@ -463,6 +582,7 @@ class SettingsDialog(QDialog):
         close: bool,
         checked: Config | None = None,
         credentials: list[tuple[str, str]] | None = None,
+        server_token: str = "",
     ) -> None:
         # start at login first: when it fails nothing is changed, and the form keeps the edits
         try:
@@ -480,6 +600,12 @@ class SettingsDialog(QDialog):
                     checked.repository_location.display(),
                     stored,
                 )
+            token_where = ""
+            if server_token and checked is not None:
+                # before the configuration is applied: the restarted connection reads it
+                token_where = await run_off_loop(store_dialout_token, checked, server_token)
+                self.server_token.clear()
+                log.info("backup server token stored in %s", token_where)
             if config is not None:
                 await run_off_loop(save, config)
         except (ConfigError, AutostartError) as exc:
@@ -491,12 +617,19 @@ class SettingsDialog(QDialog):
             return
         finally:
             self._busy(False)
+        previous = self.bridge.config.server
         if config is not None:
             self.bridge.apply_config(config)
             log.info("settings saved to %s and applied", config.path)
             self.load(config)
+        if token_where and (config is None or config.server == previous):
+            self.bridge.redial()  # [server] did not change: apply_config did not reconnect
+            self.read_server_facts(self.bridge.config)
         self.status.setText(
-            "Saved; in use now." + (f" Server credentials are in {stored}." if stored else "")
+            "Saved; in use now."
+            + (f" Server credentials are in {stored}." if stored else "")
+            + (f" The backup server's token is in {token_where}." if token_where else "")
+            + _shadowed(self.bridge.config, token_where)
         )
         if close:
             self.accept()
@@ -602,3 +735,15 @@ class SettingsDialog(QDialog):
         if not event.spontaneous():
             self._stale = True
         super().hideEvent(event)
+
+
+def _shadowed(config: Config, stored: str) -> str:
+    """A word when a token just stored is not the one used (the environment or
+    ``token_file`` comes first)."""
+    if not stored:
+        return ""
+    if os.environ.get(SERVER_TOKEN_ENV, "").strip():
+        return f" {SERVER_TOKEN_ENV} in the environment is used before it."
+    if config.server.token_file:
+        return f" The token file {config.resolve_path(config.server.token_file)} is read first."
+    return ""

@@ -60,8 +60,17 @@ _io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settings-io")
 
 
 async def run_off_loop(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking call (file, keyring) on a worker thread and await it."""
-    return await asyncio.get_running_loop().run_in_executor(_io, fn, *args)
+    """Run a blocking call (file, keyring) on a worker thread and await it.
+
+    Also from a task that qasync steps while Qt processes events outside
+    ``run_forever`` (a window opened before the loop runs): the loop set for
+    this thread is used then.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = asyncio.get_event_loop()
+    return await loop.run_in_executor(_io, fn, *args)
 
 
 def open_folder_dialog(
