@@ -17,7 +17,7 @@ from desktop_agent.config.secrets import agent_id, dialout_token
 from desktop_agent.engine.errors import EngineError
 from desktop_agent.firststart import create_default_repository
 from desktop_agent.jobs import EventBus, JobController
-from desktop_agent.jobs.conditions import ConditionHub
+from desktop_agent.jobs.conditions import ConditionHub, Conditions
 from desktop_agent.jobs.scheduler import Scheduler
 from desktop_agent.server import AgentServer
 from desktop_agent.server.dialout import DialOut, DialOutSettings, default_hello
@@ -70,6 +70,8 @@ class Agent:
         self._restart: asyncio.Task[None] | None = None
         self._redials: set[asyncio.Task[None]] = set()
         self.hub.on_wake(self._woke)
+        self._network_up: bool | None = None
+        self.hub.listen(self._conditions_changed)
 
     async def start(self) -> None:
         """Controller first (so commands have somewhere to go), then the server."""
@@ -130,6 +132,11 @@ class Agent:
     def _woke(self) -> None:
         if self.dialout is not None:
             self.dialout.reconnect_now()  # the network is back: no waiting out the backoff
+
+    def _conditions_changed(self, conditions: Conditions) -> None:
+        was, self._network_up = self._network_up, conditions.network_up
+        if conditions.network_up and not was:
+            self._woke()  # a network (again): dial at once
 
     def _make_server(self, config: Config) -> AgentServer:
         # TLS files resolved like every path in the config (relative to its folder)

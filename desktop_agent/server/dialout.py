@@ -249,7 +249,10 @@ class DialOut:
             if self._stopping:
                 return
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                # not wait_for: on 3.11 it can swallow stop()'s cancel that
+                # comes with a reconnect_now() wake-up, and stop() would hang
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

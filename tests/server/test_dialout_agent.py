@@ -131,3 +131,48 @@ def test_a_new_server_setting_redials_at_once(
                 await agent.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_network_coming_up_or_a_wake_dials_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backoff after failures may be minutes; a network that comes up (or a
+    wake) skips it."""
+    monkeypatch.setenv("DESKTOP_AGENT_PASSWORD", PASSWORD)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(SERVER_TOKEN_ENV, SERVER_TOKEN)
+
+    async def scenario() -> None:
+        server = RefServer(SERVER_TOKEN, port=free_port())  # not listening yet
+        config = load(write_config(tmp_path, server.url))
+        agent = Agent(config, host="127.0.0.1", port=0, schedule=False)
+        await agent.start()
+        try:
+            dialout = agent.dialout
+            assert dialout is not None
+            dialout.backoff_base = dialout.backoff_cap = 600.0  # the next try in 5-10 minutes
+            while dialout.state != "unreachable":
+                await asyncio.sleep(0.01)
+            await server.start()
+            ident = (tmp_path / "config-agent-id").read_text().strip()
+            agent.hub.update("networkmanager", network_up=False)
+            await asyncio.sleep(0.3)
+            assert ident not in server.agents  # still waiting out the backoff
+            began = time.monotonic()
+            agent.hub.update("networkmanager", network_up=True)
+            await server.wait_agent(ident, timeout=10)
+            assert time.monotonic() - began < 5
+            # and a wake does the same
+            await server.stop()
+            while dialout.state == "connected":
+                await asyncio.sleep(0.01)
+            await server.start()
+            await asyncio.sleep(0.3)
+            assert server.agents[ident].connection is None
+            agent.hub.after_wake()
+            await server.wait_agent(ident, connections=2, timeout=10)
+        finally:
+            await agent.stop()
+            await server.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
