@@ -186,6 +186,7 @@ class Shell(QObject):
         if self.agent.scheduler is not None:
             self.network.start()  # before the scheduler's first decision
         await self.agent.start()
+        self.bridge.attach_dialout()  # Agent.start made it: the tray and settings follow it now
         self.bridge.spawn(self.bridge.load_history())
         if self.has_tray:
             self.tray.show()
