@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+from support import free_port
 
 __all__ = ["SSHD", "SshServer", "free_port", "need_sshd"]
 
@@ -43,13 +44,6 @@ def need_sshd() -> None:
     if os.environ.get("CI"):
         pytest.fail("openssh-server is required in CI (make test installs it)")
     pytest.skip("openssh-server is not installed")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _keygen(path: Path, comment: str) -> str:

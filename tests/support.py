@@ -145,3 +145,12 @@ class JumpingClock:
 
     def time_ns(self) -> int:
         return time.time_ns() + int(self.offset * 1e9)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (for a server a test starts later)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -11,19 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-from support import FAST_KDF, PASSWORD, write
+from support import FAST_KDF, PASSWORD, free_port, write
 from websockets.sync.client import connect
 
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.storage import FileType, LocalStorage
 
 TOKEN = "headless-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_agent(

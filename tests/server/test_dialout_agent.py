@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from refserver import RefServer
-from support import FAST_KDF, PASSWORD, write
+from support import FAST_KDF, PASSWORD, free_port, write
 
 from desktop_agent.app import Agent
 from desktop_agent.config import ServerConfig, load
@@ -26,12 +25,6 @@ from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.storage import LocalStorage
 
 SERVER_TOKEN = "server-side-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp_path: Path, server_url: str) -> Path:

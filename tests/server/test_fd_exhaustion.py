@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FAST_KDF, PASSWORD, write
+from support import FAST_KDF, PASSWORD, free_port, write
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -36,12 +36,6 @@ TOKEN = "fd-token-0123456789abcdefghij"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FD_LIMIT = 512  # the agent's RLIMIT_NOFILE, soft and hard: it cannot raise it
 LOG_BOUND = 200_000  # bytes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fd_count(pid: int) -> int:

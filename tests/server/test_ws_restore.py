@@ -8,22 +8,21 @@ byte is written, without depending on how fast the machine is.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import FAST_KDF, PASSWORD, signature, write
 from websockets.asyncio.client import ClientConnection, connect
+from wssupport import Agented, hold_jobs, is_, run, send, until
 
-from desktop_agent.app import Agent
 from desktop_agent.config import AgentConfig, BackupConfig, Config, RepositoryConfig
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.storage import FileType, LocalStorage
-from desktop_agent.jobs import JobChanged, JobKind, JobState
+from desktop_agent.jobs import JobKind
 from desktop_agent.protocol import JobId, RestoreProgress
 from desktop_agent.server.ws import _Client
 
@@ -75,66 +74,6 @@ def source(tmp_path: Path) -> Path:
 
 def data_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 120))
-
-
-class Agented:
-    def __init__(self, config: Config) -> None:
-        self.agent = Agent(config, host="127.0.0.1", port=0, schedule=False)
-
-    async def __aenter__(self) -> Agent:
-        await self.agent.start()
-        return self.agent
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.agent.stop()
-
-
-def hold_restores(agent: Agent) -> list[str]:
-    """Pause every restore job's engine the moment it starts (before it writes).
-
-    The controller is not told: its job stays *running* until a pause command
-    (which then takes effect at once) or a cancel. Returns the held job ids.
-    """
-    held: list[str] = []
-
-    def on(event: object) -> None:
-        if (
-            isinstance(event, JobChanged)
-            and event.kind is JobKind.RESTORE
-            and event.new is JobState.RUNNING
-            and event.old is JobState.QUEUED
-        ):
-            agent.controller._jobs[JobId(event.job_id)].control.pause()
-            held.append(event.job_id)
-
-    agent.bus.subscribe(on)
-    return held
-
-
-async def send(ws: ClientConnection, type_: str, payload: Any) -> None:
-    await ws.send(json.dumps({"type": type_, "payload": payload}))
-
-
-async def until(
-    ws: ClientConnection, pred: Callable[[dict[str, Any]], bool], timeout: float = 60
-) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            msg = json.loads(await ws.recv())
-            got.append(msg)
-            if pred(msg):
-                return got
-
-
-def is_(kind: str, job_id: str | None = None) -> Callable[[dict[str, Any]], bool]:
-    return lambda m: (
-        m["type"] == kind and (job_id is None or (m["payload"] or {}).get("job_id") == job_id)
-    )
 
 
 def ended(job_id: str) -> Callable[[dict[str, Any]], bool]:
@@ -235,7 +174,7 @@ def test_restore_commands_pause_resume_and_cancel_restores_only(tmp_path: Path, 
 
     async def scenario() -> None:
         async with Agented(make_config(tmp_path, [src], allow=True)) as agent:
-            held = hold_restores(agent)
+            held = hold_jobs(agent, JobKind.RESTORE)
             async with connect(agent.server.url, additional_headers=AUTH) as ws:
                 backup_job = await back_up(ws)
                 await send(ws, "restore:start", {"snapshot": "latest"})
@@ -312,7 +251,7 @@ def test_every_restore_started_ends_once_even_when_the_agent_stops(tmp_path: Pat
         agent = await agented.__aenter__()
         stopped = False
         try:
-            hold_restores(agent)
+            hold_jobs(agent, JobKind.RESTORE)
             async with connect(agent.server.url, additional_headers=AUTH) as ws:
                 await back_up(ws)
                 for _ in range(3):

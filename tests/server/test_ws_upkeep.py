@@ -10,23 +10,22 @@ before it has changed anything, however fast the machine is.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import FAST_KDF, PASSWORD, write
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
+from wssupport import Agented, hold_jobs, is_, run, send, until
 
-from desktop_agent.app import Agent
 from desktop_agent.config import AgentConfig, BackupConfig, Config, RepositoryConfig, UpkeepConfig
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.storage import FileType, LocalStorage
-from desktop_agent.jobs import JobChanged, JobKind, JobState, UpkeepSpec
+from desktop_agent.jobs import JobKind, UpkeepSpec
 from desktop_agent.protocol import JobId, UpkeepProgress
 from desktop_agent.server.ws import _Client
 
@@ -76,66 +75,6 @@ def make_config(tmp_path: Path, snapshots: int) -> Config:
     )
 
 
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 120))
-
-
-class Agented:
-    def __init__(self, config: Config) -> None:
-        self.agent = Agent(config, host="127.0.0.1", port=0, schedule=False)
-
-    async def __aenter__(self) -> Agent:
-        await self.agent.start()
-        return self.agent
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.agent.stop()
-
-
-def hold_upkeep(agent: Agent) -> list[str]:
-    """Pause every upkeep job's engine the moment it starts (before it touches anything).
-
-    The controller is not told: its job stays *running* until a pause command
-    (which then takes effect at once) or a cancel. Returns the held job ids.
-    """
-    held: list[str] = []
-
-    def on(event: object) -> None:
-        if (
-            isinstance(event, JobChanged)
-            and event.kind is JobKind.UPKEEP
-            and event.new is JobState.RUNNING
-            and event.old is JobState.QUEUED
-        ):
-            agent.controller._jobs[JobId(event.job_id)].control.pause()
-            held.append(event.job_id)
-
-    agent.bus.subscribe(on)
-    return held
-
-
-async def send(ws: ClientConnection, type_: str, payload: Any) -> None:
-    await ws.send(json.dumps({"type": type_, "payload": payload}))
-
-
-async def until(
-    ws: ClientConnection, pred: Callable[[dict[str, Any]], bool], timeout: float = 60
-) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            msg = json.loads(await ws.recv())
-            got.append(msg)
-            if pred(msg):
-                return got
-
-
-def is_(kind: str, job_id: str | None = None) -> Callable[[dict[str, Any]], bool]:
-    return lambda m: (
-        m["type"] == kind and (job_id is None or (m["payload"] or {}).get("job_id") == job_id)
-    )
-
-
 def ended(job_id: str) -> Callable[[dict[str, Any]], bool]:
     return lambda m: (
         m["type"] in ("upkeep:completed", "upkeep:failed") and m["payload"]["job_id"] == job_id
@@ -154,7 +93,7 @@ def test_upkeep_is_watched_paused_resumed_and_cancelled_over_ws(
 
     async def scenario() -> None:
         async with Agented(config) as agent:
-            held = hold_upkeep(agent)
+            held = hold_jobs(agent, JobKind.UPKEEP)
             async with connect(agent.server.url, additional_headers=AUTH) as ws:
                 async with connect(agent.server.url, additional_headers=AUTH) as watcher:
                     # the agent decides: no client can start upkeep
@@ -228,7 +167,7 @@ def test_upkeep_cancel_ends_the_job_and_leaves_the_repository_as_it_was(
 
     async def scenario() -> None:
         async with Agented(config) as agent:
-            hold_upkeep(agent)
+            hold_jobs(agent, JobKind.UPKEEP)
             async with connect(agent.server.url, additional_headers=AUTH) as ws:
                 forget = agent.controller.start_upkeep(UpkeepSpec.forget(KEEP_LAST_2))
                 check = agent.controller.start_upkeep(UpkeepSpec.check(1, 2))
