@@ -98,19 +98,23 @@ class Agent:
         if not server.url:
             return None
         try:
-            token = dialout_token(config) or ""
             ident = agent_id(config)
         except ConfigError as exc:
             log.warning("not dialling the backup server: %s", exc)
-            token, ident = "", ""
+            ident = ""
         settings = DialOutSettings(
             url=server.url,
-            token=token,
+            token="",  # read by the dial-out on a worker thread (the keyring may be slow)
             agent_id=ident,
             ca_file=config.resolve_path(server.ca_file) if server.ca_file else None,
             allow_insecure=server.allow_insecure,
         )
-        return DialOut(self.server, settings, hello=default_hello())
+        return DialOut(
+            self.server,
+            settings,
+            hello=default_hello(),
+            load_token=lambda: dialout_token(config) or "",
+        )
 
     def _start_dialout(self) -> None:
         self.dialout = self._make_dialout(self.config)

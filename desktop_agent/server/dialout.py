@@ -39,7 +39,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -47,6 +47,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from desktop_agent import __version__
+from desktop_agent.config import ConfigError
 from desktop_agent.jobs import BusEvent
 from desktop_agent.protocol import (
     BackupCompleted,
@@ -146,8 +147,12 @@ class DialOut:
         open_timeout: float = 10.0,
         resend_limit: int = RESEND_LIMIT,
         stable_after: float = STABLE_AFTER,
+        load_token: Callable[[], str] | None = None,
     ) -> None:
         self.server = server
+        # read on a worker thread when dialling starts (a keyring may be slow
+        # or prompt): it replaces settings.token
+        self._load_token = load_token
         self.settings = settings
         self.hello = {**hello, "agent_id": settings.agent_id}
         self.backoff_base = backoff_base
@@ -236,6 +241,13 @@ class DialOut:
             self._ended.append((time.monotonic(), event))
 
     async def _run(self) -> None:
+        if self._load_token is not None:
+            try:
+                token = await asyncio.to_thread(self._load_token)
+            except ConfigError as exc:
+                self._fail("refused", f"cannot read the token for the backup server: {exc}")
+                return
+            self.settings = replace(self.settings, token=token)
         while not self._stopping:
             try:
                 context = self._check()
