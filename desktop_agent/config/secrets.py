@@ -392,12 +392,14 @@ def agent_id(config: Config) -> str:
     UUID) and kept in ``<config name>-agent-id`` beside the configuration."""
     path = config.path.with_name(f"{config.path.stem}-agent-id")
     try:
-        with open(path, encoding="utf-8") as f:
-            found = f.read(200).strip()
+        raw, _info = read_regular_file(path, limit=200, label=str(path), noun="an agent id file")
+        found = raw.decode("utf-8", "replace").strip()
         if found:
             return found
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the agent id: {exc.strerror or exc}") from None
     new = str(uuid.uuid4())
     try:
         make_private_dirs(path.parent)

@@ -16,8 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from desktop_agent.config import Config
+from desktop_agent.config import Config, ConfigError
 from desktop_agent.config.atomicfile import write_atomic
+from desktop_agent.config.privatefile import read_regular_file
 
 from .schedule import History
 
@@ -36,16 +37,18 @@ def state_path(config: Config) -> Path:
 def load_history(path: Path) -> History:
     """The history kept in ``path``; an empty one when there is none or it is damaged."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(_LIMIT + 1)
+        raw, _info = read_regular_file(
+            path, limit=_LIMIT, label=str(path), noun="a schedule state file"
+        )
     except FileNotFoundError:
+        return History()
+    except ConfigError as exc:  # a FIFO, a device, too large: never read from
+        log.warning("ignoring the schedule state: %s", exc)
         return History()
     except OSError as exc:
         log.warning("cannot read the schedule state %s: %s", path, exc.strerror or exc)
         return History()
     try:
-        if len(raw) > _LIMIT:
-            raise ValueError("too large")
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not an object")

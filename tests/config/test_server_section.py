@@ -67,3 +67,10 @@ def test_the_agent_id_is_made_once_and_kept(tmp_path: Path) -> None:
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     other = load_or_create(tmp_path / "other.toml")
     assert agent_id(other) != first
+
+
+def test_an_agent_id_path_that_is_no_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = load_or_create(tmp_path / "c.toml")
+    os.mkfifo(tmp_path / "c-agent-id")  # reading it would hang
+    with pytest.raises(ConfigError, match=r"c-agent-id: is a named pipe \(FIFO\)"):
+        agent_id(config)

@@ -340,3 +340,19 @@ def test_timestamps_are_compared_in_local_time() -> None:
     assert slot is not None
     assert datetime.fromtimestamp(slot, tokyo) == datetime(2026, 12, 8, 9, 0, tzinfo=tokyo)
     assert slot - start == timedelta(hours=23).total_seconds()
+
+
+def test_a_broken_or_hostile_state_file_is_ignored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from desktop_agent.jobs.schedulestate import load_history, save_history
+
+    path = tmp_path / "c-schedule.json"
+    save_history(path, History(last_success=T0, failures=2, paused_forever=True))
+    assert load_history(path) == History(last_success=T0, failures=2, paused_forever=True)
+    for bad in (b"{", b"[]", b'{"failures": -1}', b'{"last_success": "soon"}', b"x" * 70_000):
+        path.write_bytes(bad)
+        assert load_history(path) == History()
+    path.unlink()
+    os.mkfifo(path)  # reading it would hang
+    assert load_history(path) == History()
