@@ -45,6 +45,7 @@ from .filesaver import FileSaver
 from .filter import ExcludeFilter
 from .gocompat import format_time
 from .ids import BlobId, SnapshotId
+from .journal import ChangeJournal, JournalRun
 from .lock import Lock
 from .memory import limit_malloc_arenas
 from .pipeline import BackupStats, DirJob, Notices, SkippedPath
@@ -79,6 +80,8 @@ class BackupOptions:
     scan: bool = True  # count totals in a background thread (for percent and ETA)
     cache_dir: str | None = None  # where the directory cache lives (None: no cache)
     helpers: int = -1  # processes for many small files; -1 = one per CPU, 0 = none
+    # the running agent's change journal (None: every directory is listed)
+    journal: ChangeJournal | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class _Backup:
         control: Control,
         parent: Snapshot | None,
         cache: DirCache | None = None,
+        journal: JournalRun | None = None,
     ) -> None:
         self.parent = parent
         self.progress = progress
@@ -155,9 +159,21 @@ class _Backup:
         )
         # the directory cache this run builds for the next
         new_cache = DirCache() if options.cache_dir else None
+        if new_cache is not None and cache is not None and journal is not None and not journal.full:
+            # directories reused unlisted keep their subtrees' entries; a stale
+            # entry is harmless (its identity no longer matches any directory)
+            new_cache.entries = dict(cache.entries)
         self.trees = TreeSaver(self.writer, self.notices, new_cache)
         self.walker = Walker(
-            repo, self.filter, cache, self.files, self.trees, self.notices, progress, control
+            repo,
+            self.filter,
+            cache,
+            self.files,
+            self.trees,
+            self.notices,
+            progress,
+            control,
+            journal,
         )
 
     @property
@@ -281,10 +297,19 @@ def backup(
         cache_path = cache_file(options.cache_dir, host, paths) if options.cache_dir else None
         if cache_path is not None and parent is not None and parent.id is not None:
             cache = DirCache.load(cache_path, repo.key, parent.id)
-        job = _Backup(repo, options, state, control, parent, cache)
+        journal_key = (host, tuple(paths), tuple(options.excludes))
+        run: JournalRun | None = None
+        if options.journal is not None and cache_path is not None:
+            run = options.journal.begin(journal_key, parent.id if cache and parent else None)
+        job = _Backup(repo, options, state, control, parent, cache, run)
         stop_scan = threading.Event()
         scanner = None
-        if options.scan:
+        last_root = cache.get(b"/") if cache is not None else None
+        if options.scan and last_root is not None and last_root.files:
+            # the last run's totals, from the cache: no second walk of the sources
+            state.add_total(last_root.files, last_root.nbytes)
+            state.finish_scan()
+        elif options.scan:
             scanner = threading.Thread(
                 target=scan, args=(raw, job.filter, state, stop_scan), name="scan", daemon=True
             )
@@ -296,6 +321,8 @@ def backup(
             job.finish()
         except BaseException as exc:
             stop_scan.set()
+            if run is not None and options.journal is not None:
+                options.journal.abort(run)
             job.abort()
             if isinstance(exc, StorageError) and not isinstance(exc, NetworkError):
                 try:
@@ -325,14 +352,24 @@ def backup(
             program_version=f"desktop-agent {__version__}",
             summary=summary,
         )
-        control.checkpoint()  # a cancel that arrived at the very end still wins
-        lock.ensure_held()  # never a snapshot after another client could prune
-        snap_id = repo.save_snapshot(snap)
+        try:
+            control.checkpoint()  # a cancel that arrived at the very end still wins
+            lock.ensure_held()  # never a snapshot after another client could prune
+            snap_id = repo.save_snapshot(snap)
+        except BaseException:
+            if run is not None and options.journal is not None:
+                options.journal.abort(run)
+            raise
         if cache_path is not None and job.new_cache is not None:
             try:
                 job.new_cache.save(cache_path, repo.key, snap_id)
             except OSError:
-                pass  # only the next run's speed depends on it
+                cache_path = None  # only the next run's speed depends on it
+        if run is not None and options.journal is not None:
+            if cache_path is not None:
+                options.journal.commit(run, journal_key, snap_id)
+            else:
+                options.journal.abort(run)
     state.report_final()
     return BackupResult(
         snapshot=replace(snap, id=SnapshotId(snap_id)),

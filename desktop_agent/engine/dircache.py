@@ -34,10 +34,15 @@ from . import crypto
 from .errors import IntegrityError
 from .ids import BlobId, SnapshotId
 
-__all__ = ["DirCache", "DirEntrySig", "signature", "cache_file"]
+__all__ = ["DirCache", "DirEntrySig", "VOLATILE", "cache_file", "identity", "signature"]
 
-_MAGIC = b"DA-DIRCACHE-1\n"
-_REC = struct.Struct("<I16s32s")  # path length, signature, tree id
+_MAGIC = b"DA-DIRCACHE-2\n"
+# path length, signature, tree id, identity, files, bytes, directories, flags
+_REC = struct.Struct("<I16s32s24sQQII")
+_IDENT = struct.Struct("<Qqq")  # inode, mtime, ctime of the directory itself
+
+VOLATILE = 1  # the subtree holds what raises no event: hard links, mount points, network
+
 # bump when the tree encoding changes, so old signatures stop matching
 _ENCODING_VERSION = b"tree-encoding-1"
 _ENTRY = struct.Struct("<HIIIQQqqQQ")
@@ -45,10 +50,27 @@ _ENTRY = struct.Struct("<HIIIQQqqQQ")
 
 @dataclass(frozen=True, slots=True)
 class DirEntrySig:
-    """What the cache remembers for one directory."""
+    """What the cache remembers for one directory.
+
+    ``ident``: the directory's own inode, mtime and ctime (:func:`identity`),
+    so that a directory replaced by another under the same path is never
+    taken for it; ``files``, ``nbytes``, ``dirs``: the regular files, their
+    bytes and the directories in its subtree (itself included), for the
+    totals of a run that does not list it; ``flags``: :data:`VOLATILE`.
+    """
 
     sig: bytes
     tree_id: BlobId
+    ident: bytes = b""
+    files: int = 0
+    nbytes: int = 0
+    dirs: int = 1
+    flags: int = 0
+
+
+def identity(s: os.stat_result) -> bytes:
+    """What tells one directory from another that later took its path."""
+    return _IDENT.pack(s.st_ino, s.st_mtime_ns, s.st_ctime_ns)
 
 
 _owner_cache: dict[tuple[int, int], bytes] = {}
@@ -118,11 +140,26 @@ class DirCache:
         """Remember a directory's state for the next run."""
         self.entries[path] = DirEntrySig(sig, tree_id)
 
+    def put_entry(self, path: bytes, entry: DirEntrySig) -> None:
+        """Remember a directory's whole state for the next run."""
+        self.entries[path] = entry
+
     def save(self, file: str, key: crypto.Key, snapshot: SnapshotId) -> None:
         """Write the cache atomically, encrypted with the repository key."""
         out = [_MAGIC, snapshot]
         for path, entry in self.entries.items():
-            out.append(_REC.pack(len(path), entry.sig, entry.tree_id))
+            out.append(
+                _REC.pack(
+                    len(path),
+                    entry.sig,
+                    entry.tree_id,
+                    entry.ident.ljust(_IDENT.size, b"\0"),
+                    entry.files,
+                    entry.nbytes,
+                    entry.dirs,
+                    entry.flags,
+                )
+            )
             out.append(path)
         blob = crypto.encrypt(key, zstandard.ZstdCompressor(level=1).compress(b"".join(out)))
         os.makedirs(os.path.dirname(file), mode=0o700, exist_ok=True)
@@ -151,9 +188,11 @@ class DirCache:
         end = len(raw)
         try:
             while pos < end:
-                plen, sig, tree_id = _REC.unpack_from(raw, pos)
+                plen, sig, tree_id, ident, files, nbytes, dirs, flags = _REC.unpack_from(raw, pos)
                 pos += size
-                cache.entries[raw[pos : pos + plen]] = DirEntrySig(sig, BlobId(tree_id))
+                cache.entries[raw[pos : pos + plen]] = DirEntrySig(
+                    sig, BlobId(tree_id), ident, files, nbytes, dirs, flags
+                )
                 pos += plen
         except struct.error:
             return None

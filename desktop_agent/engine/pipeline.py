@@ -128,7 +128,21 @@ class FileJob:
 class DirJob:
     """A directory whose tree is saved once all its entries are done."""
 
-    __slots__ = ("node", "entries", "parent_subtree", "tree_id", "path", "sig", "hit")
+    __slots__ = (
+        "node",
+        "entries",
+        "parent_subtree",
+        "tree_id",
+        "path",
+        "sig",
+        "hit",
+        "ident",
+        "dev",
+        "files",
+        "nbytes",
+        "dirs",
+        "flags",
+    )
 
     def __init__(self, path: bytes, node: Node | None, parent_subtree: BlobId | None) -> None:
         self.path = path
@@ -138,6 +152,14 @@ class DirJob:
         self.tree_id: BlobId | None = None
         self.sig: bytes | None = None  # listing signature, for the directory cache
         self.hit = False  # unchanged since the parent snapshot (tree id reused)
+        # for the directory cache: the directory's identity and device, and its
+        # subtree's regular files, their bytes, its directories, and flags
+        self.ident = b""
+        self.dev = -1
+        self.files = 0
+        self.nbytes = 0
+        self.dirs = 1
+        self.flags = 0
 
     def ready(self) -> bool:
         """Every file in it is done (its subdirectories are saved before it)."""

@@ -14,7 +14,7 @@ import os
 from collections import deque
 
 from . import crypto
-from .dircache import DirCache
+from .dircache import DirCache, DirEntrySig
 from .ids import BlobId, BlobType
 from .pipeline import BackupStats, DirJob, FileJob, Notices
 from .tree import Node, encode_tree
@@ -53,7 +53,15 @@ class TreeSaver:
         job.tree_id = tree_id
         job.hit = True
         assert self.new_cache is not None and job.sig is not None
-        self.new_cache.put(job.path, job.sig, tree_id)
+        self.remember(job, tree_id)
+
+    def remember(self, job: DirJob, tree_id: BlobId) -> None:
+        """Put a directory into the cache for the next run."""
+        assert self.new_cache is not None and job.sig is not None
+        self.new_cache.put_entry(
+            job.path,
+            DirEntrySig(job.sig, tree_id, job.ident, job.files, job.nbytes, job.dirs, job.flags),
+        )
 
     def finalize(self, job: DirJob) -> None:
         """Encode and store a directory's tree (its entries are all done)."""
@@ -84,7 +92,7 @@ class TreeSaver:
         job.tree_id = tree_id
         job.entries = []  # the parent needs only the id: let the nodes go
         if self.new_cache is not None and job.sig is not None:
-            self.new_cache.put(job.path, job.sig, tree_id)
+            self.remember(job, tree_id)
 
     def finish_file(self, job: FileJob) -> Node | None:
         """A file's node with its content list; None when it is left out."""

@@ -33,11 +33,12 @@ import threading
 from collections.abc import Sequence
 
 from .control import Control
-from .dircache import DirCache, DirEntrySig, signature
+from .dircache import VOLATILE, DirCache, DirEntrySig, identity, signature
 from .errors import EngineError
 from .filesaver import FileSaver
 from .filter import ExcludeFilter
 from .ids import BlobId, BlobType
+from .journal import JournalRun
 from .pipeline import BackupStats, DirJob, Notices
 from .progress import ProgressState
 from .repository import Repository
@@ -195,6 +196,10 @@ class _DirFrame:
                 node_from_stat(name, s),
                 prev.subtree if prev is not None and prev.type == NodeType.DIR else None,
             )
+            sub.ident = identity(s)
+            sub.dev = s.st_dev
+            if self.job.dev not in (-1, s.st_dev):
+                sub.flags = VOLATILE  # a mount point: always listed
             self.subdirs[name] = sub
             return sub, self.trie[name] if self.trie is not None else None
         return None
@@ -204,7 +209,9 @@ class Walker:
     """Walks the sources and hands out their work (the walker thread).
 
     ``cache``: the directory cache of the parent snapshot (None: compare
-    against the parent's trees).
+    against the parent's trees). ``journal``: what the change journal says
+    for this run (None: no journal); a directory it vouches for keeps its
+    cached tree without being listed.
     """
 
     def __init__(
@@ -217,8 +224,11 @@ class Walker:
         notices: Notices,
         progress: ProgressState,
         control: Control,
+        journal: JournalRun | None = None,
     ) -> None:
         self.repo = repo
+        self.journal = journal
+        self._trusted: dict[int, bool] = {}
         self.filter = flt
         self.cache = cache
         self.files = files
@@ -238,10 +248,14 @@ class Walker:
         directories above the sources).
         """
         stack = [self._open_dir(root, trie)]
+        journal = self.journal
+        unlisted = journal is not None and not journal.full and self.cache is not None
         while stack:
             frame = stack[-1]
             sub = frame.next_subdir()
             if sub is not None:
+                if unlisted and sub[1] is None and self.reuse_unlisted(sub[0]):
+                    continue
                 stack.append(self._open_dir(*sub))
                 continue
             stack.pop()
@@ -250,6 +264,9 @@ class Walker:
     def _open_dir(self, job: DirJob, trie: Trie | None) -> _DirFrame:
         """List a directory and look up what the parent snapshot knows of it."""
         self.control.checkpoint(quiesce=self.files.quiesce)
+        journal = self.journal
+        if journal is not None and trie is None:
+            journal.watch(job.path)  # before the listing: no change after it goes unseen
         listing = self.list_dir(job.path) if trie is None else self.list_trie(job.path, trie)
         frame = _DirFrame(job, trie, listing)
         if self.cache is not None:
@@ -260,18 +277,20 @@ class Walker:
             frame.old_nodes = self.parent_nodes(job.parent_subtree)
         if self.signatures:
             job.sig = signature(listing, user_name, group_name, partial=trie is not None)
+            if journal is not None and job.path in journal.rechecked:
+                journal.check(job.path, frame.cached is not None and frame.cached.sig == job.sig)
         return frame
 
     def _close_dir(self, frame: _DirFrame) -> None:
         """Back up a directory's other entries once its subdirectories are done."""
         job, listing, subdirs = frame.job, frame.listing, frame.subdirs
+        self.tally(job, listing, subdirs)
         cached = frame.cached
         if cached is not None and cached.sig == job.sig and all(d.hit for d in subdirs.values()):
             self.reuse_dir(job, listing, cached.tree_id)
             return
+        # loaded only when a listing holds more than the directories walked
         old_nodes = frame.old_nodes
-        if old_nodes is None:
-            old_nodes = self.parent_nodes(job.parent_subtree)
         checkpoint = self.control.checkpoint
         quiesce = self.files.quiesce
         for name, path, s in listing:
@@ -280,11 +299,68 @@ class Walker:
             if done_sub is not None:
                 job.entries.append(done_sub)
             else:
+                if old_nodes is None:
+                    old_nodes = self.parent_nodes(job.parent_subtree)
                 self.entry(path, name, s, old_nodes.get(name), job)
             self.progress.maybe_report()
         self.trees.add(job)
         self.files.reap()
         self.trees.drain()
+
+    def tally(self, job: DirJob, listing: Listing, subdirs: dict[bytes, DirJob]) -> None:
+        """Count a directory's subtree and flag what raises no change event.
+
+        Files with several hard links (written through another link, they
+        change here unseen), mount points and directories on file systems
+        whose changes raise no event are volatile: never reused unlisted.
+        """
+        files = 0
+        nbytes = 0
+        dirs = 1
+        flags = job.flags
+        for _name, _path, s in listing:
+            if st.S_ISREG(s.st_mode):
+                files += 1
+                nbytes += s.st_size
+                if s.st_nlink > 1:
+                    flags |= VOLATILE
+        for sub in subdirs.values():
+            files += sub.files
+            nbytes += sub.nbytes
+            dirs += sub.dirs
+            flags |= sub.flags
+        journal = self.journal
+        if journal is not None and journal.journal is not None and job.dev != -1:
+            trusted = self._trusted.get(job.dev)
+            if trusted is None:
+                trusted = self._trusted[job.dev] = journal.journal.trusted(job.dev)
+            if not trusted:
+                flags |= VOLATILE
+        job.files, job.nbytes, job.dirs, job.flags = files, nbytes, dirs, flags
+
+    def reuse_unlisted(self, job: DirJob) -> bool:
+        """Reuse a directory's cached tree without listing it, when the journal vouches.
+
+        The cached entry must be for this very directory (same inode, mtime
+        and ctime as its parent's listing shows now) and not volatile.
+        """
+        assert self.cache is not None and self.journal is not None
+        cached = self.cache.get(job.path)
+        if cached is None or cached.flags or cached.ident != job.ident or job.flags:
+            return False
+        if not self.journal.reusable(job.path):
+            return False
+        job.sig = cached.sig
+        job.files, job.nbytes, job.dirs = cached.files, cached.nbytes, cached.dirs
+        stats = self.stats
+        stats.total_files_processed += cached.files
+        stats.total_bytes_processed += cached.nbytes
+        stats.files_unmodified += cached.files
+        stats.dirs_unmodified += cached.dirs
+        self.trees.reused(job, cached.tree_id)
+        self.progress.add_done(nbytes=cached.nbytes, files=cached.files)
+        self.progress.maybe_report()
+        return True
 
     def reuse_dir(self, job: DirJob, listing: Listing, tree_id: BlobId) -> None:
         """An unchanged directory: account for it and reuse its tree."""

@@ -39,9 +39,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from desktop_agent.config import Config, ConfigError, read_password, user_cache_dir
-from desktop_agent.engine import crypto
+from desktop_agent.engine import crypto, watch_inotify
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup, find_parent
 from desktop_agent.engine.errors import Cancelled, EngineError, RepositoryNotFound
+from desktop_agent.engine.journal import ChangeJournal
 from desktop_agent.engine.progress import RATE_WINDOW, Progress
 from desktop_agent.engine.repository import Repository, hostname
 from desktop_agent.engine.restore import RestoreResult
@@ -90,9 +91,12 @@ class JobController:
         *,
         clock: Callable[[], float] = time.monotonic,
         cache_root: Path | None = None,
+        journal: ChangeJournal | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
+        # which folders changed between backups: an hourly backup lists only those
+        self.journal = journal if journal is not None else ChangeJournal(watch_inotify.start)
         self._clock = clock
         self._cache_root = cache_root
         self._born = clock()
@@ -138,6 +142,7 @@ class JobController:
             task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._checks.shutdown(wait=False, cancel_futures=True)
+        self.journal.close()
 
     def update_config(self, config: Config) -> None:
         """Use a new configuration for jobs that start from now on."""
@@ -597,6 +602,7 @@ class JobController:
             sources=list(spec.paths) if spec.paths else self.config.expanded_sources(),
             excludes=self.config.backup_excludes(),
             cache_dir=str(cache_root / "repositories" / repo.config.id),
+            journal=self.journal,
         )
         return backup(
             repo,

@@ -1,0 +1,295 @@
+"""The Linux watcher of the change journal: one inotify watch per directory.
+
+See docs/design.md, section 4a. Unprivileged: each directory the walker
+lists is watched first (``inotify_add_watch`` on a watched directory is
+cheap and returns the same watch), so a change after its listing is never
+lost. A thread reads the events as they come (the kernel's queue of 16,384
+events would overflow between hourly backups on a busy machine) and marks:
+
+* an event naming an entry of a watched directory: that directory changed;
+* a watched directory moved or deleted (``IN_MOVE_SELF``, ``IN_DELETE_SELF``,
+  ``IN_IGNORED``), or a subdirectory moved away or deleted: nothing at or
+  below its old path is vouched for any more;
+* a queue overflow or an unmount: the journal is invalid, the next run
+  lists everything.
+
+The watches count against the per-user limit that every program of the
+user shares (``fs.inotify.max_user_watches``): the watcher takes at most
+half of it and gives up (full scans from then on) rather than starve the
+others. Paths are bytes, as the walker has them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import select
+import struct
+import sys
+import threading
+
+from .journal import ChangeJournal
+
+__all__ = ["InotifyWatcher", "available", "start", "UNTRUSTED_FS"]
+
+IN_MODIFY = 0x2
+IN_ATTRIB = 0x4
+IN_CLOSE_WRITE = 0x8
+IN_MOVED_FROM = 0x40
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_UNMOUNT = 0x2000
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x01000000
+IN_DONT_FOLLOW = 0x02000000
+IN_ISDIR = 0x40000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+# every change to a directory's entries or to their metadata; a write through
+# a shared mapping raises nothing itself, but the close of its descriptor does
+MASK = (
+    IN_MODIFY
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+    | IN_ONLYDIR
+    | IN_DONT_FOLLOW
+)
+_SELF_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
+_CHILD_GONE = IN_MOVED_FROM | IN_DELETE
+
+# changes made elsewhere (another machine, another kernel, a user-space file
+# system) raise no event here: directories on these are always listed
+UNTRUSTED_FS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "9p",
+        "virtiofs",
+        "ceph",
+        "glusterfs",
+        "afs",
+        "davfs",
+        "fuse",
+        "fuseblk",
+        "lustre",
+        "gpfs",
+    }
+)
+
+_EVENT = struct.Struct("iIII")
+
+
+def available() -> bool:
+    """inotify exists here (Linux)."""
+    return sys.platform.startswith("linux") and _libc() is not None
+
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL | None:
+    global _LIBC
+    if _LIBC is None:
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            lib.inotify_init1.argtypes = [ctypes.c_int]
+            lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+            lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        except (OSError, AttributeError):
+            return None
+        _LIBC = lib
+    return _LIBC
+
+
+def _watch_limit() -> int:
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches", "rb") as fh:
+            return int(fh.read().strip() or 8192)
+    except (OSError, ValueError):
+        return 8192
+
+
+def _mounts() -> tuple[bytes, dict[int, str]]:
+    """The mount table (as read, for its identity) and each device's file system type."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return b"", {}
+    types: dict[int, str] = {}
+    for line in raw.splitlines():
+        fields = line.split()
+        try:
+            sep = fields.index(b"-")
+            major, minor = fields[2].split(b":")
+            fstype = fields[sep + 1].decode("ascii", "replace")
+        except (ValueError, IndexError):
+            continue
+        types[os.makedev(int(major), int(minor))] = fstype
+    # the identity leaves out mount ids and options that change without a new mount
+    ident = b"\n".join(
+        b" ".join(f[2:5]) for f in (ln.split() for ln in raw.splitlines()) if len(f) > 5
+    )
+    return ident, types
+
+
+class InotifyWatcher:
+    """Watches directories for a :class:`ChangeJournal` with inotify."""
+
+    def __init__(self, journal: ChangeJournal, *, max_watches: int | None = None) -> None:
+        lib = _libc()
+        if lib is None:
+            raise OSError(errno.ENOSYS, "inotify is not available")
+        self._lib = lib
+        fd = lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self._fd = fd
+        self._journal = journal
+        self._lock = threading.Lock()
+        self._paths: dict[int, bytes] = {}  # watch descriptor -> path
+        self._wds: dict[bytes, int] = {}
+        self._max = max_watches if max_watches is not None else _watch_limit() // 2
+        ident, types = _mounts()
+        self._identity = ident
+        self._fstypes = types
+        self._stop_r, self._stop_w = os.pipe()
+        self.events = 0
+        self._thread = threading.Thread(target=self._read_loop, name="journal", daemon=True)
+        self._thread.start()
+
+    @property
+    def watches(self) -> int:
+        """How many directories are watched."""
+        return len(self._paths)
+
+    def watch(self, path: bytes) -> str | None:
+        """Watch ``path`` (before it is listed); an error text when it cannot be."""
+        with self._lock:
+            if self._fd < 0:
+                return "closed"
+            if len(self._paths) >= self._max and path not in self._wds:
+                return f"more than {self._max} folders (half the system's inotify watch limit)"
+            wd = self._lib.inotify_add_watch(self._fd, path, MASK)
+            if wd < 0:
+                err = ctypes.get_errno()
+                if err in (errno.ENOENT, errno.ENOTDIR):
+                    return None  # gone before its listing: the listing sees that
+                if err == errno.ENOSPC:
+                    return "the system's inotify watch limit is reached"
+                return os.strerror(err)
+            old = self._paths.get(wd)
+            if old is not None and old != path:
+                # the same directory under a new path (moved): its old path is gone
+                self._wds.pop(old, None)
+                self._journal.replaced(old)
+            self._paths[wd] = path
+            self._wds[path] = wd
+        return None
+
+    def identity(self) -> bytes:
+        """The mount table now (a change means a full scan)."""
+        ident, types = _mounts()
+        self._fstypes = types
+        return ident
+
+    def trusted(self, device: int) -> bool:
+        """Changes on ``device`` raise inotify events (local file systems)."""
+        fstype = self._fstypes.get(device)
+        if fstype is None:
+            return False
+        return fstype not in UNTRUSTED_FS and not fstype.startswith("fuse.")
+
+    def close(self) -> None:
+        """Stop the reader and free every watch (closing the descriptor does)."""
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        try:
+            os.write(self._stop_w, b"x")
+        except OSError:
+            pass
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
+        os.close(fd)
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+        self._paths.clear()
+        self._wds.clear()
+
+    # ------------------------------------------------------------ reader thread
+    def _read_loop(self) -> None:
+        fd = self._fd
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = poller.poll()
+            if any(r[0] == self._stop_r for r in ready):
+                return
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self._journal.invalidate(f"reading its events failed ({exc.strerror})")
+                return
+            self._handle(data)
+
+    def _handle(self, data: bytes) -> None:
+        journal = self._journal
+        size = _EVENT.size
+        pos = 0
+        end = len(data)
+        with self._lock:
+            paths = self._paths
+            while pos + size <= end:
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+                pos += size
+                name = data[pos : pos + length].rstrip(b"\0")
+                pos += length
+                self.events += 1
+                if mask & IN_Q_OVERFLOW:
+                    journal.invalidate("its event queue overflowed")
+                    continue
+                path = paths.get(wd)
+                if path is None:
+                    continue  # a watch already dropped
+                if mask & IN_UNMOUNT:
+                    journal.invalidate("a watched file system was unmounted")
+                if mask & _SELF_GONE:
+                    journal.replaced(path)
+                    if mask & IN_IGNORED:
+                        del paths[wd]
+                        if self._wds.get(path) == wd:
+                            del self._wds[path]
+                    continue
+                if name and mask & IN_ISDIR and mask & _CHILD_GONE:
+                    journal.replaced(path.rstrip(b"/") + b"/" + name)
+                journal.changed(path)
+
+
+def start(journal: ChangeJournal) -> InotifyWatcher | None:
+    """The watcher for this system, or None where inotify does not exist."""
+    if not available():
+        return None
+    return InotifyWatcher(journal)
