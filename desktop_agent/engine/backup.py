@@ -285,6 +285,8 @@ def backup(
         raise SourceError(f"no backup source exists ({which})")
 
     host = options.host or hostname()
+    # the compact index is kept beside the directory cache: a warm load reads one file
+    repo.index_cache_dir = repo.index_cache_dir or options.cache_dir
     with Lock(repo, exclusive=False) as lock, _fewer_collections():
         remove_stale_spool(repo)
         # the index is loaded on first need: a run where nothing changed never needs it

@@ -76,7 +76,8 @@ class HelperPool:
     ) -> HelperPool | None:
         """Start ``count`` helpers; None (with a warning) when they cannot start."""
         repo.ensure_index()
-        known = b"".join(repo.index.blob_ids(BlobType.DATA))
+        # 32 bytes a blob, grouped as idtable.IdSet looks them up (no set of objects)
+        known = repo.index.id_bytes(BlobType.DATA)
         try:
             helpers = Helpers(
                 count,

@@ -2,25 +2,36 @@
 
 An index file is JSON: ``{"supersedes": [...], "packs": [{"id": ..., "blobs":
 [{"id", "type", "offset", "length", "uncompressed_length"?}]}]}``. The
-master index merges every index file: blob -> (pack, offset, lengths).
+master index merges every index file: blob -> (pack, offset, lengths), kept
+as fixed-size records in one grouped buffer per blob type (about 48 bytes a
+blob; see docs/design.md, "The master index in memory").
 """
 
 from __future__ import annotations
 
+import operator
+import struct
 import threading
+from array import array
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from .crypto import OVERHEAD
 from .errors import IntegrityError
 from .ids import BlobId, BlobType, PackId, parse_id
+from .idtable import BUCKETS, ID_SIZE, bucket_of, find_record
 from .limits import MAX_PACK_OFFSET
 from .pack import PackedBlob
 
 __all__ = [
     "IndexEntry",
+    "IndexLoader",
+    "IndexState",
     "MasterIndex",
+    "index_supersedes",
     "encode_index",
     "index_bytes",
     "decode_index",
@@ -106,93 +117,618 @@ def index_bytes(
     return "".join(parts).encode()
 
 
-def decode_index(doc: Any) -> tuple[list[bytes], list[tuple[PackId, list[PackedBlob]]]]:
-    """Parse an index document into (supersedes, packs)."""
+def _parse_top(doc: Any) -> tuple[list[bytes], Any]:
+    """The supersedes list and the raw pack list of an index document."""
     packs_in: Any
     supersedes_in: Any
+    if isinstance(doc, list):  # the pre-0.8 legacy format is a bare list of packs
+        packs_in, supersedes_in = doc, []
+    else:
+        packs_in = doc.get("packs") or []
+        supersedes_in = doc.get("supersedes") or []
+    return [parse_id(s) for s in supersedes_in], packs_in
+
+
+def _parse_blob(b: Any) -> tuple[BlobType, bytes, int, int, int]:
+    """One blob entry, validated: (type, id, offset, length, uncompressed length)."""
+    kind = b["type"]
+    if kind == "data":
+        blob_type = BlobType.DATA
+    elif kind == "tree":
+        blob_type = BlobType.TREE
+    else:
+        raise ValueError(f"unknown blob type {kind!r}")
+    offset, length = int(b["offset"]), int(b["length"])
+    ulen = int(b.get("uncompressed_length") or 0)
+    # restic stores uints; a pack header holds lengths as uint32
+    if not 0 <= offset < MAX_PACK_OFFSET:
+        raise ValueError(f"offset {offset} is out of range")
+    if not OVERHEAD <= length < 1 << 32 or not 0 <= ulen < 1 << 32:
+        raise ValueError(f"length {length} or {ulen} is out of range")
+    return blob_type, parse_id(b["id"]), offset, length, ulen
+
+
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
+def _malformed(exc: Exception) -> IntegrityError:
+    return IntegrityError(f"index is malformed: {type(exc).__name__}: {exc}")
+
+
+def decode_index(doc: Any) -> tuple[list[bytes], list[tuple[PackId, list[PackedBlob]]]]:
+    """Parse an index document into (supersedes, packs)."""
     try:
-        if isinstance(doc, list):  # the pre-0.8 legacy format is a bare list of packs
-            packs_in, supersedes_in = doc, []
-        else:
-            packs_in = doc.get("packs") or []
-            supersedes_in = doc.get("supersedes") or []
-        supersedes = [parse_id(s) for s in supersedes_in]
+        supersedes, packs_in = _parse_top(doc)
         packs: list[tuple[PackId, list[PackedBlob]]] = []
         for p in packs_in:
             pack_id = PackId(parse_id(p["id"]))
             blobs = []
             for b in p.get("blobs") or []:
-                kind = b["type"]
-                if kind == "data":
-                    blob_type = BlobType.DATA
-                elif kind == "tree":
-                    blob_type = BlobType.TREE
-                else:
-                    raise ValueError(f"unknown blob type {kind!r}")
-                offset, length = int(b["offset"]), int(b["length"])
-                ulen = int(b.get("uncompressed_length") or 0)
-                # restic stores uints; a pack header holds lengths as uint32
-                if not 0 <= offset < MAX_PACK_OFFSET:
-                    raise ValueError(f"offset {offset} is out of range")
-                if not OVERHEAD <= length < 1 << 32 or not 0 <= ulen < 1 << 32:
-                    raise ValueError(f"length {length} or {ulen} is out of range")
-                blobs.append(PackedBlob(blob_type, BlobId(parse_id(b["id"])), offset, length, ulen))
+                blob_type, blob_id, offset, length, ulen = _parse_blob(b)
+                blobs.append(PackedBlob(blob_type, BlobId(blob_id), offset, length, ulen))
             packs.append((pack_id, blobs))
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise IntegrityError(f"index is malformed: {type(exc).__name__}: {exc}") from None
+    except _MALFORMED as exc:
+        raise _malformed(exc) from None
     return supersedes, packs
 
 
-class MasterIndex:
-    """Every known blob, merged from all index files (thread-safe adds)."""
+def index_supersedes(doc: Any) -> tuple[list[bytes], Any]:
+    """An index document's supersedes list and its (not yet validated) packs.
+
+    The packs go to :meth:`IndexLoader.add_packs`, which validates them as
+    :func:`decode_index` does without making an object per blob.
+    """
+    try:
+        return _parse_top(doc)
+    except _MALFORMED as exc:
+        raise _malformed(exc) from None
+
+
+# ------------------------------------------------------------- the tables
+# A record: the 32-byte blob id, then pack number (into the index's pack
+# table), offset, length and uncompressed length as native uint32. Offsets
+# from _FAR up live in a side dict (packs are far smaller than 4 GiB).
+_VAL = struct.Struct("=IIII")
+REC = ID_SIZE + _VAL.size  # 48 bytes
+_FAR = 0xFFFFFFFF
+_NO_STARTS = array("I", bytes(4 * (BUCKETS + 1)))
+# blobs added at runtime wait in a dict until it holds this many (or 1/16
+# of the table); then they are merged into the table (O(n))
+_OVERLAY_MIN = 8192
+_Value = tuple[int, int, int, int]  # pack number, offset, length, uncompressed length
+
+
+class _Table:
+    """One blob type's entries: an immutable grouped table plus an overlay.
+
+    ``recs``: 48-byte records grouped by :func:`~.idtable.bucket_of` (in the
+    order they were added inside a group); ``starts``: where each group
+    starts (record numbers); ``far``: offsets of 2^32 - 1 and more (their
+    records say ``_FAR``); ``overlay``: blobs added since the table was
+    built. Readers take a table without a lock: everything but the overlay
+    is never changed once published, and the overlay only grows (under the
+    index's lock) until a merge publishes a new table with an empty one.
+    """
+
+    __slots__ = ("recs", "starts", "far", "overlay")
+
+    def __init__(
+        self,
+        recs: bytearray,
+        starts: array[int],
+        far: dict[bytes, int],
+        overlay: dict[bytes, _Value],
+    ) -> None:
+        self.recs = recs
+        self.starts = starts
+        self.far = far
+        self.overlay = overlay
+
+    @classmethod
+    def empty(cls) -> _Table:
+        return cls(bytearray(), _NO_STARTS, {}, {})
+
+    def __len__(self) -> int:
+        return len(self.recs) // REC + len(self.overlay)
+
+    def value(self, i: int, blob_id: bytes) -> _Value:
+        pack_no, offset, length, ulen = _VAL.unpack_from(self.recs, i * REC + ID_SIZE)
+        if offset == _FAR:
+            offset = self.far[bytes(blob_id)]
+        return pack_no, offset, length, ulen
+
+    def find(self, blob_id: bytes) -> _Value | None:
+        """(pack number, offset, length, uncompressed length), or None."""
+        i = find_record(self.recs, self.starts, blob_id, REC)
+        if i >= 0:
+            return self.value(i, blob_id)
+        return self.overlay.get(blob_id)
+
+    def has(self, blob_id: bytes) -> bool:
+        return find_record(self.recs, self.starts, blob_id, REC) >= 0 or blob_id in self.overlay
+
+
+def _records(idb: bytes, pack_nos: array[int], offs: Any, lens: Any, ulens: Any) -> bytes:
+    """Records from columns (ids back to back, and uint32 value columns), at C speed."""
+    n = len(pack_nos)
+    vals = array("I", bytes(16 * n))
+    vals[0::4] = pack_nos
+    vals[1::4] = array("I", offs)
+    vals[2::4] = array("I", lens)
+    vals[3::4] = array("I", ulens)
+    words = array("Q", bytes(REC * n))
+    ids_q = array("Q")
+    ids_q.frombytes(idb)
+    vals_q = array("Q")
+    vals_q.frombytes(vals.tobytes())
+    for w in range(4):
+        words[w::6] = ids_q[w::4]
+    words[4::6] = vals_q[0::2]
+    words[5::6] = vals_q[1::2]
+    return words.tobytes()
+
+
+class _Grouper:
+    """Records gathered into 256 parts by their first byte, then grouped.
+
+    Grouping sorts lists of record slices by one key byte (stable, at C
+    speed): by the first byte as records arrive, by the second byte per part
+    at the end. Only one batch's or one part's slices exist at a time.
+    """
 
     def __init__(self) -> None:
-        self._data: dict[bytes, IndexEntry] = {}
-        self._tree: dict[bytes, IndexEntry] = {}
-        self._packs: dict[PackId, int] = {}  # pack -> number of blobs
+        self.parts: list[list[bytes]] = [[] for _ in range(256)]
+        self.count = 0
+
+    def add(self, recs: bytes) -> None:
+        n = len(recs) // REC
+        if not n:
+            return
+        self.count += n
+        rows = list(
+            map(
+                recs.__getitem__, map(slice, range(0, n * REC, REC), range(REC, (n + 1) * REC, REC))
+            )
+        )
+        rows.sort(key=operator.itemgetter(0))
+        joined = b"".join(rows)
+        del rows
+        pos = 0
+        counts = Counter(memoryview(joined)[::REC])
+        for first in sorted(counts):
+            size = counts[first] * REC
+            self.parts[first].append(joined[pos : pos + size])
+            pos += size
+
+    def finish(self) -> tuple[bytearray, array[int]]:
+        """One grouped buffer and its group starts; duplicate ids keep their first record."""
+        out = bytearray(self.count * REC)
+        view = memoryview(out)
+        counts = [0] * BUCKETS
+        pos = 0
+        for first in range(256):
+            pieces = self.parts[first]
+            if not pieces:
+                continue
+            self.parts[first] = []
+            part = b"".join(pieces)
+            del pieces
+            n = len(part) // REC
+            rows = list(
+                map(
+                    part.__getitem__,
+                    map(slice, range(0, n * REC, REC), range(REC, (n + 1) * REC, REC)),
+                )
+            )
+            del part
+            rows.sort(key=operator.itemgetter(1))  # stable: the first location stays first
+            # duplicate ids are rare (a blob stored twice): spot them by one 8-byte word
+            words = memoryview(b"".join(rows)).cast("Q")
+            if len(set(words[1::6])) < n:
+                rows = _first_of_each(rows)
+                n = len(rows)
+            for row in rows:
+                counts[first << 8 | row[1]] += 1
+            view[pos : pos + n * REC] = b"".join(rows)
+            pos += n * REC
+            del rows, words
+        del view
+        del out[pos:]
+        return out, array("I", accumulate(counts, initial=0))
+
+
+def _rows(buf: bytes, n: int) -> list[bytes]:
+    """The ``n`` records of ``buf`` as separate objects (made at C speed)."""
+    return list(
+        map(buf.__getitem__, map(slice, range(0, n * REC, REC), range(REC, (n + 1) * REC, REC)))
+    )
+
+
+def _first_of_each(rows: list[bytes]) -> list[bytes]:
+    seen: set[bytes] = set()
+    out = []
+    for row in rows:
+        blob_id = row[:ID_SIZE]
+        if blob_id not in seen:
+            seen.add(blob_id)
+            out.append(row)
+    return out
+
+
+def _merge(old: _Table, recs: bytearray, starts: array[int], far: dict[bytes, int]) -> _Table:
+    """A new table: ``old``'s records and the grouped ``recs`` (none of them in ``old``).
+
+    O(n): whole runs of old groups are copied between the groups that gain
+    records. The overlay of ``old`` is kept.
+    """
+    if not old.recs:
+        return _Table(recs, starts, {**old.far, **far}, old.overlay)
+    old_n, add_n = len(old.recs) // REC, len(recs) // REC
+    out = bytearray((old_n + add_n) * REC)
+    view, src_old, src_new = memoryview(out), memoryview(old.recs), memoryview(recs)
+    old_starts = old.starts
+    src = dst = 0  # record numbers in the old and the new table
+    for k in range(BUCKETS):
+        a, b = starts[k], starts[k + 1]
+        if a == b:
+            continue
+        end = old_starts[k + 1]
+        view[dst * REC : (dst + end - src) * REC] = src_old[src * REC : end * REC]
+        dst += end - src
+        src = end
+        view[dst * REC : (dst + b - a) * REC] = src_new[a * REC : b * REC]
+        dst += b - a
+    view[dst * REC :] = src_old[src * REC :]
+    del view, src_old, src_new
+    new_starts = array("I", map(operator.add, old_starts, starts))
+    return _Table(out, new_starts, {**old.far, **far}, old.overlay)
+
+
+# ----------------------------------------------------------- master index
+@dataclass
+class IndexState:
+    """The tables of a :class:`MasterIndex`, as the local index cache stores them.
+
+    ``packs``: 32-byte pack ids by pack number; per blob type (DATA, TREE):
+    ``recs``, ``starts`` and ``far`` as :class:`_Table` keeps them.
+    """
+
+    packs: bytearray
+    tables: list[tuple[bytearray, array[int], dict[bytes, int]]]
+    files: set[bytes]
+    superseded: set[bytes]
+
+
+class MasterIndex:
+    """Every known blob, merged from all index files (thread-safe adds).
+
+    Per blob type one grouped table of fixed 48-byte records (32-byte id,
+    16-byte value) instead of an object per blob; blobs added while a backup
+    runs wait in a small overlay that is merged in once it grows. See
+    docs/design.md, "The master index in memory".
+    """
+
+    def __init__(self) -> None:
+        self._tables = [_Table.empty(), _Table.empty()]  # by BlobType value
+        self._packs = bytearray()  # 32-byte pack ids by pack number
         self._lock = threading.Lock()
         self.files: set[bytes] = set()  # index files loaded
+        self.superseded: set[bytes] = set()  # index files the loaded ones supersede
 
-    def _table(self, blob_type: BlobType) -> dict[bytes, IndexEntry]:
-        return self._data if blob_type is BlobType.DATA else self._tree
-
+    # ------------------------------------------------------------ adding
     def add_pack(self, pack_id: PackId, blobs: Iterable[PackedBlob]) -> None:
         """Register the blobs of a pack (first location of a blob wins)."""
+        if len(pack_id) != ID_SIZE:
+            raise ValueError("a pack id is 32 bytes")
         with self._lock:
-            count = 0
+            pack_no = len(self._packs) // ID_SIZE
+            self._packs += pack_id
             for b in blobs:
-                table = self._data if b.type is BlobType.DATA else self._tree
-                if b.id not in table:
-                    table[b.id] = IndexEntry(
-                        pack_id, b.offset, b.length, b.uncompressed_length, b.type
-                    )
-                count += 1
-            self._packs[pack_id] = self._packs.get(pack_id, 0) + count
+                table = self._tables[b.type]
+                if len(b.id) == ID_SIZE and not table.has(b.id):
+                    table.overlay[b.id] = (pack_no, b.offset, b.length, b.uncompressed_length)
+            for blob_type in BlobType:
+                table = self._tables[blob_type]
+                if len(table.overlay) > max(_OVERLAY_MIN, len(table.recs) // REC >> 4):
+                    self._merge_overlay(blob_type)
+
+    def _merge_overlay(self, blob_type: BlobType) -> None:
+        """Move the overlay into the grouped table (with the lock held)."""
+        table = self._tables[blob_type]
+        if not table.overlay:
+            return
+        grouper = _Grouper()
+        far: dict[bytes, int] = {}
+        parts = []
+        for blob_id, (pack_no, offset, length, ulen) in table.overlay.items():
+            if offset >= _FAR:
+                far[bytes(blob_id)] = offset
+                offset = _FAR
+            parts.append(bytes(blob_id) + _VAL.pack(pack_no, offset, length, ulen))
+        grouper.add(b"".join(parts))
+        del parts
+        recs, starts = grouper.finish()
+        base = _Table(table.recs, table.starts, table.far, {})
+        self._tables[blob_type] = _merge(base, recs, starts, far)
+
+    def loader(self) -> IndexLoader:
+        """A bulk loader: many packs added at once (see :class:`IndexLoader`)."""
+        return IndexLoader(self)
+
+    # ----------------------------------------------------------- reading
+    def _entry(self, blob_type: BlobType, found: _Value) -> IndexEntry:
+        pack_no, offset, length, ulen = found
+        pack = PackId(bytes(self._packs[pack_no * ID_SIZE : (pack_no + 1) * ID_SIZE]))
+        return IndexEntry(pack, offset, length, ulen, blob_type)
 
     def lookup(self, blob_type: BlobType, blob_id: bytes) -> IndexEntry | None:
         """Where a blob is stored, or None."""
-        return self._table(blob_type).get(blob_id)
+        if len(blob_id) != ID_SIZE:
+            return None
+        found = self._tables[blob_type].find(blob_id)
+        return None if found is None else self._entry(blob_type, found)
 
     def has(self, blob_type: BlobType, blob_id: bytes) -> bool:
         """True when the blob is indexed."""
-        return blob_id in self._table(blob_type)
+        return len(blob_id) == ID_SIZE and self._tables[blob_type].has(blob_id)
 
     def blob_ids(self, blob_type: BlobType) -> set[bytes]:
-        """A copy of the ids of one type (a dedup set for a backup)."""
+        """A copy of the ids of one type (a set: an object per blob, for small uses)."""
+        table = self._tables[blob_type]
         with self._lock:
-            return set(self._table(blob_type))
+            extra = list(table.overlay)
+        view = memoryview(table.recs)
+        out = {view[i : i + ID_SIZE].tobytes() for i in range(0, len(view), REC)}
+        out.update(bytes(b) for b in extra)
+        return out
+
+    def id_bytes(self, blob_type: BlobType) -> bytes:
+        """The ids of one type, 32 bytes each, grouped for :class:`~.idtable.IdSet`."""
+        with self._lock:
+            self._merge_overlay(blob_type)
+            recs = self._tables[blob_type].recs
+        n = len(recs) // REC
+        words = array("Q")
+        words.frombytes(recs)
+        ids = array("Q", bytes(ID_SIZE * n))
+        for w in range(4):
+            ids[w::4] = words[w::6]
+        del words
+        return ids.tobytes()
 
     def packs(self) -> set[PackId]:
         """All packs referenced by the index."""
-        with self._lock:
-            return set(self._packs)
+        view = memoryview(bytes(self._packs))
+        return {PackId(view[i : i + ID_SIZE].tobytes()) for i in range(0, len(view), ID_SIZE)}
 
     def entries(self) -> Iterator[tuple[BlobId, IndexEntry]]:
-        """Every (blob id, entry) pair."""
+        """Every (blob id, entry) pair (of the index as it was when called)."""
         with self._lock:
-            items = list(self._data.items()) + list(self._tree.items())
-        for blob_id, entry in items:
-            yield BlobId(blob_id), entry
+            snapshot = [(t, list(t.overlay.items())) for t in self._tables]
+        for blob_type, (table, overlay) in zip(BlobType, snapshot, strict=True):
+            recs = table.recs
+            for i in range(len(recs) // REC):
+                blob_id = bytes(recs[i * REC : i * REC + ID_SIZE])
+                yield BlobId(blob_id), self._entry(blob_type, table.value(i, blob_id))
+            for blob_id, found in overlay:
+                yield BlobId(bytes(blob_id)), self._entry(blob_type, found)
 
     def __len__(self) -> int:
-        return len(self._data) + len(self._tree)
+        return sum(len(t) for t in self._tables)
+
+    def memory(self) -> int:
+        """Bytes held by the tables (not counting the overlay's objects)."""
+        total = len(self._packs)
+        for t in self._tables:
+            total += len(t.recs) + len(t.starts) * t.starts.itemsize
+        return total
+
+    # ----------------------------------------------------- the local cache
+    def export_state(self) -> IndexState:
+        """The tables (overlays merged first), for the local index cache."""
+        with self._lock:
+            for blob_type in BlobType:
+                self._merge_overlay(blob_type)
+            return IndexState(
+                self._packs[:],
+                [(t.recs, t.starts, dict(t.far)) for t in self._tables],
+                set(self.files),
+                set(self.superseded),
+            )
+
+    @classmethod
+    def from_state(cls, state: IndexState) -> MasterIndex:
+        """An index with the tables of a (verified) local cache."""
+        index = cls()
+        index._packs = state.packs
+        index._tables = [_Table(r, s, f, {}) for r, s, f in state.tables]
+        index.files = set(state.files)
+        index.superseded = set(state.superseded)
+        return index
+
+
+class IndexLoader:
+    """Many packs added to a :class:`MasterIndex` at once, without an object per blob.
+
+    An index document's blobs are read column by column and turned into
+    records at C speed, gathered by first byte (:class:`_Grouper`) and
+    merged into the index by :meth:`finish` in one O(n) pass; blobs the
+    index already has are dropped there (the first location of a blob
+    wins). Nothing is visible in the index before that: a loader that is
+    dropped (a malformed file) leaves the index as it was.
+    """
+
+    def __init__(self, index: MasterIndex) -> None:
+        self._index = index
+        self._groupers = [_Grouper(), _Grouper()]
+        self._far: list[dict[bytes, int]] = [{}, {}]
+        self._packs = bytearray()  # the new pack ids
+        self._first = len(index._packs) // ID_SIZE  # noqa: SLF001 - the first new pack's number
+
+    def _pack(self, pack_id: bytes) -> int:
+        if len(pack_id) != ID_SIZE:
+            raise ValueError("a pack id is 32 bytes")
+        number = self._first + len(self._packs) // ID_SIZE
+        self._packs += pack_id
+        return number
+
+    def add_pack(self, pack_id: PackId, blobs: Iterable[PackedBlob]) -> None:
+        """Add the blobs of one pack (already parsed)."""
+        pack_no = self._pack(pack_id)
+        rows: list[list[bytes]] = [[], []]
+        for b in blobs:
+            offset = b.offset
+            if offset >= _FAR:
+                self._far[b.type][bytes(b.id)] = offset
+                offset = _FAR
+            if len(b.id) == ID_SIZE:
+                rows[b.type].append(
+                    b.id + _VAL.pack(pack_no, offset, b.length, b.uncompressed_length)
+                )
+        for blob_type in BlobType:
+            if rows[blob_type]:
+                self._groupers[blob_type].add(b"".join(rows[blob_type]))
+
+    def add_packs(self, packs_in: Any) -> None:
+        """Add the packs of an index document, validated as :func:`decode_index` does.
+
+        Raises :class:`IntegrityError` for a malformed entry (the loader
+        should then be dropped).
+        """
+        try:
+            self._add_packs(packs_in)
+        except _MALFORMED as exc:
+            raise _malformed(exc) from None
+
+    def _add_packs(self, packs_in: Any) -> None:
+        ids: list[Any] = []
+        types: list[Any] = []
+        offs: list[Any] = []
+        lens: list[Any] = []
+        ulens: list[Any] = []
+        pack_nos = array("I")
+        get_id, get_type = operator.itemgetter("id"), operator.itemgetter("type")
+        get_off, get_len = operator.itemgetter("offset"), operator.itemgetter("length")
+        get_ulen = operator.methodcaller("get", "uncompressed_length")
+        for p in packs_in:
+            pack_no = self._pack(parse_id(p["id"]))
+            blobs = p.get("blobs") or []
+            if not isinstance(blobs, list):
+                raise TypeError(f"blobs of pack {p['id']} is not a list")
+            # per column at C speed; a non-object raises TypeError, a missing key KeyError
+            ids += map(get_id, blobs)
+            types += map(get_type, blobs)
+            offs += map(get_off, blobs)
+            lens += map(get_len, blobs)
+            ulens += map(get_ulen, blobs)
+            pack_nos += array("I", [pack_no]) * len(blobs)
+        n = len(ids)
+        if not n:
+            return
+        if set(map(type, ids)) != {str} or set(map(len, ids)) != {64}:
+            bad = next(i for i in ids if not isinstance(i, str) or len(i) != 64)
+            raise ValueError(f"invalid id {bad!r}")
+        idb = bytes.fromhex("".join(ids))
+        if len(idb) != ID_SIZE * n:
+            raise ValueError("invalid id (spaces in the hex digits)")
+        del ids
+        trees = types.count("tree")
+        if types.count("data") + trees != n:
+            bad = next(t for t in types if t not in ("data", "tree"))
+            raise ValueError(f"unknown blob type {bad!r}")
+        offsets, lengths, ulengths = _uints(offs), _uints(lens), _uints([u or 0 for u in ulens])
+        del offs, lens, ulens
+        if min(offsets) < 0 or max(offsets) >= MAX_PACK_OFFSET:
+            raise ValueError(f"offset {min(offsets)}..{max(offsets)} is out of range")
+        if not (OVERHEAD <= min(lengths) and max(lengths) < 1 << 32):
+            raise ValueError(f"length {min(lengths)}..{max(lengths)} is out of range")
+        if not (0 <= min(ulengths) and max(ulengths) < 1 << 32):
+            raise ValueError(
+                f"uncompressed length {min(ulengths)}..{max(ulengths)} is out of range"
+            )
+        if max(offsets) >= _FAR:
+            offsets = list(offsets)
+            for i, offset in enumerate(offsets):
+                if offset >= _FAR:
+                    blob_type = BlobType.DATA if types[i] == "data" else BlobType.TREE
+                    self._far[blob_type][idb[i * ID_SIZE : (i + 1) * ID_SIZE]] = offset
+                    offsets[i] = _FAR
+        recs = _records(idb, pack_nos, offsets, lengths, ulengths)
+        del idb, offsets, lengths, ulengths, pack_nos
+        if not trees:
+            self._groupers[BlobType.DATA].add(recs)
+        elif trees == n:
+            self._groupers[BlobType.TREE].add(recs)
+        else:
+            split: list[list[bytes]] = [[], []]
+            for i, kind in enumerate(types):
+                split[kind == "tree"].append(recs[i * REC : (i + 1) * REC])
+            for blob_type in BlobType:
+                self._groupers[blob_type].add(b"".join(split[blob_type]))
+
+    def finish(self) -> None:
+        """Merge everything added into the index."""
+        index = self._index
+        grouped = []
+        for blob_type in BlobType:
+            grouped.append(self._groupers[blob_type].finish())
+        self._groupers = [_Grouper(), _Grouper()]
+        with index._lock:  # noqa: SLF001
+            shift = len(index._packs) // ID_SIZE - self._first  # noqa: SLF001 - added meanwhile
+            index._packs += self._packs  # noqa: SLF001
+            for blob_type in BlobType:
+                recs, starts = grouped[blob_type]
+                if not recs:
+                    continue
+                table = index._tables[blob_type]  # noqa: SLF001
+                if len(table) or shift:
+                    recs, starts = _drop_known(table, recs, starts, shift)
+                room = max(_OVERLAY_MIN, len(table.recs) // REC >> 4) - len(table.overlay)
+                if table.recs and len(recs) // REC <= room:
+                    # a few on top of a large table (new index files over the
+                    # cache): the overlay takes them without copying the table
+                    _to_overlay(table, recs, self._far[blob_type])
+                    continue
+                index._tables[blob_type] = _merge(  # noqa: SLF001
+                    table, recs, starts, self._far[blob_type]
+                )
+
+
+def _to_overlay(table: _Table, recs: bytearray, far: dict[bytes, int]) -> None:
+    """Add grouped records to a table's overlay (with the index's lock held)."""
+    for i in range(len(recs) // REC):
+        blob_id = bytes(recs[i * REC : i * REC + ID_SIZE])
+        pack_no, offset, length, ulen = _VAL.unpack_from(recs, i * REC + ID_SIZE)
+        if offset == _FAR:
+            offset = far[blob_id]
+        table.overlay[blob_id] = (pack_no, offset, length, ulen)
+
+
+def _uints(values: list[Any]) -> array[int] | list[int]:
+    """Integers as ``int()`` makes them; an array when they are plain ints."""
+    try:
+        return array("q", values)
+    except (TypeError, OverflowError):
+        return list(map(int, values))
+
+
+def _drop_known(
+    table: _Table, recs: bytearray, starts: array[int], shift: int
+) -> tuple[bytearray, array[int]]:
+    """Leave out what ``table`` already has; shift pack numbers by ``shift``."""
+    out = bytearray()
+    counts = [0] * BUCKETS
+    view = memoryview(recs)
+    for i in range(len(recs) // REC):
+        row = view[i * REC : (i + 1) * REC]
+        blob_id = row[:ID_SIZE].tobytes()
+        if table.has(blob_id):
+            continue
+        if shift:
+            pack_no, offset, length, ulen = _VAL.unpack_from(row, ID_SIZE)
+            out += blob_id + _VAL.pack(pack_no + shift, offset, length, ulen)
+        else:
+            out += row
+        counts[bucket_of(blob_id)] += 1
+    del view
+    return out, array("I", accumulate(counts, initial=0))

@@ -14,8 +14,10 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import zstandard
@@ -32,7 +34,8 @@ from .errors import (
 )
 from .gocompat import format_time
 from .ids import BlobType, PackId, SnapshotId
-from .index import MasterIndex, decode_index
+from .index import MasterIndex, decode_index, index_supersedes
+from .indexcache import CACHE_NAME, load_cache, save_cache
 from .limits import (
     MAX_BLOB_PLAINTEXT,
     MAX_BLOB_STORED,
@@ -52,6 +55,17 @@ __all__ = ["RepoConfig", "Repository", "hostname", "username", "MAX_KEYS_TRIED"]
 MIN_VERSION = 1
 MAX_VERSION = 2
 MAX_KEYS_TRIED = 20
+# the index cache is rewritten once this many index files were read on top of it
+INDEX_CACHE_MAX_UNCOVERED = 16
+
+
+def _name_id(name: str) -> bytes:
+    """A file name as the 32-byte id it should be (other names map to themselves)."""
+    try:
+        raw = bytes.fromhex(name)
+    except ValueError:
+        return name.encode()
+    return raw if len(raw) == 32 else name.encode()
 
 
 def _reason(name: str, exc: EngineError) -> str:
@@ -131,6 +145,9 @@ class Repository:
         self._codecs = _Codecs()
         self._index_loaded = False
         self._index_lock = threading.Lock()
+        # where the local index cache lives (None: no cache); see ensure_index
+        self.index_cache_dir: str | None = None
+        self._cache_files: set[bytes] = set()  # index files the cache on disk covers
         # unreadable snapshot files met by the last listing: (name, error)
         self.damaged_snapshots: list[tuple[str, EngineError]] = []
 
@@ -282,7 +299,8 @@ class Repository:
         """Read every index file into the master index (in parallel).
 
         Returns every index file's name and the blobs of each pack that the
-        live (not superseded) files list, for callers that rewrite the index.
+        live (not superseded) files list, for callers that rewrite the index
+        (prune). Always reads the index files themselves, never the cache.
         """
         names = [name for name, _ in self.storage.list(FileType.INDEX)]
         superseded: set[bytes] = set()
@@ -299,23 +317,139 @@ class Repository:
         for _name, (sup, _packs) in results:
             superseded.update(sup)
         live: dict[PackId, list[PackedBlob]] = {}
+        loader = self.index.loader()
+        loaded = []
         for name, (_sup, packs) in results:
             if bytes.fromhex(name) in superseded:
                 continue
             for pack_id, blobs in packs:
-                self.index.add_pack(pack_id, blobs)
+                loader.add_pack(pack_id, blobs)
                 live[pack_id] = blobs
-            self.index.files.add(bytes.fromhex(name))
+            loaded.append(bytes.fromhex(name))
+        loader.finish()
+        self.index.files.update(loaded)
+        self.index.superseded.update(superseded)
         self._index_loaded = True
         return names, live
 
     def ensure_index(self) -> None:
-        """Load the index once (thread-safe)."""
+        """Load the index once (thread-safe); from the local cache when it is current.
+
+        With :attr:`index_cache_dir` set, the tables come from the cache
+        file there while every index file it covers still exists; index
+        files added since are read on top. See :mod:`.indexcache`.
+        """
         if self._index_loaded:
             return
         with self._index_lock:
             if not self._index_loaded:
-                self.load_index()
+                self._sync_index(refresh=False)
+
+    def refresh_index(self) -> None:
+        """Bring a loaded index up to date with the repository.
+
+        Lists the index files again and reads only the new ones; when one
+        that was loaded is gone (another client pruned) or a new one
+        supersedes a loaded one, everything is loaded again. A long-lived
+        Repository calls this before each job.
+        """
+        with self._index_lock:
+            self._sync_index(refresh=True)
+
+    def _cache_path(self) -> str | None:
+        if not self.index_cache_dir:
+            return None
+        return os.path.join(self.index_cache_dir, CACHE_NAME)
+
+    def _sync_index(self, *, refresh: bool) -> None:
+        names = [name for name, _ in self.storage.list(FileType.INDEX)]
+        listed = {_name_id(n) for n in names}
+        index: MasterIndex | None = None
+        incremental = False  # on top of the cache or of the index in memory
+        if refresh and self._index_loaded and self.index.files <= listed:
+            index, incremental = self.index, True
+        cache_path = self._cache_path()
+        if index is None and cache_path is not None:
+            state = load_cache(cache_path, self.key, self.config.id)
+            if state is not None and state.files <= listed:
+                index = MasterIndex.from_state(state)
+                self._cache_files = set(state.files)
+                incremental = True
+        if index is None:
+            index = MasterIndex()
+            self._cache_files = set()
+        known = index.files | index.superseded
+        todo = [n for n in names if _name_id(n) not in known]
+        parsed = 0
+        if todo:
+            conflict = self._parse_index_files(index, todo)
+            if conflict is not None:
+                # a new file supersedes what was loaded: everything again, skipping
+                # every file seen superseded
+                index = MasterIndex()
+                incremental = False
+                index.superseded.update(conflict)
+                todo = [n for n in names if _name_id(n) not in conflict]
+                self._parse_index_files(index, todo, final=True)
+            parsed = len(todo)
+        self.index = index
+        self._index_loaded = True
+        if cache_path is not None and parsed and self._cache_due(index, incremental):
+            try:
+                save_cache(cache_path, self.key, self.config.id, index.export_state())
+                self._cache_files = set(index.files)
+            except OSError:
+                pass  # only the next load's speed depends on it
+
+    def _cache_due(self, index: MasterIndex, incremental: bool) -> bool:
+        """Rewrite the cache? Not for every small index file a backup adds on top."""
+        if not incremental:
+            return True
+        uncovered = index.files - self._cache_files
+        return len(uncovered) >= INDEX_CACHE_MAX_UNCOVERED
+
+    def _parse_index_files(
+        self, index: MasterIndex, names: list[str], *, final: bool = False
+    ) -> set[bytes] | None:
+        """Read index files into ``index``, a few fetched ahead on threads.
+
+        Returns None when done, or (unless ``final``) every superseded name
+        seen when a file supersedes one already loaded: the caller starts
+        over. Only a few files' JSON exist at a time.
+        """
+        loader = index.loader()
+        superseded = set(index.superseded)
+        loaded: list[bytes] = []
+        workers = 4
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: deque[tuple[str, Future[bytes]]] = deque()
+            queue = iter(names)
+            for name in islice(queue, workers):
+                pending.append((name, pool.submit(self.load_unpacked, FileType.INDEX, name)))
+            try:
+                while pending:
+                    name, fut = pending.popleft()
+                    text = fut.result()
+                    for nxt in islice(queue, 1):
+                        pending.append((nxt, pool.submit(self.load_unpacked, FileType.INDEX, nxt)))
+                    doc = loads_json(text, f"{FileType.INDEX.value}/{name}")
+                    del text
+                    sup, packs_in = index_supersedes(doc)
+                    superseded.update(sup)
+                    if not final and (superseded & index.files or superseded & set(loaded)):
+                        return superseded
+                    name_id = _name_id(name)
+                    if name_id not in superseded:
+                        loader.add_packs(packs_in)
+                        loaded.append(name_id)
+                    del doc, packs_in
+            finally:
+                for _name, fut in pending:
+                    fut.cancel()
+        loader.finish()
+        index.files.update(loaded)
+        index.superseded.update(superseded)
+        return None
 
     # ---------------------------------------------------------------- blobs
     def decode_blob(

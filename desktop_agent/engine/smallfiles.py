@@ -51,6 +51,7 @@ from .helpermsg import (
     ToHelper,
 )
 from .ids import BlobId, BlobType
+from .idtable import IdSet
 from .pack import BLOB_ZSTD_LEVEL, FinishedPack, PackBuilder
 
 __all__ = [
@@ -130,8 +131,8 @@ def _helper_main(conn: Connection, init: Init) -> None:
     """
     key = crypto.Key(*init.key_parts)
     zstd = zstandard.ZstdCompressor(level=BLOB_ZSTD_LEVEL) if init.compression else None
-    known = init.known
-    seen = {known[i : i + 32] for i in range(0, len(known), 32)}
+    # a million known ids cost 32 MB here, not the ~100 MB of a set of bytes
+    seen = IdSet(init.known)
     builder = PackBuilder(key, init.spool_dir)
     try:
         while True:
@@ -163,7 +164,7 @@ def _seal(
     paths: list[bytes],
     key: crypto.Key,
     zstd: zstandard.ZstdCompressor | None,
-    seen: set[bytes],
+    seen: IdSet,
     builder: PackBuilder,
     pack_size: int,
 ) -> tuple[list[HelperResult], list[SealedPack]]:

@@ -554,7 +554,9 @@ class JobController:
         path = self.config.repository_path
         storage = storage_for(self.config)
         if self._key is not None and self._key[0] == path:
-            return Repository.open_with_key(storage, self._key[1])
+            repo = Repository.open_with_key(storage, self._key[1])
+            self._use_index_cache(repo)
+            return repo
         if not storage.exists():
             raise RepositoryNotFound(
                 f"there is no repository at {storage.location} "
@@ -568,7 +570,13 @@ class JobController:
             )
         repo = Repository.open(storage, password)
         self._key = (path, repo.key)
+        self._use_index_cache(repo)
         return repo
+
+    def _use_index_cache(self, repo: Repository) -> None:
+        """Every job loads the index from the local cache when it is current."""
+        cache_root = self._cache_root or user_cache_dir()
+        repo.index_cache_dir = str(cache_root / "repositories" / repo.config.id)
 
     def _reporter(self, job: Job) -> Callable[[Progress], None]:
         loop = self._loop
