@@ -362,6 +362,7 @@ def backup(
             if run is not None and options.journal is not None:
                 options.journal.abort(run)
             raise
+        repo.update_index_cache()
         if cache_path is not None and job.new_cache is not None:
             try:
                 job.new_cache.save(cache_path, repo.key, snap_id)

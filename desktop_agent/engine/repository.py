@@ -401,6 +401,23 @@ class Repository:
             except OSError:
                 pass  # only the next load's speed depends on it
 
+    def update_index_cache(self) -> None:
+        """After a backup: save the index cache if the index in memory is complete
+        and the cache on disk lacks many of its files (or does not exist)."""
+        cache_path = self._cache_path()
+        if cache_path is None or not self._index_loaded:
+            return
+        index = self.index
+        uncovered = index.files - self._cache_files
+        if not uncovered or (self._cache_files and len(uncovered) < INDEX_CACHE_MAX_UNCOVERED):
+            return
+        with self._index_lock:
+            try:
+                save_cache(cache_path, self.key, self.config.id, index.export_state())
+                self._cache_files = set(index.files)
+            except OSError:
+                pass  # only the next load's speed depends on it
+
     def _cache_due(self, index: MasterIndex, incremental: bool) -> bool:
         """Rewrite the cache? Not for every small index file a backup adds on top."""
         if not incremental:
