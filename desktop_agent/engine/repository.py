@@ -345,6 +345,11 @@ class Repository:
             if not self._index_loaded:
                 self._sync_index(refresh=False)
 
+    @property
+    def index_loaded(self) -> bool:
+        """The index has been loaded (or the repository is new)."""
+        return self._index_loaded
+
     def refresh_index(self) -> None:
         """Bring a loaded index up to date with the repository.
 
@@ -392,6 +397,16 @@ class Repository:
                 todo = [n for n in names if _name_id(n) not in conflict]
                 self._parse_index_files(index, todo, final=True)
             parsed = len(todo)
+        old = self.index
+        if not refresh and old is not index and len(old):
+            # blobs stored before the first load (trees are saved without it)
+            by_pack: dict[PackId, list[PackedBlob]] = {}
+            for blob_id, e in old.entries():
+                by_pack.setdefault(e.pack, []).append(
+                    PackedBlob(e.type, blob_id, e.offset, e.length, e.uncompressed_length)
+                )
+            for pack_id, blobs in by_pack.items():
+                index.add_pack(pack_id, blobs)
         self.index = index
         self._index_loaded = True
         if cache_path is not None and parsed and self._cache_due(index, incremental):

@@ -128,12 +128,19 @@ class BlobWriter:
         data: bytes | bytearray | memoryview,
         blob_id: bytes | None = None,
     ) -> SaveResult:
-        """Store a blob unless it is already known. Thread-safe."""
+        """Store a blob unless it is already known. Thread-safe.
+
+        A tree blob does not load the index: a run that writes no data blob
+        (only the trees above a change) never loads it, at the price of a
+        tree stored twice now and then, which the format allows.
+        """
         if self._error is not None:
             raise self._error
-        self.repo.ensure_index()
+        repo = self.repo
+        if blob_type is BlobType.DATA:
+            repo.ensure_index()
         bid = BlobId(blob_id if blob_id is not None else crypto.sha256(data))
-        if self.repo.index.has(blob_type, bid):
+        if repo.index.has(blob_type, bid):
             return SaveResult(bid, False, 0)
         claimed = self._claimed[blob_type]
         with self._lock:

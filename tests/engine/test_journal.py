@@ -335,3 +335,37 @@ def test_a_folder_deleted_and_made_again_is_not_taken_for_the_old_one(tmp_path, 
         assert res.summary.files_new + res.summary.files_changed == 1
     finally:
         lab.close()
+
+
+def test_a_run_that_stores_no_data_loads_no_index(tmp_path, new_repo, restic):
+    """A new empty folder in a folder of folders: only trees change, no index is
+    loaded, and the empty folder's tree, already stored, is stored again (the
+    format allows it): restic's check and ours pass."""
+    from desktop_agent.engine.check import check
+
+    lab = Lab(tmp_path, new_repo(tmp_path / "repo0"))
+    try:
+        lab.build()
+        (lab.src / "d0" / "empty").mkdir()
+        lab.journal_backup()
+        (lab.src / "new-empty").mkdir()
+        repo = reopen(lab.repo)
+        opts = BackupOptions(
+            sources=[str(lab.src)], cache_dir=str(lab.cache), journal=lab.journal, scan=False
+        )
+        res = backup(repo, opts)
+        assert not lab.journal.last_run.full
+        assert not repo.index_loaded
+        assert res.summary.files_unmodified == len(lab.files())
+        assert res.summary.tree_blobs >= 2  # the source's tree and the empty one again
+        assert bytes(res.snapshot.tree) == lab.full_scan()
+        assert check(reopen(lab.repo), read_data=True).ok
+        restic(tmp_path / "repo0", "check", "--read-data")
+        from desktop_agent.engine import crypto
+        from desktop_agent.engine.tree import encode_tree
+
+        empty = crypto.sha256(encode_tree([])).hex()
+        listed = restic(tmp_path / "repo0", "list", "blobs").stdout
+        assert listed.count(f"tree {empty}") == 2
+    finally:
+        lab.close()
