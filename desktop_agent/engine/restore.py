@@ -248,7 +248,9 @@ class _Restorer:
         pf.remaining = len(places)
         batch.blob_refs += len(places)
         if node.links > 1 and node.inode and len(self.hardlinks) < MAX_HARDLINKS:
-            self.hardlinks[(node.device_id, node.inode)] = LinkSource(parent, node.name, pf)
+            source = LinkSource(parent, node.name, pf)
+            self.hardlinks[(node.device_id, node.inode)] = source
+            batch.sources.append(source)
         if not pf.remaining:
             self.progress.add_done(files=1)
         if batch.full():
@@ -280,10 +282,17 @@ class _Restorer:
 
     # ------------------------------------------------------------- a batch
     def flush(self) -> None:
-        """Write the batch's contents, make its links and special files, set metadata."""
+        """Write the batch's contents, make its links and special files, set metadata.
+
+        The walk waits meanwhile: planning the next batch while this one is
+        written was measured slower for many small files (the walk's tree
+        decoding holds the interpreter lock that every worker needs back
+        after each system call).
+        """
         batch, self.batch = self.batch, Batch()
+        batch.dirs, self.left = self.left, []
+        assert self.filler is not None and self.fds is not None
         if batch.needs:
-            assert self.filler is not None
             self.filler.fill(batch)
         for i, pf in enumerate(batch.files):
             if i % 256 == 0:
@@ -293,12 +302,10 @@ class _Restorer:
             self.make_link(parent, node, source)
         for parent, node in batch.others:
             self.make_other(parent, node)
-        left, self.left = self.left, []
-        assert self.fds is not None
-        for d in left:  # post-order: every directory after its subdirectories
+        for d in batch.dirs:  # post-order: every directory after its subdirectories
             self.finish_dir(d)
             self.fds.forget(d)
-        for source in self.hardlinks.values():
+        for source in batch.sources:
             if source.file is not None:
                 source.ok = not source.file.failed
                 source.file = None  # let the batch go

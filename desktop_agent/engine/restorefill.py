@@ -2,14 +2,17 @@
 
 See docs/design.md, section 6. The restore plans files in batches of
 bounded size (:class:`Batch`); :class:`Filler` then reads, for each pack,
-the ranges the batch needs (at most a few MiB each, checked against the
-pack's size), in worker threads one range at a time: a pack holds thousands
-of small files, so ranges, not packs, keep every worker busy. Each blob is
-decrypted, decompressed within the length the index gives and checked
-against its id, then written with ``pwrite`` to every place that holds it.
-All-zero blocks are not written: holes stay holes. The write that completes
-a file also sets its size and metadata through the descriptor it wrote
-with.
+the ranges the batch needs (at most :data:`MAX_RANGE` each, a larger blob
+alone; checked against the pack's size), in worker threads one range at a
+time: a pack holds thousands of small files, so ranges, not packs, keep
+every worker busy. The bytes the workers hold at once (ranges read, and
+the plaintext of the blob being decoded) stay within :data:`IN_FLIGHT`, so
+the restore's memory does not grow with the number of workers or the size
+of the blobs. Each blob is decrypted, decompressed within the length the
+index gives and checked against its id, then written with ``pwrite`` to
+every place that holds it. All-zero blocks are not written: holes stay
+holes. The write that completes a file also sets its size and metadata
+through the descriptor it wrote with.
 """
 
 from __future__ import annotations
@@ -31,14 +34,27 @@ from .restoretarget import IS_ROOT, Dir, DirFds, open_file
 from .storage import FileType
 from .tree import Node, unix_mode
 
-__all__ = ["Batch", "Filler", "LinkSource", "PlannedFile", "reason"]
+__all__ = [
+    "IN_FLIGHT",
+    "MAX_RANGE",
+    "Batch",
+    "Filler",
+    "LinkSource",
+    "PlannedFile",
+    "all_zero",
+    "reason",
+]
 
 _MERGE_GAP = 1 << 20  # read across a gap this small rather than issue two reads
 # read at most this much of a pack at once (one larger blob alone): small enough
 # that a pack of thousands of small files is shared out among the workers
-_MAX_RANGE = 2 << 20
-_BATCH_FILES = 20_000
-_BATCH_BLOBS = 250_000
+MAX_RANGE = 2 << 20
+# bytes the workers hold at once, ranges read plus plaintext being decoded (a
+# range that alone costs more waits until it is the only one)
+IN_FLIGHT = 16 << 20
+_ZERO_BLOCK = bytes(64 << 10)
+_BATCH_FILES = 10_000
+_BATCH_BLOBS = 125_000
 
 
 @dataclass
@@ -72,6 +88,10 @@ class Batch:
     needs: dict[BlobId, list[tuple[int, int]]] = field(default_factory=dict)
     links: list[tuple[Dir, Node, LinkSource]] = field(default_factory=list)
     others: list[tuple[Dir, Node]] = field(default_factory=list)
+    # hard link groups whose first path is a file of this batch
+    sources: list[LinkSource] = field(default_factory=list)
+    # directories whose entries are all planned by this batch: metadata after it
+    dirs: list[Dir] = field(default_factory=list)
     blob_refs: int = 0
 
     def full(self) -> bool:
@@ -113,13 +133,21 @@ class Filler:
         # reported as taken (Control.wait_paused) only once this is zero
         self._busy = 0
         self._idle = threading.Condition()
+        # bytes held by workers (ranges read, plaintext being decoded): at most
+        # IN_FLIGHT, or one range alone that costs more
+        self._flight = 0
+        self._room = threading.Condition()
         self.bytes_written = 0
         self.files_done = 0  # files completed (size and metadata) by their last write
 
     def fill(self, batch: Batch) -> None:
-        """Fill the batch's files: the needed ranges of each pack, read and written
-        by the workers one range at a time (a pack holds thousands of small
-        files: ranges, not packs, keep every worker busy)."""
+        """Fill the batch's files and wait until they are written."""
+        self.wait(self.start(batch))
+
+    def start(self, batch: Batch) -> list[Future[None]]:
+        """Hand the batch's ranges to the workers: the needed ranges of each
+        pack, read and written one range at a time (a pack holds thousands of
+        small files: ranges, not packs, keep every worker busy)."""
         by_pack: dict[PackId, list[_Where]] = {}
         for blob_id in batch.needs:
             entry = self.repo.index.lookup(BlobType.DATA, blob_id)
@@ -131,6 +159,11 @@ class Filler:
         for pack, blobs in by_pack.items():
             for group in self.ranges(batch, pack, blobs):
                 futures.append(self.pool.submit(self.restore_range, batch, pack, group))
+        return futures
+
+    def wait(self, futures: list[Future[None]]) -> None:
+        """Wait for a batch's ranges, taking pauses; the first failure is raised
+        once no range of the batch runs any more."""
         try:
             pending: set[Future[None]] = set(futures)
             while pending:
@@ -138,7 +171,7 @@ class Filler:
                 for fut in done:
                     fut.result()
                 # the primary thread takes the pause once every worker stands still
-                self.control.checkpoint(quiesce=self._quiesce)
+                self.control.checkpoint(quiesce=self.quiesce)
         except BaseException:
             for fut in futures:
                 fut.cancel()
@@ -180,13 +213,14 @@ class Filler:
             if groups:
                 last = groups[-1]
                 start, end = last[0][1], last[-1][1] + last[-1][2]
-                if b[1] - end <= _MERGE_GAP and b[1] + b[2] - start <= _MAX_RANGE:
+                if b[1] - end <= _MERGE_GAP and b[1] + b[2] - start <= MAX_RANGE:
                     last.append(b)
                     continue
             groups.append([b])
         return groups
 
-    def _quiesce(self) -> None:
+    def quiesce(self) -> None:
+        """Wait until no worker reads or writes (each stands at a pause point or is idle)."""
         with self._idle:
             self._idle.wait_for(lambda: self._busy == 0)
 
@@ -205,15 +239,29 @@ class Filler:
                 self._busy += 1
 
     def restore_range(self, batch: Batch, pack: PackId, group: list[_Where]) -> None:
-        """Read one range of a pack and write its blobs out (on a worker thread)."""
-        with self._idle:
-            self._busy += 1
+        """Read one range of a pack and write its blobs out (on a worker thread).
+
+        The range's bytes and the largest plaintext it decodes are taken
+        from the in-flight budget first; waiting for room is idle time (a
+        pause does not wait for it).
+        """
+        cost = range_cost(group)
+        with self._room:
+            self._room.wait_for(lambda: self._flight == 0 or self._flight + cost <= IN_FLIGHT)
+            self._flight += cost
         try:
-            self._restore_range(batch, pack, group)
-        finally:
             with self._idle:
-                self._busy -= 1
-                self._idle.notify_all()
+                self._busy += 1
+            try:
+                self._restore_range(batch, pack, group)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+        finally:
+            with self._room:
+                self._flight -= cost
+                self._room.notify_all()
 
     def _restore_range(self, batch: Batch, pack: PackId, group: list[_Where]) -> None:
         self._pause_point()
@@ -259,7 +307,7 @@ class Filler:
         is spread over the workers instead of left to one thread at the end.
         """
         fds = self.fds
-        zero = len(plain) >= 4096 and plain.count(0) == len(plain)
+        zero = all_zero(plain)
         for idx, offset in where:
             pf = batch.files[idx]
             if pf.failed:
@@ -324,6 +372,33 @@ class Filler:
         with self._lock:
             pf.done = True
             self.files_done += 1
+
+
+def range_cost(group: list[_Where]) -> int:
+    """The bytes a worker holds for one range: the range read, and the plaintext
+    of its largest blob (a blob's ciphertext and plaintext are alive at once)."""
+    start = group[0][1]
+    end = max(b[1] + b[2] for b in group)
+    return end - start + max(b[3] or b[2] for b in group)
+
+
+def all_zero(data: bytes) -> bool:
+    """Whether a block of at least 4 KiB holds only zero bytes (it then stays a hole).
+
+    Compared 64 KiB at a time with ``startswith`` (a ``memcmp``, no copy):
+    a block with any data fails at its first or last byte or its first
+    differing slice, and the interpreter lock is never held for long
+    (``bytes.count`` would hold it for the whole block, about 0.4 s per GiB).
+    """
+    n = len(data)
+    if n < 4096 or data[0] or data[-1]:
+        return False
+    step = len(_ZERO_BLOCK)
+    for pos in range(0, n, step):
+        zeros = _ZERO_BLOCK if n - pos >= step else _ZERO_BLOCK[: n - pos]
+        if not data.startswith(zeros, pos):
+            return False
+    return True
 
 
 def reason(exc: BaseException) -> str:
