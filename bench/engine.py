@@ -20,15 +20,25 @@ difference weighs on short runs, the unchanged re-run is also measured with
 restic on a repository whose key file has desktop-agent's parameters
 ("restic, same KDF"), which isolates the incremental machinery.
 
+Then the running agent (``desktop-agent --headless`` as a process, backups
+started over ``/ws`` and timed until ``backup:completed``) on a copy of the
+``small`` set: its first backup, unchanged re-runs and runs with 10 files
+changed, against restic's CLI runs on the same data (targets <= 0.05x and
+<= 0.1x): the change journal at work.
+
     .venv/bin/python bench/engine.py [--workdir DIR] [--repeat 3] [--only mixed|small]
+    .venv/bin/python bench/engine.py --agent-only     # only the running agent
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -348,6 +358,125 @@ def report(
         )
 
 
+# ------------------------------------------------------------ the warm agent
+def _agent_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
+    env.update(DESKTOP_AGENT_PASSWORD=PASSWORD, HOME=str(home))
+    return env
+
+
+def _change_files(source: Path, count: int, rng: random.Random) -> None:
+    """Append a line to ``count`` random files of ``source``."""
+    files = [Path(d) / f for d, _, fs in os.walk(source) for f in fs]
+    for f in rng.sample(files, count):
+        with open(f, "ab") as fh:
+            fh.write(b"changed\n")
+
+
+async def _agent_backups(
+    workdir: Path, source: Path, repeat: int, changed: int
+) -> tuple[float, list[float], list[float]]:
+    """The headless agent as a process: its first backup, then unchanged and changed runs.
+
+    Each backup is started over /ws (``backup:start``) and timed until
+    ``backup:completed`` arrives; the agent stays up between runs (warm).
+    """
+    from websockets.asyncio.client import connect
+
+    base = workdir / "warm-agent"
+    shutil.rmtree(base, ignore_errors=True)
+    (base / "home").mkdir(parents=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "bench-warm-agent-token-0123456789"
+    config = base / "config.toml"
+    config.touch(mode=0o600)
+    config.write_text(
+        f'[agent]\nlisten = "127.0.0.1:{port}"\ntoken = "{token}"\n'
+        f'[repository]\npath = "{base / "repo"}"\npassword_file = ""\n'
+        f'[backup]\nsources = ["{source}"]\nexclude = []\ninterval_minutes = 0\n'
+        "[upkeep]\ncheck_subsets = 0\n"
+    )
+    env = _agent_env(base / "home")
+    cmd = [sys.executable, "-m", "desktop_agent", "--config", str(config)]
+    subprocess.run([*cmd, "init"], env=env, check=True, capture_output=True)
+    log = open(base / "agent.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([*cmd, "--headless"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    rng = random.Random(11)
+    try:
+        ws = None
+        for _ in range(300):
+            try:
+                ws = await connect(
+                    f"ws://127.0.0.1:{port}/ws",
+                    additional_headers={"Authorization": f"Bearer {token}"},
+                )
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        if ws is None:
+            raise SystemExit(f"the agent did not listen; see {base / 'agent.log'}")
+
+        async def one() -> float:
+            await ws.send(json.dumps({"type": "backup:start", "payload": {}}))
+            t0 = time.perf_counter()
+            while True:
+                msg = json.loads(await ws.recv())
+                if msg["type"] == "backup:failed":
+                    raise SystemExit(f"backup failed: {msg['payload']}")
+                if msg["type"] == "backup:completed":
+                    return time.perf_counter() - t0
+
+        first = await one()
+        unchanged = [await one() for _ in range(repeat)]
+        changed_runs = []
+        for _ in range(repeat):
+            _change_files(source, changed, rng)
+            changed_runs.append(await one())
+        await ws.close()
+        return first, unchanged, changed_runs
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()
+
+
+def warm_agent(workdir: Path, small: Path, repeat: int, changed: int = 10) -> None:
+    """An hourly backup in the running agent (change journal) vs restic's CLI run."""
+    source = workdir / "scratch" / "warm-src"
+    if not source.exists():
+        shutil.copytree(small, source, symlinks=True)
+    sync()
+    first, unchanged, changed_runs = asyncio.run(_agent_backups(workdir, source, repeat, changed))
+    r = Restic(workdir, source)
+    repo = workdir / "repo-warm-restic"
+    shutil.rmtree(repo, ignore_errors=True)
+    r.init(repo)
+    r.backup(repo)
+    restic_unchanged = [r.backup(repo)[0] for _ in range(repeat)]
+    rng = random.Random(12)
+    restic_changed = []
+    for _ in range(repeat):
+        _change_files(source, changed, rng)
+        restic_changed.append(r.backup(repo)[0])
+    shutil.rmtree(repo, ignore_errors=True)
+    ours_u, ours_c = statistics.median(unchanged), statistics.median(changed_runs)
+    theirs_u, theirs_c = statistics.median(restic_unchanged), statistics.median(restic_changed)
+    print("\n== the running agent, 50,000 files (backups over /ws, change journal)")
+    print(f"first backup in the agent (full scan): {first:.2f} s")
+    for label, ours, theirs, target in (
+        ("unchanged re-run", ours_u, theirs_u, 0.05),
+        (f"{changed} files changed", ours_c, theirs_c, 0.1),
+    ):
+        ratio = ours / theirs
+        verdict = "ok" if ratio <= target else "MISSED"
+        print(
+            f"{label:<20}{ours * 1000:>10.0f} ms  restic CLI {theirs:.2f} s"
+            f"{ratio:>8.3f}{'<= ' + str(target):>9} {verdict}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -357,6 +486,8 @@ def main() -> None:
     ap.add_argument("--mixed-mib", type=int, default=1024)
     ap.add_argument("--small-files", type=int, default=50_000)
     ap.add_argument("--only", choices=["mixed", "small"])
+    ap.add_argument("--no-agent", action="store_true", help="skip the warm agent runs")
+    ap.add_argument("--agent-only", action="store_true", help="only the warm agent runs")
     ap.add_argument("--generate", choices=["mixed", "small"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generate:
@@ -367,6 +498,9 @@ def main() -> None:
             make_small(root, args.small_files)
         return
     prepare(args.workdir)
+    if args.agent_only:
+        warm_agent(args.workdir, dataset(args.workdir, "small", args), max(args.repeat, 3))
+        return
     for name in ("mixed", "small"):
         if args.only and args.only != name:
             continue
@@ -376,6 +510,8 @@ def main() -> None:
         theirs = measure(Restic(args.workdir, source), args.workdir, args.repeat, name)
         same = restic_same_kdf_rerun(args.workdir, source, args.repeat, name)
         report(name, ours, theirs, same)
+        if name == "small" and not args.no_agent:
+            warm_agent(args.workdir, source, max(args.repeat, 3))
 
 
 if __name__ == "__main__":
