@@ -270,7 +270,7 @@ class FileSaver:
     def add_file(self, path: bytes, node: Node) -> FileJob:
         """Hand out a file to be read and stored; its job is done when its content is."""
         job = FileJob(path, node)
-        self.progress.current_file = os.fsdecode(path)
+        self.progress.current_file = path
         size = node.size
         if size <= SMALL_FILE:
             self.small_files += 1
@@ -357,7 +357,7 @@ class FileSaver:
         except OSError as exc:
             _read_error(job, exc)
             return
-        self.progress.current_file = os.fsdecode(job.path)
+        self.progress.current_file = job.path
         with open(fd, "rb", buffering=0) as fh:
             try:
                 before = os.fstat(fd)

@@ -51,6 +51,9 @@ class Watcher(Protocol):
     def watch(self, path: bytes) -> str | None:
         """Watch ``path`` (a directory about to be listed); an error text when it cannot."""
 
+    def sync(self) -> None:
+        """Take in every change made so far (called as a backup starts)."""
+
     def identity(self) -> bytes:
         """What must stay the same between two runs (the mount table)."""
 
@@ -219,6 +222,9 @@ class ChangeJournal:
         the run does not complete.
         """
         self._start()
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.sync()  # a change made just before the backup is in this run
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             gone, self._gone = self._gone, set()

@@ -9,6 +9,7 @@ and ETAs are the consumer's business.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -66,7 +67,8 @@ class ProgressState:
         self.files_total = 0
         self.bytes_new = 0
         self.errors = 0
-        self.current_file = ""
+        # set per file by the walker as the raw path: decoded only when reported
+        self.current_file: str | bytes = ""
         self.scan_finished = False
 
     def add_total(self, files: int, nbytes: int) -> None:
@@ -101,7 +103,11 @@ class ProgressState:
                 bytes_total=max(total, self.bytes_done),
                 files_done=self.files_done,
                 files_total=max(files_total, self.files_done),
-                current_file=self.current_file,
+                current_file=(
+                    os.fsdecode(self.current_file)
+                    if isinstance(self.current_file, bytes)
+                    else self.current_file
+                ),
                 bytes_new=self.bytes_new,
                 scan_finished=self.scan_finished,
                 errors=self.errors,

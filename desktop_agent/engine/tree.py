@@ -64,8 +64,19 @@ class NodeType:
     INVALID = "invalid"
 
 
+_GO_MODES: dict[int, int] = {}
+
+
 def go_mode(unix: int) -> int:
     """Convert a ``st_mode`` into Go's FileMode, masked as restic stores it."""
+    # a backup meets a handful of distinct modes, once per file each
+    mode = _GO_MODES.get(unix)
+    if mode is None:
+        mode = _GO_MODES[unix] = _go_mode(unix)
+    return mode
+
+
+def _go_mode(unix: int) -> int:
     mode = unix & MODE_PERM
     fmt = st.S_IFMT(unix)
     if fmt == st.S_IFDIR:

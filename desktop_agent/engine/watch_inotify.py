@@ -205,6 +205,25 @@ class InotifyWatcher:
             self._wds[path] = wd
         return None
 
+    def sync(self) -> None:
+        """Take in every event queued so far (a backup starts: nothing before it is missed).
+
+        The reader thread reads and handles under the same lock, so no event
+        can be read but not yet handled while this runs.
+        """
+        with self._lock:
+            if self._fd < 0:
+                return
+            while True:
+                try:
+                    data = os.read(self._fd, 1 << 16)
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    self._journal.invalidate(f"reading its events failed ({exc.strerror})")
+                    return
+                self._handle(data)
+
     def identity(self) -> bytes:
         """The mount table now (a change means a full scan)."""
         ident, types = _mounts()
@@ -246,46 +265,49 @@ class InotifyWatcher:
             ready = poller.poll()
             if any(r[0] == self._stop_r for r in ready):
                 return
-            try:
-                data = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                self._journal.invalidate(f"reading its events failed ({exc.strerror})")
-                return
-            self._handle(data)
+            with self._lock:
+                if self._fd < 0:
+                    return
+                try:
+                    data = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self._journal.invalidate(f"reading its events failed ({exc.strerror})")
+                    return
+                self._handle(data)
 
     def _handle(self, data: bytes) -> None:
+        """Mark what the events say (the caller holds the lock)."""
         journal = self._journal
         size = _EVENT.size
         pos = 0
         end = len(data)
-        with self._lock:
-            paths = self._paths
-            while pos + size <= end:
-                wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
-                pos += size
-                name = data[pos : pos + length].rstrip(b"\0")
-                pos += length
-                self.events += 1
-                if mask & IN_Q_OVERFLOW:
-                    journal.invalidate("its event queue overflowed")
-                    continue
-                path = paths.get(wd)
-                if path is None:
-                    continue  # a watch already dropped
-                if mask & IN_UNMOUNT:
-                    journal.invalidate("a watched file system was unmounted")
-                if mask & _SELF_GONE:
-                    journal.replaced(path)
-                    if mask & IN_IGNORED:
-                        del paths[wd]
-                        if self._wds.get(path) == wd:
-                            del self._wds[path]
-                    continue
-                if name and mask & IN_ISDIR and mask & _CHILD_GONE:
-                    journal.replaced(path.rstrip(b"/") + b"/" + name)
-                journal.changed(path)
+        paths = self._paths
+        while pos + size <= end:
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+            pos += size
+            name = data[pos : pos + length].rstrip(b"\0")
+            pos += length
+            self.events += 1
+            if mask & IN_Q_OVERFLOW:
+                journal.invalidate("its event queue overflowed")
+                continue
+            path = paths.get(wd)
+            if path is None:
+                continue  # a watch already dropped
+            if mask & IN_UNMOUNT:
+                journal.invalidate("a watched file system was unmounted")
+            if mask & _SELF_GONE:
+                journal.replaced(path)
+                if mask & IN_IGNORED:
+                    del paths[wd]
+                    if self._wds.get(path) == wd:
+                        del self._wds[path]
+                continue
+            if name and mask & IN_ISDIR and mask & _CHILD_GONE:
+                journal.replaced(path.rstrip(b"/") + b"/" + name)
+            journal.changed(path)
 
 
 def start(journal: ChangeJournal) -> InotifyWatcher | None:

@@ -36,18 +36,6 @@ def _journal(**kw) -> ChangeJournal:
     return ChangeJournal(watch_inotify.start, **kw)
 
 
-def _settle(journal: ChangeJournal, probe: Path) -> None:
-    """Wait until the reader thread has taken in every event so far.
-
-    A marker file in a watched directory: once its creation is marked, every
-    earlier event (the queue is in order) has been handled.
-    """
-    marker = probe / f".settle-{time.monotonic_ns()}"
-    marker.write_bytes(b"")
-    marker.unlink()
-    until(lambda: bytes(probe) in journal._dirty)
-
-
 def test_watcher_marks_the_changed_directory(tmp_path):
     journal = _journal()
     try:

@@ -490,6 +490,8 @@ def test_skipped_paths_are_listed_in_backup_completed(tmp_path, monkeypatch):
                 clean = await until(ws, lambda m: m["type"] == "backup:completed")
                 assert set(clean[-1]["payload"]) == {"job_id", "total_bytes"}
                 blocked.add(os.fsencode(victim))
+                # a change the change journal sees (it would not list d1 otherwise)
+                os.chmod(victim, 0o700)
                 await send(ws, "backup:start", {})
                 done = await until(ws, lambda m: m["type"] in ("backup:completed", "backup:failed"))
                 payload = done[-1]["payload"]
