@@ -374,7 +374,7 @@ def _change_files(source: Path, count: int, rng: random.Random) -> None:
 
 
 async def _agent_backups(
-    workdir: Path, source: Path, repeat: int, changed: int
+    workdir: Path, source: Path, repeat: int, changed: int, base_repo: Path | None
 ) -> tuple[float, list[float], list[float]]:
     """The headless agent as a process: its first backup, then unchanged and changed runs.
 
@@ -400,7 +400,10 @@ async def _agent_backups(
     )
     env = _agent_env(base / "home")
     cmd = [sys.executable, "-m", "desktop_agent", "--config", str(config)]
-    subprocess.run([*cmd, "init"], env=env, check=True, capture_output=True)
+    if base_repo is None:
+        subprocess.run([*cmd, "init"], env=env, check=True, capture_output=True)
+    else:  # hard links: stored files are never changed in place
+        subprocess.run(["cp", "-al", str(base_repo), str(base / "repo")], check=True)
     log = open(base / "agent.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([*cmd, "--headless"], env=env, stdout=log, stderr=subprocess.STDOUT)
     rng = random.Random(11)
@@ -442,18 +445,39 @@ async def _agent_backups(
         log.close()
 
 
-def warm_agent(workdir: Path, small: Path, repeat: int, changed: int = 10) -> None:
-    """An hourly backup in the running agent (change journal) vs restic's CLI run."""
-    source = workdir / "scratch" / "warm-src"
-    if not source.exists():
-        shutil.copytree(small, source, symlinks=True)
+def warm_agent(
+    workdir: Path,
+    small: Path,
+    repeat: int,
+    changed: int = 10,
+    *,
+    label: str = "50,000 files",
+    base_repo: Path | None = None,
+    copy_source: bool = True,
+) -> None:
+    """An hourly backup in the running agent (change journal) vs restic's CLI run.
+
+    ``base_repo``: both tools start from a copy of this repository instead
+    of an empty one; ``copy_source``: work on a copy of ``small`` (the runs
+    change files).
+    """
+    source = small
+    if copy_source:
+        source = workdir / "scratch" / "warm-src"
+        if not source.exists():
+            shutil.copytree(small, source, symlinks=True)
     sync()
-    first, unchanged, changed_runs = asyncio.run(_agent_backups(workdir, source, repeat, changed))
+    first, unchanged, changed_runs = asyncio.run(
+        _agent_backups(workdir, source, repeat, changed, base_repo)
+    )
     r = Restic(workdir, source)
     repo = workdir / "repo-warm-restic"
     shutil.rmtree(repo, ignore_errors=True)
-    r.init(repo)
-    r.backup(repo)
+    if base_repo is None:
+        r.init(repo)
+    else:
+        subprocess.run(["cp", "-al", str(base_repo), str(repo)], check=True)
+    restic_first = r.backup(repo)[0]
     restic_unchanged = [r.backup(repo)[0] for _ in range(repeat)]
     rng = random.Random(12)
     restic_changed = []
@@ -463,8 +487,8 @@ def warm_agent(workdir: Path, small: Path, repeat: int, changed: int = 10) -> No
     shutil.rmtree(repo, ignore_errors=True)
     ours_u, ours_c = statistics.median(unchanged), statistics.median(changed_runs)
     theirs_u, theirs_c = statistics.median(restic_unchanged), statistics.median(restic_changed)
-    print("\n== the running agent, 50,000 files (backups over /ws, change journal)")
-    print(f"first backup in the agent (full scan): {first:.2f} s")
+    print(f"\n== the running agent, {label} (backups over /ws, change journal)")
+    print(f"first backup in the agent (full scan): {first:.2f} s; restic's: {restic_first:.2f} s")
     for label, ours, theirs, target in (
         ("unchanged re-run", ours_u, theirs_u, 0.05),
         (f"{changed} files changed", ours_c, theirs_c, 0.1),

@@ -40,9 +40,22 @@ MiB = 1024 * 1024
 TARGETS = {"tiny backup time": 0.5, "tiny backup RSS": 0.5, "bytes per index entry": 0.6}
 
 # ------------------------------------------------------------------ trees
-# A place for "a tree of 200,000 files": the unchanged and the changed
-# re-run of a 200k-file tree into the 1M-blob repository (not measured yet).
 TREE_FILES = 200_000
+
+
+def make_tree(root: Path, files: int) -> None:
+    """``files`` small files (100 B - 4 KiB) in folders of 100, three levels deep."""
+    import random
+
+    rng = random.Random(200)
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for i in range(files):
+        d = tmp / f"a{i // 10_000:02d}" / f"b{i // 1000 % 10}" / f"c{i // 100 % 10}"
+        if i % 100 == 0:
+            d.mkdir(parents=True)
+        (d / f"f{i}.txt").write_bytes(rng.randbytes(rng.randrange(100, 4096)))
+    tmp.rename(root)
 
 
 # ---------------------------------------------------------- the repository
@@ -173,23 +186,6 @@ print(json.dumps({"seconds": seconds, "rss": rss() - before, "entries": len(repo
 """
 
 
-# The CLI with the index cache switched on the way engine/backup.py will (the
-# repository is told the backup's cache_dir), for as long as it does not yet.
-_WITH_CACHE = """
-import sys
-import desktop_agent.engine.backup as engine_backup
-real = engine_backup.backup
-def backup(repo, options, **kw):
-    if getattr(repo, "index_cache_dir", None) is None:
-        repo.index_cache_dir = options.cache_dir
-    return real(repo, options, **kw)
-engine_backup.backup = backup
-from desktop_agent.cli import main
-sys.argv[0] = "desktop-agent"
-sys.exit(main())
-"""
-
-
 class Ours:
     name = "desktop-agent"
 
@@ -199,10 +195,6 @@ class Ours:
         self.env.pop("XDG_CACHE_HOME", None)
         exe = Path(sys.executable).with_name("desktop-agent")
         self.exe = [str(exe)] if exe.exists() else [sys.executable, "-m", "desktop_agent"]
-
-    def with_cache_switched_on(self) -> None:
-        """Run the CLI through :data:`_WITH_CACHE` from now on."""
-        self.exe = [sys.executable, "-c", _WITH_CACHE]
 
     def _cmd(self, repo: Path, *args: str) -> list[str]:
         config = self.workdir / f"config-{repo.name}.toml"
@@ -271,6 +263,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/desktop-agent-bench/scale"))
     ap.add_argument("--blobs", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--tree-files", type=int, default=TREE_FILES)
+    ap.add_argument("--no-tree", action="store_true", help="skip the 200,000-file tree")
     ap.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.build:
@@ -314,17 +308,7 @@ def main() -> None:
     r_empty = tiny_runs(restic, empty, source, args.repeat)
     o_big = tiny_runs(ours, mine, source, args.repeat)
     cached = list((home / ".cache").rglob("index-tables"))
-    o_note = ""
-    if not cached:
-        o_note = (
-            "\nnote: the CLI wrote no index cache: engine/backup.py does not yet pass its "
-            "cache_dir to the repository (repo.index_cache_dir = options.cache_dir);\n"
-            f"as it is: {med([w for w, _ in o_big]):.2f} s, "
-            f"{med([m for _, m in o_big]) / MiB:.0f} MiB; the table shows the CLI with "
-            "that line applied by a launcher"
-        )
-        ours.with_cache_switched_on()
-        o_big = tiny_runs(ours, mine, source, args.repeat)
+    o_note = "" if cached else "\nnote: the CLI wrote no index cache (every run loaded cold)"
 
     r_time, r_rss = med([w for w, _ in r_big]), med([m for _, m in r_big])
     r_index_time = r_time - med([w for w, _ in r_empty])
@@ -359,6 +343,25 @@ def main() -> None:
     print("\nrestic check of desktop-agent's copy after its backups ...", flush=True)
     subprocess.run(["restic", "-r", str(mine), "-q", "check"], env=restic.env, check=True)
     print("  ok")
+    if args.no_tree:
+        return
+
+    # --- a tree of 200,000 files in the running agent, into the 1M-blob repository
+    tree = workdir / f"tree-{args.tree_files}"
+    if not tree.exists():
+        print(f"\nmaking a tree of {args.tree_files:,} files ...", flush=True)
+        make_tree(tree, args.tree_files)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from engine import warm_agent  # the same runs as bench/engine.py's, on this tree
+
+    warm_agent(
+        workdir,
+        tree,
+        args.repeat,
+        label=f"{args.tree_files:,} files into the {entries:,}-blob repository",
+        base_repo=base,
+        copy_source=False,
+    )
 
 
 if __name__ == "__main__":

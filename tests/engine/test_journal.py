@@ -357,3 +357,30 @@ def test_a_run_that_stores_no_data_loads_no_index(tmp_path, new_repo, restic):
         assert listed.count(f"tree {empty}") == 2
     finally:
         lab.close()
+
+
+def test_folders_on_network_and_fuse_file_systems_are_always_listed(
+    tmp_path, mem_repo, monkeypatch
+):
+    """Changes made on another machine raise no event here: with the source's
+    device reported as sshfs by the mount table, nothing is reused unlisted."""
+    real = watch_inotify._mounts
+
+    def mounts():
+        ident, types = real()
+        types = dict(types)
+        types[os.stat(tmp_path).st_dev] = "fuse.sshfs"
+        return ident, types
+
+    monkeypatch.setattr(watch_inotify, "_mounts", mounts)
+    lab = Lab(tmp_path, mem_repo)
+    try:
+        lab.build()
+        lab.journal_backup()
+        res = lab.journal_backup()
+        run = lab.journal.last_run
+        assert run is not None and not run.full
+        assert run.reused == 0
+        assert res.summary.files_unmodified == len(lab.files())
+    finally:
+        lab.close()
