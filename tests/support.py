@@ -154,3 +154,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def subtree_at(repo: Repository, root: bytes, path: str | os.PathLike[str]) -> bytes:
+    """The id of the tree a snapshot (root tree ``root``) holds for directory ``path``.
+
+    Comparing a source's tree rather than the root's leaves out the folders
+    above it (``/tmp`` and the like), which other processes change anytime.
+    """
+    tree = root
+    for comp in os.fsencode(os.fspath(path)).strip(b"/").split(b"/"):
+        node = next(n for n in repo.load_tree(tree) if n.name == comp)
+        assert node.subtree is not None, f"{comp!r} is not a directory"
+        tree = node.subtree
+    return bytes(tree)

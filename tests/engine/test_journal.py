@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import reopen, write
+from support import reopen, subtree_at, write
 
 from desktop_agent.engine import watch_inotify
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
@@ -101,11 +101,14 @@ class Lab:
         )
         return backup(reopen(self.repo), opts)
 
+    def tree(self, res: BackupResult) -> bytes:
+        """The source's tree in a snapshot (the folders above it change anytime)."""
+        return subtree_at(reopen(self.repo), res.snapshot.tree, self.src)
+
     def full_scan(self) -> bytes:
         # another host: not a parent of the journal's backups; no cache, no parent
         opts = BackupOptions(sources=[str(self.src)], host="oracle", scan=False, parent=None)
-        res = backup(reopen(self.repo), opts)
-        return bytes(res.snapshot.tree)
+        return self.tree(backup(reopen(self.repo), opts))
 
     # ------------------------------------------------------------ mutations
     def files(self) -> list[Path]:
@@ -197,7 +200,7 @@ def test_journal_backups_equal_full_scans_under_random_changes(tmp_path, mem_rep
         lab.build()
         first = lab.journal_backup()
         assert lab.journal.last_run is not None and lab.journal.last_run.full
-        assert bytes(first.snapshot.tree) == lab.full_scan()
+        assert lab.tree(first) == lab.full_scan()
         incremental = 0
         for round_ in range(14):
             kinds = [lab.rng.choice(KINDS) for _ in range(lab.rng.randrange(1, 5))]
@@ -210,7 +213,7 @@ def test_journal_backups_equal_full_scans_under_random_changes(tmp_path, mem_rep
             assert run is not None
             if not run.full:
                 incremental += 1
-            assert bytes(res.snapshot.tree) == lab.full_scan(), (round_, kinds, run.reason)
+            assert lab.tree(res) == lab.full_scan(), (round_, kinds, run.reason)
         # the journal did its work: most runs listed only what changed
         assert incremental >= 12
     finally:
@@ -253,7 +256,7 @@ def test_unchanged_run_lists_nothing_below_the_sources(tmp_path, mem_repo, monke
         assert bytes(lab.src / "d3" / "s2") in listed
         assert bytes(lab.src / "d3" / "s0") not in listed
         assert res.summary.files_changed == 1
-        assert bytes(res.snapshot.tree) == lab.full_scan()
+        assert lab.tree(res) == lab.full_scan()
     finally:
         lab.close()
 
@@ -279,13 +282,13 @@ def test_queue_overflow_means_a_full_scan(tmp_path, mem_repo):
         res = lab.journal_backup()
         run = lab.journal.last_run
         assert run is not None and run.full and "overflow" in run.reason
-        assert bytes(res.snapshot.tree) == lab.full_scan()
+        assert lab.tree(res) == lab.full_scan()
         # and the journal is trusted again after that full scan
         with open(lab.src / "d3" / "s1" / "f2.txt", "ab") as fh:
             fh.write(b"again")
         res = lab.journal_backup()
         assert not lab.journal.last_run.full
-        assert bytes(res.snapshot.tree) == lab.full_scan()
+        assert lab.tree(res) == lab.full_scan()
     finally:
         lab.close()
 
@@ -301,7 +304,7 @@ def test_a_failed_run_hands_its_marks_back(tmp_path, mem_repo):
         lab.journal.abort(run)
         res = lab.journal_backup()  # the committed base is gone: full scan
         assert lab.journal.last_run.full
-        assert bytes(res.snapshot.tree) == lab.full_scan()
+        assert lab.tree(res) == lab.full_scan()
     finally:
         lab.close()
 
@@ -314,12 +317,12 @@ def test_a_folder_deleted_and_made_again_is_not_taken_for_the_old_one(tmp_path, 
         shutil.rmtree(lab.src / "d3" / "s1")
         res = lab.journal_backup()
         assert not lab.journal.last_run.full
-        assert bytes(res.snapshot.tree) == lab.full_scan()
+        assert lab.tree(res) == lab.full_scan()
         # the same path again, other content: the cache still has the old entry
         write(lab.src / "d3" / "s1" / "f0.txt", b"a new folder")
         res = lab.journal_backup()
         assert not lab.journal.last_run.full
-        assert bytes(res.snapshot.tree) == lab.full_scan()
+        assert lab.tree(res) == lab.full_scan()
         assert res.summary.files_new + res.summary.files_changed == 1
     finally:
         lab.close()
@@ -346,7 +349,7 @@ def test_a_run_that_stores_no_data_loads_no_index(tmp_path, new_repo, restic):
         assert not repo.index_loaded
         assert res.summary.files_unmodified == len(lab.files())
         assert res.summary.tree_blobs >= 2  # the source's tree and the empty one again
-        assert bytes(res.snapshot.tree) == lab.full_scan()
+        assert lab.tree(res) == lab.full_scan()
         assert check(reopen(lab.repo), read_data=True).ok
         restic(tmp_path / "repo0", "check", "--read-data")
         from desktop_agent.engine import crypto

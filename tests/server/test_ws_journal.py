@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support import FAST_KDF, PASSWORD, write
+from support import FAST_KDF, PASSWORD, subtree_at, write
 from websockets.asyncio.client import connect
 from wssupport import Agented, is_, run, send, until
 
@@ -43,14 +43,14 @@ def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def _full_scan_tree(repo_dir: Path, src: Path) -> bytes:
     repo = Repository.open(LocalStorage(repo_dir), PASSWORD)
     opts = BackupOptions(sources=[str(src)], host="oracle", scan=False, helpers=0)
-    return bytes(backup(repo, opts).snapshot.tree)
+    return subtree_at(repo, backup(repo, opts).snapshot.tree, src)
 
 
-def _agent_tree(repo_dir: Path) -> bytes:
-    """The root tree of the agent's newest snapshot (the oracle's are another host's)."""
+def _agent_tree(repo_dir: Path, src: Path) -> bytes:
+    """The source's tree in the agent's newest snapshot (the oracle's are another host's)."""
     repo = Repository.open(LocalStorage(repo_dir), PASSWORD)
     mine = [s for s in repo.list_snapshots() if s.hostname != "oracle"]
-    return bytes(max(mine, key=lambda s: s.time).tree)
+    return subtree_at(repo, max(mine, key=lambda s: s.time).tree, src)
 
 
 def test_backups_over_ws_use_the_journal_and_equal_full_scans(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_backups_over_ws_use_the_journal_and_equal_full_scans(tmp_path: Path) ->
                 async def one_backup() -> bytes:
                     await send(ws, "backup:start", {})
                     await until(ws, is_("backup:completed"))
-                    return _agent_tree(repo_dir)
+                    return _agent_tree(repo_dir, src)
 
                 journal = agent.controller.journal
                 first = await one_backup()
