@@ -285,7 +285,7 @@ def test_start_with_a_bad_path_list_is_an_error_reply(
 # -------------------------------------------------- pause, resume and cancel
 @pytest.fixture
 def slow_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hold every engine checkpoint (one per chunk or entry) for 50 ms.
+    """Hold every engine checkpoint (one per chunk or entry) for 200 ms.
 
     The engine backs up hundreds of MB a second: a CLI started after the
     backup could arrive after its end. Slowed down, the backup below runs
@@ -294,7 +294,7 @@ def slow_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     checkpoint = Control.checkpoint
 
     def slow(self: Control, **kw: Any) -> None:
-        time.sleep(0.05)
+        time.sleep(0.2)
         checkpoint(self, **kw)
 
     monkeypatch.setattr(Control, "checkpoint", slow)
