@@ -387,3 +387,23 @@ def test_folders_on_network_and_fuse_file_systems_are_always_listed(
         assert res.summary.files_unmodified == len(lab.files())
     finally:
         lab.close()
+
+
+def test_progress_totals_come_from_the_cache_not_a_second_walk(tmp_path, mem_repo, monkeypatch):
+    lab = Lab(tmp_path, mem_repo)
+    try:
+        lab.build()
+        lab.journal_backup()
+        from desktop_agent.engine import backup as backup_module
+
+        def no_scan(*args, **kw):
+            raise AssertionError("a counting walk ran")
+
+        monkeypatch.setattr(backup_module, "scan", no_scan)
+        seen = []
+        opts = BackupOptions(sources=[str(lab.src)], cache_dir=str(lab.cache), journal=lab.journal)
+        backup(reopen(lab.repo), opts, progress=seen.append)
+        files = len(lab.files())
+        assert seen and all(p.scan_finished and p.files_total == files for p in seen)
+    finally:
+        lab.close()
