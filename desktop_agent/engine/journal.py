@@ -161,6 +161,11 @@ class ChangeJournal:
         with self._lock:
             self._dirty.add(path)
 
+    def changed_many(self, paths: set[bytes]) -> None:
+        """The entries of each of these directories changed."""
+        with self._lock:
+            self._dirty |= paths
+
     def replaced(self, path: bytes) -> None:
         """Directory ``path`` was moved or deleted: nothing at or below it is vouched for."""
         with self._lock:

@@ -94,6 +94,7 @@ UNTRUSTED_FS = frozenset(
 )
 
 _EVENT = struct.Struct("iIII")
+_GATHER_MS = 50
 
 
 def available() -> bool:
@@ -261,21 +262,17 @@ class InotifyWatcher:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
+        stop_only = select.poll()
+        stop_only.register(self._stop_r, select.POLLIN)
         while True:
             ready = poller.poll()
             if any(r[0] == self._stop_r for r in ready):
                 return
-            with self._lock:
-                if self._fd < 0:
-                    return
-                try:
-                    data = os.read(fd, 1 << 16)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    self._journal.invalidate(f"reading its events failed ({exc.strerror})")
-                    return
-                self._handle(data)
+            # let a burst gather (the kernel merges repeats): one wakeup, not one
+            # per event; a backup that starts meanwhile takes them in itself (sync)
+            if stop_only.poll(_GATHER_MS):
+                return
+            self.sync()
 
     def _handle(self, data: bytes) -> None:
         """Mark what the events say (the caller holds the lock)."""
@@ -284,10 +281,12 @@ class InotifyWatcher:
         pos = 0
         end = len(data)
         paths = self._paths
+        changed: set[bytes] = set()  # marked once per read: a burst costs one lock
+        unpack = _EVENT.unpack_from
         while pos + size <= end:
-            wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+            wd, mask, _cookie, length = unpack(data, pos)
             pos += size
-            name = data[pos : pos + length].rstrip(b"\0")
+            name = data[pos : pos + length].rstrip(b"\0") if length else b""
             pos += length
             self.events += 1
             if mask & IN_Q_OVERFLOW:
@@ -307,7 +306,9 @@ class InotifyWatcher:
                 continue
             if name and mask & IN_ISDIR and mask & _CHILD_GONE:
                 journal.replaced(path.rstrip(b"/") + b"/" + name)
-            journal.changed(path)
+            changed.add(path)
+        if changed:
+            journal.changed_many(changed)
 
 
 def start(journal: ChangeJournal) -> InotifyWatcher | None:
