@@ -153,6 +153,7 @@ class ChangeJournal:
         self._identity = b""
         self._last_full = float("-inf")
         self._taken: tuple[set[bytes], set[bytes]] = (set(), set())
+        self._key: object = None  # the sources (and excludes) watched
         self.last_run: JournalRun | None = None
 
     # ------------------------------------------------------------ watcher side
@@ -227,6 +228,9 @@ class ChangeJournal:
         the run does not complete.
         """
         self._start()
+        if self._key is not None and key != self._key:
+            self._restart()  # other sources: the old ones' watches would only cost
+        self._key = key
         watcher = self._watcher
         if watcher is not None:
             watcher.sync()  # a change made just before the backup is in this run
@@ -308,6 +312,24 @@ class ChangeJournal:
             self._disabled = self._disabled or "closed"
         if watcher is not None:
             watcher.close()
+
+    def _restart(self) -> None:
+        """A new watcher: every watch of the old one is dropped."""
+        with self._lock:
+            watcher, self._watcher = self._watcher, None
+            self._dirty.clear()
+            self._gone.clear()
+            self._committed = None
+        if watcher is None:
+            return
+        watcher.close()
+        try:
+            new = self._make_watcher(self)
+        except OSError as exc:
+            self.disable(f"cannot start watching ({exc.strerror or exc})")
+            return
+        with self._lock:
+            self._watcher = new
 
     def _start(self) -> None:
         if self._started:

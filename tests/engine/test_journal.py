@@ -407,3 +407,26 @@ def test_progress_totals_come_from_the_cache_not_a_second_walk(tmp_path, mem_rep
         assert seen and all(p.scan_finished and p.files_total == files for p in seen)
     finally:
         lab.close()
+
+
+def test_other_sources_drop_the_old_watches(tmp_path, mem_repo):
+    lab = Lab(tmp_path, mem_repo)
+    try:
+        lab.build()
+        lab.journal_backup()
+        watcher = lab.journal._watcher
+        assert isinstance(watcher, watch_inotify.InotifyWatcher) and watcher.watches > 10
+        one = lab.src / "d0"
+        opts = BackupOptions(
+            sources=[str(one)], cache_dir=str(lab.cache), journal=lab.journal, scan=False
+        )
+        backup(reopen(lab.repo), opts)
+        run = lab.journal.last_run
+        assert run is not None and run.full
+        fresh = lab.journal._watcher
+        assert (
+            fresh is not watcher
+            and fresh.watches == len([d for d in one.rglob("*") if d.is_dir()]) + 1
+        )
+    finally:
+        lab.close()
