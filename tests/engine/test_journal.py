@@ -430,3 +430,48 @@ def test_other_sources_drop_the_old_watches(tmp_path, mem_repo):
         )
     finally:
         lab.close()
+
+
+def test_mount_changes_and_the_daily_scan_mean_full_scans(tmp_path, mem_repo, monkeypatch):
+    now = [1_000_000.0]
+    lab = Lab(tmp_path, mem_repo)
+    lab.journal.close()
+    lab.journal = ChangeJournal(watch_inotify.start, clock=lambda: now[0], recheck=0.0)
+    try:
+        lab.build()
+        lab.journal_backup()
+        lab.journal_backup()
+        assert not lab.journal.last_run.full
+        real = watch_inotify._mounts
+        monkeypatch.setattr(watch_inotify, "_mounts", lambda: (b"another mount table", real()[1]))
+        lab.journal_backup()
+        assert lab.journal.last_run.full and "mounted" in lab.journal.last_run.reason
+        lab.journal_backup()
+        assert not lab.journal.last_run.full
+        now[0] += 25 * 3600
+        lab.journal_backup()
+        assert lab.journal.last_run.full and "daily" in lab.journal.last_run.reason
+    finally:
+        lab.close()
+
+
+def test_a_change_the_journal_missed_is_caught_by_the_recheck(tmp_path, mem_repo, monkeypatch):
+    lab = Lab(tmp_path, mem_repo)
+    lab.journal.close()
+    lab.journal = _journal(recheck=1.0)  # every directory it could reuse is re-listed
+    try:
+        lab.build()
+        lab.journal_backup()
+        # a watcher that hears nothing (as for a change no event reports)
+        monkeypatch.setattr(lab.journal, "changed_many", lambda paths: None)
+        monkeypatch.setattr(lab.journal, "changed", lambda path: None)
+        with open(lab.src / "d3" / "s0" / "f1.txt", "ab") as fh:
+            fh.write(b"unseen")
+        res = lab.journal_backup()
+        run = lab.journal.last_run
+        assert not run.full and run.missed >= 1 and run.reused == 0
+        assert lab.tree(res) == lab.full_scan()  # re-listed, so still right
+        lab.journal_backup()
+        assert lab.journal.last_run.full and "missed a change" in lab.journal.last_run.reason
+    finally:
+        lab.close()
