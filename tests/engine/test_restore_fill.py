@@ -123,6 +123,7 @@ def test_the_bytes_in_flight_are_bounded(tmp_path, mem_repo, monkeypatch):
     for i in range(400):
         write(src / f"f{i}", os.urandom(3 * KiB))
     monkeypatch.setattr(restorefill, "MAX_RANGE", 64 * KiB)
+    monkeypatch.setattr(restorefill, "SMALL_BLOBS", 0)  # no range of small blobs waits its turn
     recording = _Recording(mem_repo.storage, hold_first=True)
     repo = _backed_up(src, mem_repo, recording)
 
@@ -139,6 +140,64 @@ def test_the_bytes_in_flight_are_bounded(tmp_path, mem_repo, monkeypatch):
     assert recording.most > 1
     for out in ("alone", "together"):
         assert signature(tmp_path / out / str(src).lstrip("/")) == signature(src)
+
+
+class _SmallReads(_Recording):
+    """Records how many reads of small-blob ranges (at most ``small`` bytes) ran at
+    once; the first such read waits (at most half a second) for a second one to
+    start beside it, so that small ranges allowed to overlap do overlap."""
+
+    def __init__(self, backend: Any, small: int) -> None:
+        super().__init__(backend)
+        self.small = small
+        self.small_running = 0
+        self.small_most = 0
+        self._small_seen = False
+        self._small_second = threading.Event()
+
+    def load(
+        self, ftype: FileType, name: str, offset: int = 0, length: int | None = None, **kw: Any
+    ) -> bytes:
+        is_small = ftype is FileType.PACK and length is not None and length <= self.small
+        if not is_small or not threading.current_thread().name.startswith("restore"):
+            return super().load(ftype, name, offset, length, **kw)
+        with self._lock:
+            self.small_running += 1
+            self.small_most = max(self.small_most, self.small_running)
+            first = not self._small_seen
+            self._small_seen = True
+            if not first:
+                self._small_second.set()
+        try:
+            if first:
+                self._small_second.wait(0.5)
+            return super().load(ftype, name, offset, length, **kw)
+        finally:
+            with self._lock:
+                self.small_running -= 1
+
+
+def test_ranges_of_small_blobs_run_one_at_a_time(tmp_path, mem_repo, monkeypatch):
+    src = tmp_path / "src"
+    for i in range(400):
+        write(src / f"s{i}", os.urandom(3 * KiB))
+    write(src / "big", os.urandom(1200 * KiB))  # blobs of 512 KiB and more, not gated
+    monkeypatch.setattr(restorefill, "MAX_RANGE", 64 * KiB)
+    recording = _SmallReads(mem_repo.storage, small=64 * KiB)
+    repo = _backed_up(src, mem_repo, recording)
+
+    _restore(repo, tmp_path / "one")
+    assert signature(tmp_path / "one" / str(src).lstrip("/")) == signature(src)
+    assert len([n for n in recording.reads if n <= 64 * KiB]) > 10
+    assert recording.small_most == 1
+
+    # the check above can see overlap: without the limit, small ranges overlap
+    monkeypatch.setattr(restorefill, "SMALL_BLOBS", 0)
+    recording = _SmallReads(mem_repo.storage, small=64 * KiB)
+    repo.storage = recording
+    _restore(repo, tmp_path / "many")
+    assert recording.small_most > 1
+    assert signature(tmp_path / "many" / str(src).lstrip("/")) == signature(src)
 
 
 def test_all_zero():
