@@ -281,7 +281,6 @@ def measure(
     }
     size = 0
     repo = workdir / f"repo-{tag}-{tool.name}"
-    target = workdir / f"restore-{tag}-{tool.name}"
     for i in range(repeat):
         shutil.rmtree(repo, ignore_errors=True)
         tool.init(repo)
@@ -290,10 +289,13 @@ def measure(
         sync()
         size = du(repo)
         results["unchanged re-run"].append(tool.backup(repo))
+        # a fresh target each time, deleted only after every run of both tools
+        # (main): on ext4, creating files just after tens of thousands were
+        # deleted costs the kernel extra, and whichever tool came next paid it
+        target = workdir / "restores" / f"{tag}-{tool.name}-{i}"
         shutil.rmtree(target, ignore_errors=True)
         sync()
         results["restore"].append(tool.restore(repo, target))
-        shutil.rmtree(target, ignore_errors=True)
         print(f"  {tool.name} run {i + 1}/{repeat} done", flush=True)
     shutil.rmtree(repo, ignore_errors=True)
     med = {
@@ -533,6 +535,7 @@ def main() -> None:
         ours = measure(Ours(args.workdir, source), args.workdir, args.repeat, name)
         theirs = measure(Restic(args.workdir, source), args.workdir, args.repeat, name)
         same = restic_same_kdf_rerun(args.workdir, source, args.repeat, name)
+        shutil.rmtree(args.workdir / "restores", ignore_errors=True)
         report(name, ours, theirs, same)
         if name == "small" and not args.no_agent:
             warm_agent(args.workdir, source, max(args.repeat, 3))
