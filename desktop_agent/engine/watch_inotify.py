@@ -194,6 +194,10 @@ class InotifyWatcher:
                 err = ctypes.get_errno()
                 if err in (errno.ENOENT, errno.ENOTDIR):
                     return None  # gone before its listing: the listing sees that
+                if err in (errno.EACCES, errno.EPERM):
+                    # unreadable: its listing fails too and it is skipped; made
+                    # readable, its new ctime means it is listed again
+                    return None
                 if err == errno.ENOSPC:
                     return "the system's inotify watch limit is reached"
                 return os.strerror(err)

@@ -475,3 +475,48 @@ def test_a_change_the_journal_missed_is_caught_by_the_recheck(tmp_path, mem_repo
         assert lab.journal.last_run.full and "missed a change" in lab.journal.last_run.reason
     finally:
         lab.close()
+
+
+def test_an_unreadable_folder_does_not_turn_the_journal_off(tmp_path, mem_repo, monkeypatch):
+    """A folder the user may not read can be neither watched nor listed: it is
+    skipped, and the journal goes on for everything else. (Run as root, the
+    kernel's refusals are played: inotify_add_watch and scandir fail with EACCES
+    for that folder as they would for a user.)"""
+    import ctypes
+
+    lab = Lab(tmp_path, mem_repo)
+    victim = lab.src / "d2" / "s2"
+    blocked = {bytes(victim)}
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if os.fsencode(path) in blocked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        lab.build()
+        lab.journal.begin("warm-up", None)  # starts the watcher
+        watcher = lab.journal._watcher
+        real_lib = watcher._lib
+
+        class Lib:
+            def inotify_add_watch(self, fd, path, mask):
+                if path in blocked:
+                    ctypes.set_errno(13)
+                    return -1
+                return real_lib.inotify_add_watch(fd, path, mask)
+
+        watcher._lib = Lib()
+        res = lab.journal_backup()
+        assert lab.journal.active
+        assert [s.path for s in res.skipped] == [str(victim)]
+        # readable again (its mode changes: the event and its new ctime say so)
+        blocked.clear()
+        os.chmod(victim, 0o700)
+        res = lab.journal_backup()
+        assert not lab.journal.last_run.full and not res.skipped
+        assert lab.tree(res) == lab.full_scan()
+    finally:
+        lab.close()
