@@ -497,18 +497,19 @@ def test_an_unreadable_folder_does_not_turn_the_journal_off(tmp_path, mem_repo, 
     monkeypatch.setattr(os, "scandir", scandir)
     try:
         lab.build()
-        lab.journal.begin("warm-up", None)  # starts the watcher
-        watcher = lab.journal._watcher
-        real_lib = watcher._lib
+        real_lib = watch_inotify._libc()
 
         class Lib:
+            def __getattr__(self, name):
+                return getattr(real_lib, name)
+
             def inotify_add_watch(self, fd, path, mask):
                 if path in blocked:
                     ctypes.set_errno(13)
                     return -1
                 return real_lib.inotify_add_watch(fd, path, mask)
 
-        watcher._lib = Lib()
+        monkeypatch.setattr(watch_inotify, "_libc", Lib)
         res = lab.journal_backup()
         assert lab.journal.active
         assert [s.path for s in res.skipped] == [str(victim)]
