@@ -345,6 +345,20 @@ class Repository:
             if not self._index_loaded:
                 self._sync_index(refresh=False)
 
+    def add_pack(self, pack_id: PackId, blobs: list[PackedBlob]) -> None:
+        """A pack was stored: its blobs go into the index.
+
+        Under the index lock, so that a first load running meanwhile (which
+        replaces the index object) cannot drop them.
+        """
+        with self._index_lock:
+            self.index.add_pack(pack_id, blobs)
+
+    def add_index_files(self, names: list[bytes]) -> None:
+        """Index files were written for packs already in the index."""
+        with self._index_lock:
+            self.index.files.update(names)
+
     @property
     def index_loaded(self) -> bool:
         """The index has been loaded (or the repository is new)."""

@@ -252,7 +252,7 @@ class BlobWriter:
                 # with that error; the packs still queued are not tried one by one
                 raise self._error
             self.repo.storage.save_file(FileType.PACK, pack_id.hex(), path)
-            self.repo.index.add_pack(pack_id, blobs)
+            self.repo.add_pack(pack_id, blobs)
             with self._lock:
                 self._uploaded.append((pack_id, blobs))
                 self.packs_written += 1
@@ -340,8 +340,7 @@ class BlobWriter:
             with self._lock:  # keep them for a retry or the next checkpoint
                 self._uploaded = packs + self._uploaded
             raise
-        for n in names:
-            self.repo.index.files.add(bytes.fromhex(n))
+        self.repo.add_index_files([bytes.fromhex(n) for n in names])
         self._last_index = time.monotonic()
         return names
 
