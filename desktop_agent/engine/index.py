@@ -16,7 +16,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, compress
 from typing import Any
 
 from .crypto import OVERHEAD
@@ -194,7 +194,7 @@ _FAR = 0xFFFFFFFF
 _NO_STARTS = array("I", bytes(4 * (BUCKETS + 1)))
 # blobs added at runtime wait in a dict until it holds this many (or 1/16
 # of the table); then they are merged into the table (O(n))
-_OVERLAY_MIN = 8192
+_OVERLAY_MIN = 32768  # a few MB at most; a merge costs about 2 µs per group
 _Value = tuple[int, int, int, int]  # pack number, offset, length, uncompressed length
 
 
@@ -368,10 +368,11 @@ def _merge(old: _Table, recs: bytearray, starts: array[int], far: dict[bytes, in
     view, src_old, src_new = memoryview(out), memoryview(old.recs), memoryview(recs)
     old_starts = old.starts
     src = dst = 0  # record numbers in the old and the new table
-    for k in range(BUCKETS):
+    # only the groups that gain records (found at C speed): a merge of a few
+    # thousand records into a small table does not walk all 65,536 groups
+    gaining = compress(range(BUCKETS), map(operator.ne, starts[:-1], starts[1:]))
+    for k in gaining:
         a, b = starts[k], starts[k + 1]
-        if a == b:
-            continue
         end = old_starts[k + 1]
         view[dst * REC : (dst + end - src) * REC] = src_old[src * REC : end * REC]
         dst += end - src
