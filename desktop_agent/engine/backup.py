@@ -158,11 +158,9 @@ class _Backup:
             helpers=options.helpers,
         )
         # the directory cache this run builds for the next
+        # only what this run visits or reuses: every entry's tree is in the new
+        # snapshot (a folder reused unlisted brings its subtree's entries along)
         new_cache = DirCache() if options.cache_dir else None
-        if new_cache is not None and cache is not None and journal is not None and not journal.full:
-            # directories reused unlisted keep their subtrees' entries; a stale
-            # entry is harmless (its identity no longer matches any directory)
-            new_cache.entries = dict(cache.entries)
         self.trees = TreeSaver(self.writer, self.notices, new_cache)
         self.walker = Walker(
             repo,
@@ -303,76 +301,71 @@ def backup(
         run: JournalRun | None = None
         if options.journal is not None and cache_path is not None:
             run = options.journal.begin(journal_key, parent.id if cache and parent else None)
-        job = _Backup(repo, options, state, control, parent, cache, run)
-        stop_scan = threading.Event()
-        scanner = None
-        last_root = cache.get(b"/") if cache is not None else None
-        if options.scan and last_root is not None and last_root.files:
-            # the last run's totals, from the cache: no second walk of the sources
-            state.add_total(last_root.files, last_root.nbytes)
-            state.finish_scan()
-        elif options.scan:
-            scanner = threading.Thread(
-                target=scan, args=(raw, job.filter, state, stop_scan), name="scan", daemon=True
+        try:
+            job = _Backup(repo, options, state, control, parent, cache, run)
+            stop_scan = threading.Event()
+            scanner = None
+            last_root = cache.get(b"/") if cache is not None else None
+            if options.scan and last_root is not None and last_root.files:
+                # the last run's totals, from the cache: no second walk of the sources
+                state.add_total(last_root.files, last_root.nbytes)
+                state.finish_scan()
+            elif options.scan:
+                scanner = threading.Thread(
+                    target=scan, args=(raw, job.filter, state, stop_scan), name="scan", daemon=True
+                )
+                scanner.start()
+            else:
+                state.finish_scan()
+            try:
+                tree_id = job.run(raw)
+                job.finish()
+            except BaseException as exc:
+                stop_scan.set()
+                job.abort()
+                if isinstance(exc, StorageError) and not isinstance(exc, NetworkError):
+                    try:
+                        gone = not repo.storage.exists()
+                    except NetworkError:
+                        raise exc from None  # a server out of reach: the first error says it
+                    if gone:
+                        # whatever call met it first, the cause is the same
+                        raise StorageError(gone_message(repo.storage.location)) from None
+                raise
+            finally:
+                stop_scan.set()
+                if scanner is not None:
+                    scanner.join()
+            summary = job.stats().summary(format_time(start_ns), format_time(time.time_ns()))
+            snap = Snapshot(
+                time=format_time(start_ns),
+                tree=tree_id,
+                paths=tuple(paths),
+                hostname=host,
+                username=username(),
+                uid=os.getuid() if hasattr(os, "getuid") else 0,
+                gid=os.getgid() if hasattr(os, "getgid") else 0,
+                excludes=tuple(options.excludes),
+                tags=tuple(options.tags),
+                parent=parent.id if parent is not None else None,
+                program_version=f"desktop-agent {__version__}",
+                summary=summary,
             )
-            scanner.start()
-        else:
-            state.finish_scan()
-        try:
-            tree_id = job.run(raw)
-            job.finish()
-        except BaseException as exc:
-            stop_scan.set()
-            if run is not None and options.journal is not None:
-                options.journal.abort(run)
-            job.abort()
-            if isinstance(exc, StorageError) and not isinstance(exc, NetworkError):
-                try:
-                    gone = not repo.storage.exists()
-                except NetworkError:
-                    raise exc from None  # a server out of reach: the first error says it
-                if gone:
-                    # whatever call met it first, the cause is the same
-                    raise StorageError(gone_message(repo.storage.location)) from None
-            raise
-        finally:
-            stop_scan.set()
-            if scanner is not None:
-                scanner.join()
-        summary = job.stats().summary(format_time(start_ns), format_time(time.time_ns()))
-        snap = Snapshot(
-            time=format_time(start_ns),
-            tree=tree_id,
-            paths=tuple(paths),
-            hostname=host,
-            username=username(),
-            uid=os.getuid() if hasattr(os, "getuid") else 0,
-            gid=os.getgid() if hasattr(os, "getgid") else 0,
-            excludes=tuple(options.excludes),
-            tags=tuple(options.tags),
-            parent=parent.id if parent is not None else None,
-            program_version=f"desktop-agent {__version__}",
-            summary=summary,
-        )
-        try:
             control.checkpoint()  # a cancel that arrived at the very end still wins
             lock.ensure_held()  # never a snapshot after another client could prune
             snap_id = repo.save_snapshot(snap)
-        except BaseException:
-            if run is not None and options.journal is not None:
-                options.journal.abort(run)
-            raise
-        repo.update_index_cache()
-        if cache_path is not None and job.new_cache is not None:
-            try:
-                job.new_cache.save(cache_path, repo.key, snap_id)
-            except OSError:
-                cache_path = None  # only the next run's speed depends on it
-        if run is not None and options.journal is not None:
-            if cache_path is not None:
+            repo.update_index_cache()
+            if cache_path is not None and job.new_cache is not None:
+                try:
+                    job.new_cache.save(cache_path, repo.key, snap_id)
+                except OSError:
+                    cache_path = None  # only the next run's speed depends on it
+            if run is not None and options.journal is not None and cache_path is not None:
                 options.journal.commit(run, journal_key, snap_id)
-            else:
-                options.journal.abort(run)
+                run = None  # committed: nothing to hand back
+        finally:
+            if run is not None and options.journal is not None:
+                options.journal.abort(run)  # every way out but a commit hands the marks back
     state.report_final()
     return BackupResult(
         snapshot=replace(snap, id=SnapshotId(snap_id)),

@@ -22,6 +22,7 @@ Safety:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import struct
@@ -34,7 +35,15 @@ from . import crypto
 from .errors import IntegrityError
 from .ids import BlobId, SnapshotId
 
-__all__ = ["DirCache", "DirEntrySig", "VOLATILE", "cache_file", "identity", "signature"]
+__all__ = [
+    "DirCache",
+    "DirEntrySig",
+    "FAILED",
+    "VOLATILE",
+    "cache_file",
+    "identity",
+    "signature",
+]
 
 _MAGIC = b"DA-DIRCACHE-2\n"
 # path length, signature, tree id, identity, files, bytes, directories, flags
@@ -42,6 +51,10 @@ _REC = struct.Struct("<I16s32s24sQQII")
 _IDENT = struct.Struct("<Qqq")  # inode, mtime, ctime of the directory itself
 
 VOLATILE = 1  # the subtree holds what raises no event: hard links, mount points, network
+# something in the directory was left out (unlistable, unreadable, vanished): the
+# directory is not remembered, so the next run tries again instead of reusing a
+# tree without it (and VOLATILE carries up to its ancestors)
+FAILED = 2
 
 # bump when the tree encoding changes, so old signatures stop matching
 _ENCODING_VERSION = b"tree-encoding-1"
@@ -131,6 +144,7 @@ class DirCache:
     def __init__(self, snapshot: SnapshotId | None = None) -> None:
         self.snapshot = snapshot
         self.entries: dict[bytes, DirEntrySig] = {}
+        self._sorted: list[bytes] | None = None  # the paths in order, for below()
 
     def get(self, path: bytes) -> DirEntrySig | None:
         """The remembered state of a directory, if any."""
@@ -143,6 +157,18 @@ class DirCache:
     def put_entry(self, path: bytes, entry: DirEntrySig) -> None:
         """Remember a directory's whole state for the next run."""
         self.entries[path] = entry
+
+    def below(self, path: bytes) -> list[tuple[bytes, DirEntrySig]]:
+        """The entries of the directories below ``path`` (not ``path`` itself)."""
+        keys = self._sorted
+        if keys is None:
+            keys = self._sorted = sorted(self.entries)
+        prefix = path.rstrip(b"/") + b"/"
+        # every key that starts with "<path>/" sorts between "<path>/" and "<path>0"
+        lo = bisect.bisect_left(keys, prefix)
+        hi = bisect.bisect_left(keys, prefix[:-1] + b"0", lo)
+        entries = self.entries
+        return [(k, entries[k]) for k in keys[lo:hi]]
 
     def save(self, file: str, key: crypto.Key, snapshot: SnapshotId) -> None:
         """Write the cache atomically, encrypted with the repository key."""

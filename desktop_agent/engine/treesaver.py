@@ -14,7 +14,7 @@ import os
 from collections import deque
 
 from . import crypto
-from .dircache import DirCache, DirEntrySig
+from .dircache import FAILED, VOLATILE, DirCache, DirEntrySig
 from .ids import BlobId, BlobType
 from .pipeline import BackupStats, DirJob, FileJob, Notices
 from .tree import Node, encode_tree
@@ -58,6 +58,8 @@ class TreeSaver:
     def remember(self, job: DirJob, tree_id: BlobId) -> None:
         """Put a directory into the cache for the next run."""
         assert self.new_cache is not None and job.sig is not None
+        if job.flags & FAILED:
+            return  # the next run tries again rather than reuse a tree without it
         self.new_cache.put_entry(
             job.path,
             DirEntrySig(job.sig, tree_id, job.ident, job.files, job.nbytes, job.dirs, job.flags),
@@ -73,10 +75,13 @@ class TreeSaver:
                 assert e.node is not None and e.tree_id is not None
                 e.node.subtree = e.tree_id
                 nodes.append(e.node)
+                job.flags |= e.flags & VOLATILE  # found out since the walker tallied
             else:
                 node = self.finish_file(e)
                 if node is not None:
                     nodes.append(node)
+                elif e.vanished or e.error is not None:
+                    job.flags |= VOLATILE | FAILED
         data = encode_tree(nodes)
         tree_id = BlobId(crypto.sha256(data))
         stats = self.stats

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Sequence
 
 from .control import Control
-from .dircache import VOLATILE, DirCache, DirEntrySig, identity, signature
+from .dircache import FAILED, VOLATILE, DirCache, DirEntrySig, identity, signature
 from .errors import EngineError
 from .filesaver import FileSaver
 from .filter import ExcludeFilter
@@ -229,6 +229,7 @@ class Walker:
         self.repo = repo
         self.journal = journal
         self._trusted: dict[int, bool] = {}
+        self._incomplete = False  # something of the directory being handled was left out
         self.filter = flt
         self.cache = cache
         self.files = files
@@ -267,7 +268,10 @@ class Walker:
         journal = self.journal
         if journal is not None and trie is None:
             journal.watch(job.path)  # before the listing: no change after it goes unseen
+        self._incomplete = False
         listing = self.list_dir(job.path) if trie is None else self.list_trie(job.path, trie)
+        if self._incomplete:
+            job.flags |= VOLATILE | FAILED
         frame = _DirFrame(job, trie, listing)
         if self.cache is not None:
             frame.cached = self.cache.get(job.path)
@@ -286,7 +290,12 @@ class Walker:
         job, listing, subdirs = frame.job, frame.listing, frame.subdirs
         self.tally(job, listing, subdirs)
         cached = frame.cached
-        if cached is not None and cached.sig == job.sig and all(d.hit for d in subdirs.values()):
+        if (
+            cached is not None
+            and cached.sig == job.sig
+            and not job.flags & FAILED
+            and all(d.hit for d in subdirs.values())
+        ):
             self.reuse_dir(job, listing, cached.tree_id)
             return
         # loaded only when a listing holds more than the directories walked
@@ -358,6 +367,10 @@ class Walker:
         stats.files_unmodified += cached.files
         stats.dirs_unmodified += cached.dirs
         self.trees.reused(job, cached.tree_id)
+        new_cache = self.trees.new_cache
+        if new_cache is not None:
+            for path, entry in self.cache.below(job.path):
+                new_cache.put_entry(path, entry)
         self.progress.add_done(nbytes=cached.nbytes, files=cached.files)
         self.progress.maybe_report()
         return True
@@ -411,6 +424,7 @@ class Walker:
                 if exc.errno == errno.ENOENT:
                     return
                 self.notices.skip(path, exc.strerror or str(exc))
+                out.flags |= VOLATILE | FAILED
                 return
             out.entries.append(node)
         else:
@@ -435,6 +449,7 @@ class Walker:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             self.notices.skip(path, f"cannot list directory: {exc.strerror or exc}")
+            self._incomplete = True
             return []
         listing = []
         flt = self.filter
@@ -448,6 +463,7 @@ class Walker:
                 continue
             except OSError as exc:
                 self.notices.skip(child, exc.strerror or str(exc))
+                self._incomplete = True
         return listing
 
     def list_trie(self, path: bytes, trie: Trie) -> Listing:
@@ -462,9 +478,11 @@ class Walker:
                     "does not exist" if exc.errno == errno.ENOENT else (exc.strerror or str(exc))
                 )
                 self.notices.skip(child, f"source {reason}")
+                self._incomplete = True
                 continue
             if trie[name] is not None and not st.S_ISDIR(s.st_mode):
                 self.notices.skip(child, "a parent of a source is not a directory")
+                self._incomplete = True
                 continue
             if trie[name] is None and self.filter and self.filter.excluded(child):
                 continue  # a source that the excludes name, as restic does

@@ -68,7 +68,9 @@ MASK = (
     | IN_DONT_FOLLOW
 )
 _SELF_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
-_CHILD_GONE = IN_MOVED_FROM | IN_DELETE
+# a subdirectory moved away or deleted, or one moved in (it may carry a
+# subtree whose old paths the cache still knows): nothing below is vouched for
+_CHILD_REPLACED = IN_MOVED_FROM | IN_DELETE | IN_MOVED_TO
 
 # changes made elsewhere (another machine, another kernel, a user-space file
 # system) raise no event here: directories on these are always listed
@@ -308,7 +310,7 @@ class InotifyWatcher:
                     if self._wds.get(path) == wd:
                         del self._wds[path]
                 continue
-            if name and mask & IN_ISDIR and mask & _CHILD_GONE:
+            if name and mask & IN_ISDIR and mask & _CHILD_REPLACED:
                 journal.replaced(path.rstrip(b"/") + b"/" + name)
             changed.add(path)
         if changed:

@@ -521,3 +521,95 @@ def test_an_unreadable_folder_does_not_turn_the_journal_off(tmp_path, mem_repo, 
         assert lab.tree(res) == lab.full_scan()
     finally:
         lab.close()
+
+
+def test_a_folder_renamed_away_and_back_is_not_reused_from_its_old_entries(tmp_path, mem_repo):
+    """Renamed away, changed while away, renamed back: its subfolders' old cache
+    entries (same identity: a rename changes only the moved folder's ctime) must
+    not come back. Found in review: the old entries were carried forward."""
+    lab = Lab(tmp_path, mem_repo)
+    try:
+        lab.build()
+        lab.journal_backup()
+        (lab.src / "d1").rename(lab.src / "d1-old")
+        lab.journal_backup()
+        lab.journal_backup()
+        with open(lab.src / "d1-old" / "s2" / "f3.txt", "ab") as fh:
+            fh.write(b"written while the folder was d1-old")
+        lab.journal_backup()
+        (lab.src / "d1-old").rename(lab.src / "d1")
+        res = lab.journal_backup()
+        assert not lab.journal.last_run.full
+        assert lab.tree(res) == lab.full_scan()
+        with open(lab.src / "d1" / "s2" / "f3.txt", "ab") as fh:
+            fh.write(b"and after the rename back")
+        res = lab.journal_backup()
+        assert lab.tree(res) == lab.full_scan()
+    finally:
+        lab.close()
+
+
+def test_a_file_that_could_not_be_read_once_is_read_again(tmp_path, mem_repo, monkeypatch):
+    """Its folder is not remembered by the cache (found in review: the folder
+    was cached with the file in its signature and without it in its tree, so
+    every later run, full scans included, left the file out)."""
+    import errno
+
+    from desktop_agent.engine import filesaver, smallfiles
+
+    lab = Lab(tmp_path, mem_repo)
+    try:
+        lab.build()
+        lab.journal_backup()
+        victim = lab.src / "d3" / "s1" / "f2.txt"
+        with open(victim, "ab") as fh:
+            fh.write(b"signed")
+        real_open = smallfiles.open_for_reading
+        fails = [1]
+
+        def flaky(path):
+            if path == os.fsencode(victim) and fails[0]:
+                fails[0] -= 1
+                raise OSError(errno.EIO, "Input/output error")
+            return real_open(path)
+
+        monkeypatch.setattr(smallfiles, "open_for_reading", flaky)
+        monkeypatch.setattr(filesaver, "open_for_reading", flaky)
+        opts = BackupOptions(
+            sources=[str(lab.src)], cache_dir=str(lab.cache), journal=lab.journal, helpers=0
+        )
+        res = backup(reopen(lab.repo), opts)
+        assert [s.path for s in res.skipped] == [str(victim)]
+        for full in (False, True):
+            if full:
+                lab.journal.invalidate("as the daily full scan")
+            res = lab.journal_backup()
+            assert not res.skipped
+            assert lab.tree(res) == lab.full_scan()
+    finally:
+        lab.close()
+
+
+def test_a_backup_that_fails_before_it_walks_hands_its_marks_back(tmp_path, mem_repo, monkeypatch):
+    from desktop_agent.engine import backup as backup_module
+    from desktop_agent.engine.errors import StorageError
+
+    lab = Lab(tmp_path, mem_repo)
+    try:
+        lab.build()
+        lab.journal_backup()
+        with open(lab.src / "d0" / "s0" / "f0.txt", "ab") as fh:
+            fh.write(b"changed")
+        real = backup_module.BlobWriter
+
+        def broken(*args, **kw):
+            raise StorageError("cannot create the spool folder")
+
+        monkeypatch.setattr(backup_module, "BlobWriter", broken)
+        with pytest.raises(StorageError):
+            lab.journal_backup()
+        monkeypatch.setattr(backup_module, "BlobWriter", real)
+        res = lab.journal_backup()
+        assert lab.tree(res) == lab.full_scan()
+    finally:
+        lab.close()
