@@ -300,7 +300,9 @@ def backup(
         journal_key = (host, tuple(paths), tuple(options.excludes))
         run: JournalRun | None = None
         if options.journal is not None and cache_path is not None:
-            run = options.journal.begin(journal_key, parent.id if cache and parent else None)
+            run = options.journal.begin(
+                journal_key, parent.id if cache and parent else None, roots=raw
+            )
         try:
             job = _Backup(repo, options, state, control, parent, cache, run)
             stop_scan = threading.Event()

@@ -27,7 +27,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,7 +49,8 @@ class Watcher(Protocol):
     """The OS half of a journal: watches directories and reports to the journal."""
 
     def watch(self, path: bytes) -> str | None:
-        """Watch ``path`` (a directory about to be listed); an error text when it cannot."""
+        """Watch ``path`` (a directory about to be listed): None when watched, ""
+        when only this folder cannot be, an error text when watching must stop."""
 
     def sync(self) -> None:
         """Take in every change made so far (called as a backup starts)."""
@@ -57,8 +58,11 @@ class Watcher(Protocol):
     def identity(self) -> bytes:
         """What must stay the same between two runs (the mount table)."""
 
-    def trusted(self, device: int) -> bool:
-        """Whether changes on this device raise events (False: network, FUSE)."""
+    def trusted(self, device: int, path: bytes) -> bool:
+        """Whether changes on this device (``path`` on it) raise events here."""
+
+    def mapped_for_writing(self, roots: list[bytes]) -> set[bytes]:
+        """Folders below ``roots`` with files mapped shared and writable now."""
 
     def close(self) -> None:
         """Stop watching and free every watch."""
@@ -85,10 +89,12 @@ class JournalRun:
     missed: int = 0
     generation: int = 0
 
-    def watch(self, path: bytes) -> None:
-        """Called before a directory is listed: watch it from now on."""
-        if self.journal is not None:
-            self.journal.watch(path)
+    def watch(self, path: bytes) -> bool:
+        """Called before a directory is listed: watch it from now on.
+
+        False when it could not be watched: it is then never reused unlisted.
+        """
+        return self.journal is not None and self.journal.watch(path)
 
     def reusable(self, path: bytes) -> bool:
         """Whether the journal vouches that nothing at or below ``path`` changed.
@@ -154,6 +160,7 @@ class ChangeJournal:
         self._last_full = float("-inf")
         self._taken: tuple[set[bytes], set[bytes]] = (set(), set())
         self._key: object = None  # the sources (and excludes) watched
+        self._mapped: set[bytes] = set()  # folders with files mapped for writing, last run
         self.last_run: JournalRun | None = None
 
     # ------------------------------------------------------------ watcher side
@@ -206,21 +213,27 @@ class ChangeJournal:
         """A watcher runs (the journal can vouch for directories)."""
         return self._watcher is not None
 
-    def watch(self, path: bytes) -> None:
-        """Watch a directory before it is listed (from the walker thread)."""
+    def watch(self, path: bytes) -> bool:
+        """Watch a directory before it is listed (from the walker thread).
+
+        False when it is not watched (refused, gone, or no journal).
+        """
         watcher = self._watcher
         if watcher is None:
-            return
+            return False
         error = watcher.watch(path)
-        if error is not None:
+        if error is None:
+            return True
+        if error:  # "" = not watched, for a reason that only concerns this folder
             self.disable(f"cannot watch {path!r}: {error}")
+        return False
 
-    def trusted(self, device: int) -> bool:
+    def trusted(self, device: int, path: bytes) -> bool:
         """Whether changes on ``device`` raise events (no watcher: nothing is)."""
         watcher = self._watcher
-        return watcher is not None and watcher.trusted(device)
+        return watcher is not None and watcher.trusted(device, path)
 
-    def begin(self, key: object, parent: bytes | None) -> JournalRun:
+    def begin(self, key: object, parent: bytes | None, roots: Sequence[bytes] = ()) -> JournalRun:
         """Take the marks for a backup of ``key`` whose parent snapshot is ``parent``.
 
         ``parent`` is None when the backup has no directory cache to reuse
@@ -232,10 +245,16 @@ class ChangeJournal:
             self._restart()  # other sources: the old ones' watches would only cost
         self._key = key
         watcher = self._watcher
+        mapped: set[bytes] = set()
         if watcher is not None:
             watcher.sync()  # a change made just before the backup is in this run
+            if roots:
+                mapped = watcher.mapped_for_writing(list(roots))
         with self._lock:
             dirty, self._dirty = self._dirty, set()
+            # written through a mapping: listed while it lasts, and once after
+            dirty |= mapped | self._mapped
+            self._mapped = mapped
             gone, self._gone = self._gone, set()
             reason = self._full_reason(key, parent)
             generation = self._generation

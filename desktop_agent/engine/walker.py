@@ -266,8 +266,10 @@ class Walker:
         """List a directory and look up what the parent snapshot knows of it."""
         self.control.checkpoint(quiesce=self.files.quiesce)
         journal = self.journal
-        if journal is not None and trie is None:
-            journal.watch(job.path)  # before the listing: no change after it goes unseen
+        if journal is not None and trie is None and not journal.watch(job.path):
+            # watched before the listing, so no change after it goes unseen;
+            # a folder that cannot be watched is listed every time
+            job.flags |= VOLATILE
         self._incomplete = False
         listing = self.list_dir(job.path) if trie is None else self.list_trie(job.path, trie)
         if self._incomplete:
@@ -342,7 +344,7 @@ class Walker:
         if journal is not None and journal.journal is not None and job.dev != -1:
             trusted = self._trusted.get(job.dev)
             if trusted is None:
-                trusted = self._trusted[job.dev] = journal.journal.trusted(job.dev)
+                trusted = self._trusted[job.dev] = journal.journal.trusted(job.dev, job.path)
             if not trusted:
                 flags |= VOLATILE
         job.files, job.nbytes, job.dirs, job.flags = files, nbytes, dirs, flags

@@ -32,7 +32,7 @@ import threading
 
 from .journal import ChangeJournal
 
-__all__ = ["InotifyWatcher", "available", "start", "UNTRUSTED_FS"]
+__all__ = ["InotifyWatcher", "LOCAL_FS", "available", "start"]
 
 IN_MODIFY = 0x2
 IN_ATTRIB = 0x4
@@ -72,30 +72,70 @@ _SELF_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 # subtree whose old paths the cache still knows): nothing below is vouched for
 _CHILD_REPLACED = IN_MOVED_FROM | IN_DELETE | IN_MOVED_TO
 
-# changes made elsewhere (another machine, another kernel, a user-space file
-# system) raise no event here: directories on these are always listed
-UNTRUSTED_FS = frozenset(
+# Local file systems, where every change goes through this kernel and raises
+# its events. Anything else (network, cluster, FUSE, a VM's shared folder, an
+# overlay whose lower layer may change) is always listed: an allowlist, so an
+# unknown kind costs speed, never a missed change.
+LOCAL_FS = frozenset(
     {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "ncpfs",
-        "9p",
-        "virtiofs",
-        "ceph",
-        "glusterfs",
-        "afs",
-        "davfs",
-        "fuse",
-        "fuseblk",
-        "lustre",
-        "gpfs",
+        "ext2",
+        "ext3",
+        "ext4",
+        "xfs",
+        "btrfs",
+        "f2fs",
+        "tmpfs",
+        "ramfs",
+        "vfat",
+        "msdos",
+        "exfat",
+        "ntfs3",
+        "zfs",
+        "bcachefs",
+        "jfs",
+        "reiserfs",
+        "nilfs2",
+        "hfsplus",
+    }
+)
+# statfs(2) magic numbers of the same, for devices the mount table does not
+# name (a btrfs subvolume has a device number of its own)
+_LOCAL_MAGIC = frozenset(
+    {
+        0xEF53,  # ext2/3/4
+        0x58465342,  # xfs
+        0x9123683E,  # btrfs
+        0xF2F52010,  # f2fs
+        0x01021994,  # tmpfs
+        0x858458F6,  # ramfs
+        0x4D44,  # vfat/msdos
+        0x2011BAB0,  # exfat
+        0x7366746E,  # ntfs3
+        0x2FC12FC1,  # zfs
+        0xCA451A4E,  # bcachefs
+        0x3153464A,  # jfs
+        0x52654973,  # reiserfs
+        0x3434,  # nilfs2
+        0x482B,  # hfsplus
     }
 )
 
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
+
+
+_NEW_NAME = IN_CREATE | IN_MOVED_TO
 _EVENT = struct.Struct("iIII")
+
+
+def _more_links(path: bytes) -> bool:
+    try:
+        return os.lstat(path).st_nlink > 1
+    except OSError:
+        return False
+
+
 _GATHER_MS = 50
 
 
@@ -115,6 +155,7 @@ def _libc() -> ctypes.CDLL | None:
             lib.inotify_init1.argtypes = [ctypes.c_int]
             lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
             lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+            lib.statfs.argtypes = [ctypes.c_char_p, ctypes.POINTER(_StatFs)]
         except (OSError, AttributeError):
             return None
         _LIBC = lib
@@ -185,7 +226,8 @@ class InotifyWatcher:
         return len(self._paths)
 
     def watch(self, path: bytes) -> str | None:
-        """Watch ``path`` (before it is listed); an error text when it cannot be."""
+        """Watch ``path`` (before it is listed): None when watched, "" when this
+        folder cannot be (gone, refused), an error text when no folder can be."""
         with self._lock:
             if self._fd < 0:
                 return "closed"
@@ -195,11 +237,11 @@ class InotifyWatcher:
             if wd < 0:
                 err = ctypes.get_errno()
                 if err in (errno.ENOENT, errno.ENOTDIR):
-                    return None  # gone before its listing: the listing sees that
+                    return ""  # gone before its listing: the listing sees that
                 if err in (errno.EACCES, errno.EPERM):
-                    # unreadable: its listing fails too and it is skipped; made
-                    # readable, its new ctime means it is listed again
-                    return None
+                    # refused (unreadable, or a policy that forbids watching):
+                    # this folder is listed every time, the journal goes on
+                    return ""
                 if err == errno.ENOSPC:
                     return "the system's inotify watch limit is reached"
                 return os.strerror(err)
@@ -237,12 +279,45 @@ class InotifyWatcher:
         self._fstypes = types
         return ident
 
-    def trusted(self, device: int) -> bool:
-        """Changes on ``device`` raise inotify events (local file systems)."""
+    def trusted(self, device: int, path: bytes) -> bool:
+        """Changes on ``device`` (where ``path`` lies) raise inotify events: local
+        file systems only."""
         fstype = self._fstypes.get(device)
-        if fstype is None:
+        if fstype is not None:
+            return fstype in LOCAL_FS
+        buf = _StatFs()
+        if self._lib.statfs(path, ctypes.byref(buf)) != 0:
             return False
-        return fstype not in UNTRUSTED_FS and not fstype.startswith("fuse.")
+        return (buf.f_type & 0xFFFFFFFF) in _LOCAL_MAGIC
+
+    def mapped_for_writing(self, roots: list[bytes]) -> set[bytes]:
+        """Folders below ``roots`` holding files mapped shared and writable now.
+
+        A write through such a mapping raises no event (nor does anything
+        after its descriptor was closed); its folder is listed while the
+        mapping lasts. Only this user's processes can be read, which are the
+        ones that can write the user's files.
+        """
+        prefixes = tuple(r.rstrip(b"/") + b"/" for r in roots)
+        found: set[bytes] = set()
+        try:
+            pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            return found
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/maps", "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                continue
+            if b" rw-s " not in data:
+                continue
+            for line in data.splitlines():
+                fields = line.split(None, 5)
+                if len(fields) == 6 and fields[1] == b"rw-s" and fields[5].startswith(prefixes):
+                    path = fields[5].removesuffix(b" (deleted)")
+                    found.add(path[: path.rfind(b"/")] or b"/")
+        return found
 
     def close(self) -> None:
         """Stop the reader and free every watch (closing the descriptor does)."""
@@ -310,6 +385,14 @@ class InotifyWatcher:
                     if self._wds.get(path) == wd:
                         del self._wds[path]
                 continue
+            if name and mask & _NEW_NAME:
+                child = path.rstrip(b"/") + b"/" + name
+                if mask & IN_ISDIR:
+                    journal.replaced(child)
+                elif _more_links(child):
+                    # a new name of a file that has others: a write through it
+                    # changes a file in folders the journal cannot name
+                    journal.invalidate(f"a hard link was made ({child!r})")
             if name and mask & IN_ISDIR and mask & _CHILD_REPLACED:
                 journal.replaced(path.rstrip(b"/") + b"/" + name)
             changed.add(path)
