@@ -613,3 +613,78 @@ def test_a_backup_that_fails_before_it_walks_hands_its_marks_back(tmp_path, mem_
         assert lab.tree(res) == lab.full_scan()
     finally:
         lab.close()
+
+
+def test_a_hard_link_made_inside_the_sources_means_a_full_scan(tmp_path, mem_repo):
+    """link() raises no event in the original's folder; a write through the new
+    name would change it unseen. Found in review."""
+    lab = Lab(tmp_path, mem_repo)
+    try:
+        lab.build()
+        lab.journal_backup()
+        os.link(lab.src / "d3" / "s0" / "f1.txt", lab.src / "d0" / "s2" / "new-link")
+        lab.journal_backup()
+        assert lab.journal.last_run.full and "hard link" in lab.journal.last_run.reason
+        with open(lab.src / "d0" / "s2" / "new-link", "ab") as fh:
+            fh.write(b"through the new name")
+        res = lab.journal_backup()
+        assert not lab.journal.last_run.full
+        assert lab.tree(res) == lab.full_scan()
+    finally:
+        lab.close()
+
+
+def test_a_file_written_through_a_live_mapping_is_seen(tmp_path, mem_repo):
+    """Mapped shared and writable, its descriptor closed before the writes: no
+    event at all, so the mapping itself (/proc/self/maps) marks its folder."""
+    lab = Lab(tmp_path, mem_repo)
+    try:
+        lab.build()
+        lab.journal_backup()
+        target = lab.src / "d2" / "s0" / "f3.txt"
+        with open(target, "r+b") as fh:
+            mm = mmap.mmap(fh.fileno(), 0)
+        try:
+            mm[0:2] = b"ZZ"
+            mm.flush()
+            res = lab.journal_backup()
+            assert not lab.journal.last_run.full
+            assert lab.tree(res) == lab.full_scan()
+            assert lab.journal.last_run.reused > 0
+        finally:
+            mm.close()
+    finally:
+        lab.close()
+
+
+def test_a_folder_that_cannot_be_watched_but_listed_is_always_listed(
+    tmp_path, mem_repo, monkeypatch
+):
+    """A policy may forbid watching a folder it lets us list (found in review)."""
+    import ctypes
+
+    lab = Lab(tmp_path, mem_repo)
+    victim = lab.src / "d1" / "s1"
+    real_lib = watch_inotify._libc()
+
+    class Lib:
+        def __getattr__(self, name):
+            return getattr(real_lib, name)
+
+        def inotify_add_watch(self, fd, path, mask):
+            if path == bytes(victim):
+                ctypes.set_errno(13)
+                return -1
+            return real_lib.inotify_add_watch(fd, path, mask)
+
+    monkeypatch.setattr(watch_inotify, "_libc", Lib)
+    try:
+        lab.build()
+        lab.journal_backup()
+        with open(victim / "f2.txt", "ab") as fh:
+            fh.write(b"unseen by inotify")
+        res = lab.journal_backup()
+        assert lab.journal.active and not lab.journal.last_run.full
+        assert lab.tree(res) == lab.full_scan()
+    finally:
+        lab.close()
