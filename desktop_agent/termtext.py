@@ -44,14 +44,9 @@ from typing import Any, TextIO
 
 from desktop_agent.engine.progress import Progress, RateEstimator
 from desktop_agent.protocol import (
-    BackupCompleted,
-    BackupFailed,
+    EndEvent,
     JobProgress,
-    RestoreCompleted,
-    RestoreFailed,
     RestoreProgress,
-    UpkeepCompleted,
-    UpkeepFailed,
     UpkeepProgress,
 )
 
@@ -356,16 +351,6 @@ class ProgressLine:
             self._shown = False
 
 
-_JOB_ENDS = (
-    BackupCompleted,
-    BackupFailed,
-    RestoreCompleted,
-    RestoreFailed,
-    UpkeepCompleted,
-    UpkeepFailed,
-)
-
-
 class TerminalProgress:
     """The agent's jobs on a terminal: one line redrawn in place while a job
     runs, cleared before any log line so the two never overwrite each other.
@@ -382,7 +367,7 @@ class TerminalProgress:
         """Bus subscriber: draw progress, end the line when the job ends."""
         if isinstance(event, JobProgress):
             self.draw(event)
-        elif isinstance(event, _JOB_ENDS):
+        elif isinstance(event, EndEvent):
             self.clear()
 
     def draw(self, p: JobProgress) -> None:

@@ -28,6 +28,7 @@ from desktop_agent.protocol import (
     BackupPaused,
     BackupResumed,
     BackupStarted,
+    EndEvent,
     Event,
     JobId,
     JobProgress,
@@ -61,22 +62,6 @@ __all__ = [
     "describe",
 ]
 
-_End = (
-    BackupCompleted
-    | BackupFailed
-    | RestoreCompleted
-    | RestoreFailed
-    | UpkeepCompleted
-    | UpkeepFailed
-)
-_END = (
-    BackupCompleted,
-    BackupFailed,
-    RestoreCompleted,
-    RestoreFailed,
-    UpkeepCompleted,
-    UpkeepFailed,
-)
 _PAUSED = (BackupPaused, RestorePaused, UpkeepPaused)
 _RESUMED = (BackupResumed, RestoreResumed, UpkeepResumed)
 _RESTORE = (
@@ -133,7 +118,7 @@ class Watcher:
         self.only = only
         self.once = once
         self.active: dict[JobId, Job] = {}
-        self.ended: dict[JobId, _End] = {}
+        self.ended: dict[JobId, EndEvent] = {}
 
     @property
     def finished(self) -> bool:
@@ -150,7 +135,7 @@ class Watcher:
             return
         if job_id in self.ended:
             return  # nothing follows the end of a job
-        if isinstance(ev, _END):
+        if isinstance(ev, EndEvent):
             self.active.pop(job_id, None)
             self.ended[job_id] = ev
         else:
@@ -266,7 +251,7 @@ class LivePrinter(Printer):
 
     def event(self, msg: Message, jobs: dict[JobId, Job]) -> None:
         ev = msg.event
-        if isinstance(ev, _END):
+        if isinstance(ev, EndEvent):
             text = describe(ev)
             if text is not None:
                 self.notes.append(clean(text))

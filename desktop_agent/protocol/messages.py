@@ -32,6 +32,7 @@ __all__ = [
     "BackupStarted",
     "Command",
     "ErrorReply",
+    "EndEvent",
     "Event",
     "JobId",
     "JobProgress",
@@ -337,6 +338,15 @@ Event = (
     | UpkeepResumed
 )
 ProgressEvent = BackupProgress | RestoreProgress | UpkeepProgress
+# the events that end a job (usable with isinstance, too)
+EndEvent = (
+    BackupCompleted
+    | BackupFailed
+    | RestoreCompleted
+    | RestoreFailed
+    | UpkeepCompleted
+    | UpkeepFailed
+)
 
 
 # ---------------------------------------------------------------- commands

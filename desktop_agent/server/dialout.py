@@ -50,13 +50,8 @@ from desktop_agent import __version__
 from desktop_agent.config import ConfigError
 from desktop_agent.jobs import BusEvent
 from desktop_agent.protocol import (
-    BackupCompleted,
-    BackupFailed,
+    EndEvent,
     Event,
-    RestoreCompleted,
-    RestoreFailed,
-    UpkeepCompleted,
-    UpkeepFailed,
 )
 from desktop_agent.server.ws import MAX_MESSAGE, AgentServer
 
@@ -81,15 +76,6 @@ STABLE_AFTER = 60.0  # a connection that lasted this long resets the backoff
 CLOSE_TIMEOUT = 2.0  # waiting for the server to acknowledge our close
 
 DialOutState = Literal["off", "connecting", "connected", "refused", "unreachable"]
-
-TERMINAL_EVENTS = (
-    BackupCompleted,
-    BackupFailed,
-    RestoreCompleted,
-    RestoreFailed,
-    UpkeepCompleted,
-    UpkeepFailed,
-)
 
 
 @dataclass(frozen=True)
@@ -237,7 +223,7 @@ class DialOut:
 
     # ------------------------------------------------------------ loop
     def _on_event(self, event: BusEvent) -> None:
-        if isinstance(event, TERMINAL_EVENTS):
+        if isinstance(event, EndEvent):
             self._ended.append((time.monotonic(), event))
 
     async def _run(self) -> None:

@@ -95,11 +95,18 @@ class Lab:
         # one file under two names in two directories
         os.link(self.src / "d1" / "s0" / "f0.txt", self.src / "d2" / "s1" / "linked.txt")
 
+    def options(self, **kw) -> BackupOptions:
+        """The journal backup's options (``kw`` overrides them)."""
+        base = {
+            "sources": [str(self.src)],
+            "cache_dir": str(self.cache),
+            "journal": self.journal,
+            "scan": False,
+        }
+        return BackupOptions(**{**base, **kw})
+
     def journal_backup(self) -> BackupResult:
-        opts = BackupOptions(
-            sources=[str(self.src)], cache_dir=str(self.cache), journal=self.journal, scan=False
-        )
-        return backup(reopen(self.repo), opts)
+        return backup(reopen(self.repo), self.options())
 
     def tree(self, res: BackupResult) -> bytes:
         """The source's tree in a snapshot (the folders above it change anytime)."""
@@ -177,6 +184,15 @@ class Lab:
             os.symlink(f"target{n}", d / f"link{n}")
 
 
+@pytest.fixture
+def lab(tmp_path, mem_repo):
+    """A built source tree, a repository and a journal; the journal closed after."""
+    made = Lab(tmp_path, mem_repo)
+    made.build()
+    yield made
+    made.close()
+
+
 KINDS = [
     "write",
     "truncate",
@@ -194,138 +210,113 @@ KINDS = [
 ]
 
 
-def test_journal_backups_equal_full_scans_under_random_changes(tmp_path, mem_repo):
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        first = lab.journal_backup()
-        assert lab.journal.last_run is not None and lab.journal.last_run.full
-        assert lab.tree(first) == lab.full_scan()
-        incremental = 0
-        for round_ in range(14):
-            kinds = [lab.rng.choice(KINDS) for _ in range(lab.rng.randrange(1, 5))]
-            if round_ % 5 == 4:
-                kinds = [kinds[0]]  # a round with a single change
-            for kind in kinds:
-                lab.mutate(kind)
-            res = lab.journal_backup()
-            run = lab.journal.last_run
-            assert run is not None
-            if not run.full:
-                incremental += 1
-            assert lab.tree(res) == lab.full_scan(), (round_, kinds, run.reason)
-        # the journal did its work: most runs listed only what changed
-        assert incremental >= 12
-    finally:
-        lab.close()
-
-
-def test_unchanged_run_lists_nothing_below_the_sources(tmp_path, mem_repo, monkeypatch):
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        lab.journal_backup()
-        listed: list[bytes] = []
-        from desktop_agent.engine import walker
-
-        real = walker.Walker.list_dir
-
-        def spy(self, path):
-            listed.append(path)
-            return real(self, path)
-
-        monkeypatch.setattr(walker.Walker, "list_dir", spy)
+def test_journal_backups_equal_full_scans_under_random_changes(lab):
+    first = lab.journal_backup()
+    assert lab.journal.last_run is not None and lab.journal.last_run.full
+    assert lab.tree(first) == lab.full_scan()
+    incremental = 0
+    for round_ in range(14):
+        kinds = [lab.rng.choice(KINDS) for _ in range(lab.rng.randrange(1, 5))]
+        if round_ % 5 == 4:
+            kinds = [kinds[0]]  # a round with a single change
+        for kind in kinds:
+            lab.mutate(kind)
         res = lab.journal_backup()
         run = lab.journal.last_run
-        assert run is not None and not run.full
-        # only the directories holding the hard-linked file (volatile) and their parents
-        assert set(listed) == {
-            bytes(lab.src),
-            bytes(lab.src / "d1"),
-            bytes(lab.src / "d1" / "s0"),
-            bytes(lab.src / "d2"),
-            bytes(lab.src / "d2" / "s1"),
-        }
-        assert res.summary.files_unmodified == len(lab.files())
-        assert res.summary.tree_blobs == 0
-        # one change: its directory and its ancestors are listed, not its siblings
-        listed.clear()
-        with open(lab.src / "d3" / "s2" / "f1.txt", "ab") as fh:
-            fh.write(b"changed")
-        res = lab.journal_backup()
-        assert bytes(lab.src / "d3" / "s2") in listed
-        assert bytes(lab.src / "d3" / "s0") not in listed
-        assert res.summary.files_changed == 1
-        assert lab.tree(res) == lab.full_scan()
-    finally:
-        lab.close()
+        assert run is not None
+        if not run.full:
+            incremental += 1
+        assert lab.tree(res) == lab.full_scan(), (round_, kinds, run.reason)
+    # the journal did its work: most runs listed only what changed
+    assert incremental >= 12
 
 
-def test_queue_overflow_means_a_full_scan(tmp_path, mem_repo):
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        lab.journal_backup()
-        watcher = lab.journal._watcher
-        assert isinstance(watcher, watch_inotify.InotifyWatcher)
-        a = lab.src / "d0" / "s0" / "f0.txt"
-        b = lab.src / "d0" / "s0" / "f1.txt"
-        # the reader thread blocks on the watcher's lock: the kernel's queue
-        # (16,384 events by default) fills up; alternating names are not merged
-        with watcher._lock:
-            for i in range(12_000):
-                os.utime(a, ns=(i, i))
-                os.utime(b, ns=(i, i))
-        with open(lab.src / "d3" / "s1" / "f2.txt", "ab") as fh:
-            fh.write(b"after the overflow")
-        until(lambda: lab.journal._broken is not None)
-        res = lab.journal_backup()
-        run = lab.journal.last_run
-        assert run is not None and run.full and "overflow" in run.reason
-        assert lab.tree(res) == lab.full_scan()
-        # and the journal is trusted again after that full scan
-        with open(lab.src / "d3" / "s1" / "f2.txt", "ab") as fh:
-            fh.write(b"again")
-        res = lab.journal_backup()
-        assert not lab.journal.last_run.full
-        assert lab.tree(res) == lab.full_scan()
-    finally:
-        lab.close()
+def test_unchanged_run_lists_nothing_below_the_sources(lab, monkeypatch):
+    lab.journal_backup()
+    listed: list[bytes] = []
+    from desktop_agent.engine import walker
+
+    real = walker.Walker.list_dir
+
+    def spy(self, path):
+        listed.append(path)
+        return real(self, path)
+
+    monkeypatch.setattr(walker.Walker, "list_dir", spy)
+    res = lab.journal_backup()
+    run = lab.journal.last_run
+    assert run is not None and not run.full
+    # only the directories holding the hard-linked file (volatile) and their parents
+    assert set(listed) == {
+        bytes(lab.src),
+        bytes(lab.src / "d1"),
+        bytes(lab.src / "d1" / "s0"),
+        bytes(lab.src / "d2"),
+        bytes(lab.src / "d2" / "s1"),
+    }
+    assert res.summary.files_unmodified == len(lab.files())
+    assert res.summary.tree_blobs == 0
+    # one change: its directory and its ancestors are listed, not its siblings
+    listed.clear()
+    with open(lab.src / "d3" / "s2" / "f1.txt", "ab") as fh:
+        fh.write(b"changed")
+    res = lab.journal_backup()
+    assert bytes(lab.src / "d3" / "s2") in listed
+    assert bytes(lab.src / "d3" / "s0") not in listed
+    assert res.summary.files_changed == 1
+    assert lab.tree(res) == lab.full_scan()
 
 
-def test_a_failed_run_hands_its_marks_back(tmp_path, mem_repo):
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        lab.journal_backup()
-        with open(lab.src / "d3" / "s1" / "f2.txt", "ab") as fh:
-            fh.write(b"changed")
-        run = lab.journal.begin(("h",), b"p")  # taken, as a backup would
-        lab.journal.abort(run)
-        res = lab.journal_backup()  # the committed base is gone: full scan
-        assert lab.journal.last_run.full
-        assert lab.tree(res) == lab.full_scan()
-    finally:
-        lab.close()
+def test_queue_overflow_means_a_full_scan(lab):
+    lab.journal_backup()
+    watcher = lab.journal._watcher
+    assert isinstance(watcher, watch_inotify.InotifyWatcher)
+    a = lab.src / "d0" / "s0" / "f0.txt"
+    b = lab.src / "d0" / "s0" / "f1.txt"
+    # the reader thread blocks on the watcher's lock: the kernel's queue
+    # (16,384 events by default) fills up; alternating names are not merged
+    with watcher._lock:
+        for i in range(12_000):
+            os.utime(a, ns=(i, i))
+            os.utime(b, ns=(i, i))
+    with open(lab.src / "d3" / "s1" / "f2.txt", "ab") as fh:
+        fh.write(b"after the overflow")
+    until(lambda: lab.journal._broken is not None)
+    res = lab.journal_backup()
+    run = lab.journal.last_run
+    assert run is not None and run.full and "overflow" in run.reason
+    assert lab.tree(res) == lab.full_scan()
+    # and the journal is trusted again after that full scan
+    with open(lab.src / "d3" / "s1" / "f2.txt", "ab") as fh:
+        fh.write(b"again")
+    res = lab.journal_backup()
+    assert not lab.journal.last_run.full
+    assert lab.tree(res) == lab.full_scan()
 
 
-def test_a_folder_deleted_and_made_again_is_not_taken_for_the_old_one(tmp_path, mem_repo):
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        lab.journal_backup()
-        shutil.rmtree(lab.src / "d3" / "s1")
-        res = lab.journal_backup()
-        assert not lab.journal.last_run.full
-        assert lab.tree(res) == lab.full_scan()
-        # the same path again, other content: the cache still has the old entry
-        write(lab.src / "d3" / "s1" / "f0.txt", b"a new folder")
-        res = lab.journal_backup()
-        assert not lab.journal.last_run.full
-        assert lab.tree(res) == lab.full_scan()
-        assert res.summary.files_new + res.summary.files_changed == 1
-    finally:
-        lab.close()
+def test_a_failed_run_hands_its_marks_back(lab):
+    lab.journal_backup()
+    with open(lab.src / "d3" / "s1" / "f2.txt", "ab") as fh:
+        fh.write(b"changed")
+    run = lab.journal.begin(("h",), b"p")  # taken, as a backup would
+    lab.journal.abort(run)
+    res = lab.journal_backup()  # the committed base is gone: full scan
+    assert lab.journal.last_run.full
+    assert lab.tree(res) == lab.full_scan()
+
+
+def test_a_folder_deleted_and_made_again_is_not_taken_for_the_old_one(lab):
+    lab.journal_backup()
+    shutil.rmtree(lab.src / "d3" / "s1")
+    res = lab.journal_backup()
+    assert not lab.journal.last_run.full
+    assert lab.tree(res) == lab.full_scan()
+    # the same path again, other content: the cache still has the old entry
+    write(lab.src / "d3" / "s1" / "f0.txt", b"a new folder")
+    res = lab.journal_backup()
+    assert not lab.journal.last_run.full
+    assert lab.tree(res) == lab.full_scan()
+    assert res.summary.files_new + res.summary.files_changed == 1
 
 
 def test_a_run_that_stores_no_data_loads_no_index(tmp_path, new_repo, restic):
@@ -341,10 +332,7 @@ def test_a_run_that_stores_no_data_loads_no_index(tmp_path, new_repo, restic):
         lab.journal_backup()
         (lab.src / "new-empty").mkdir()
         repo = reopen(lab.repo)
-        opts = BackupOptions(
-            sources=[str(lab.src)], cache_dir=str(lab.cache), journal=lab.journal, scan=False
-        )
-        res = backup(repo, opts)
+        res = backup(repo, lab.options())
         assert not lab.journal.last_run.full
         assert not repo.index_loaded
         assert res.summary.files_unmodified == len(lab.files())
@@ -362,9 +350,7 @@ def test_a_run_that_stores_no_data_loads_no_index(tmp_path, new_repo, restic):
         lab.close()
 
 
-def test_folders_on_network_and_fuse_file_systems_are_always_listed(
-    tmp_path, mem_repo, monkeypatch
-):
+def test_folders_on_network_and_fuse_file_systems_are_always_listed(lab, tmp_path, monkeypatch):
     """Changes made on another machine raise no event here: with the source's
     device reported as sshfs by the mount table, nothing is reused unlisted."""
     real = watch_inotify._mounts
@@ -376,60 +362,40 @@ def test_folders_on_network_and_fuse_file_systems_are_always_listed(
         return ident, types
 
     monkeypatch.setattr(watch_inotify, "_mounts", mounts)
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        lab.journal_backup()
-        res = lab.journal_backup()
-        run = lab.journal.last_run
-        assert run is not None and not run.full
-        assert run.reused == 0
-        assert res.summary.files_unmodified == len(lab.files())
-    finally:
-        lab.close()
+    lab.journal_backup()
+    res = lab.journal_backup()
+    run = lab.journal.last_run
+    assert run is not None and not run.full
+    assert run.reused == 0
+    assert res.summary.files_unmodified == len(lab.files())
 
 
-def test_progress_totals_come_from_the_cache_not_a_second_walk(tmp_path, mem_repo, monkeypatch):
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        lab.journal_backup()
-        from desktop_agent.engine import backup as backup_module
+def test_progress_totals_come_from_the_cache_not_a_second_walk(lab, monkeypatch):
+    lab.journal_backup()
+    from desktop_agent.engine import backup as backup_module
 
-        def no_scan(*args, **kw):
-            raise AssertionError("a counting walk ran")
+    def no_scan(*args, **kw):
+        raise AssertionError("a counting walk ran")
 
-        monkeypatch.setattr(backup_module, "scan", no_scan)
-        seen = []
-        opts = BackupOptions(sources=[str(lab.src)], cache_dir=str(lab.cache), journal=lab.journal)
-        backup(reopen(lab.repo), opts, progress=seen.append)
-        files = len(lab.files())
-        assert seen and all(p.scan_finished and p.files_total == files for p in seen)
-    finally:
-        lab.close()
+    monkeypatch.setattr(backup_module, "scan", no_scan)
+    seen = []
+    backup(reopen(lab.repo), lab.options(scan=True), progress=seen.append)
+    files = len(lab.files())
+    assert seen and all(p.scan_finished and p.files_total == files for p in seen)
 
 
-def test_other_sources_drop_the_old_watches(tmp_path, mem_repo):
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        lab.journal_backup()
-        watcher = lab.journal._watcher
-        assert isinstance(watcher, watch_inotify.InotifyWatcher) and watcher.watches > 10
-        one = lab.src / "d0"
-        opts = BackupOptions(
-            sources=[str(one)], cache_dir=str(lab.cache), journal=lab.journal, scan=False
-        )
-        backup(reopen(lab.repo), opts)
-        run = lab.journal.last_run
-        assert run is not None and run.full
-        fresh = lab.journal._watcher
-        assert (
-            fresh is not watcher
-            and fresh.watches == len([d for d in one.rglob("*") if d.is_dir()]) + 1
-        )
-    finally:
-        lab.close()
+def test_other_sources_drop_the_old_watches(lab):
+    lab.journal_backup()
+    watcher = lab.journal._watcher
+    assert isinstance(watcher, watch_inotify.InotifyWatcher) and watcher.watches > 10
+    one = lab.src / "d0"
+    backup(reopen(lab.repo), lab.options(sources=[str(one)]))
+    run = lab.journal.last_run
+    assert run is not None and run.full
+    fresh = lab.journal._watcher
+    assert (
+        fresh is not watcher and fresh.watches == len([d for d in one.rglob("*") if d.is_dir()]) + 1
+    )
 
 
 def test_mount_changes_and_the_daily_scan_mean_full_scans(tmp_path, mem_repo, monkeypatch):
@@ -523,33 +489,28 @@ def test_an_unreadable_folder_does_not_turn_the_journal_off(tmp_path, mem_repo, 
         lab.close()
 
 
-def test_a_folder_renamed_away_and_back_is_not_reused_from_its_old_entries(tmp_path, mem_repo):
+def test_a_folder_renamed_away_and_back_is_not_reused_from_its_old_entries(lab):
     """Renamed away, changed while away, renamed back: its subfolders' old cache
     entries (same identity: a rename changes only the moved folder's ctime) must
     not come back. Found in review: the old entries were carried forward."""
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        lab.journal_backup()
-        (lab.src / "d1").rename(lab.src / "d1-old")
-        lab.journal_backup()
-        lab.journal_backup()
-        with open(lab.src / "d1-old" / "s2" / "f3.txt", "ab") as fh:
-            fh.write(b"written while the folder was d1-old")
-        lab.journal_backup()
-        (lab.src / "d1-old").rename(lab.src / "d1")
-        res = lab.journal_backup()
-        assert not lab.journal.last_run.full
-        assert lab.tree(res) == lab.full_scan()
-        with open(lab.src / "d1" / "s2" / "f3.txt", "ab") as fh:
-            fh.write(b"and after the rename back")
-        res = lab.journal_backup()
-        assert lab.tree(res) == lab.full_scan()
-    finally:
-        lab.close()
+    lab.journal_backup()
+    (lab.src / "d1").rename(lab.src / "d1-old")
+    lab.journal_backup()
+    lab.journal_backup()
+    with open(lab.src / "d1-old" / "s2" / "f3.txt", "ab") as fh:
+        fh.write(b"written while the folder was d1-old")
+    lab.journal_backup()
+    (lab.src / "d1-old").rename(lab.src / "d1")
+    res = lab.journal_backup()
+    assert not lab.journal.last_run.full
+    assert lab.tree(res) == lab.full_scan()
+    with open(lab.src / "d1" / "s2" / "f3.txt", "ab") as fh:
+        fh.write(b"and after the rename back")
+    res = lab.journal_backup()
+    assert lab.tree(res) == lab.full_scan()
 
 
-def test_a_file_that_could_not_be_read_once_is_read_again(tmp_path, mem_repo, monkeypatch):
+def test_a_file_that_could_not_be_read_once_is_read_again(lab, monkeypatch):
     """Its folder is not remembered by the cache (found in review: the folder
     was cached with the file in its signature and without it in its tree, so
     every later run, full scans included, left the file out)."""
@@ -557,104 +518,81 @@ def test_a_file_that_could_not_be_read_once_is_read_again(tmp_path, mem_repo, mo
 
     from desktop_agent.engine import filesaver, smallfiles
 
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        lab.journal_backup()
-        victim = lab.src / "d3" / "s1" / "f2.txt"
-        with open(victim, "ab") as fh:
-            fh.write(b"signed")
-        real_open = smallfiles.open_for_reading
-        fails = [1]
+    lab.journal_backup()
+    victim = lab.src / "d3" / "s1" / "f2.txt"
+    with open(victim, "ab") as fh:
+        fh.write(b"signed")
+    real_open = smallfiles.open_for_reading
+    fails = [1]
 
-        def flaky(path):
-            if path == os.fsencode(victim) and fails[0]:
-                fails[0] -= 1
-                raise OSError(errno.EIO, "Input/output error")
-            return real_open(path)
+    def flaky(path):
+        if path == os.fsencode(victim) and fails[0]:
+            fails[0] -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(path)
 
-        monkeypatch.setattr(smallfiles, "open_for_reading", flaky)
-        monkeypatch.setattr(filesaver, "open_for_reading", flaky)
-        opts = BackupOptions(
-            sources=[str(lab.src)], cache_dir=str(lab.cache), journal=lab.journal, helpers=0
-        )
-        res = backup(reopen(lab.repo), opts)
-        assert [s.path for s in res.skipped] == [str(victim)]
-        for full in (False, True):
-            if full:
-                lab.journal.invalidate("as the daily full scan")
-            res = lab.journal_backup()
-            assert not res.skipped
-            assert lab.tree(res) == lab.full_scan()
-    finally:
-        lab.close()
+    monkeypatch.setattr(smallfiles, "open_for_reading", flaky)
+    monkeypatch.setattr(filesaver, "open_for_reading", flaky)
+    res = backup(reopen(lab.repo), lab.options(scan=True, helpers=0))
+    assert [s.path for s in res.skipped] == [str(victim)]
+    for full in (False, True):
+        if full:
+            lab.journal.invalidate("as the daily full scan")
+        res = lab.journal_backup()
+        assert not res.skipped
+        assert lab.tree(res) == lab.full_scan()
 
 
-def test_a_backup_that_fails_before_it_walks_hands_its_marks_back(tmp_path, mem_repo, monkeypatch):
+def test_a_backup_that_fails_before_it_walks_hands_its_marks_back(lab, monkeypatch):
     from desktop_agent.engine import backup as backup_module
     from desktop_agent.engine.errors import StorageError
 
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
+    lab.journal_backup()
+    with open(lab.src / "d0" / "s0" / "f0.txt", "ab") as fh:
+        fh.write(b"changed")
+    real = backup_module.BlobWriter
+
+    def broken(*args, **kw):
+        raise StorageError("cannot create the spool folder")
+
+    monkeypatch.setattr(backup_module, "BlobWriter", broken)
+    with pytest.raises(StorageError):
         lab.journal_backup()
-        with open(lab.src / "d0" / "s0" / "f0.txt", "ab") as fh:
-            fh.write(b"changed")
-        real = backup_module.BlobWriter
-
-        def broken(*args, **kw):
-            raise StorageError("cannot create the spool folder")
-
-        monkeypatch.setattr(backup_module, "BlobWriter", broken)
-        with pytest.raises(StorageError):
-            lab.journal_backup()
-        monkeypatch.setattr(backup_module, "BlobWriter", real)
-        res = lab.journal_backup()
-        assert lab.tree(res) == lab.full_scan()
-    finally:
-        lab.close()
+    monkeypatch.setattr(backup_module, "BlobWriter", real)
+    res = lab.journal_backup()
+    assert lab.tree(res) == lab.full_scan()
 
 
-def test_a_hard_link_made_inside_the_sources_means_a_full_scan(tmp_path, mem_repo):
+def test_a_hard_link_made_inside_the_sources_means_a_full_scan(lab):
     """link() raises no event in the original's folder; a write through the new
     name would change it unseen. Found in review."""
-    lab = Lab(tmp_path, mem_repo)
+    lab.journal_backup()
+    os.link(lab.src / "d3" / "s0" / "f1.txt", lab.src / "d0" / "s2" / "new-link")
+    lab.journal_backup()
+    assert lab.journal.last_run.full and "hard link" in lab.journal.last_run.reason
+    with open(lab.src / "d0" / "s2" / "new-link", "ab") as fh:
+        fh.write(b"through the new name")
+    res = lab.journal_backup()
+    assert not lab.journal.last_run.full
+    assert lab.tree(res) == lab.full_scan()
+
+
+def test_a_file_written_through_a_live_mapping_is_seen(lab):
+    """Mapped shared and writable, its descriptor closed before the writes: no
+    event at all, so the mapping itself (/proc/self/maps) marks its folder."""
+    lab.journal_backup()
+    target = lab.src / "d2" / "s0" / "f3.txt"
+    with open(target, "r+b") as fh:
+        mm = mmap.mmap(fh.fileno(), 0)
     try:
-        lab.build()
-        lab.journal_backup()
-        os.link(lab.src / "d3" / "s0" / "f1.txt", lab.src / "d0" / "s2" / "new-link")
-        lab.journal_backup()
-        assert lab.journal.last_run.full and "hard link" in lab.journal.last_run.reason
-        with open(lab.src / "d0" / "s2" / "new-link", "ab") as fh:
-            fh.write(b"through the new name")
+        mm[0:2] = b"ZZ"
+        mm.flush()
         res = lab.journal_backup()
         assert not lab.journal.last_run.full
         assert lab.tree(res) == lab.full_scan()
+        assert lab.journal.last_run.reused > 0
     finally:
-        lab.close()
-
-
-def test_a_file_written_through_a_live_mapping_is_seen(tmp_path, mem_repo):
-    """Mapped shared and writable, its descriptor closed before the writes: no
-    event at all, so the mapping itself (/proc/self/maps) marks its folder."""
-    lab = Lab(tmp_path, mem_repo)
-    try:
-        lab.build()
-        lab.journal_backup()
-        target = lab.src / "d2" / "s0" / "f3.txt"
-        with open(target, "r+b") as fh:
-            mm = mmap.mmap(fh.fileno(), 0)
-        try:
-            mm[0:2] = b"ZZ"
-            mm.flush()
-            res = lab.journal_backup()
-            assert not lab.journal.last_run.full
-            assert lab.tree(res) == lab.full_scan()
-            assert lab.journal.last_run.reused > 0
-        finally:
-            mm.close()
-    finally:
-        lab.close()
+        mm.close()
 
 
 def test_a_folder_that_cannot_be_watched_but_listed_is_always_listed(
