@@ -35,6 +35,10 @@ import threading
 import time
 from pathlib import Path
 
+# bench/engine.py, beside this file (the script's folder is on sys.path): the
+# process-tree memory sampler and the running-agent runs, shared
+from engine import _tree_rss, warm_agent  # noqa: E402
+
 PASSWORD = "bench-password"
 MiB = 1024 * 1024
 TARGETS = {"tiny backup time": 0.5, "tiny backup RSS": 0.5, "bytes per index entry": 0.6}
@@ -119,25 +123,6 @@ def copy_repo(base: Path, dest: Path) -> None:
 
 
 # ----------------------------------------------------------------- running
-def _tree_rss(pid: int) -> int:
-    total = 0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as fh:
-                    stack.extend(int(c) for c in fh.read().split())
-        except (OSError, ValueError):
-            continue
-    return total
-
-
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (wait4 and the sampled process tree) and stdout."""
     start = time.perf_counter()
@@ -351,9 +336,6 @@ def main() -> None:
     if not tree.exists():
         print(f"\nmaking a tree of {args.tree_files:,} files ...", flush=True)
         make_tree(tree, args.tree_files)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from engine import warm_agent  # the same runs as bench/engine.py's, on this tree
-
     warm_agent(
         workdir,
         tree,
