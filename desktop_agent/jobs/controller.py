@@ -142,7 +142,8 @@ class JobController:
             task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._checks.shutdown(wait=False, cancel_futures=True)
-        self.journal.close()
+        # stopping the watcher joins its reader thread: not on the event loop
+        await asyncio.to_thread(self.journal.close)
 
     def update_config(self, config: Config) -> None:
         """Use a new configuration for jobs that start from now on."""
