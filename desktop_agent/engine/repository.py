@@ -478,16 +478,20 @@ class Repository:
                     text = fut.result()
                     for nxt in islice(queue, 1):
                         pending.append((nxt, pool.submit(self.load_unpacked, FileType.INDEX, nxt)))
-                    doc = loads_json(text, f"{FileType.INDEX.value}/{name}")
+                    what = f"{FileType.INDEX.value}/{name}"
+                    doc = loads_json(text, what)
                     del text
-                    sup, packs_in = index_supersedes(doc)
-                    superseded.update(sup)
-                    if not final and (superseded & index.files or superseded & set(loaded)):
-                        return superseded
-                    name_id = _name_id(name)
-                    if name_id not in superseded:
-                        loader.add_packs(packs_in)
-                        loaded.append(name_id)
+                    try:
+                        sup, packs_in = index_supersedes(doc)
+                        superseded.update(sup)
+                        if not final and (superseded & index.files or superseded & set(loaded)):
+                            return superseded
+                        name_id = _name_id(name)
+                        if name_id not in superseded:
+                            loader.add_packs(packs_in)
+                            loaded.append(name_id)
+                    except IntegrityError as exc:
+                        raise IntegrityError(f"{what}: {exc}") from None  # which file
                     del doc, packs_in
             finally:
                 for _name, fut in pending:
