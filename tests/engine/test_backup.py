@@ -395,6 +395,49 @@ def test_a_helper_that_dies_is_replaced_by_the_backup_itself(tmp_path, new_repo,
     assert signature(_restore_all(repo, tmp_path) / str(src).lstrip("/")) == signature(src)
 
 
+def test_batches_of_long_paths_never_overfill_a_helpers_socket(
+    tmp_path, new_repo, restic, monkeypatch
+):
+    """What the walker has sent a helper and not had answered stays within
+    the queue's byte cap (a larger batch goes alone), so that the walker is
+    never blocked sending while the helper is blocked answering."""
+    from desktop_agent.engine import helperpool
+
+    deep = tmp_path / "src"
+    for level in range(7):
+        deep = deep / (f"{level}" * 250)  # paths of about 1,800 bytes
+    for i in range(3000):
+        write(deep / f"f{i}.txt", f"file {i}\n".encode())
+    seen: list[tuple[int, int, int]] = []  # (batches queued, bytes queued, cap)
+    real_send = helperpool.Helpers.send
+
+    def send(self, helper, batch_id, paths):
+        real_send(self, helper, batch_id, paths)
+        pool = pools[0]
+        seen.append((self.outstanding[helper], pool.queued_bytes[helper], helperpool._QUEUE_BYTES))
+
+    pools: list[helperpool.HelperPool] = []
+    real_init = helperpool.HelperPool.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        pools.append(self)
+
+    monkeypatch.setattr(helperpool.Helpers, "send", send)
+    monkeypatch.setattr(helperpool.HelperPool, "__init__", init)
+    repo = new_repo()
+    res = backup(repo, BackupOptions(sources=[str(tmp_path / "src")], helpers=2))
+    assert res.summary.files_new == 3000
+    assert len(seen) > 5
+    # each batch of 128 such paths is over the cap: it is only sent to an idle helper
+    assert all(batches == 1 or nbytes <= cap for batches, nbytes, cap in seen)
+    assert all(batches == 1 for batches, _, _ in seen)
+    restic(repo.storage.location, "check", "--read-data")
+    assert signature(_restore_all(repo, tmp_path) / str(tmp_path / "src").lstrip("/")) == (
+        signature(tmp_path / "src")
+    )
+
+
 def test_a_source_matching_an_exclude_is_left_out(tmp_path, mem_repo):
     keep = write(tmp_path / "keep" / "a.txt", b"a").parent
     drop = write(tmp_path / "cache.tmp" / "b.txt", b"b").parent
