@@ -133,8 +133,10 @@ class HelperPool:
         self.filling[i] = []
         self.filling_bytes[i] = 0
         nbytes = sum(len(j.path) for j in jobs) + 8 * len(jobs)
-        while self.helpers is not None and helpers.outstanding[i] and (
-            helpers.outstanding[i] >= _QUEUE or self.queued_bytes[i] + nbytes > _QUEUE_BYTES
+        while (
+            self.helpers is not None
+            and helpers.outstanding[i]
+            and (helpers.outstanding[i] >= _QUEUE or self.queued_bytes[i] + nbytes > _QUEUE_BYTES)
         ):
             self.poll(block=True)
         self.batch_seq += 1
