@@ -27,12 +27,10 @@ reuses them, but never a snapshot.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from .. import __version__
@@ -47,7 +45,7 @@ from .gocompat import format_time
 from .ids import BlobId, SnapshotId
 from .journal import ChangeJournal, JournalRun
 from .lock import Lock
-from .memory import limit_malloc_arenas
+from .memory import fewer_gc_passes, limit_malloc_arenas
 from .pipeline import BackupStats, DirJob, Notices, SkippedPath
 from .progress import ProgressState, Reporter
 from .repository import Repository, hostname, username
@@ -238,18 +236,6 @@ class _Backup:
             self.writer.close()
 
 
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Run the cyclic GC less often while a backup allocates millions of
-    short-lived, acyclic objects (about 10% faster on small files)."""
-    old = gc.get_threshold()
-    gc.set_threshold(max(old[0], 50_000), old[1], old[2])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-
-
 def backup(
     repo: Repository,
     options: BackupOptions,
@@ -285,7 +271,7 @@ def backup(
     host = options.host or hostname()
     # the compact index is kept beside the directory cache: a warm load reads one file
     repo.index_cache_dir = repo.index_cache_dir or options.cache_dir
-    with Lock(repo, exclusive=False) as lock, _fewer_collections():
+    with Lock(repo, exclusive=False) as lock, fewer_gc_passes():
         remove_stale_spool(repo)
         # the index is loaded on first need: a run where nothing changed never needs it
         parent: Snapshot | None

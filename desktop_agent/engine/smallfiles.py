@@ -21,6 +21,7 @@ answers is :mod:`.helperpool`.
 from __future__ import annotations
 
 import errno
+import gc
 import hmac
 import os
 import socket
@@ -52,6 +53,7 @@ from .helpermsg import (
 )
 from .ids import BlobId, BlobType
 from .idtable import IdSet
+from .memory import FEWER_GC_PASSES
 from .pack import BLOB_ZSTD_LEVEL, FinishedPack, PackBuilder
 
 __all__ = [
@@ -129,6 +131,7 @@ def _helper_main(conn: Connection, init: Init) -> None:
     cannot duplicate another helper's, and other duplicates are harmless (the
     format allows a blob in two packs; prune drops one).
     """
+    gc.set_threshold(*FEWER_GC_PASSES)  # a process of its own: see engine.memory
     key = crypto.Key(*init.key_parts)
     zstd = zstandard.ZstdCompressor(level=BLOB_ZSTD_LEVEL) if init.compression else None
     # a million known ids cost 32 MB here, not the ~100 MB of a set of bytes
