@@ -122,7 +122,7 @@ class FileJob:
             return False
         if self.batch is not None and not self.batch.done():
             return False
-        return all(f.done() for f in self.futures)
+        return not self.futures or all(f.done() for f in self.futures)
 
 
 class DirJob:
@@ -142,6 +142,7 @@ class DirJob:
         "nbytes",
         "dirs",
         "flags",
+        "done_upto",
     )
 
     def __init__(self, path: bytes, node: Node | None, parent_subtree: BlobId | None) -> None:
@@ -160,7 +161,20 @@ class DirJob:
         self.nbytes = 0
         self.dirs = 1
         self.flags = 0
+        self.done_upto = 0  # entries before this one are known to be done
 
     def ready(self) -> bool:
-        """Every file in it is done (its subdirectories are saved before it)."""
-        return all(not isinstance(e, FileJob) or e.done() for e in self.entries)
+        """Every file in it is done (its subdirectories are saved before it).
+
+        Asked again and again while a directory waits for its files (a
+        helper's files wait for its pack): each call starts where the last
+        one found a file not done, as files never become undone.
+        """
+        entries = self.entries
+        for i in range(self.done_upto, len(entries)):
+            e = entries[i]
+            if isinstance(e, FileJob) and not e.done():
+                self.done_upto = i
+                return False
+        self.done_upto = len(entries)
+        return True

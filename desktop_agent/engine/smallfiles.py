@@ -54,7 +54,7 @@ from .helpermsg import (
 from .ids import BlobId, BlobType
 from .idtable import IdSet
 from .memory import FEWER_GC_PASSES
-from .pack import BLOB_ZSTD_LEVEL, FinishedPack, PackBuilder
+from .pack import SMALL_BLOB_ZSTD_LEVEL, FinishedPack, PackBuilder
 
 __all__ = [
     "read_small",
@@ -133,7 +133,7 @@ def _helper_main(conn: Connection, init: Init) -> None:
     """
     gc.set_threshold(*FEWER_GC_PASSES)  # a process of its own: see engine.memory
     key = crypto.Key(*init.key_parts)
-    zstd = zstandard.ZstdCompressor(level=BLOB_ZSTD_LEVEL) if init.compression else None
+    zstd = zstandard.ZstdCompressor(level=SMALL_BLOB_ZSTD_LEVEL) if init.compression else None
     # a million known ids cost 32 MB here, not the ~100 MB of a set of bytes
     seen = IdSet(init.known)
     builder = PackBuilder(key, init.spool_dir)

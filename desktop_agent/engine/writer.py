@@ -28,7 +28,7 @@ from . import crypto
 from .errors import EngineError, StorageError
 from .ids import BlobId, BlobType, PackId
 from .index import MAX_BLOBS_PER_FILE, index_bytes
-from .pack import BLOB_ZSTD_LEVEL, FinishedPack, PackBuilder, PackedBlob
+from .pack import BLOB_ZSTD_LEVEL, SMALL_BLOB_ZSTD_LEVEL, FinishedPack, PackBuilder, PackedBlob
 from .repository import Repository, hostname
 from .storage import FileType, describe_oserror
 
@@ -89,6 +89,7 @@ class SaveResult:
 class _Codec(threading.local):
     def __init__(self) -> None:
         self.zstd = zstandard.ZstdCompressor(level=BLOB_ZSTD_LEVEL)
+        self.zstd_small = zstandard.ZstdCompressor(level=SMALL_BLOB_ZSTD_LEVEL)
 
 
 class BlobWriter:
@@ -207,7 +208,7 @@ class BlobWriter:
             return results
         payloads: list[bytes] = []
         ulens: list[int] = []
-        compress = self._codec.zstd.compress if self.repo.compression else None
+        compress = self._codec.zstd_small.compress if self.repo.compression else None
         for i, _bid in fresh:
             data = datas[i]
             if compress is not None and data:
