@@ -27,7 +27,7 @@ import os
 from typing import NamedTuple
 
 from .errors import StorageError
-from .ids import BlobId, BlobType, PackId
+from .ids import BLOB_TYPES, BlobId, PackId
 from .pack import FinishedPack, PackedBlob
 from .storage.local import describe_oserror
 
@@ -114,7 +114,7 @@ class SealedPack(NamedTuple):
         return FinishedPack(
             PackId(self.pack_id),
             self.path,
-            [PackedBlob(BlobType(t), BlobId(i), o, n, u) for t, i, o, n, u in self.blobs],
+            [PackedBlob(BLOB_TYPES[t], BlobId(i), o, n, u) for t, i, o, n, u in self.blobs],
             self.size,
         )
 

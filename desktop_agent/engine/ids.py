@@ -9,7 +9,16 @@ from __future__ import annotations
 import enum
 from typing import NewType
 
-__all__ = ["BlobId", "PackId", "SnapshotId", "StorageId", "BlobType", "hex_id", "parse_id"]
+__all__ = [
+    "BlobId",
+    "PackId",
+    "SnapshotId",
+    "StorageId",
+    "BlobType",
+    "BLOB_TYPES",
+    "hex_id",
+    "parse_id",
+]
 
 BlobId = NewType("BlobId", bytes)
 """SHA-256 of a blob's plaintext (before compression and encryption)."""
@@ -34,6 +43,11 @@ class BlobType(enum.IntEnum):
     def label(self) -> str:
         """Name used in index JSON ("data" / "tree")."""
         return "data" if self is BlobType.DATA else "tree"
+
+
+BLOB_TYPES = (BlobType.DATA, BlobType.TREE)
+"""The blob types by value: ``BLOB_TYPES[bit]`` is ``BlobType(bit)`` without
+the enum call (about 0.6 us, once per blob of every pack header read)."""
 
 
 def hex_id(raw: bytes) -> str:
