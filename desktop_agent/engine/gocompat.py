@@ -174,7 +174,7 @@ def format_time(ns: int, *, utc: bool = False) -> str:
             hit = (whole[:19], whole[19:])
             _second_cache[sec] = hit
         if frac:
-            return hit[0] + "." + f"{frac:09d}".rstrip("0") + hit[1]
+            return hit[0] + "." + str(frac).zfill(9).rstrip("0") + hit[1]
         return hit[0] + hit[1]
     return _format_time(sec, frac, utc)
 
