@@ -257,4 +257,5 @@ class HelperPool:
                         self.durable(i, packs if i == 0 else [])
         helpers, self.helpers = self.helpers, None
         if helpers is not None:
-            helpers.close()
+            # all their work is in: their exit need not hold up the backup's end
+            helpers.close(wait=not keep_work)

@@ -28,6 +28,7 @@ import socket
 import stat as st
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection, wait
 
 import zstandard
@@ -292,23 +293,32 @@ class Helpers:
                 packs.extend(p.finished() for p in msg.packs)
         return packs
 
-    def close(self) -> None:
-        """Stop the helpers (and kill any that do not stop)."""
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the helpers (and kill any that do not stop within 5 s).
+
+        ``wait=False``: do not wait for them to exit (an interpreter's exit
+        takes a few tens of milliseconds); a thread of ours reaps them.
+        """
         for conn in self.conns:
             try:
                 conn.send(Stop())
             except (OSError, EOFError, ValueError):
                 pass
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for conn in self.conns:
-            conn.close()
-        self.conns = []
-        self.procs = []
+            conn.close()  # the Stop is in the socket: the helper reads it, then EOF
+        procs, self.procs, self.conns = self.procs, [], []
+        if wait:
+            _reap(procs)
+        elif procs:
+            threading.Thread(target=_reap, args=(procs,), name="helper-reaper", daemon=True).start()
+
+
+def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # Where a child can inherit a socket by descriptor (POSIX), each helper gets one
