@@ -9,12 +9,14 @@ read (each is named on stderr). With ``--json``, restic's messages: a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
-from desktop_agent.config import user_cache_dir
+from desktop_agent.config import Config, user_cache_dir
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
 from desktop_agent.engine.progress import Progress
+from desktop_agent.engine.smallfiles import discard_spares, prestart
 from desktop_agent.termtext import ProgressLine, clean, human_bytes, human_duration
 
 from .common import (
@@ -49,6 +51,15 @@ def cmd_backup(args: argparse.Namespace) -> int:
     sources = config.expanded_sources()
     if not sources:
         raise CliError(f"no backup sources configured ([backup] sources in {config.path})")
+    # helpers for small files start while the repository is opened (see prestart)
+    prestart(min(os.cpu_count() or 1, 2))
+    try:
+        return _backup(args, config, sources)
+    finally:
+        discard_spares()
+
+
+def _backup(args: argparse.Namespace, config: Config, sources: list[str]) -> int:
     repo = open_repository(config)
     line = ProgressLine("backup")
     last_json = [0.0]

@@ -40,7 +40,7 @@ from .ids import BlobType
 from .pipeline import BackupStats, FileJob, Notices
 from .progress import ProgressState
 from .repository import Repository
-from .smallfiles import open_for_reading, read_small
+from .smallfiles import open_for_reading, read_small, spares
 from .tree import Node
 from .writer import BlobWriter, SaveResult
 
@@ -53,8 +53,10 @@ _BATCH_BYTES = 4 * 1024 * 1024
 # Bytes submitted to workers but not yet processed.
 _INFLIGHT_BYTES = 16 * 1024 * 1024
 # Helper processes start once this many small files are seen (their start
-# costs about 0.1 s; below this, threads are as fast).
+# costs about 0.1 s; below this, threads are as fast), or this many when
+# helpers were started ahead (smallfiles.prestart: the CLI's backup).
 _HELPERS_AFTER = 2000
+_HELPERS_AFTER_PRESTARTED = 300
 _READERS = 1  # threads reading and chunking large files
 
 _T = TypeVar("_T")
@@ -101,6 +103,7 @@ class FileSaver:
         self.batch_bytes = 0
         self.helpers: HelperPool | None = None
         self.small_files = 0
+        self.helpers_after = _HELPERS_AFTER_PRESTARTED if spares() else _HELPERS_AFTER
 
     # ------------------------------------------------------- work in flight
     def submit(self, fn: Callable[..., _T], nbytes: int, *args: object) -> Future[_T]:
@@ -274,7 +277,7 @@ class FileSaver:
         size = node.size
         if size <= SMALL_FILE:
             self.small_files += 1
-            if self.small_files == _HELPERS_AFTER:
+            if self.small_files == self.helpers_after:
                 self.flush_batch()  # its files must not wait for the end
                 self.start_helpers()
             helpers = self.helpers
