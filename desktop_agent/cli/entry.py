@@ -26,7 +26,7 @@ from desktop_agent.logsetup import setup_logging
 from desktop_agent.system.errors import AlreadyRunning, IntegrationError
 from desktop_agent.termtext import clean
 
-from . import agent, backup, remote, repository, restore, retention
+from . import agent, backup, remote_args, repository, restore, retention
 from .common import EXIT_FAIL, CliError, Parser, Subparsers, log
 
 __all__ = ["main", "build_parser"]
@@ -43,7 +43,7 @@ _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     agent.add_token,
     agent.add_autostart,
     agent.add_selftest,
-    remote.add_remote,
+    remote_args.add_remote,
 )
 
 

@@ -83,7 +83,10 @@ class IdSet:
     def __contains__(self, blob_id: object) -> bool:
         if not isinstance(blob_id, bytes) or len(blob_id) != ID_SIZE:
             return False
-        return blob_id in self._added or find_record(self._ids, self._starts, blob_id) >= 0
+        if blob_id in self._added:
+            return True
+        # a first backup's helpers know no ids yet: no group to search
+        return bool(self._ids) and find_record(self._ids, self._starts, blob_id) >= 0
 
     def add(self, blob_id: bytes) -> None:
         """Remember one more id."""
