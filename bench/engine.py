@@ -10,9 +10,9 @@ Generates two data sets (kept between runs in --workdir):
 For each data set and each tool it measures wall time and peak memory (RSS of
 the process, from wait4) of: the initial backup into a fresh repository, an
 unchanged re-run, and a full restore; and the repository size. Every figure
-is the median of ``--repeat`` runs. Both tools run as command-line programs
-without a terminal (no progress display), each with its own repository made
-by its own ``init``.
+is the median of ``--repeat`` runs, the tools taking turns. Both tools run
+as command-line programs without a terminal (no progress display), each with
+its own repository made by its own ``init``.
 
 restic calibrates its key derivation (scrypt) to about 0.5 s per start,
 desktop-agent uses restic's baseline parameters (about 0.1 s). Because that
@@ -271,39 +271,47 @@ class Restic:
 
 # --------------------------------------------------------------- measuring
 def measure(
-    tool: Ours | Restic, workdir: Path, repeat: int, tag: str
-) -> dict[str, tuple[float, int]]:
-    """Median (seconds, peak RSS) per operation, and the repository size."""
-    results: dict[str, list[tuple[float, int]]] = {
-        "initial backup": [],
-        "unchanged re-run": [],
-        "restore": [],
-    }
-    size = 0
-    repo = workdir / f"repo-{tag}-{tool.name}"
+    tools: list[Ours | Restic], workdir: Path, repeat: int, tag: str
+) -> list[dict[str, tuple[float, int]]]:
+    """Per tool: the median (seconds, peak RSS) per operation, and the repository size.
+
+    The tools take turns (ours, restic, ours, ...): this machine's speed
+    drifts over minutes, and runs of one tool in a row would each meet a
+    different machine.
+    """
+    results: list[dict[str, list[tuple[float, int]]]] = [
+        {"initial backup": [], "unchanged re-run": [], "restore": []} for _ in tools
+    ]
+    sizes = [0] * len(tools)
     for i in range(repeat):
-        shutil.rmtree(repo, ignore_errors=True)
-        tool.init(repo)
-        sync()
-        results["initial backup"].append(tool.backup(repo))
-        sync()
-        size = du(repo)
-        results["unchanged re-run"].append(tool.backup(repo))
-        # a fresh target each time, deleted only after every run of both tools
-        # (main): on ext4, creating files just after tens of thousands were
-        # deleted costs the kernel extra, and whichever tool came next paid it
-        target = workdir / "restores" / f"{tag}-{tool.name}-{i}"
-        shutil.rmtree(target, ignore_errors=True)
-        sync()
-        results["restore"].append(tool.restore(repo, target))
-        print(f"  {tool.name} run {i + 1}/{repeat} done", flush=True)
-    shutil.rmtree(repo, ignore_errors=True)
-    med = {
-        k: (statistics.median(t for t, _ in v), int(statistics.median(m for _, m in v)))
-        for k, v in results.items()
-    }
-    med["repository size"] = (0.0, size)
-    return med
+        for t, tool in enumerate(tools):
+            repo = workdir / f"repo-{tag}-{tool.name}"
+            shutil.rmtree(repo, ignore_errors=True)
+            tool.init(repo)
+            sync()
+            results[t]["initial backup"].append(tool.backup(repo))
+            sync()
+            sizes[t] = du(repo)
+            results[t]["unchanged re-run"].append(tool.backup(repo))
+            # a fresh target each time, deleted only after every run of both
+            # tools (main): on ext4, creating files just after tens of thousands
+            # were deleted costs the kernel extra, and whichever tool came next
+            # paid it
+            target = workdir / "restores" / f"{tag}-{tool.name}-{i}"
+            shutil.rmtree(target, ignore_errors=True)
+            sync()
+            results[t]["restore"].append(tool.restore(repo, target))
+            shutil.rmtree(repo, ignore_errors=True)
+            print(f"  {tool.name} run {i + 1}/{repeat} done", flush=True)
+    out = []
+    for res, size in zip(results, sizes, strict=True):
+        med = {
+            k: (statistics.median(t for t, _ in v), int(statistics.median(m for _, m in v)))
+            for k, v in res.items()
+        }
+        med["repository size"] = (0.0, size)
+        out.append(med)
+    return out
 
 
 def restic_same_kdf_rerun(workdir: Path, source: Path, repeat: int, tag: str) -> float:
@@ -532,8 +540,8 @@ def main() -> None:
             continue
         source = dataset(args.workdir, name, args)
         print(f"data set {name}: {fmt_mib(du(source)).strip()}", flush=True)
-        ours = measure(Ours(args.workdir, source), args.workdir, args.repeat, name)
-        theirs = measure(Restic(args.workdir, source), args.workdir, args.repeat, name)
+        tools: list[Ours | Restic] = [Ours(args.workdir, source), Restic(args.workdir, source)]
+        ours, theirs = measure(tools, args.workdir, args.repeat, name)
         same = restic_same_kdf_rerun(args.workdir, source, args.repeat, name)
         shutil.rmtree(args.workdir / "restores", ignore_errors=True)
         report(name, ours, theirs, same)
