@@ -15,7 +15,9 @@ import time
 
 from desktop_agent.config import Config, user_cache_dir
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
+from desktop_agent.engine.dircache import cached_anywhere
 from desktop_agent.engine.progress import Progress
+from desktop_agent.engine.repository import hostname
 from desktop_agent.engine.smallfiles import discard_spares, prestart
 from desktop_agent.termtext import ProgressLine, clean, human_bytes, human_duration
 
@@ -51,8 +53,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     sources = config.expanded_sources()
     if not sources:
         raise CliError(f"no backup sources configured ([backup] sources in {config.path})")
-    # helpers for small files start while the repository is opened (see prestart)
-    prestart(min(os.cpu_count() or 1, 2))
+    cache_root = user_cache_dir() / "repositories"
+    if not cached_anywhere(str(cache_root), hostname(), sources):
+        # a first backup of these sources reads every file: helpers for small
+        # files start while the repository is opened (see prestart)
+        prestart(min(os.cpu_count() or 1, 2))
     try:
         return _backup(args, config, sources)
     finally:
