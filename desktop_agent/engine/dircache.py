@@ -41,7 +41,6 @@ __all__ = [
     "FAILED",
     "VOLATILE",
     "cache_file",
-    "cached_anywhere",
     "identity",
     "signature",
 ]
@@ -137,17 +136,6 @@ def cache_file(cache_dir: str, host: str, paths: list[str]) -> str:
         "\0".join([host, *sorted(paths)]).encode("utf-8", "surrogateescape")
     ).hexdigest()
     return os.path.join(cache_dir, f"dirs-{key[:24]}")
-
-
-def cached_anywhere(cache_root: str, host: str, paths: list[str]) -> bool:
-    """Whether a directory cache for these paths exists for any repository
-    (``cache_root/<repository id>/``): a backup of them ran here before."""
-    name = os.path.basename(cache_file("", host, paths))
-    try:
-        with os.scandir(cache_root) as it:
-            return any(e.is_dir() and os.path.exists(os.path.join(e.path, name)) for e in it)
-    except OSError:
-        return False
 
 
 class DirCache:

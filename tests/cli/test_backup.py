@@ -97,9 +97,9 @@ def test_backup_reports_hostile_local_names_escaped(hostile, raw_cli, tmp_path):
 
 
 def test_a_first_backup_starts_helpers_ahead_and_a_later_one_does_not(tmp_path, monkeypatch):
-    """Helpers are started before the repository is opened only when no
-    directory cache says these sources were backed up here before; those
-    not taken are stopped when the command ends."""
+    """Helpers are started ahead only when the repository has no directory
+    cache for these sources here (a first backup of them); those not taken
+    are stopped when the command ends."""
     from desktop_agent.cli import backup as cli_backup
     from desktop_agent.cli.entry import main
     from desktop_agent.engine import smallfiles
