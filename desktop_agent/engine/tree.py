@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import operator
 import os
 import stat as st
 from dataclasses import dataclass, field
@@ -363,12 +364,17 @@ def _go_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+_by_name = operator.attrgetter("name")
+
+
 def encode_tree(nodes: list[Node]) -> bytes:
     """Serialize nodes (sorted by raw name, which must be unique)."""
-    nodes = sorted(nodes, key=lambda n: n.name)
-    for a, b in zip(nodes, nodes[1:], strict=False):
-        if a.name == b.name:
-            raise IntegrityError(f'duplicate name "{os.fsdecode(a.name)}" in tree')
+    names = [n.name for n in nodes]
+    if any(a >= b for a, b in zip(names, names[1:], strict=False)):  # listings come sorted
+        nodes = sorted(nodes, key=_by_name)
+        for a, b in zip(nodes, nodes[1:], strict=False):
+            if a.name == b.name:
+                raise IntegrityError(f'duplicate name "{os.fsdecode(a.name)}" in tree')
     return ('{"nodes":[' + ",".join(n.encode() for n in nodes) + "]}\n").encode("utf-8")
 
 
