@@ -9,16 +9,12 @@ read (each is named on stderr). With ``--json``, restic's messages: a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from desktop_agent.config import Config, user_cache_dir
+from desktop_agent.config import user_cache_dir
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
-from desktop_agent.engine.dircache import cache_file
 from desktop_agent.engine.progress import Progress
-from desktop_agent.engine.repository import Repository, hostname
-from desktop_agent.engine.smallfiles import discard_spares, prestart
 from desktop_agent.termtext import ProgressLine, clean, human_bytes, human_duration
 
 from .common import (
@@ -54,21 +50,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if not sources:
         raise CliError(f"no backup sources configured ([backup] sources in {config.path})")
     repo = open_repository(config)
-    cache_dir = str(user_cache_dir() / "repositories" / repo.config.id)
-    if not os.path.exists(cache_file(cache_dir, hostname(), sources)):
-        # no directory cache: a first backup of these sources here, which reads
-        # every file; helpers for small files start now, while the backup
-        # sets out (see prestart), and those not taken stop at the end
-        prestart(min(os.cpu_count() or 1, 2))
-    try:
-        return _backup(args, config, repo, sources, cache_dir)
-    finally:
-        discard_spares()
-
-
-def _backup(
-    args: argparse.Namespace, config: Config, repo: Repository, sources: list[str], cache_dir: str
-) -> int:
     line = ProgressLine("backup")
     last_json = [0.0]
 
@@ -84,7 +65,7 @@ def _backup(
         excludes=config.backup_excludes(),
         tags=args.tag,
         scan=want_progress,
-        cache_dir=cache_dir,
+        cache_dir=str(user_cache_dir() / "repositories" / repo.config.id),
     )
     started = time.monotonic()
     try:

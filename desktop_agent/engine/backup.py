@@ -154,6 +154,8 @@ class _Backup:
             control,
             workers=options.workers or os.cpu_count() or 2,
             helpers=options.helpers,
+            # a first backup of these sources reads every file
+            first=parent is None,
         )
         # the directory cache this run builds for the next
         # only what this run visits or reuses: every entry's tree is in the new

@@ -40,7 +40,7 @@ from .ids import BlobType
 from .pipeline import BackupStats, FileJob, Notices
 from .progress import ProgressState
 from .repository import Repository
-from .smallfiles import open_for_reading, read_small, spares
+from .smallfiles import open_for_reading, read_small
 from .tree import Node
 from .writer import BlobWriter, SaveResult
 
@@ -52,11 +52,13 @@ _BATCH_FILES = 64
 _BATCH_BYTES = 4 * 1024 * 1024
 # Bytes submitted to workers but not yet processed.
 _INFLIGHT_BYTES = 16 * 1024 * 1024
-# Helper processes start once this many small files are seen (their start
-# costs about 0.1 s; below this, threads are as fast), or this many when
-# helpers were started ahead (smallfiles.prestart: the CLI's backup).
+# Helper processes start once this many small files are to be stored (their
+# start costs about 0.1 s; below this, threads are as fast), or this many in
+# a first backup of the sources, which reads every file: the walker goes on
+# while they start (up to 8 batches wait for each), and they do most of the
+# small files rather than the threads.
 _HELPERS_AFTER = 2000
-_HELPERS_AFTER_PRESTARTED = 300
+_HELPERS_AFTER_FIRST = 300
 _READERS = 1  # threads reading and chunking large files
 
 _T = TypeVar("_T")
@@ -67,7 +69,8 @@ class FileSaver:
 
     Driven by the walker thread (:meth:`add_file`, :meth:`reap`); large
     files are read by reader threads. ``helpers``: processes for many small
-    files (-1 = one per CPU, 0 = none).
+    files (-1 = one per CPU, 0 = none); ``first``: a first backup of the
+    sources (no parent snapshot), which reads every file.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class FileSaver:
         *,
         workers: int,
         helpers: int,
+        first: bool = False,
     ) -> None:
         self.repo = repo
         self.writer = writer
@@ -103,7 +107,7 @@ class FileSaver:
         self.batch_bytes = 0
         self.helpers: HelperPool | None = None
         self.small_files = 0
-        self.helpers_after = _HELPERS_AFTER_PRESTARTED if spares() else _HELPERS_AFTER
+        self.helpers_after = _HELPERS_AFTER_FIRST if first else _HELPERS_AFTER
 
     # ------------------------------------------------------- work in flight
     def submit(self, fn: Callable[..., _T], nbytes: int, *args: object) -> Future[_T]:

@@ -61,9 +61,6 @@ __all__ = [
     "read_small",
     "open_for_reading",
     "Helpers",
-    "prestart",
-    "spares",
-    "discard_spares",
     "helper_entry",
     "SMALL_FILE",
     "FileResult",
@@ -244,7 +241,7 @@ class Helpers:
         init = Init((key.encrypt, key.mac_k, key.mac_r), compression, spool_dir, pack_size, known)
         try:
             for _ in range(count):
-                conn, proc = _take_spare() or _spawn()
+                conn, proc = _spawn()
                 self.conns.append(conn)
                 self.procs.append(proc)
                 conn.send(init)
@@ -330,58 +327,6 @@ def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
 # with a one-time token handed over on its stdin.
 PASS_FDS = os.name == "posix"
 _CONNECT_TIMEOUT = 30.0
-
-
-_spares: list[tuple[Connection, subprocess.Popen[bytes]]] = []
-_spares_lock = threading.Lock()
-
-
-def prestart(count: int) -> None:
-    """Start ``count`` helpers ahead of need, for the next :class:`Helpers` to take.
-
-    A helper takes about 0.1 s to start (an interpreter and its imports);
-    started as a first backup sets out, it starts while the walker lists the
-    first folders, and the backup hands it small files from the 300th on
-    rather than the 2000th (:mod:`.filesaver`). Helpers nobody takes are
-    stopped by :func:`discard_spares`. A helper that cannot start is left
-    out: the backup starts its own as usual.
-    """
-    spawned = []
-    for _ in range(count):
-        try:
-            spawned.append(_spawn())
-        except (OSError, ValueError, EOFError):
-            break
-    with _spares_lock:
-        _spares.extend(spawned)
-
-
-def spares() -> int:
-    """Helpers started ahead and not yet taken."""
-    with _spares_lock:
-        return len(_spares)
-
-
-def _take_spare() -> tuple[Connection, subprocess.Popen[bytes]] | None:
-    with _spares_lock:
-        while _spares:
-            conn, proc = _spares.pop(0)
-            if proc.poll() is None:
-                return conn, proc
-            conn.close()
-    return None
-
-
-def discard_spares() -> None:
-    """Stop the helpers started ahead that were not taken."""
-    with _spares_lock:
-        left = list(_spares)
-        _spares.clear()
-    for conn, _proc in left:
-        conn.close()  # a helper waiting for its Init ends at EOF
-    procs = [proc for _conn, proc in left]
-    if procs:
-        threading.Thread(target=_reap, args=(procs,), name="helper-reaper", daemon=True).start()
 
 
 def _spawn() -> tuple[Connection, subprocess.Popen[bytes]]:

@@ -94,39 +94,3 @@ def test_backup_reports_hostile_local_names_escaped(hostile, raw_cli, tmp_path):
     assert failed.returncode == 1
     (error,) = safe_lines(failed.stderr)
     assert error.startswith("desktop-agent: error: ") and gone_shown in error
-
-
-def test_a_first_backup_starts_helpers_ahead_and_a_later_one_does_not(tmp_path, monkeypatch):
-    """Helpers are started ahead only when the repository has no directory
-    cache for these sources here (a first backup of them); those not taken
-    are stopped when the command ends."""
-    from desktop_agent.cli import backup as cli_backup
-    from desktop_agent.cli.entry import main
-    from desktop_agent.engine import smallfiles
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("DESKTOP_AGENT_PASSWORD", ENV["DESKTOP_AGENT_PASSWORD"])
-    src = tmp_path / "src"
-    write(src / "a.txt", b"a")
-    cfg = write_config(tmp_path / "c.toml", repo=tmp_path / "repo", sources=[src])
-    os.chmod(cfg, 0o600)
-    started: list[int] = []
-    left: list[int] = []
-
-    def prestart(count: int) -> None:
-        started.append(count)
-        smallfiles.prestart(count)
-
-    def discard_spares() -> None:
-        left.append(smallfiles.spares())
-        smallfiles.discard_spares()
-
-    monkeypatch.setattr(cli_backup, "prestart", prestart)
-    monkeypatch.setattr(cli_backup, "discard_spares", discard_spares)
-    assert main(["--config", str(cfg), "init"]) == 0
-    assert main(["--config", str(cfg), "backup"]) == 0
-    assert started == [min(os.cpu_count() or 1, 2)]
-    assert left == started  # one small file: they were not needed, and are stopped
-    assert smallfiles.spares() == 0
-    assert main(["--config", str(cfg), "backup"]) == 0
-    assert started == [min(os.cpu_count() or 1, 2)]  # the directory cache exists now
