@@ -44,12 +44,12 @@ def limit_malloc_arenas(count: int = 2) -> None:
 # A backup of many small files allocates a few container objects per file
 # (nodes, jobs, answers; in the helpers, answers and packs) and keeps many
 # of them until their directory is saved. With the default thresholds
-# (700, 10, 10) the cyclic collector runs a young pass every 700 of them and
-# ever longer full passes over what the backup holds: about 1 us of every 3
-# spent making a file's job, and several percent of a backup of small files. These
-# thresholds run it far less often; the objects a backup makes form no
-# cycles to speak of (reference counting frees them), so memory does not
-# grow for it.
+# (700, 10, 10) the cyclic collector runs a young pass every 700 of them
+# and ever longer full passes over what the backup holds: about 1 us of
+# every 3 spent making a file's job, and several percent of a backup of
+# small files. These thresholds run it far less often; the objects a backup
+# makes form no cycles to speak of (reference counting frees them), so
+# memory does not grow for it.
 FEWER_GC_PASSES = (50_000, 50, 100)
 _gc_lock = threading.Lock()
 _gc_users = 0

@@ -241,7 +241,7 @@ class Helpers:
         init = Init((key.encrypt, key.mac_k, key.mac_r), compression, spool_dir, pack_size, known)
         try:
             for _ in range(count):
-                conn, proc = _spawn()
+                conn, proc = _spawn_by_fd() if PASS_FDS else _spawn_over_loopback()
                 self.conns.append(conn)
                 self.procs.append(proc)
                 conn.send(init)
@@ -327,10 +327,6 @@ def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
 # with a one-time token handed over on its stdin.
 PASS_FDS = os.name == "posix"
 _CONNECT_TIMEOUT = 30.0
-
-
-def _spawn() -> tuple[Connection, subprocess.Popen[bytes]]:
-    return _spawn_by_fd() if PASS_FDS else _spawn_over_loopback()
 
 
 def _spawn_by_fd() -> tuple[Connection, subprocess.Popen[bytes]]:
