@@ -71,8 +71,12 @@ class _Recording:
 
 
 def _backed_up(src: Path, repo: Repository, recording: _Recording | None = None) -> Repository:
-    """Back ``src`` up; a fresh Repository on the same storage (recorded, if asked)."""
-    backup(repo, BackupOptions(sources=[str(src)]))
+    """Back ``src`` up; a fresh Repository on the same storage (recorded, if asked).
+
+    No helper processes: small files go into the backup's own packs, whose
+    size the tests rely on (helpers would each make packs of their own).
+    """
+    backup(repo, BackupOptions(sources=[str(src)], helpers=0))
     fresh = reopen(repo)
     if recording is not None:
         fresh.storage = recording
