@@ -161,14 +161,15 @@ class Node:
             at = mt if self.atime == self.mtime else format_time(self.atime)
             ct = mt if self.ctime == self.mtime else format_time(self.ctime)
         mode = f',"mode":{self.mode}' if self.mode else ""
+        # the owner's part: the same few owners in every tree, formatted once each
+        owner_key = (self.uid, self.gid, self.user, self.group)
+        owner = _owner_cache.get(owner_key)
+        if owner is None:
+            owner = _owner_text(*owner_key)
         out = (
             f'{{"name":{json_string(go_quote_name(self.name))},"type":"{self.type}"{mode}'
-            f',"mtime":"{mt}","atime":"{at}","ctime":"{ct}","uid":{self.uid},"gid":{self.gid}'
+            f',"mtime":"{mt}","atime":"{at}","ctime":"{ct}"{owner}'
         )
-        if self.user:
-            out += ',"user":' + _quoted(self.user)
-        if self.group:
-            out += ',"group":' + _quoted(self.group)
         if self.inode:
             out += f',"inode":{self.inode}'
         if self.device_id:
@@ -199,6 +200,8 @@ class Node:
         content = self.content
         if content is None:
             out += ',"content":null'
+        elif len(content) == 1:  # most files: one blob
+            out += ',"content":["' + content[0].hex() + '"]'
         elif content:
             out += ',"content":["' + '","'.join([b.hex() for b in content]) + '"]'
         else:
@@ -347,17 +350,19 @@ def _ids(values: list[Any]) -> list[bytes]:
     return out
 
 
-_quoted_cache: dict[str, str] = {}
+_owner_cache: dict[tuple[int, int, str, str], str] = {}
 
 
-def _quoted(text: str) -> str:
-    """json_string for the few user and group names, memoized."""
-    q = _quoted_cache.get(text)
-    if q is None:
-        q = json_string(text)
-        if len(_quoted_cache) < 10_000:
-            _quoted_cache[text] = q
-    return q
+def _owner_text(uid: int, gid: int, user: str, group: str) -> str:
+    """``,"uid":..,"gid":..`` and the names when known, memoized."""
+    text = f',"uid":{uid},"gid":{gid}'
+    if user:
+        text += ',"user":' + json_string(user)
+    if group:
+        text += ',"group":' + json_string(group)
+    if len(_owner_cache) < 10_000:
+        _owner_cache[(uid, gid, user, group)] = text
+    return text
 
 
 def _go_json(value: Any) -> str:
