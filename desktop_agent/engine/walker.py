@@ -109,25 +109,33 @@ def node_from_stat(name: bytes, s: os.stat_result) -> Node:
     else:
         ntype = NodeType.IRREGULAR
     links = s.st_nlink if ntype != NodeType.DIR else 0
-    return Node(
-        name=name,
-        type=ntype,
-        mode=go_mode(mode),
-        mtime=s.st_mtime_ns,
-        atime=s.st_mtime_ns,  # as restic without --with-atime: reading must not change trees
-        ctime=s.st_ctime_ns,
-        uid=s.st_uid,
-        gid=s.st_gid,
-        user=user_name(s.st_uid),
-        group=group_name(s.st_gid),
-        inode=s.st_ino,
+    uid = s.st_uid
+    gid = s.st_gid
+    mtime = s.st_mtime_ns
+    user = _users.get(uid)
+    group = _groups.get(gid)
+    # positional, in Node's field order: made once per entry of every listing
+    node = Node(
+        name,
+        ntype,
+        go_mode(mode),
+        mtime,
+        mtime,  # atime as restic without --with-atime: reading must not change trees
+        s.st_ctime_ns,
+        uid,
+        gid,
+        user_name(uid) if user is None else user,
+        group_name(gid) if group is None else group,
+        s.st_ino,
         # the device only matters to tell hard links apart; it changes across
         # mounts, so (like restic >= 0.17) keep it only for hard-linked files
-        device_id=s.st_dev if links > 1 else 0,
-        size=s.st_size if ntype == NodeType.FILE else 0,
-        links=links,
-        device=s.st_rdev if ntype in (NodeType.CHARDEV, NodeType.DEV) else 0,
+        s.st_dev if links > 1 else 0,
+        s.st_size if ntype == NodeType.FILE else 0,
+        links,
     )
+    if ntype in (NodeType.CHARDEV, NodeType.DEV):
+        node.device = s.st_rdev
+    return node
 
 
 def file_unchanged(old: Node, new: Node) -> bool:
