@@ -166,8 +166,21 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
 def run_usage(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
     """:func:`run`'s wall seconds and peak memory, and the CPU seconds (user and
     system) of the command and its children."""
+    wall, peak, cpu, _ = _run(cmd, env, capture=False)
+    return wall, peak, cpu
+
+
+def run_output(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+    """:func:`run`'s wall seconds and peak memory, and what the command printed
+    (a few lines: it is read whole before the command is waited for)."""
+    wall, peak, _, out = _run(cmd, env, capture=True)
+    return wall, peak, out
+
+
+def _run(cmd: list[str], env: dict[str, str], *, capture: bool) -> tuple[float, int, float, str]:
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stdout = subprocess.PIPE if capture else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
     peak = [0]
     done = threading.Event()
 
@@ -178,6 +191,7 @@ def run_usage(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     done.set()
@@ -186,7 +200,8 @@ def run_usage(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode not in (0, 3):
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return wall, max(usage.ru_maxrss * 1024, peak[0]), usage.ru_utime + usage.ru_stime
+    peak_rss = max(usage.ru_maxrss * 1024, peak[0])
+    return wall, peak_rss, usage.ru_utime + usage.ru_stime, out.decode(errors="replace")
 
 
 def du(path: Path) -> int:

@@ -31,15 +31,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 # bench/engine.py, beside this file (the script's folder is on sys.path): the
-# process-tree memory sampler and the running-agent runs, shared
-from engine import _tree_rss, warm_agent  # noqa: E402
+# measured command runs, restic's CLI and the running-agent runs, shared
+from engine import PASSWORD, Restic, run_output, warm_agent  # noqa: E402
 
-PASSWORD = "bench-password"
 MiB = 1024 * 1024
 TARGETS = {"tiny backup time": 0.5, "tiny backup RSS": 0.5, "bytes per index entry": 0.6}
 
@@ -123,32 +121,6 @@ def copy_repo(base: Path, dest: Path) -> None:
 
 
 # ----------------------------------------------------------------- running
-def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (wait4 and the sampled process tree) and stdout."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
-            done.wait(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out = proc.stdout.read() if proc.stdout else b""  # small: the child is quiet
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    code = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if code not in (0, 3):
-        raise SystemExit(f"command failed ({code}): {' '.join(cmd)}\n{err}")
-    return wall, max(usage.ru_maxrss * 1024, peak[0]), out.decode(errors="replace")
-
-
 # A child that loads the index and reports; ``cache``: a cache directory or "".
 _LOAD = """
 import json, os, sys, time
@@ -192,29 +164,12 @@ class Ours:
         return [*self.exe, "--config", str(config), *args]
 
     def backup(self, repo: Path) -> tuple[float, int]:
-        wall, rss, _ = run(self._cmd(repo, "backup"), self.env)
+        wall, rss, _ = run_output(self._cmd(repo, "backup"), self.env)
         return wall, rss
 
     def load(self, repo: Path, cache: str) -> dict[str, float]:
-        _, _, out = run([sys.executable, "-c", _LOAD, str(repo), PASSWORD, cache], self.env)
+        _, _, out = run_output([sys.executable, "-c", _LOAD, str(repo), PASSWORD, cache], self.env)
         return json.loads(out.strip().splitlines()[-1])
-
-
-class Restic:
-    name = "restic"
-
-    def __init__(self, workdir: Path, source: Path) -> None:
-        self.source = source
-        self.env = dict(
-            os.environ, RESTIC_PASSWORD=PASSWORD, RESTIC_CACHE_DIR=str(workdir / "restic-cache")
-        )
-
-    def init(self, repo: Path) -> None:
-        run(["restic", "-r", str(repo), "-q", "init"], self.env)
-
-    def backup(self, repo: Path) -> tuple[float, int]:
-        wall, rss, _ = run(["restic", "-r", str(repo), "-q", "backup", str(self.source)], self.env)
-        return wall, rss
 
 
 def touch(source: Path, n: int) -> None:

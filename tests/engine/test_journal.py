@@ -32,6 +32,12 @@ def until(cond, timeout=10.0):
         time.sleep(0.005)
 
 
+def append(path, data: bytes) -> None:
+    """Write ``data`` at the end of the file at ``path`` (a change the journal must see)."""
+    with open(path, "ab") as fh:
+        fh.write(data)
+
+
 def _journal(**kw) -> ChangeJournal:
     return ChangeJournal(watch_inotify.start, **kw)
 
@@ -133,8 +139,7 @@ class Lab:
         files, dirs = self.files(), self.dirs()
         if kind == "write":
             f = self.pick(files)
-            with open(f, "ab") as fh:
-                fh.write(b"more %d" % n)
+            append(f, b"more %d" % n)
         elif kind == "truncate":
             f = self.pick(files)
             os.truncate(f, max(0, f.stat().st_size // 2))
@@ -163,8 +168,7 @@ class Lab:
             if linked:
                 # written through the other name: the event is for the other directory
                 other = [g for g in linked if g.stat().st_ino == linked[0].stat().st_ino]
-                with open(other[-1], "ab") as fh:
-                    fh.write(b"via link %d" % n)
+                append(other[-1], b"via link %d" % n)
         elif kind == "delete":
             f = self.pick(files)
             f.unlink()
@@ -258,8 +262,7 @@ def test_unchanged_run_lists_nothing_below_the_sources(lab, monkeypatch):
     assert res.summary.tree_blobs == 0
     # one change: its directory and its ancestors are listed, not its siblings
     listed.clear()
-    with open(lab.src / "d3" / "s2" / "f1.txt", "ab") as fh:
-        fh.write(b"changed")
+    append(lab.src / "d3" / "s2" / "f1.txt", b"changed")
     res = lab.journal_backup()
     assert bytes(lab.src / "d3" / "s2") in listed
     assert bytes(lab.src / "d3" / "s0") not in listed
@@ -279,16 +282,14 @@ def test_queue_overflow_means_a_full_scan(lab):
         for i in range(12_000):
             os.utime(a, ns=(i, i))
             os.utime(b, ns=(i, i))
-    with open(lab.src / "d3" / "s1" / "f2.txt", "ab") as fh:
-        fh.write(b"after the overflow")
+    append(lab.src / "d3" / "s1" / "f2.txt", b"after the overflow")
     until(lambda: lab.journal._broken is not None)
     res = lab.journal_backup()
     run = lab.journal.last_run
     assert run is not None and run.full and "overflow" in run.reason
     assert lab.tree(res) == lab.full_scan()
     # and the journal is trusted again after that full scan
-    with open(lab.src / "d3" / "s1" / "f2.txt", "ab") as fh:
-        fh.write(b"again")
+    append(lab.src / "d3" / "s1" / "f2.txt", b"again")
     res = lab.journal_backup()
     assert not lab.journal.last_run.full
     assert lab.tree(res) == lab.full_scan()
@@ -296,8 +297,7 @@ def test_queue_overflow_means_a_full_scan(lab):
 
 def test_a_failed_run_hands_its_marks_back(lab):
     lab.journal_backup()
-    with open(lab.src / "d3" / "s1" / "f2.txt", "ab") as fh:
-        fh.write(b"changed")
+    append(lab.src / "d3" / "s1" / "f2.txt", b"changed")
     run = lab.journal.begin(("h",), b"p")  # taken, as a backup would
     lab.journal.abort(run)
     res = lab.journal_backup()  # the committed base is gone: full scan
@@ -431,8 +431,7 @@ def test_a_change_the_journal_missed_is_caught_by_the_recheck(tmp_path, mem_repo
         # a watcher that hears nothing (as for a change no event reports)
         monkeypatch.setattr(lab.journal, "changed_many", lambda paths: None)
         monkeypatch.setattr(lab.journal, "changed", lambda path: None)
-        with open(lab.src / "d3" / "s0" / "f1.txt", "ab") as fh:
-            fh.write(b"unseen")
+        append(lab.src / "d3" / "s0" / "f1.txt", b"unseen")
         res = lab.journal_backup()
         run = lab.journal.last_run
         assert not run.full and run.missed >= 1 and run.reused == 0
@@ -497,15 +496,13 @@ def test_a_folder_renamed_away_and_back_is_not_reused_from_its_old_entries(lab):
     (lab.src / "d1").rename(lab.src / "d1-old")
     lab.journal_backup()
     lab.journal_backup()
-    with open(lab.src / "d1-old" / "s2" / "f3.txt", "ab") as fh:
-        fh.write(b"written while the folder was d1-old")
+    append(lab.src / "d1-old" / "s2" / "f3.txt", b"written while the folder was d1-old")
     lab.journal_backup()
     (lab.src / "d1-old").rename(lab.src / "d1")
     res = lab.journal_backup()
     assert not lab.journal.last_run.full
     assert lab.tree(res) == lab.full_scan()
-    with open(lab.src / "d1" / "s2" / "f3.txt", "ab") as fh:
-        fh.write(b"and after the rename back")
+    append(lab.src / "d1" / "s2" / "f3.txt", b"and after the rename back")
     res = lab.journal_backup()
     assert lab.tree(res) == lab.full_scan()
 
@@ -520,8 +517,7 @@ def test_a_file_that_could_not_be_read_once_is_read_again(lab, monkeypatch):
 
     lab.journal_backup()
     victim = lab.src / "d3" / "s1" / "f2.txt"
-    with open(victim, "ab") as fh:
-        fh.write(b"signed")
+    append(victim, b"signed")
     real_open = smallfiles.open_for_reading
     fails = [1]
 
@@ -548,8 +544,7 @@ def test_a_backup_that_fails_before_it_walks_hands_its_marks_back(lab, monkeypat
     from desktop_agent.engine.errors import StorageError
 
     lab.journal_backup()
-    with open(lab.src / "d0" / "s0" / "f0.txt", "ab") as fh:
-        fh.write(b"changed")
+    append(lab.src / "d0" / "s0" / "f0.txt", b"changed")
     real = backup_module.BlobWriter
 
     def broken(*args, **kw):
@@ -570,8 +565,7 @@ def test_a_hard_link_made_inside_the_sources_means_a_full_scan(lab):
     os.link(lab.src / "d3" / "s0" / "f1.txt", lab.src / "d0" / "s2" / "new-link")
     lab.journal_backup()
     assert lab.journal.last_run.full and "hard link" in lab.journal.last_run.reason
-    with open(lab.src / "d0" / "s2" / "new-link", "ab") as fh:
-        fh.write(b"through the new name")
+    append(lab.src / "d0" / "s2" / "new-link", b"through the new name")
     res = lab.journal_backup()
     assert not lab.journal.last_run.full
     assert lab.tree(res) == lab.full_scan()
@@ -619,8 +613,7 @@ def test_a_folder_that_cannot_be_watched_but_listed_is_always_listed(
     try:
         lab.build()
         lab.journal_backup()
-        with open(victim / "f2.txt", "ab") as fh:
-            fh.write(b"unseen by inotify")
+        append(victim / "f2.txt", b"unseen by inotify")
         res = lab.journal_backup()
         assert lab.journal.active and not lab.journal.last_run.full
         assert lab.tree(res) == lab.full_scan()
