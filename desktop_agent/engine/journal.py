@@ -1,7 +1,7 @@
 """A change journal: which directories changed since the last backup.
 
 See docs/design.md, section 4a. The running agent keeps one
-:class:`ChangeJournal`; an OS watcher (:mod:`.watch_inotify` on Linux) marks
+:class:`ChangeJournal`; an OS watcher (:mod:`.watchers`: inotify, or fanotify as root) marks
 directories whose entries changed. A backup asks for a :class:`JournalRun`
 at its start and then lists only the directories the journal marked (and
 their ancestors); a directory it did not mark keeps the tree of the last

@@ -39,7 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from desktop_agent.config import Config, ConfigError, read_password, user_cache_dir
-from desktop_agent.engine import crypto, watch_inotify
+from desktop_agent.engine import crypto, watchers
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup, find_parent
 from desktop_agent.engine.errors import Cancelled, EngineError, RepositoryNotFound
 from desktop_agent.engine.journal import ChangeJournal
@@ -96,7 +96,7 @@ class JobController:
         self.config = config
         self.bus = bus
         # which folders changed between backups: an hourly backup lists only those
-        self.journal = journal if journal is not None else ChangeJournal(watch_inotify.start)
+        self.journal = journal if journal is not None else ChangeJournal(watchers.start)
         self._clock = clock
         self._cache_root = cache_root
         self._born = clock()

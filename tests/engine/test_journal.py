@@ -1,6 +1,7 @@
 """The change journal: backups that list only what changed, and never miss a change.
 
-Real inotify watches on real directories; every journal backup is compared
+Real inotify watches, and real fanotify marks where this process may mark a
+file system (root), on real directories; every journal backup is compared
 with a full scan of the same tree (same root tree id).
 """
 
@@ -16,11 +17,32 @@ from pathlib import Path
 import pytest
 from support import reopen, subtree_at, write
 
-from desktop_agent.engine import watch_inotify
+from desktop_agent.engine import watch_fanotify, watch_inotify, watch_linux
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
 from desktop_agent.engine.journal import ChangeJournal
 
 pytestmark = pytest.mark.skipif(not watch_inotify.available(), reason="inotify is Linux only")
+
+
+def _may_mark_file_systems() -> bool:
+    try:
+        watch_fanotify.FanotifyWatcher(ChangeJournal(lambda j: None)).close()
+    except OSError:
+        return False
+    return True
+
+
+FACTORIES = {"inotify": watch_inotify.start, "fanotify": watch_fanotify.start}
+# every behaviour below holds for both watchers; fanotify needs CAP_SYS_ADMIN
+WATCHERS = [
+    pytest.param("inotify"),
+    pytest.param(
+        "fanotify",
+        marks=pytest.mark.skipif(
+            not _may_mark_file_systems(), reason="marking a file system needs CAP_SYS_ADMIN"
+        ),
+    ),
+]
 
 
 def until(cond, timeout=10.0):
@@ -38,12 +60,13 @@ def append(path, data: bytes) -> None:
         fh.write(data)
 
 
-def _journal(**kw) -> ChangeJournal:
-    return ChangeJournal(watch_inotify.start, **kw)
+def _journal(kind: str = "inotify", **kw) -> ChangeJournal:
+    return ChangeJournal(FACTORIES[kind], **kw)
 
 
-def test_watcher_marks_the_changed_directory(tmp_path):
-    journal = _journal()
+@pytest.mark.parametrize("kind", WATCHERS)
+def test_watcher_marks_the_changed_directory(tmp_path, kind):
+    journal = _journal(kind)
     try:
         journal.begin("k", None)  # starts the watcher
         a, b = tmp_path / "a", tmp_path / "a" / "b"
@@ -78,13 +101,14 @@ def test_the_watch_limit_turns_the_journal_off(tmp_path):
 class Lab:
     """A source tree, a repository, a journal, and the oracle: a full scan."""
 
-    def __init__(self, tmp_path: Path, repo) -> None:
+    def __init__(self, tmp_path: Path, repo, kind: str = "inotify") -> None:
+        self.kind = kind
         self.tmp = tmp_path
         self.src = tmp_path / "src"
         self.cache = tmp_path / "cache"
         self.cache.mkdir()
         self.repo = repo
-        self.journal = _journal(recheck=0.0)  # no re-checks: a miss must show
+        self.journal = _journal(kind, recheck=0.0)  # no re-checks: a miss must show
         self.rng = random.Random(7)
         self.counter = 0
 
@@ -188,10 +212,11 @@ class Lab:
             os.symlink(f"target{n}", d / f"link{n}")
 
 
-@pytest.fixture
-def lab(tmp_path, mem_repo):
-    """A built source tree, a repository and a journal; the journal closed after."""
-    made = Lab(tmp_path, mem_repo)
+@pytest.fixture(params=WATCHERS)
+def lab(tmp_path, mem_repo, request):
+    """A built source tree, a repository and a journal (each watcher in turn);
+    the journal closed after."""
+    made = Lab(tmp_path, mem_repo, request.param)
     made.build()
     yield made
     made.close()
@@ -214,8 +239,15 @@ KINDS = [
 ]
 
 
+WATCHER_TYPES = {
+    "inotify": watch_inotify.InotifyWatcher,
+    "fanotify": watch_fanotify.FanotifyWatcher,
+}
+
+
 def test_journal_backups_equal_full_scans_under_random_changes(lab):
     first = lab.journal_backup()
+    assert type(lab.journal._watcher) is WATCHER_TYPES[lab.kind]
     assert lab.journal.last_run is not None and lab.journal.last_run.full
     assert lab.tree(first) == lab.full_scan()
     incremental = 0
@@ -273,15 +305,16 @@ def test_unchanged_run_lists_nothing_below_the_sources(lab, monkeypatch):
 def test_queue_overflow_means_a_full_scan(lab):
     lab.journal_backup()
     watcher = lab.journal._watcher
-    assert isinstance(watcher, watch_inotify.InotifyWatcher)
-    a = lab.src / "d0" / "s0" / "f0.txt"
-    b = lab.src / "d0" / "s0" / "f1.txt"
+    assert isinstance(watcher, watch_linux.LinuxWatcher)
+    flood = lab.src / "d0" / "s0"
     # the reader thread blocks on the watcher's lock: the kernel's queue
-    # (16,384 events by default) fills up; alternating names are not merged
+    # (16,384 events by default) fills up; events for other names are not
+    # merged (fanotify merges a name's creation and deletion into one event)
     with watcher._lock:
-        for i in range(12_000):
-            os.utime(a, ns=(i, i))
-            os.utime(b, ns=(i, i))
+        for i in range(17_000):
+            (flood / f"tmp{i}").touch()
+        for i in range(17_000):
+            (flood / f"tmp{i}").unlink()
     append(lab.src / "d3" / "s1" / "f2.txt", b"after the overflow")
     until(lambda: lab.journal._broken is not None)
     res = lab.journal_backup()
@@ -353,7 +386,7 @@ def test_a_run_that_stores_no_data_loads_no_index(tmp_path, new_repo, restic):
 def test_folders_on_network_and_fuse_file_systems_are_always_listed(lab, tmp_path, monkeypatch):
     """Changes made on another machine raise no event here: with the source's
     device reported as sshfs by the mount table, nothing is reused unlisted."""
-    real = watch_inotify._mounts
+    real = watch_linux._mounts
 
     def mounts():
         ident, types = real()
@@ -361,7 +394,7 @@ def test_folders_on_network_and_fuse_file_systems_are_always_listed(lab, tmp_pat
         types[os.stat(tmp_path).st_dev] = "fuse.sshfs"
         return ident, types
 
-    monkeypatch.setattr(watch_inotify, "_mounts", mounts)
+    monkeypatch.setattr(watch_linux, "_mounts", mounts)
     lab.journal_backup()
     res = lab.journal_backup()
     run = lab.journal.last_run
@@ -387,7 +420,7 @@ def test_progress_totals_come_from_the_cache_not_a_second_walk(lab, monkeypatch)
 def test_other_sources_drop_the_old_watches(lab):
     lab.journal_backup()
     watcher = lab.journal._watcher
-    assert isinstance(watcher, watch_inotify.InotifyWatcher) and watcher.watches > 10
+    assert isinstance(watcher, watch_linux.LinuxWatcher) and watcher.watches > 10
     one = lab.src / "d0"
     backup(reopen(lab.repo), lab.options(sources=[str(one)]))
     run = lab.journal.last_run
@@ -398,18 +431,19 @@ def test_other_sources_drop_the_old_watches(lab):
     )
 
 
-def test_mount_changes_and_the_daily_scan_mean_full_scans(tmp_path, mem_repo, monkeypatch):
+@pytest.mark.parametrize("kind", WATCHERS)
+def test_mount_changes_and_the_daily_scan_mean_full_scans(tmp_path, mem_repo, monkeypatch, kind):
     now = [1_000_000.0]
-    lab = Lab(tmp_path, mem_repo)
+    lab = Lab(tmp_path, mem_repo, kind)
     lab.journal.close()
-    lab.journal = ChangeJournal(watch_inotify.start, clock=lambda: now[0], recheck=0.0)
+    lab.journal = ChangeJournal(FACTORIES[kind], clock=lambda: now[0], recheck=0.0)
     try:
         lab.build()
         lab.journal_backup()
         lab.journal_backup()
         assert not lab.journal.last_run.full
-        real = watch_inotify._mounts
-        monkeypatch.setattr(watch_inotify, "_mounts", lambda: (b"another mount table", real()[1]))
+        real = watch_linux._mounts
+        monkeypatch.setattr(watch_linux, "_mounts", lambda: (b"another mount table", real()[1]))
         lab.journal_backup()
         assert lab.journal.last_run.full and "mounted" in lab.journal.last_run.reason
         lab.journal_backup()
@@ -589,33 +623,99 @@ def test_a_file_written_through_a_live_mapping_is_seen(lab):
         mm.close()
 
 
+@pytest.mark.parametrize("kind", WATCHERS)
 def test_a_folder_that_cannot_be_watched_but_listed_is_always_listed(
-    tmp_path, mem_repo, monkeypatch
+    tmp_path, mem_repo, monkeypatch, kind
 ):
-    """A policy may forbid watching a folder it lets us list (found in review)."""
+    """A policy may forbid watching a folder it lets us list (found in review);
+    fanotify: a folder whose handle cannot be taken."""
     import ctypes
 
-    lab = Lab(tmp_path, mem_repo)
+    lab = Lab(tmp_path, mem_repo, kind)
     victim = lab.src / "d1" / "s1"
-    real_lib = watch_inotify._libc()
+    module = watch_inotify if kind == "inotify" else watch_fanotify
+    real_lib = module._libc()
+    call = "inotify_add_watch" if kind == "inotify" else "name_to_handle_at"
 
     class Lib:
         def __getattr__(self, name):
-            return getattr(real_lib, name)
+            real = getattr(real_lib, name)
+            if name != call:
+                return real
 
-        def inotify_add_watch(self, fd, path, mask):
-            if path == bytes(victim):
-                ctypes.set_errno(13)
-                return -1
-            return real_lib.inotify_add_watch(fd, path, mask)
+            def refused(fd, path, *rest):
+                if path == bytes(victim):
+                    ctypes.set_errno(13)
+                    return -1
+                return real(fd, path, *rest)
 
-    monkeypatch.setattr(watch_inotify, "_libc", Lib)
+            return refused
+
+    monkeypatch.setattr(module, "_libc", Lib)
     try:
         lab.build()
         lab.journal_backup()
-        append(victim / "f2.txt", b"unseen by inotify")
+        append(victim / "f2.txt", b"unseen by the watcher")
         res = lab.journal_backup()
         assert lab.journal.active and not lab.journal.last_run.full
         assert lab.tree(res) == lab.full_scan()
     finally:
         lab.close()
+
+
+@pytest.mark.parametrize("kind", WATCHERS[1:])
+def test_fanotify_drops_events_outside_the_known_folders(tmp_path, kind):
+    """One mark covers the whole file system: only folders the walker listed count."""
+    journal = _journal(kind)
+    try:
+        journal.begin("k", None)
+        inside, outside = tmp_path / "in", tmp_path / "out"
+        inside.mkdir()
+        outside.mkdir()
+        assert journal.watch(bytes(inside))
+        watcher = journal._watcher
+        assert isinstance(watcher, watch_fanotify.FanotifyWatcher) and watcher.marks == 1
+        (outside / "f").write_bytes(b"x")
+        (outside / "sub").mkdir()
+        seen = watcher.events
+        (inside / "g").write_bytes(b"y")
+        until(lambda: bytes(inside) in journal._dirty)
+        assert watcher.events > seen
+        assert journal._dirty == {bytes(inside)} and not journal._gone
+    finally:
+        journal.close()
+
+
+def test_watchers_start_takes_fanotify_when_allowed_and_inotify_otherwise(monkeypatch):
+    import ctypes
+
+    from desktop_agent.engine import watchers
+
+    journal = ChangeJournal(lambda j: None)
+    first = watchers.start(journal)
+    try:
+        expected = (
+            watch_fanotify.FanotifyWatcher
+            if _may_mark_file_systems()
+            else watch_inotify.InotifyWatcher
+        )
+        assert type(first) is expected
+    finally:
+        first.close()
+    # not allowed to mark a file system (no CAP_SYS_ADMIN): inotify
+    real_lib = watch_fanotify._libc()
+
+    class Lib:
+        def __getattr__(self, name):
+            return getattr(real_lib, name)
+
+        def fanotify_mark(self, *args):
+            ctypes.set_errno(1)  # EPERM
+            return -1
+
+    monkeypatch.setattr(watch_fanotify, "_libc", Lib)
+    second = watchers.start(journal)
+    try:
+        assert type(second) is watch_inotify.InotifyWatcher
+    finally:
+        second.close()

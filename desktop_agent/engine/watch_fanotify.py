@@ -1,0 +1,315 @@
+"""The privileged Linux watcher of the change journal: one fanotify mark per file system.
+
+See docs/design.md, section 4a. An agent with ``CAP_SYS_ADMIN`` (a
+system-wide service backing up several users' folders) marks each file
+system its sources lie on once (``FAN_MARK_FILESYSTEM``) instead of adding
+an inotify watch per directory: no per-user watch limit, nothing to add for
+a new directory, and events made through every mount and namespace. Events
+come with ``FAN_REPORT_DFID_NAME``: the file handle of the directory an
+entry changed in, and the entry's name (``.`` for an event on the directory
+itself). The walker's ``watch`` records each listed directory's handle;
+events for handles it never recorded (folders outside the sources, or new
+ones whose parent's event already marked the parent) are dropped. The rules
+are inotify's (:mod:`.watch_inotify`):
+
+* an entry of a known directory changed: that directory changed;
+* a known directory moved or deleted, or a subdirectory moved away, in or
+  deleted: nothing at or below its old path is vouched for;
+* a new name of a file that has others: the next run is a full scan;
+* a queue overflow: the next run is a full scan.
+
+The queue keeps the kernel's default bound (``fs.fanotify.max_queued_events``):
+the reader takes events in as they come, and an overflow costs one full scan
+rather than unbounded kernel memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+import sys
+
+from . import watch_linux
+from .journal import ChangeJournal
+from .watch_linux import LinuxWatcher, StatFs, more_links
+
+__all__ = ["FanotifyWatcher", "available", "start"]
+
+FAN_CLOEXEC = 0x1
+FAN_NONBLOCK = 0x2
+FAN_REPORT_DIR_FID = 0x400
+FAN_REPORT_NAME = 0x800
+FAN_REPORT_DFID_NAME = FAN_REPORT_DIR_FID | FAN_REPORT_NAME
+
+FAN_MARK_ADD = 0x1
+FAN_MARK_REMOVE = 0x2
+FAN_MARK_FILESYSTEM = 0x100
+
+FAN_MODIFY = 0x2
+FAN_ATTRIB = 0x4
+FAN_CLOSE_WRITE = 0x8
+FAN_MOVED_FROM = 0x40
+FAN_MOVED_TO = 0x80
+FAN_CREATE = 0x100
+FAN_DELETE = 0x200
+FAN_DELETE_SELF = 0x400
+FAN_MOVE_SELF = 0x800
+FAN_Q_OVERFLOW = 0x4000
+FAN_ONDIR = 0x40000000
+
+FAN_EVENT_INFO_TYPE_FID = 1
+FAN_EVENT_INFO_TYPE_DFID_NAME = 2
+FAN_EVENT_INFO_TYPE_DFID = 3
+
+AT_FDCWD = -100
+MAX_HANDLE_SZ = 128
+
+# the same changes inotify's MASK asks for, on directories too
+MASK = (
+    FAN_MODIFY
+    | FAN_ATTRIB
+    | FAN_CLOSE_WRITE
+    | FAN_MOVED_FROM
+    | FAN_MOVED_TO
+    | FAN_CREATE
+    | FAN_DELETE
+    | FAN_DELETE_SELF
+    | FAN_MOVE_SELF
+    | FAN_ONDIR
+)
+_NEW_NAME = FAN_CREATE | FAN_MOVED_TO
+_SELF_GONE = FAN_DELETE_SELF | FAN_MOVE_SELF
+_CHILD_REPLACED = FAN_MOVED_FROM | FAN_DELETE | FAN_MOVED_TO
+_WITH_HANDLE = (FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_DFID)
+
+# struct fanotify_event_metadata, struct fanotify_event_info_header
+_META = struct.Struct("<IBBHQii")
+_INFO = struct.Struct("<BBH")
+_UINT = struct.Struct("<I")
+_INT = struct.Struct("<i")
+
+# a file system whose directories have no handles, or that cannot be marked:
+# its folders are listed every time
+_NOT_HERE = (errno.EOPNOTSUPP, errno.EXDEV, errno.ENODEV, errno.EOVERFLOW, errno.ESTALE)
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [
+        ("handle_bytes", ctypes.c_uint),
+        ("handle_type", ctypes.c_int),
+        ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ),
+    ]
+
+
+def _libc() -> ctypes.CDLL | None:
+    lib = watch_linux.libc()
+    if lib is None:
+        return None
+    try:
+        lib.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+        lib.fanotify_mark.argtypes = [
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint64,
+            ctypes.c_int,
+            ctypes.c_char_p,
+        ]
+        lib.name_to_handle_at.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.POINTER(_FileHandle),
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.c_int,
+        ]
+    except AttributeError:
+        return None
+    return lib
+
+
+def available() -> bool:
+    """fanotify exists here (Linux); whether it may be used says :class:`FanotifyWatcher`."""
+    return sys.platform.startswith("linux") and _libc() is not None
+
+
+def _error() -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, os.strerror(err))
+
+
+class FanotifyWatcher(LinuxWatcher):
+    """Watches the file systems of the sources for a :class:`ChangeJournal`.
+
+    Raises ``OSError`` (``EPERM``) when this process may not mark a whole
+    file system: the caller falls back to inotify.
+    """
+
+    def __init__(self, journal: ChangeJournal) -> None:
+        lib = _libc()
+        if lib is None:
+            raise OSError(errno.ENOSYS, "fanotify is not available")
+        super().__init__(journal, lib)
+        self._paths: dict[bytes, bytes] = {}  # file system id + handle -> path
+        self._keys: dict[bytes, bytes] = {}  # path -> file system id + handle
+        self._fsids: dict[int, bytes] = {}  # mount id -> file system id (b"": not marked)
+        fd = lib.fanotify_init(
+            FAN_REPORT_DFID_NAME | FAN_CLOEXEC | FAN_NONBLOCK, os.O_RDONLY | os.O_CLOEXEC
+        )
+        if fd < 0:
+            exc = _error()
+            self.close()
+            raise exc
+        # marking a whole file system needs CAP_SYS_ADMIN; find out now, while
+        # the caller can still choose inotify
+        flags = FAN_MARK_ADD | FAN_MARK_FILESYSTEM
+        if lib.fanotify_mark(fd, flags, MASK, AT_FDCWD, b"/") != 0:
+            exc = _error()
+            if exc.errno in (errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOSYS):
+                os.close(fd)
+                self.close()
+                raise exc
+        else:
+            lib.fanotify_mark(fd, FAN_MARK_REMOVE | FAN_MARK_FILESYSTEM, MASK, AT_FDCWD, b"/")
+        self._start_reading(fd)
+
+    @property
+    def watches(self) -> int:
+        """How many directories are known by their handles."""
+        return len(self._paths)
+
+    @property
+    def marks(self) -> int:
+        """How many file systems are marked."""
+        return sum(1 for fsid in set(self._fsids.values()) if fsid)
+
+    def watch(self, path: bytes) -> str | None:
+        """Know ``path`` by its handle (before it is listed), marking its file
+        system first if it is new: None when watched, "" when this folder
+        cannot be, an error text when no folder can be."""
+        handle = _FileHandle()
+        handle.handle_bytes = MAX_HANDLE_SZ
+        mount = ctypes.c_int()
+        with self._lock:
+            if self._fd < 0:
+                return "closed"
+            lib = self._lib
+            if lib.name_to_handle_at(AT_FDCWD, path, ctypes.byref(handle), ctypes.byref(mount), 0):
+                err = ctypes.get_errno()
+                if err in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM) + _NOT_HERE:
+                    return ""  # gone, refused, or no handles there: listed every time
+                return os.strerror(err)
+            fsid = self._fsids.get(mount.value)
+            if fsid is None:
+                marked = self._mark(path)
+                if marked is None:
+                    return ""  # gone meanwhile: the listing sees that
+                if isinstance(marked, str):
+                    return marked
+                fsid = self._fsids[mount.value] = marked
+            if not fsid:
+                return ""
+            raw = bytes(handle.f_handle)[: handle.handle_bytes]
+            key = fsid + _INT.pack(handle.handle_type) + raw
+            old = self._paths.get(key)
+            if old is not None and old != path:
+                # the same directory under a new path (moved): its old path is gone
+                self._keys.pop(old, None)
+                self._journal.replaced(old)
+            self._paths[key] = path
+            self._keys[path] = key
+        return None
+
+    def _mark(self, path: bytes) -> bytes | str | None:
+        """Mark the file system of ``path``: its id, b"" when it cannot be
+        marked, None when ``path`` is gone, an error text when nothing can be."""
+        lib = self._lib
+        if lib.fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, MASK, AT_FDCWD, path):
+            err = ctypes.get_errno()
+            if err in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            if err in _NOT_HERE or err in (errno.EACCES, errno.EPERM):
+                return b""
+            if err == errno.ENOSPC:
+                return "the system's fanotify mark limit is reached"
+            return os.strerror(err)
+        buf = StatFs()
+        if lib.statfs(path, ctypes.byref(buf)) != 0:
+            return None
+        return bytes(buf.f_fsid)
+
+    def _forget(self) -> None:
+        self._paths.clear()
+        self._keys.clear()
+        self._fsids.clear()
+
+    def _handle(self, data: bytes) -> None:
+        """Mark what the events say (the caller holds the lock)."""
+        journal = self._journal
+        paths = self._paths
+        changed: set[bytes] = set()  # marked once per read: a burst costs one lock
+        meta = _META.unpack_from
+        info = _INFO.unpack_from
+        uint = _UINT.unpack_from
+        pos = 0
+        end = len(data)
+        while pos + _META.size <= end:
+            length, _version, _reserved, meta_len, mask, _fd, _pid = meta(data, pos)
+            if length < meta_len or meta_len < _META.size:
+                journal.invalidate("an event it could not read")
+                return
+            stop = pos + length
+            p = pos + meta_len
+            pos = stop
+            self.events += 1
+            if mask & FAN_Q_OVERFLOW:
+                journal.invalidate("its event queue overflowed")
+                continue
+            while p + _INFO.size <= stop:
+                kind, _pad, size = info(data, p)
+                if size < _INFO.size:
+                    break
+                if kind in _WITH_HANDLE:
+                    hbytes = uint(data, p + 12)[0]
+                    key = data[p + 4 : p + 12] + data[p + 16 : p + 20 + hbytes]
+                    path = paths.get(key)
+                    if path is not None:
+                        name = b""
+                        if kind == FAN_EVENT_INFO_TYPE_DFID_NAME:
+                            name = data[p + 20 + hbytes : p + size].split(b"\0", 1)[0]
+                        self._event(path, key, mask, name, changed)
+                p += size
+        if changed:
+            journal.changed_many(changed)
+
+    def _event(self, path: bytes, key: bytes, mask: int, name: bytes, changed: set[bytes]) -> None:
+        journal = self._journal
+        if not name or name == b".":
+            # on the directory itself (its attributes, or itself moved or deleted)
+            if mask & _SELF_GONE:
+                journal.replaced(path)
+                if mask & FAN_DELETE_SELF:
+                    del self._paths[key]
+                    if self._keys.get(path) == key:
+                        del self._keys[path]
+                return
+            changed.add(path)  # (its parent is listed with it, as every ancestor is)
+            return
+        if mask & _NEW_NAME:
+            child = path.rstrip(b"/") + b"/" + name
+            if mask & FAN_ONDIR:
+                journal.replaced(child)
+            elif more_links(child):
+                # a new name of a file that has others: a write through it
+                # changes a file in folders the journal cannot name
+                journal.invalidate(f"a hard link was made ({child!r})")
+        if mask & FAN_ONDIR and mask & _CHILD_REPLACED:
+            journal.replaced(path.rstrip(b"/") + b"/" + name)
+        changed.add(path)
+
+
+def start(journal: ChangeJournal) -> FanotifyWatcher | None:
+    """The fanotify watcher, or None where fanotify does not exist."""
+    if not available():
+        return None
+    return FanotifyWatcher(journal)
