@@ -7,6 +7,8 @@ job controller) print ``str(exc)``; they never show a traceback.
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "EngineError",
     "RepositoryNotFound",
@@ -19,6 +21,7 @@ __all__ = [
     "Cancelled",
     "NotFound",
     "RepositoryLocked",
+    "describe_oserror",
 ]
 
 
@@ -67,3 +70,19 @@ class Cancelled(EngineError):
 
     def __init__(self, message: str = "cancelled") -> None:
         super().__init__(message)
+
+
+def describe_oserror(exc: OSError, what: str) -> StorageError:
+    """The StorageError, in words a user can act on, for an OSError met at ``what``."""
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"the backup destination is full (no space left) while writing {what}")
+    if exc.errno == errno.EDQUOT:
+        return StorageError(f"disk quota exceeded while writing {what}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StorageError(f"permission denied: {what}")
+    if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE):
+        return StorageError(
+            f"I/O error on the backup destination ({exc.strerror}) at {what}; "
+            "is the drive still connected?"
+        )
+    return StorageError(f"{what}: {exc.strerror or exc}")

@@ -26,10 +26,9 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from .errors import StorageError
+from .errors import StorageError, describe_oserror
 from .ids import BLOB_TYPES, BlobId, PackId
 from .pack import FinishedPack, PackedBlob
-from .storage.local import describe_oserror
 
 __all__ = [
     "FileRead",

@@ -10,34 +10,17 @@ Windows details, is the one the configuration uses
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterator, Sequence
 
 from desktop_agent.config.atomicfile import fsync_dir, fsync_fd, replace_file, write_durable
 
-from ..errors import NotFound, StorageError
+from ..errors import NotFound, StorageError, describe_oserror
 from .base import Buffer, FileType, is_storage_id, too_large
 
 __all__ = ["LocalStorage", "durable_write", "describe_oserror", "gone_message"]
 
 _DIRS = [t.value for t in FileType if t is not FileType.CONFIG] + ["tmp"]
-
-
-def describe_oserror(exc: OSError, what: str) -> StorageError:
-    """The StorageError, in words a user can act on, for an OSError met at ``what``."""
-    if exc.errno == errno.ENOSPC:
-        return StorageError(f"the backup destination is full (no space left) while writing {what}")
-    if exc.errno == errno.EDQUOT:
-        return StorageError(f"disk quota exceeded while writing {what}")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return StorageError(f"permission denied: {what}")
-    if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE):
-        return StorageError(
-            f"I/O error on the backup destination ({exc.strerror}) at {what}; "
-            "is the drive still connected?"
-        )
-    return StorageError(f"{what}: {exc.strerror or exc}")
 
 
 def gone_message(location: str) -> str:
