@@ -166,20 +166,28 @@ def encrypt_many(key: Key, plaintexts: list[bytes]) -> list[bytes]:
     iv0 = os.urandom(IV_SIZE)
     counter = int.from_bytes(iv0, "big")
     enc = Cipher(algorithms.AES(key.encrypt), modes.CTR(iv0)).encryptor()
-    out: list[bytes] = []
+    update = enc.update
+    ivs: list[bytes] = []
+    cts: list[bytes] = []
     for plain in plaintexts:
-        iv = iv0 if not out else (counter & _MASK128).to_bytes(16, "big")
-        ct = enc.update(plain)
+        ivs.append((counter & _MASK128).to_bytes(16, "big"))
+        cts.append(update(plain))
         # Skip to the next block boundary. An empty object still takes a whole
         # block: the IV is also the Poly1305-AES nonce, and two objects that
         # share one give away the MAC key (an empty one's tag is AES_k(IV)).
         blocks = max(1, (len(plain) + 15) // 16)
         skip = blocks * 16 - len(plain)
         if skip:
-            enc.update(_PAD[:skip])
+            update(_PAD[:skip])
         counter += blocks
-        out.append(b"".join((iv, ct, Poly1305.generate_tag(_poly_key(key, iv), ct))))
-    return out
+    # every object's Poly1305 key half AES_k(IV) in one ECB call
+    nonces = _mac_cipher(key.mac_k).update(b"".join(ivs))  # type: ignore[attr-defined]
+    r = key.mac_r
+    tag = Poly1305.generate_tag
+    return [
+        b"".join((iv, ct, tag(r + nonces[i : i + 16], ct)))
+        for i, iv, ct in zip(range(0, len(nonces), 16), ivs, cts, strict=True)
+    ]
 
 
 _MASK128 = (1 << 128) - 1
