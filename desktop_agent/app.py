@@ -23,7 +23,7 @@ from desktop_agent.server import AgentServer
 from desktop_agent.server.dialout import DialOut, DialOutSettings, default_hello
 from desktop_agent.server.ws import make_tls_context
 from desktop_agent.system.power import Providers, start_providers
-from desktop_agent.termtext import show_progress_on_terminal
+from desktop_agent.termprogress import show_progress_on_terminal
 
 __all__ = ["Agent", "first_start", "run_headless"]
 

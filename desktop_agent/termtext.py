@@ -22,33 +22,26 @@ Also here: :func:`human_bytes` and :func:`human_duration`, the figures every
 printer shows; :class:`ProgressLine`, the command line's status line for an
 engine operation, whose rate and ETA come from
 :class:`~desktop_agent.engine.progress.RateEstimator` (the estimator the job
-controller uses for ``backup:progress``); and :class:`TerminalProgress`, the
-headless agent's line, which shows the figures of the events it is given.
+controller uses for ``backup:progress``). The headless agent's line, drawn
+from protocol events, is :mod:`desktop_agent.termprogress`.
 
-Imports nothing of ours but :mod:`desktop_agent.engine.progress` and
-:mod:`desktop_agent.protocol`'s messages (values, no I/O): the command
-line, the remote client, the agent and the tray can all use it.
+Imports nothing of ours but :mod:`desktop_agent.engine.progress` (values,
+no I/O): the command line, the remote client, the agent and the tray can
+all use it, and a command-line start does not pay for the protocol's
+message classes.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 import sys
 import time
 import unicodedata
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from desktop_agent.engine.progress import Progress, RateEstimator
-from desktop_agent.protocol import (
-    EndEvent,
-    JobProgress,
-    RestoreProgress,
-    UpkeepProgress,
-)
 
 __all__ = [
     "ELLIPSIS",
@@ -62,9 +55,8 @@ __all__ = [
     "json_text",
     "human_bytes",
     "human_duration",
+    "line_width",
     "ProgressLine",
-    "TerminalProgress",
-    "show_progress_on_terminal",
 ]
 
 ELLIPSIS = "..."
@@ -293,7 +285,8 @@ def human_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
-def _line_width() -> int:
+def line_width() -> int:
+    """The columns a status line may fill on this terminal."""
     # one column short of the terminal: a line that wraps spoils the redraw
     return shutil.get_terminal_size((100, 20)).columns - 1
 
@@ -331,7 +324,7 @@ class ProgressLine:
             f"{human_bytes(p.bytes_total)}  {human_bytes(rate)}/s{eta}  "
             f"{p.files_done}/{p.files_total} files"
         )
-        width = _line_width()
+        width = line_width()
         room = width - columns(text) - 2
         if p.current_file and not p.final and room > 8:
             # the name comes from the disk or the repository: it may hold
@@ -349,85 +342,3 @@ class ProgressLine:
             self.stream.write("\n")
             self.stream.flush()
             self._shown = False
-
-
-class TerminalProgress:
-    """The agent's jobs on a terminal: one line redrawn in place while a job
-    runs, cleared before any log line so the two never overwrite each other.
-
-    It shows the rate and ETA the events carry (the job controller's
-    :class:`RateEstimator`), computing none of its own.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self._shown = 0
-
-    def on_event(self, event: object) -> None:
-        """Bus subscriber: draw progress, end the line when the job ends."""
-        if isinstance(event, JobProgress):
-            self.draw(event)
-        elif isinstance(event, EndEvent):
-            self.clear()
-
-    def draw(self, p: JobProgress) -> None:
-        """Redraw the line with ``p``'s figures."""
-        width = max(20, _line_width())
-        eta = f"  ETA {human_duration(p.eta_seconds)}" if p.eta_seconds > 0 else ""
-        what = (
-            "restore"
-            if isinstance(p, RestoreProgress)
-            else "upkeep"
-            if isinstance(p, UpkeepProgress)
-            else "backup"
-        )
-        text = (
-            f"{what} {p.percent:5.1f}%  {human_bytes(p.transferred_bytes)} / "
-            f"{human_bytes(p.total_bytes)}  {human_bytes(p.bytes_per_second)}/s{eta}  "
-            f"{p.files_processed}/{p.total_files} files"
-        )
-        if p.current_file and columns(text) + 12 < width:
-            text += "  " + fit_tail(clean(p.current_file), width - columns(text) - 2)
-        text = fit(text, width)
-        self.stream.write("\r" + text + " " * max(0, self._shown - columns(text)))
-        self.stream.flush()
-        self._shown = columns(text)
-
-    def clear(self) -> None:
-        """Wipe the progress line (before a log line, or at the end of a job)."""
-        if self._shown:
-            self.stream.write("\r" + " " * self._shown + "\r")
-            self.stream.flush()
-            self._shown = 0
-
-
-class _ClearFirst(logging.Filter):
-    """Wipes the progress line before its handler writes a log line."""
-
-    def __init__(self, progress: TerminalProgress) -> None:
-        super().__init__()
-        self.progress = progress
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.progress.clear()
-        return True
-
-
-def show_progress_on_terminal(
-    subscribe: Callable[[Callable[[object], None]], object], stream: TextIO | None = None
-) -> TerminalProgress | None:
-    """Show the jobs' progress on ``stream`` (default: stderr) when it is a terminal.
-
-    ``subscribe`` adds an event subscriber (the agent's ``bus.subscribe``).
-    Every log handler writing to the same stream wipes the line before a
-    log line. Returns the display, or None when ``stream`` is no terminal.
-    """
-    stream = sys.stderr if stream is None else stream
-    if stream is None or not stream.isatty():
-        return None
-    progress = TerminalProgress(stream)
-    subscribe(progress.on_event)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
-            handler.addFilter(_ClearFirst(progress))
-    return progress

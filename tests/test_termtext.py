@@ -20,9 +20,9 @@ from desktop_agent.protocol import (
     RestoreFailed,
     RestoreProgress,
 )
+from desktop_agent.termprogress import TerminalProgress, show_progress_on_terminal
 from desktop_agent.termtext import (
     ProgressLine,
-    TerminalProgress,
     clean,
     columns,
     fit,
@@ -32,7 +32,6 @@ from desktop_agent.termtext import (
     human_duration,
     json_text,
     pad,
-    show_progress_on_terminal,
     tail,
 )
 
