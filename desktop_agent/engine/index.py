@@ -424,10 +424,18 @@ class MasterIndex:
         with self._lock:
             pack_no = len(self._packs) // ID_SIZE
             self._packs += pack_id
+            tables = self._tables
             for b in blobs:
-                table = self._tables[b.type]
-                if len(b.id) == ID_SIZE and not table.has(b.id):
-                    table.overlay[b.id] = (pack_no, b.offset, b.length, b.uncompressed_length)
+                table = tables[b.type]
+                blob_id = b.id
+                # table.has() inlined (a backup adds every new blob here), and
+                # no search in a table that is still empty (a first backup)
+                if (
+                    len(blob_id) == ID_SIZE
+                    and blob_id not in table.overlay
+                    and (not table.recs or find_record(table.recs, table.starts, blob_id, REC) < 0)
+                ):
+                    table.overlay[blob_id] = (pack_no, b.offset, b.length, b.uncompressed_length)
             for blob_type in BlobType:
                 table = self._tables[blob_type]
                 if len(table.overlay) > max(_OVERLAY_MIN, len(table.recs) // REC >> 4):
