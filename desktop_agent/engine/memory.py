@@ -29,10 +29,10 @@ def limit_malloc_arenas(count: int = 2) -> None:
         return
     _done = True
     import ctypes  # here: the helper processes import this module and need no ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # the process's own symbols, libc's among them (find_library would run ldconfig)
+        libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return

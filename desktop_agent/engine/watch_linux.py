@@ -14,7 +14,6 @@ shared and writable, whose writes raise no event at all.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import select
 import threading
@@ -103,7 +102,8 @@ def libc() -> ctypes.CDLL | None:
     global _LIBC
     if _LIBC is None:
         try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            # the process's own symbols, libc's among them (find_library runs ldconfig)
+            lib = ctypes.CDLL(None, use_errno=True)
             lib.statfs.argtypes = [ctypes.c_char_p, ctypes.POINTER(StatFs)]
         except (OSError, AttributeError):
             return None
