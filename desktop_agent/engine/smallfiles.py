@@ -415,9 +415,22 @@ def _helper_env() -> dict[str, str] | None:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
 
 
+# A helper's niceness above its parent's. The walker feeds the helpers: with
+# the same priority, three busy processes on two cores share them evenly, the
+# walker falls behind and the helpers sit idle a quarter of the time (50,000
+# small files on 2 cores: 1.68 -> 1.57 s with this). On a busy machine the
+# helpers also give way to the user's programs.
+HELPER_NICENESS = 5
+
+
 def helper_entry(fd: int | str) -> None:
     """Entry point of a helper process: serve the parent on socket ``fd``
     (``"connect"``: connect back to the parent, see :func:`_spawn_over_loopback`)."""
+    if hasattr(os, "nice"):
+        try:
+            os.nice(HELPER_NICENESS)
+        except OSError:
+            pass  # a policy may refuse it; the helper works as it is
     conn = _connect_back() if fd == "connect" else Connection(int(fd))
     try:
         msg = conn.recv()

@@ -221,6 +221,26 @@ def test_a_helper_seals_a_batch_into_a_pack_of_its_own(tmp_path, transport) -> N
     assert {b.id for b in pack.blobs} == set(blobs)
 
 
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX priorities")
+def test_helpers_run_below_the_walker_s_priority(tmp_path, transport) -> None:
+    """The walker that feeds them wins the CPU when both want it."""
+    from desktop_agent.engine.smallfiles import HELPER_NICENESS
+
+    write(tmp_path / "f.txt", b"data\n")
+    helpers = Helpers(2, crypto.new_random_key(), True, str(tmp_path), 1 << 24, b"")
+    try:
+        for i in range(2):
+            helpers.send(i, i + 1, [os.fsencode(tmp_path / "f.txt")])
+        answers = 0
+        while answers < 2:  # both have started (and set their priority first)
+            answers += len(helpers.receive(None))
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        for proc in helpers.procs:
+            assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(19, ours + HELPER_NICENESS)
+    finally:
+        helpers.close()
+
+
 def test_a_helper_that_cannot_write_its_spool_reports_the_error(tmp_path, transport) -> None:
     write(tmp_path / "f.txt", b"data\n")
     helpers = Helpers(1, crypto.new_random_key(), True, str(tmp_path / "no-such-dir"), 1 << 24, b"")
