@@ -3,9 +3,10 @@
 See docs/design.md, section 5. Every message crosses a socket pickled (by
 :mod:`multiprocessing.connection`), so each is a NamedTuple of plain values:
 cheap to pickle, and unpacked by name on both sides. They are defined here,
-in a module both sides import by its real name: a helper runs
-:mod:`.smallfiles` as ``__main__``, and a class defined there would be
-pickled as ``__main__.X``, which the backup could not load. Import-light: a
+in a module both sides import by its real name: a helper started as
+``python -m desktop_agent.engine.smallfiles`` runs that module as
+``__main__``, and a class defined there would be pickled as
+``__main__.X``, which the backup could not load. Import-light: a
 helper imports this, :mod:`.smallfiles` and what they need, nothing of the
 backup pipeline.
 

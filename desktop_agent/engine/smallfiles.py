@@ -12,7 +12,8 @@ the parent stores and indexes as usual. A helper that dies is noticed by
 the caller, which then does the work itself.
 
 This module is both sides of that: :func:`read_small`, the helper's body
-(run as ``python -m desktop_agent.engine.smallfiles``), and
+(:func:`helper_entry`, run by ``python -S -c`` with the parent's module
+path, or as ``python -m desktop_agent.engine.smallfiles``), and
 :class:`Helpers`, the parent's handle on the processes and their sockets.
 The messages are in :mod:`.helpermsg`; what the backup does with the
 answers is :mod:`.helperpool`.
