@@ -15,6 +15,8 @@ the log directory and summarized in one line.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -83,7 +85,14 @@ def _internal(argv: Sequence[str]) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (``sys.exit`` is the caller's)."""
+    """Entry point; returns the exit status (``sys.exit`` is the caller's).
+
+    Run as the program (``argv`` None), a command that finished ends the
+    process here, once its output and log are flushed: the interpreter's
+    teardown (freeing every object, joining idle pools) costs a command
+    about 20 ms and does nothing a finished command needs. Every command
+    waits for its own work before it returns; the agent exits normally.
+    """
     args_list = sys.argv[1:] if argv is None else list(argv)
     internal = _internal(args_list)
     if internal is not None:
@@ -91,6 +100,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     agent.check_agent_options(parser, args)
+    status = _run(args)
+    if argv is None and args.command is not None:
+        _exit_now(status)
+    return status
+
+
+def _exit_now(status: int) -> None:
+    """End the process with ``status`` without the interpreter's teardown."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe: nothing more can be said
+    os._exit(status)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command (or the agent); the exit status."""
     headless = agent.runs_headless(args)
     log_path = setup_logging(stderr=headless)
     try:

@@ -63,6 +63,32 @@ def test_full_cycle(tmp_path, cli, setup):
     assert chk.returncode == 0 and "no errors were found" in chk.stdout
 
 
+def test_a_command_ends_its_process_with_output_and_log_written(tmp_path, cli, setup):
+    """Run as the program, a finished command ends the process without the
+    interpreter's teardown: what it printed and logged is all there."""
+    _src, cfg = setup
+    c = ["--config", str(cfg)]
+    assert cli(*c, "init", env=ENV).returncode == 0
+    done = cli(*c, "backup", env=ENV)  # printed, not flushed line by line
+    assert done.returncode == 0, done.stderr
+    short = done.stdout.split("snapshot ", 1)[1].split()[0]
+    assert "saved" in done.stdout and len(short) == 8
+    (log_file,) = (tmp_path / "home").rglob("desktop-agent.log")
+    assert f"backup: snapshot {short} saved" in log_file.read_text()
+    # a reader that goes away early: no traceback, no complaint at exit
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "desktop_agent", *c, "snapshots", "--json"],
+        env={**ENV, "HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 def test_usage_errors_exit_2(cli):
     proc = cli("restore", "latest")
     assert proc.returncode == 2 and "--target" in proc.stderr
