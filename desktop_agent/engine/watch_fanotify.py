@@ -31,7 +31,7 @@ import os
 import struct
 import sys
 
-from . import watch_linux
+from . import watch_inotify, watch_linux
 from .journal import ChangeJournal
 from .watch_linux import LinuxWatcher, StatFs, more_links
 
@@ -84,11 +84,13 @@ _SELF_GONE = FAN_DELETE_SELF | FAN_MOVE_SELF
 _CHILD_REPLACED = FAN_MOVED_FROM | FAN_DELETE | FAN_MOVED_TO
 _WITH_HANDLE = (FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_DFID)
 
-# struct fanotify_event_metadata, struct fanotify_event_info_header
-_META = struct.Struct("<IBBHQii")
-_INFO = struct.Struct("<BBH")
-_UINT = struct.Struct("<I")
-_INT = struct.Struct("<i")
+# struct fanotify_event_metadata, struct fanotify_event_info_header (the
+# machine's byte order, as the kernel writes them)
+_META = struct.Struct("=IBBHQii")
+_INFO = struct.Struct("=BBH")
+_UINT = struct.Struct("=I")
+_INT = struct.Struct("=i")
+FANOTIFY_METADATA_VERSION = 3
 
 # a file system whose directories have no handles, or that cannot be marked:
 # its folders are listed every time
@@ -153,6 +155,8 @@ class FanotifyWatcher(LinuxWatcher):
         self._paths: dict[bytes, bytes] = {}  # file system id + handle -> path
         self._keys: dict[bytes, bytes] = {}  # path -> file system id + handle
         self._fsids: dict[int, bytes] = {}  # mount id -> file system id (b"": not marked)
+        self._sdevs: dict[bytes, str] = {}  # file system id -> its mark's device (fdinfo)
+        self._inotify: watch_inotify.InotifyWatcher | None = None  # where no mark can be
         fd = lib.fanotify_init(
             FAN_REPORT_DFID_NAME | FAN_CLOEXEC | FAN_NONBLOCK, os.O_RDONLY | os.O_CLOEXEC
         )
@@ -186,7 +190,9 @@ class FanotifyWatcher(LinuxWatcher):
     def watch(self, path: bytes) -> str | None:
         """Know ``path`` by its handle (before it is listed), marking its file
         system first if it is new: None when watched, "" when this folder
-        cannot be, an error text when no folder can be."""
+        cannot be, an error text when no folder can be. A folder on a file
+        system that cannot be marked (no file handles, a btrfs subvolume)
+        gets an inotify watch instead."""
         handle = _FileHandle()
         handle.handle_bytes = MAX_HANDLE_SZ
         mount = ctypes.c_int()
@@ -196,33 +202,42 @@ class FanotifyWatcher(LinuxWatcher):
             lib = self._lib
             if lib.name_to_handle_at(AT_FDCWD, path, ctypes.byref(handle), ctypes.byref(mount), 0):
                 err = ctypes.get_errno()
-                if err in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM) + _NOT_HERE:
-                    return ""  # gone, refused, or no handles there: listed every time
-                return os.strerror(err)
-            fsid = self._fsids.get(mount.value)
-            if fsid is None:
-                marked = self._mark(path)
-                if marked is None:
-                    return ""  # gone meanwhile: the listing sees that
-                if isinstance(marked, str):
-                    return marked
-                fsid = self._fsids[mount.value] = marked
-            if not fsid:
-                return ""
-            raw = bytes(handle.f_handle)[: handle.handle_bytes]
-            key = fsid + _INT.pack(handle.handle_type) + raw
-            old = self._paths.get(key)
-            if old is not None and old != path:
-                # the same directory under a new path (moved): its old path is gone
-                self._keys.pop(old, None)
-                self._journal.replaced(old)
-            self._paths[key] = path
-            self._keys[path] = key
-        return None
+                if err in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM):
+                    return ""  # gone or refused: listed every time
+                if err in _NOT_HERE:
+                    fsid = b""  # no handles on this file system
+                else:
+                    return os.strerror(err)
+            else:
+                found = self._fsids.get(mount.value)
+                if found is None:
+                    marked = self._mark(path)
+                    if marked is None:
+                        return ""  # gone meanwhile: the listing sees that
+                    if isinstance(marked, str):
+                        return marked
+                    found = self._fsids[mount.value] = marked
+                fsid = found
+            if fsid:
+                raw = bytes(handle.f_handle)[: handle.handle_bytes]
+                key = fsid + _INT.pack(handle.handle_type) + raw
+                old = self._paths.get(key)
+                if old is not None and old != path:
+                    # the same directory under a new path (moved): its old path is gone
+                    self._keys.pop(old, None)
+                    self._journal.replaced(old)
+                self._paths[key] = path
+                self._keys[path] = key
+                return None
+            inner = self._inotify
+            if inner is None:
+                inner = self._inotify = watch_inotify.InotifyWatcher(self._journal)
+        return inner.watch(path)
 
     def _mark(self, path: bytes) -> bytes | str | None:
         """Mark the file system of ``path``: its id, b"" when it cannot be
         marked, None when ``path`` is gone, an error text when nothing can be."""
+        self._check_marks()  # a mark that vanished must be seen before a new one hides it
         lib = self._lib
         if lib.fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, MASK, AT_FDCWD, path):
             err = ctypes.get_errno()
@@ -236,12 +251,74 @@ class FanotifyWatcher(LinuxWatcher):
         buf = StatFs()
         if lib.statfs(path, ctypes.byref(buf)) != 0:
             return None
-        return bytes(buf.f_fsid)
+        fsid = bytes(buf.f_fsid)
+        if fsid not in self._sdevs:
+            # which of the marks listed in fdinfo is this one: the new device
+            new = (self._marked_devices() or set()) - set(self._sdevs.values())
+            if len(new) != 1:
+                # its mark cannot be told apart, so its loss could not be seen:
+                # inotify watches the folders of this file system instead
+                lib.fanotify_mark(
+                    self._fd, FAN_MARK_REMOVE | FAN_MARK_FILESYSTEM, MASK, AT_FDCWD, path
+                )
+                return b""
+            self._sdevs[fsid] = new.pop()
+        return fsid
+
+    def _marked_devices(self) -> set[str] | None:
+        """The devices of the file systems marked now, as the kernel lists them."""
+        try:
+            with open(f"/proc/self/fdinfo/{self._fd}", "rb") as fh:
+                text = fh.read().decode("ascii", "replace")
+        except OSError:
+            return None
+        return {
+            word[5:]
+            for line in text.splitlines()
+            if line.startswith("fanotify ")
+            for word in line.split()
+            if word.startswith("sdev:")
+        }
+
+    def _check_marks(self) -> None:
+        """Unmounting a file system drops its mark without an event: a mark
+        that is gone means lost events (with the lock held)."""
+        if not self._sdevs:
+            return
+        now = self._marked_devices()
+        for fsid, device in list(self._sdevs.items()):
+            if now is not None and device in now:
+                continue
+            self._journal.invalidate("a watched file system was unmounted")
+            del self._sdevs[fsid]
+            for mount in [m for m, f in self._fsids.items() if f == fsid]:
+                del self._fsids[mount]
+            for key in [k for k in self._paths if k.startswith(fsid)]:
+                self._keys.pop(self._paths.pop(key), None)
+
+    def sync(self) -> None:
+        """Take in every event so far, and notice a file system unmounted
+        since (its mark went with it, silently)."""
+        super().sync()
+        with self._lock:
+            if self._fd >= 0:
+                self._check_marks()
+            inner = self._inotify
+        if inner is not None:
+            inner.sync()
+
+    def close(self) -> None:
+        """Stop reading and drop every mark (and the inotify watches, if any)."""
+        inner, self._inotify = self._inotify, None
+        if inner is not None:
+            inner.close()
+        super().close()
 
     def _forget(self) -> None:
         self._paths.clear()
         self._keys.clear()
         self._fsids.clear()
+        self._sdevs.clear()
 
     def _handle(self, data: bytes) -> None:
         """Mark what the events say (the caller holds the lock)."""
@@ -254,8 +331,8 @@ class FanotifyWatcher(LinuxWatcher):
         pos = 0
         end = len(data)
         while pos + _META.size <= end:
-            length, _version, _reserved, meta_len, mask, _fd, _pid = meta(data, pos)
-            if length < meta_len or meta_len < _META.size:
+            length, version, _reserved, meta_len, mask, _fd, _pid = meta(data, pos)
+            if version != FANOTIFY_METADATA_VERSION or length < meta_len or meta_len < _META.size:
                 journal.invalidate("an event it could not read")
                 return
             stop = pos + length
@@ -265,12 +342,14 @@ class FanotifyWatcher(LinuxWatcher):
             if mask & FAN_Q_OVERFLOW:
                 journal.invalidate("its event queue overflowed")
                 continue
+            named = False
             while p + _INFO.size <= stop:
                 kind, _pad, size = info(data, p)
                 if size < _INFO.size:
                     break
                 if kind in _WITH_HANDLE:
                     hbytes = uint(data, p + 12)[0]
+                    named = hbytes > 0
                     key = data[p + 4 : p + 12] + data[p + 16 : p + 20 + hbytes]
                     path = paths.get(key)
                     if path is not None:
@@ -279,6 +358,10 @@ class FanotifyWatcher(LinuxWatcher):
                             name = data[p + 20 + hbytes : p + size].split(b"\0", 1)[0]
                         self._event(path, key, mask, name, changed)
                 p += size
+            if not named:
+                # the kernel could not encode the directory's handle: where
+                # the change was cannot be known
+                journal.invalidate("an event without a file handle")
         if changed:
             journal.changed_many(changed)
 

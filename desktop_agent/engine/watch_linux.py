@@ -232,20 +232,21 @@ class LinuxWatcher:
         """Stop the reader and free every watch (closing the descriptor does)."""
         with self._lock:
             fd, self._fd = self._fd, -1
-        if fd < 0:
-            os.close(self._stop_r)
-            os.close(self._stop_w)
+            stop_r, stop_w = self._stop_r, self._stop_w
+            self._stop_r = self._stop_w = -1  # closed once: a second close closes nothing
+        if stop_w < 0:
             return
-        try:
-            os.write(self._stop_w, b"x")
-        except OSError:
-            pass
-        thread = self._thread
-        if thread is not None and threading.current_thread() is not thread:
-            thread.join(5)
-        os.close(fd)
-        os.close(self._stop_r)
-        os.close(self._stop_w)
+        if fd >= 0:
+            try:
+                os.write(stop_w, b"x")
+            except OSError:
+                pass
+            thread = self._thread
+            if thread is not None and threading.current_thread() is not thread:
+                thread.join(5)
+            os.close(fd)
+        os.close(stop_r)
+        os.close(stop_w)
         self._forget()
 
     def _forget(self) -> None:

@@ -8,7 +8,6 @@ every backup lists every folder (as complete, slower).
 
 from __future__ import annotations
 
-import errno
 import logging
 
 from . import watch_fanotify, watch_inotify
@@ -18,9 +17,6 @@ __all__ = ["start"]
 
 log = logging.getLogger(__name__)
 
-# an error that says "not allowed here" rather than "broken": inotify instead
-_NOT_PRIVILEGED = (errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOSYS)
-
 
 def start(journal: ChangeJournal) -> Watcher | None:
     """The best watcher this process may use, or None where there is none."""
@@ -28,7 +24,6 @@ def start(journal: ChangeJournal) -> Watcher | None:
         try:
             return watch_fanotify.FanotifyWatcher(journal)
         except OSError as exc:
-            if exc.errno not in _NOT_PRIVILEGED:
-                raise
+            # not allowed (no CAP_SYS_ADMIN), or out of fanotify groups: inotify
             log.debug("fanotify not usable here (%s); watching with inotify", exc.strerror)
     return watch_inotify.start(journal)
