@@ -139,6 +139,7 @@ class _Backup:
         cache: DirCache | None = None,
         journal: JournalRun | None = None,
     ) -> None:
+        self.repo = repo
         self.parent = parent
         self.progress = progress
         self.control = control
@@ -184,6 +185,11 @@ class _Backup:
         root = DirJob(b"/", None, self.parent.tree if self.parent else None)
         # the whole filesystem, or the sources and the directories above them
         self.walker.walk(root, None if b"/" in sources else source_trie(sources))
+        if self.repo.index_loaded:
+            # the blobs indexed so far go into the index's tables while the
+            # helpers seal their last batches, not after (the local index
+            # cache is written from the tables at the end)
+            self.repo.index.merge_overlays()
         self.files.finish()
         self.wait_all()
         assert not self.trees.pending and root.tree_id is not None

@@ -533,6 +533,13 @@ class MasterIndex:
         return total
 
     # ----------------------------------------------------- the local cache
+    def merge_overlays(self) -> None:
+        """Merge what waits in the overlays into the tables now (while other
+        work goes on), so that a later :meth:`export_state` has little left."""
+        with self._lock:
+            for blob_type in BlobType:
+                self._merge_overlay(blob_type)
+
     def export_state(self) -> IndexState:
         """The tables (overlays merged first), for the local index cache."""
         with self._lock:
