@@ -731,18 +731,16 @@ def _mount(*args: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("kind", WATCHERS)
-def test_a_source_file_system_unmounted_and_mounted_again_means_a_full_scan(
-    tmp_path, mem_repo, kind
-):
-    """Unmounting drops a fanotify mark without an event (found in review):
-    the mark's absence is noticed, the next run lists everything, and the
-    file system is marked again."""
-    import shutil as sh
+def _remount_scenario(tmp: str, kind: str) -> None:
+    """The body of the remount test, run in a mount namespace of its own."""
     import subprocess
 
-    if sh.which("mkfs.ext4") is None:
-        pytest.skip("no mkfs.ext4")
+    from support import FAST_KDF, PASSWORD
+
+    from desktop_agent.engine.repository import Repository
+    from desktop_agent.engine.storage import MemoryStorage
+
+    tmp_path = Path(tmp)
     image = tmp_path / "disk.img"
     with open(image, "wb") as fh:
         fh.truncate(32 * 1024 * 1024)
@@ -750,8 +748,11 @@ def test_a_source_file_system_unmounted_and_mounted_again_means_a_full_scan(
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     if not _mount("mount", "-o", "loop", str(image), str(mnt)):
-        pytest.skip("cannot mount a loop device here")
-    lab = Lab(mnt, mem_repo, kind)
+        raise SystemExit("cannot mount a loop device here")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    repo = Repository.init(MemoryStorage(str(spool)), PASSWORD, kdf_params=FAST_KDF)
+    lab = Lab(mnt, repo, kind)
     try:
         lab.build()
         lab.journal_backup()
@@ -761,16 +762,46 @@ def test_a_source_file_system_unmounted_and_mounted_again_means_a_full_scan(
         assert _mount("mount", "-o", "loop", str(image), str(mnt))
         res = lab.journal_backup()
         run = lab.journal.last_run
-        assert run.full and "unmounted" in run.reason
+        assert run.full and "unmounted" in run.reason, run.reason
         assert lab.tree(res) == lab.full_scan()
         # watched again: a change after the remount is seen, incrementally
         append(lab.src / "d3" / "s1" / "f2.txt", b"changed after the remount")
         res = lab.journal_backup()
-        assert not lab.journal.last_run.full
+        assert not lab.journal.last_run.full, lab.journal.last_run.reason
         assert lab.tree(res) == lab.full_scan()
     finally:
         lab.close()
         _mount("umount", str(mnt))
+
+
+@pytest.mark.parametrize("kind", WATCHERS)
+def test_a_source_file_system_unmounted_and_mounted_again_means_a_full_scan(tmp_path, kind):
+    """Unmounting drops a fanotify mark without an event (found in review):
+    the mark's absence is noticed, the next run lists everything, and the
+    file system is marked again. Run in a mount namespace of its own, so
+    that no other test's journal sees the mount table change."""
+    import shutil as sh
+    import subprocess
+    import sys
+
+    if sh.which("mkfs.ext4") is None or sh.which("unshare") is None:
+        pytest.skip("no mkfs.ext4 or unshare")
+    if not _mount("unshare", "-m", "--propagation", "private", "true"):
+        pytest.skip("no mount namespaces here")
+    here = str(Path(__file__).parent)
+    code = (
+        f"import sys; sys.path[:0] = [{here!r}, {str(Path(here).parent)!r}]; "
+        f"import test_journal; test_journal._remount_scenario({str(tmp_path)!r}, {kind!r})"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    if "cannot mount a loop device here" in done.stderr:
+        pytest.skip("cannot mount a loop device here")
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("kind", WATCHERS[1:])
