@@ -534,11 +534,16 @@ class MasterIndex:
 
     # ----------------------------------------------------- the local cache
     def merge_overlays(self) -> None:
-        """Merge what waits in the overlays into the tables now (while other
-        work goes on), so that a later :meth:`export_state` has little left."""
+        """Merge the overlays that hold a sixteenth of their table or more into
+        the tables now (while other work goes on), so that a later
+        :meth:`export_state` has little left. A smaller overlay waits: a merge
+        copies the whole table, and a few blobs added to a large index (a
+        tiny backup) are cheaper where they are."""
         with self._lock:
             for blob_type in BlobType:
-                self._merge_overlay(blob_type)
+                table = self._tables[blob_type]
+                if len(table.overlay) * 16 >= len(table.recs) // REC:
+                    self._merge_overlay(blob_type)
 
     def export_state(self) -> IndexState:
         """The tables (overlays merged first), for the local index cache."""

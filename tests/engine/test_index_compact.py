@@ -84,6 +84,32 @@ def test_random_adds_match_a_dict_across_overlay_merges(monkeypatch):
     assert index.blob_ids(BlobType.DATA) == {k[1] for k in oracle if k[0] is BlobType.DATA}
 
 
+def test_merge_overlays_merges_large_overlays_and_leaves_small_ones(monkeypatch):
+    """A backup merges the blobs indexed during its walk while its helpers
+    finish; a tiny backup into a large index copies no table for it."""
+    monkeypatch.setattr(index_mod, "_OVERLAY_MIN", 1 << 30)  # no merges on add
+    rng = random.Random(11)
+    index, oracle = MasterIndex(), {}
+
+    def add(count: int) -> None:
+        blobs = [_rand_blob(rng, BlobType.DATA) for _ in range(count)]
+        pack_id = rng.randbytes(32)
+        index.add_pack(PackId(pack_id), blobs)
+        _oracle_add(oracle, pack_id, blobs)
+
+    add(3200)
+    index.merge_overlays()  # everything is overlay: merged
+    table = index._tables[BlobType.DATA]  # noqa: SLF001
+    assert len(table.recs) == 3200 * index_mod.REC and not table.overlay
+    add(50)  # under a sixteenth of the table: it waits
+    index.merge_overlays()
+    assert index._tables[BlobType.DATA] is table and len(table.overlay) == 50  # noqa: SLF001
+    add(200)  # 250 of 3,200 (over a sixteenth): merged
+    index.merge_overlays()
+    assert not index._tables[BlobType.DATA].overlay  # noqa: SLF001
+    _same(index, oracle, rng)
+
+
 def test_an_id_inside_another_record_is_not_found():
     index = MasterIndex()
     a = bytes(range(32))
