@@ -16,11 +16,16 @@ are inotify's (:mod:`.watch_inotify`):
 * a known directory moved or deleted, or a subdirectory moved away, in or
   deleted: nothing at or below its old path is vouched for;
 * a new name of a file that has others: the next run is a full scan;
-* a queue overflow: the next run is a full scan.
+* a queue overflow, or an event that names no directory: a full scan;
+* a file system unmounted (its mark goes without an event; the marks are
+  read back from ``/proc/self/fdinfo`` at every read and before any new
+  mark): a full scan, after which it is marked again.
 
-The queue keeps the kernel's default bound (``fs.fanotify.max_queued_events``):
-the reader takes events in as they come, and an overflow costs one full scan
-rather than unbounded kernel memory.
+Folders on a file system that cannot be marked (a btrfs subvolume, no file
+handles) get inotify watches from the same watcher. The queue keeps the
+kernel's default bound (``fs.fanotify.max_queued_events``): the reader takes
+events in as they come, and an overflow costs one full scan rather than
+unbounded kernel memory.
 """
 
 from __future__ import annotations
