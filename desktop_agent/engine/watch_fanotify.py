@@ -145,7 +145,7 @@ def _error() -> OSError:
     return OSError(err, os.strerror(err))
 
 
-class FanotifyWatcher(LinuxWatcher):
+class FanotifyWatcher(LinuxWatcher[bytes]):
     """Watches the file systems of the sources for a :class:`ChangeJournal`.
 
     Raises ``OSError`` (``EPERM``) when this process may not mark a whole
@@ -157,8 +157,6 @@ class FanotifyWatcher(LinuxWatcher):
         if lib is None:
             raise OSError(errno.ENOSYS, "fanotify is not available")
         super().__init__(journal, lib)
-        self._paths: dict[bytes, bytes] = {}  # file system id + handle -> path
-        self._keys: dict[bytes, bytes] = {}  # path -> file system id + handle
         self._fsids: dict[int, bytes] = {}  # mount id -> file system id (b"": not marked)
         self._sdevs: dict[bytes, str] = {}  # file system id -> its mark's device (fdinfo)
         self._inotify: watch_inotify.InotifyWatcher | None = None  # where no mark can be
@@ -181,11 +179,6 @@ class FanotifyWatcher(LinuxWatcher):
         else:
             lib.fanotify_mark(fd, FAN_MARK_REMOVE | FAN_MARK_FILESYSTEM, MASK, AT_FDCWD, b"/")
         self._start_reading(fd)
-
-    @property
-    def watches(self) -> int:
-        """How many directories are known by their handles."""
-        return len(self._paths)
 
     @property
     def marks(self) -> int:
@@ -225,14 +218,8 @@ class FanotifyWatcher(LinuxWatcher):
                 fsid = found
             if fsid:
                 raw = bytes(handle.f_handle)[: handle.handle_bytes]
-                key = fsid + _INT.pack(handle.handle_type) + raw
-                old = self._paths.get(key)
-                if old is not None and old != path:
-                    # the same directory under a new path (moved): its old path is gone
-                    self._keys.pop(old, None)
-                    self._journal.replaced(old)
-                self._paths[key] = path
-                self._keys[path] = key
+                # keys: file system id + handle type + handle
+                self._known_as(fsid + _INT.pack(handle.handle_type) + raw, path)
                 return None
             inner = self._inotify
             if inner is None:
@@ -320,8 +307,7 @@ class FanotifyWatcher(LinuxWatcher):
         super().close()
 
     def _forget(self) -> None:
-        self._paths.clear()
-        self._keys.clear()
+        super()._forget()
         self._fsids.clear()
         self._sdevs.clear()
 
@@ -377,9 +363,7 @@ class FanotifyWatcher(LinuxWatcher):
             if mask & _SELF_GONE:
                 journal.replaced(path)
                 if mask & FAN_DELETE_SELF:
-                    del self._paths[key]
-                    if self._keys.get(path) == key:
-                        del self._keys[path]
+                    self._unwatched(key, path)
                 return
             changed.add(path)  # (its parent is listed with it, as every ancestor is)
             return

@@ -100,7 +100,7 @@ def _watch_limit() -> int:
         return 8192
 
 
-class InotifyWatcher(LinuxWatcher):
+class InotifyWatcher(LinuxWatcher[int]):
     """Watches directories for a :class:`ChangeJournal` with inotify."""
 
     def __init__(self, journal: ChangeJournal, *, max_watches: int | None = None) -> None:
@@ -108,8 +108,6 @@ class InotifyWatcher(LinuxWatcher):
         if lib is None:
             raise OSError(errno.ENOSYS, "inotify is not available")
         super().__init__(journal, lib)
-        self._paths: dict[int, bytes] = {}  # watch descriptor -> path
-        self._wds: dict[bytes, int] = {}
         self._max = max_watches if max_watches is not None else _watch_limit() // 2
         fd = lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
@@ -118,18 +116,13 @@ class InotifyWatcher(LinuxWatcher):
             raise OSError(err, os.strerror(err))
         self._start_reading(fd)
 
-    @property
-    def watches(self) -> int:
-        """How many directories are watched."""
-        return len(self._paths)
-
     def watch(self, path: bytes) -> str | None:
         """Watch ``path`` (before it is listed): None when watched, "" when this
         folder cannot be (gone, refused), an error text when no folder can be."""
         with self._lock:
             if self._fd < 0:
                 return "closed"
-            if len(self._paths) >= self._max and path not in self._wds:
+            if len(self._paths) >= self._max and path not in self._keys:
                 return f"more than {self._max} folders (half the system's inotify watch limit)"
             wd = self._lib.inotify_add_watch(self._fd, path, MASK)
             if wd < 0:
@@ -143,18 +136,8 @@ class InotifyWatcher(LinuxWatcher):
                 if err == errno.ENOSPC:
                     return "the system's inotify watch limit is reached"
                 return os.strerror(err)
-            old = self._paths.get(wd)
-            if old is not None and old != path:
-                # the same directory under a new path (moved): its old path is gone
-                self._wds.pop(old, None)
-                self._journal.replaced(old)
-            self._paths[wd] = path
-            self._wds[path] = wd
+            self._known_as(wd, path)
         return None
-
-    def _forget(self) -> None:
-        self._paths.clear()
-        self._wds.clear()
 
     def _handle(self, data: bytes) -> None:
         """Mark what the events say (the caller holds the lock)."""
@@ -182,9 +165,7 @@ class InotifyWatcher(LinuxWatcher):
             if mask & _SELF_GONE:
                 journal.replaced(path)
                 if mask & IN_IGNORED:
-                    del paths[wd]
-                    if self._wds.get(path) == wd:
-                        del self._wds[path]
+                    self._unwatched(wd, path)
                 continue
             if name and mask & _NEW_NAME:
                 child = path.rstrip(b"/") + b"/" + name

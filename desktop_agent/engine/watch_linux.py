@@ -17,6 +17,7 @@ import ctypes
 import os
 import select
 import threading
+from typing import Generic, TypeVar
 
 from .journal import ChangeJournal
 
@@ -135,8 +136,13 @@ def _mounts() -> tuple[bytes, dict[int, str]]:
     return ident, types
 
 
-class LinuxWatcher:
-    """The common half of a Linux watcher: the reader thread, trust, identity.
+_Key = TypeVar("_Key", int, bytes)
+
+
+class LinuxWatcher(Generic[_Key]):
+    """The common half of a Linux watcher: the reader thread, trust, identity,
+    and which watched directory each key of the kernel's (an inotify watch
+    descriptor, a fanotify file handle) stands for.
 
     A subclass opens its event descriptor (non-blocking) and hands it to
     :meth:`_start_reading`; it implements ``watch`` and ``_handle`` (which
@@ -154,6 +160,29 @@ class LinuxWatcher:
         self._stop_r, self._stop_w = os.pipe()
         self.events = 0
         self._thread: threading.Thread | None = None
+        self._paths: dict[_Key, bytes] = {}  # the kernel's key -> the directory's path
+        self._keys: dict[bytes, _Key] = {}  # and back
+
+    @property
+    def watches(self) -> int:
+        """How many directories are watched."""
+        return len(self._paths)
+
+    def _known_as(self, key: _Key, path: bytes) -> None:
+        """``key`` stands for directory ``path`` now (the caller holds the lock)."""
+        old = self._paths.get(key)
+        if old is not None and old != path:
+            # the same directory under a new path (moved): its old path is gone
+            self._keys.pop(old, None)
+            self._journal.replaced(old)
+        self._paths[key] = path
+        self._keys[path] = key
+
+    def _unwatched(self, key: _Key, path: bytes) -> None:
+        """``key`` (for ``path``) is gone: its directory was deleted (lock held)."""
+        del self._paths[key]
+        if self._keys.get(path) == key:
+            del self._keys[path]
 
     def _start_reading(self, fd: int) -> None:
         self._fd = fd
@@ -250,7 +279,9 @@ class LinuxWatcher:
         self._forget()
 
     def _forget(self) -> None:
-        """Drop what the subclass knows of its watches (after close)."""
+        """Drop what is known of the watches (after close)."""
+        self._paths.clear()
+        self._keys.clear()
 
     def _read_loop(self) -> None:
         fd = self._fd

@@ -54,6 +54,30 @@ def until(cond, timeout=10.0):
         time.sleep(0.005)
 
 
+def _failing(monkeypatch, module, call: str, err: int, when) -> None:
+    """Play a kernel refusal: ``module``'s libc ``call`` fails with errno
+    ``err`` whenever ``when(*args)`` says so (as root, nothing is refused)."""
+    import ctypes
+
+    real_lib = module._libc()
+
+    class Lib:
+        def __getattr__(self, name):
+            real = getattr(real_lib, name)
+            if name != call:
+                return real
+
+            def refused(*args):
+                if when(*args):
+                    ctypes.set_errno(err)
+                    return -1
+                return real(*args)
+
+            return refused
+
+    monkeypatch.setattr(module, "_libc", Lib)
+
+
 def append(path, data: bytes) -> None:
     """Write ``data`` at the end of the file at ``path`` (a change the journal must see)."""
     with open(path, "ab") as fh:
@@ -481,8 +505,6 @@ def test_an_unreadable_folder_does_not_turn_the_journal_off(tmp_path, mem_repo, 
     skipped, and the journal goes on for everything else. (Run as root, the
     kernel's refusals are played: inotify_add_watch and scandir fail with EACCES
     for that folder as they would for a user.)"""
-    import ctypes
-
     lab = Lab(tmp_path, mem_repo)
     victim = lab.src / "d2" / "s2"
     blocked = {bytes(victim)}
@@ -496,19 +518,7 @@ def test_an_unreadable_folder_does_not_turn_the_journal_off(tmp_path, mem_repo, 
     monkeypatch.setattr(os, "scandir", scandir)
     try:
         lab.build()
-        real_lib = watch_inotify._libc()
-
-        class Lib:
-            def __getattr__(self, name):
-                return getattr(real_lib, name)
-
-            def inotify_add_watch(self, fd, path, mask):
-                if path in blocked:
-                    ctypes.set_errno(13)
-                    return -1
-                return real_lib.inotify_add_watch(fd, path, mask)
-
-        monkeypatch.setattr(watch_inotify, "_libc", Lib)
+        _failing(monkeypatch, watch_inotify, "inotify_add_watch", 13, lambda fd, p, m: p in blocked)
         res = lab.journal_backup()
         assert lab.journal.active
         assert [s.path for s in res.skipped] == [str(victim)]
@@ -629,29 +639,11 @@ def test_a_folder_that_cannot_be_watched_but_listed_is_always_listed(
 ):
     """A policy may forbid watching a folder it lets us list (found in review);
     fanotify: a folder whose handle cannot be taken."""
-    import ctypes
-
     lab = Lab(tmp_path, mem_repo, kind)
     victim = lab.src / "d1" / "s1"
     module = watch_inotify if kind == "inotify" else watch_fanotify
-    real_lib = module._libc()
     call = "inotify_add_watch" if kind == "inotify" else "name_to_handle_at"
-
-    class Lib:
-        def __getattr__(self, name):
-            real = getattr(real_lib, name)
-            if name != call:
-                return real
-
-            def refused(fd, path, *rest):
-                if path == bytes(victim):
-                    ctypes.set_errno(13)
-                    return -1
-                return real(fd, path, *rest)
-
-            return refused
-
-    monkeypatch.setattr(module, "_libc", Lib)
+    _failing(monkeypatch, module, call, 13, lambda fd, path, *rest: path == bytes(victim))
     try:
         lab.build()
         lab.journal_backup()
@@ -687,8 +679,6 @@ def test_fanotify_drops_events_outside_the_known_folders(tmp_path, kind):
 
 
 def test_watchers_start_takes_fanotify_when_allowed_and_inotify_otherwise(monkeypatch):
-    import ctypes
-
     from desktop_agent.engine import watchers
 
     journal = ChangeJournal(lambda j: None)
@@ -702,18 +692,8 @@ def test_watchers_start_takes_fanotify_when_allowed_and_inotify_otherwise(monkey
         assert type(first) is expected
     finally:
         first.close()
-    # not allowed to mark a file system (no CAP_SYS_ADMIN): inotify
-    real_lib = watch_fanotify._libc()
-
-    class Lib:
-        def __getattr__(self, name):
-            return getattr(real_lib, name)
-
-        def fanotify_mark(self, *args):
-            ctypes.set_errno(1)  # EPERM
-            return -1
-
-    monkeypatch.setattr(watch_fanotify, "_libc", Lib)
+    # not allowed to mark a file system (no CAP_SYS_ADMIN, EPERM): inotify
+    _failing(monkeypatch, watch_fanotify, "fanotify_mark", 1, lambda *args: True)
     second = watchers.start(journal)
     try:
         assert type(second) is watch_inotify.InotifyWatcher
@@ -810,27 +790,13 @@ def test_folders_where_no_mark_can_be_made_get_inotify_watches(
 ):
     """A btrfs subvolume cannot be marked (EXDEV): its folders are watched
     with inotify instead of being listed every time (found in review)."""
-    import ctypes
-
     lab = Lab(tmp_path, mem_repo, kind)
-    real_lib = watch_fanotify._libc()
     src = bytes(lab.src)
 
-    class Lib:
-        def __getattr__(self, name):
-            real = getattr(real_lib, name)
-            if name != "fanotify_mark":
-                return real
+    def in_sources(fd, flags, mask, dirfd, path):
+        return bool(flags & watch_fanotify.FAN_MARK_ADD) and path.startswith(src)
 
-            def mark(fd, flags, mask, dirfd, path):
-                if flags & watch_fanotify.FAN_MARK_ADD and path.startswith(src):
-                    ctypes.set_errno(18)  # EXDEV
-                    return -1
-                return real(fd, flags, mask, dirfd, path)
-
-            return mark
-
-    monkeypatch.setattr(watch_fanotify, "_libc", Lib)
+    _failing(monkeypatch, watch_fanotify, "fanotify_mark", 18, in_sources)  # EXDEV
     try:
         lab.build()
         lab.journal_backup()
