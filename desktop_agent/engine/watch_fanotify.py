@@ -323,7 +323,13 @@ class FanotifyWatcher(LinuxWatcher[bytes]):
         end = len(data)
         while pos + _META.size <= end:
             length, version, _reserved, meta_len, mask, _fd, _pid = meta(data, pos)
-            if version != FANOTIFY_METADATA_VERSION or length < meta_len or meta_len < _META.size:
+            if (
+                version != FANOTIFY_METADATA_VERSION
+                or length < meta_len
+                or meta_len < _META.size
+                or pos + length > end
+            ):
+                # another layout, or a cut event: nothing after it can be placed
                 journal.invalidate("an event it could not read")
                 return
             stop = pos + length
@@ -339,7 +345,10 @@ class FanotifyWatcher(LinuxWatcher[bytes]):
                 if size < _INFO.size:
                     break
                 if kind in _WITH_HANDLE:
-                    hbytes = uint(data, p + 12)[0]
+                    # header, fsid, handle size and type, then the handle
+                    hbytes = uint(data, p + 12)[0] if size >= 20 and p + 16 <= stop else 0
+                    if 20 + hbytes > size:
+                        break  # a record that does not hold its handle names nothing
                     named = hbytes > 0
                     key = data[p + 4 : p + 12] + data[p + 16 : p + 20 + hbytes]
                     path = paths.get(key)

@@ -815,16 +815,26 @@ def test_folders_where_no_mark_can_be_made_get_inotify_watches(
 @pytest.mark.parametrize("kind", WATCHERS[1:])
 def test_fanotify_events_it_cannot_place_mean_a_full_scan(kind):
     """An event without a directory handle (the kernel could not encode
-    one), or of another layout version, cannot be placed: full scan."""
-    meta = watch_fanotify._META
-    for version, reason in ((3, "without a file handle"), (4, "could not read")):
+    one), of another layout version, cut short, or with a record too short
+    for its handle cannot be placed: full scan, never a reader that dies."""
+    meta, info = watch_fanotify._META, watch_fanotify._INFO
+    modify = watch_fanotify.FAN_MODIFY
+    dfid = watch_fanotify.FAN_EVENT_INFO_TYPE_DFID_NAME
+    # a record that claims a 64-byte handle in 24 bytes
+    short = info.pack(dfid, 0, 24) + bytes(8) + watch_fanotify._UINT.pack(64) + bytes(8)
+    cases = [
+        (meta.pack(meta.size, 3, 0, meta.size, modify, -1, 1), "without a file handle"),
+        (meta.pack(meta.size, 4, 0, meta.size, modify, -1, 1), "could not read"),
+        (meta.pack(meta.size + 40, 3, 0, meta.size, modify, -1, 1), "could not read"),  # cut
+        (meta.pack(meta.size + 24, 3, 0, meta.size, modify, -1, 1) + short, "without"),
+    ]
+    for event, reason in cases:
         journal = _journal(kind)
         try:
             journal.begin("k", None)
             journal.commit(journal.begin("k", None), "k", b"s")  # no longer broken
             journal._broken = None
             watcher = journal._watcher
-            event = meta.pack(meta.size, version, 0, meta.size, watch_fanotify.FAN_MODIFY, -1, 1)
             with watcher._lock:
                 watcher._handle(event)
             assert journal._broken is not None and reason in journal._broken
