@@ -108,6 +108,13 @@ class Batch:
         return len(self.files) >= _BATCH_FILES or self.blob_refs >= _BATCH_BLOBS
 
 
+# Workers writing blobs into the same file take turns on one of these locks
+# (by file): on Linux a second writer of a file spins on the kernel's inode
+# lock while the first copies its data in, which took 9% of the CPU of a
+# 1 GiB restore of large files when that copy was slow; a Python lock lets
+# the waiter sleep and the other core decode.
+_WRITE_STRIPES = 64
+
 # (blob id, offset, length, uncompressed length) of a blob in a pack
 _Where = tuple[BlobId, int, int, int]
 
@@ -147,6 +154,7 @@ class Filler:
         self._flight = 0
         self._room = threading.Condition()
         self._small = threading.Lock()  # held by the worker running a range of small blobs
+        self._writing = [threading.Lock() for _ in range(_WRITE_STRIPES)]
         self.bytes_written = 0
         self.files_done = 0  # files completed (size and metadata) by their last write
 
@@ -339,10 +347,11 @@ class Filler:
                         fds.release(pf.parent)
                     view = memoryview(plain)
                     pos = offset
-                    while view:
-                        n = os.pwrite(fd, view, pos)
-                        view = view[n:]
-                        pos += n
+                    with self._writing[idx % _WRITE_STRIPES]:
+                        while view:
+                            n = os.pwrite(fd, view, pos)
+                            view = view[n:]
+                            pos += n
                 with self._lock:
                     self.bytes_written += len(plain)
                     end = offset + len(plain)
