@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from desktop_agent.config import user_cache_dir
-from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
-from desktop_agent.engine.progress import Progress
 from desktop_agent.termtext import ProgressLine, clean, human_bytes, human_duration
 
 from .common import (
@@ -28,7 +27,14 @@ from .common import (
     open_repository,
 )
 
+if TYPE_CHECKING:
+    from desktop_agent.engine.backup import BackupResult
+    from desktop_agent.engine.progress import Progress
+
 __all__ = ["add_backup", "cmd_backup"]
+
+# imported while the repository's key is derived (see common.open_repository)
+_ENGINE = "desktop_agent.engine.backup"
 
 JSON_STATUS_INTERVAL = 1.0  # seconds between two --json status lines
 
@@ -49,7 +55,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     sources = config.expanded_sources()
     if not sources:
         raise CliError(f"no backup sources configured ([backup] sources in {config.path})")
-    repo = open_repository(config)
+    repo = open_repository(config, imports=[_ENGINE])
+    from desktop_agent.engine.backup import BackupOptions, backup  # noqa: PLC0415 - loaded above
+
     line = ProgressLine("backup")
     last_json = [0.0]
 

@@ -13,17 +13,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import importlib
 import logging
 import sys
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any, NoReturn, TypeAlias
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from desktop_agent.config import Config, load_or_create, read_password, resolve_config_path
 from desktop_agent.engine.errors import RepositoryNotFound, StorageError
-from desktop_agent.engine.lock import Lock
-from desktop_agent.engine.repository import Repository
-from desktop_agent.engine.storage import storage_for
 from desktop_agent.termtext import clean, columns, json_text, pad
+
+if TYPE_CHECKING:
+    from desktop_agent.engine.repository import Repository
 
 __all__ = [
     "EXIT_OK",
@@ -90,14 +92,32 @@ def repository_password(config: Config) -> str:
     )
 
 
-def open_repository(config: Config) -> Repository:
-    """The configured repository, opened (it must exist)."""
+def open_repository(config: Config, *, imports: Sequence[str] = ()) -> Repository:
+    """The configured repository, opened (it must exist).
+
+    The key is derived from the password (scrypt, about 0.1 s, which does
+    not hold the interpreter's lock) on a thread while this one imports the
+    engine and the modules ``imports`` names: a command's start-up pays for
+    the longer of the two, not both. The command modules import the engine
+    only when they run, for this.
+    """
+    from desktop_agent.engine.storage import storage_for  # noqa: PLC0415 - see above
+    from desktop_agent.engine.unlock import unlock  # noqa: PLC0415
+
     storage = storage_for(config)
     if not storage.exists():
         raise RepositoryNotFound(
             f"there is no repository at {storage.location} (create one with `desktop-agent init`)"
         )
-    return Repository.open(storage, repository_password(config))
+    password = repository_password(config)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
+        unlocking = pool.submit(unlock, storage, password)
+        from desktop_agent.engine.repository import Repository  # noqa: PLC0415
+
+        for name in imports:
+            importlib.import_module(name)
+        unlocked = unlocking.result()
+    return Repository.from_unlocked(storage, unlocked)
 
 
 @contextlib.contextmanager
@@ -108,6 +128,8 @@ def reading(repo: Repository) -> Iterator[None]:
     A repository where no lock can be written (read-only media) is read
     without one, with a warning.
     """
+    from desktop_agent.engine.lock import Lock  # noqa: PLC0415 - see open_repository
+
     lock = Lock(repo, exclusive=False)
     try:
         lock.acquire()

@@ -10,12 +10,9 @@ import argparse
 import getpass
 import secrets
 import sys
+from typing import TYPE_CHECKING
 
 from desktop_agent.config import read_password, write_password_file
-from desktop_agent.engine.check import check, parse_subset
-from desktop_agent.engine.repository import Repository
-from desktop_agent.engine.snapshot import Snapshot
-from desktop_agent.engine.storage import storage_for
 from desktop_agent.termtext import ProgressLine, clean, human_bytes
 
 from .common import (
@@ -31,7 +28,13 @@ from .common import (
     warn_damaged,
 )
 
+if TYPE_CHECKING:
+    from desktop_agent.engine.snapshot import Snapshot
+
 __all__ = ["add_init", "add_snapshots", "add_check", "cmd_init", "cmd_snapshots", "cmd_check"]
+
+# the engine is imported when a command runs (see common.open_repository)
+_CHECK = "desktop_agent.engine.check"
 
 
 # ------------------------------------------------------------------- init
@@ -44,6 +47,9 @@ def add_init(sub: Subparsers) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Create the configured repository; without a password, make one up or ask for one."""
+    from desktop_agent.engine.repository import Repository  # noqa: PLC0415 - see above
+    from desktop_agent.engine.storage import storage_for  # noqa: PLC0415
+
     config = load_config(args)
     storage = storage_for(config)
     password = read_password(config)
@@ -110,6 +116,8 @@ def _show_snapshots(snaps: list[Snapshot], *, as_json: bool) -> int:
 # ------------------------------------------------------------------ check
 def _subset(text: str) -> tuple[int, int] | float:
     try:
+        from desktop_agent.engine.check import parse_subset  # noqa: PLC0415 - see above
+
         return parse_subset(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
@@ -134,7 +142,9 @@ def add_check(sub: Subparsers) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Verify the repository under a shared lock; exit 1 when anything is wrong."""
-    repo = open_repository(load_config(args))
+    repo = open_repository(load_config(args), imports=[_CHECK])
+    from desktop_agent.engine.check import check  # noqa: PLC0415 - loaded above
+
     line = ProgressLine("check")
     with reading(repo):
         try:

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from desktop_agent.engine.restore import DEFAULT_MAX_TREE_REPEATS, RestoreOptions, restore
+from desktop_agent.engine.limits import DEFAULT_MAX_TREE_REPEATS
 from desktop_agent.termtext import ProgressLine, clean, human_bytes, human_duration
 
 from .common import (
@@ -26,6 +26,9 @@ from .common import (
 )
 
 __all__ = ["add_restore", "cmd_restore"]
+
+# imported while the repository's key is derived (see common.open_repository)
+_ENGINE = "desktop_agent.engine.restore"
 
 
 def _positive_count(text: str) -> int:
@@ -67,7 +70,9 @@ def add_restore(sub: Subparsers) -> None:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Restore under a shared lock; exit 1 when any file could not be restored."""
-    repo = open_repository(load_config(args))
+    repo = open_repository(load_config(args), imports=[_ENGINE])
+    from desktop_agent.engine.restore import RestoreOptions, restore  # noqa: PLC0415 - loaded above
+
     snap = repo.find_snapshot(args.snapshot)
     warn_damaged(repo)  # `latest` is the newest readable one
     line = ProgressLine("restore")

@@ -13,17 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from desktop_agent.engine.forget import (
-    Duration,
-    ForgetGroup,
-    ForgetResult,
-    KeepPolicy,
-    forget,
-    parse_duration,
-)
-from desktop_agent.engine.repository import Repository
-from desktop_agent.engine.snapshot import Snapshot
 from desktop_agent.termtext import ProgressLine, clean
 
 from .common import (
@@ -40,7 +31,15 @@ from .common import (
     warn_damaged,
 )
 
+if TYPE_CHECKING:
+    from desktop_agent.engine.forget import Duration, ForgetGroup, ForgetResult, KeepPolicy
+    from desktop_agent.engine.repository import Repository
+    from desktop_agent.engine.snapshot import Snapshot
+
 __all__ = ["add_forget", "add_prune", "cmd_forget", "cmd_prune"]
+
+# the engine is imported when a command runs, not for every command's parser
+# (see common.open_repository)
 
 _KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _KEEP_SPANS = (
@@ -72,6 +71,8 @@ def _keep_count(text: str) -> int:
 
 
 def _keep_duration(text: str) -> str:
+    from desktop_agent.engine.forget import parse_duration  # noqa: PLC0415 - see above
+
     try:
         parse_duration(text)
     except ValueError as exc:
@@ -136,6 +137,8 @@ def add_forget(sub: Subparsers) -> None:
 
 
 def _keep_policy(args: argparse.Namespace) -> KeepPolicy:
+    from desktop_agent.engine.forget import KeepPolicy, parse_duration  # noqa: PLC0415
+
     def span(text: str | None) -> Duration | None:
         return None if text is None else parse_duration(text)
 
@@ -167,6 +170,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     repo = open_repository(config)
+    from desktop_agent.engine.forget import forget  # noqa: PLC0415 - see above
+
     result = forget(repo, policy, dry_run=args.dry_run)
     warn_damaged(repo)
     if args.json:
@@ -261,7 +266,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _prune(repo: Repository, *, as_json: bool) -> int:
-    from desktop_agent.engine.prune import prune
+    from desktop_agent.engine.prune import prune  # noqa: PLC0415 - see above
 
     line = ProgressLine("prune")
     try:

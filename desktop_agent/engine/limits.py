@@ -33,6 +33,7 @@ __all__ = [
     "MAX_PACK_FILE",
     "MAX_BLOB_STORED",
     "MAX_PACK_OFFSET",
+    "DEFAULT_MAX_TREE_REPEATS",
     "decompress_bounded",
     "loads_json",
 ]
@@ -43,6 +44,9 @@ MAX_BLOB_PLAINTEXT = {BlobType.DATA: 32 * MiB, BlobType.TREE: 256 * MiB}
 # a stored (encrypted, maybe compressed) blob is never larger than its plaintext + 32
 MAX_BLOB_STORED = 256 * MiB + 64
 MAX_UNPACKED = 64 * MiB  # decompressed index, snapshot and lock files
+# a non-empty tree reached this many times in one restore is an error where it
+# is reached once more (see restorewalk; here for the command line's parser)
+DEFAULT_MAX_TREE_REPEATS = 1_000
 MAX_KEY_FILE = 64 * 1024
 MAX_PACK_FILE = 512 * MiB
 # offsets in index entries: packs are far smaller, and pread must not overflow

@@ -49,12 +49,12 @@ from .polynomial import random_polynomial
 from .snapshot import Snapshot
 from .storage import FileType, LocalStorage, Storage
 from .tree import Node, decode_tree
+from .unlock import MAX_KEYS_TRIED, Unlocked, unlock
 
 __all__ = ["RepoConfig", "Repository", "hostname", "username", "MAX_KEYS_TRIED"]
 
 MIN_VERSION = 1
 MAX_VERSION = 2
-MAX_KEYS_TRIED = 20
 # the index cache is rewritten once this many index files were read on top of it
 INDEX_CACHE_MAX_UNCOVERED = 16
 
@@ -198,37 +198,16 @@ class Repository:
     @classmethod
     def open(cls, storage: Storage, password: str) -> Repository:
         """Open an existing repository with a password."""
-        if not storage.exists():
-            raise RepositoryNotFound(
-                f"there is no repository at {storage.location} "
-                "(create one with `desktop-agent init`)"
-            )
+        return cls.from_unlocked(storage, unlock(storage, password))
+
+    @classmethod
+    def from_unlocked(cls, storage: Storage, unlocked: Unlocked) -> Repository:
+        """Open a repository :func:`~.unlock.unlock` has found the key of."""
         try:
-            raw_config = storage.load(FileType.CONFIG, "", max_size=MAX_KEY_FILE)
-        except NotFound:
-            raise RepositoryNotFound(f"there is no repository at {storage.location}") from None
-        key_names = sorted(name for name, _ in storage.list(FileType.KEY))
-        if not key_names:
-            raise IntegrityError(f"the repository at {storage.location} has no key files")
-        master: crypto.Key | None = None
-        used = ""
-        for name in key_names[:MAX_KEYS_TRIED]:
-            try:
-                raw_key = storage.load(FileType.KEY, name, max_size=MAX_KEY_FILE)
-                master = crypto.open_key_file(raw_key, password)
-                used = name
-                break
-            except WrongPassword:
-                continue
-            except (IntegrityError, UnsupportedRepository):
-                continue  # a damaged key file must not hide a good one
-        if master is None:
-            raise WrongPassword(f"wrong password for the repository at {storage.location}")
-        try:
-            config = RepoConfig.from_bytes(crypto.decrypt(master, raw_config))
+            config = RepoConfig.from_bytes(crypto.decrypt(unlocked.master, unlocked.raw_config))
         except IntegrityError as exc:
             raise IntegrityError(f"repository config cannot be read: {exc}") from None
-        return cls(storage, master, config, used)
+        return cls(storage, unlocked.master, config, unlocked.key_name)
 
     @classmethod
     def open_with_key(cls, storage: Storage, key: crypto.Key) -> Repository:

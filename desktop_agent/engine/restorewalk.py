@@ -23,7 +23,7 @@ from .control import Control
 from .errors import EngineError
 from .gocompat import go_unquote_name
 from .ids import BlobId, BlobType, parse_id
-from .limits import loads_json
+from .limits import DEFAULT_MAX_TREE_REPEATS, loads_json
 from .progress import ProgressState
 from .repository import Repository
 from .snapshot import Snapshot
@@ -41,7 +41,6 @@ __all__ = [
     "walk_snapshot",
 ]
 
-DEFAULT_MAX_TREE_REPEATS = 1_000
 MAX_HARDLINKS = 100_000  # hard link groups remembered; beyond, files are restored as copies
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import os
+import subprocess
+import sys
+import threading
 
 from clisupport import ENV, one_line_error
-from support import PASSWORD
+from support import PASSWORD, write_config
 
+from desktop_agent.cli import common
+from desktop_agent.config import load_or_create
 from desktop_agent.engine import crypto
+from desktop_agent.engine import unlock as unlock_mod
 from desktop_agent.engine.repository import RepoConfig, Repository
 from desktop_agent.engine.storage import FileType, LocalStorage
 
@@ -42,3 +50,47 @@ def test_newer_repository_version_is_refused(tmp_path, cli, setup):
     storage.save(FileType.CONFIG, "", [crypto.encrypt(repo.key, newer.to_bytes())])
     proc = cli("--config", str(cfg), "backup", env=ENV)
     one_line_error(proc, "version 3", "not supported")
+
+
+# ------------------------------------------- the key derived beside the imports
+def test_the_command_line_starts_without_the_engine():
+    """Parsing and the configuration need no engine: it is imported while the
+    key is derived (see open_repository)."""
+    code = (
+        "import sys, desktop_agent.cli.entry as e; e.build_parser(); "
+        "print(sorted(m for m in sys.modules if m.startswith('desktop_agent.engine.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = set(ast.literal_eval(out))
+    for heavy in ("repository", "backup", "restore", "check", "forget", "prune", "index"):
+        assert f"desktop_agent.engine.{heavy}" not in loaded
+
+
+def test_the_key_is_derived_on_a_thread_while_the_engine_is_imported(
+    tmp_path, new_repo, monkeypatch
+):
+    repo = new_repo(tmp_path / "repo")
+    cfg = write_config(tmp_path / "config.toml", repo=tmp_path / "repo", sources=[tmp_path])
+    monkeypatch.setenv("DESKTOP_AGENT_PASSWORD", PASSWORD)
+    config = load_or_create(cfg)
+    seen: list[tuple[str, bool]] = []
+    real_unlock = unlock_mod.unlock
+    real_import = importlib.import_module
+
+    def unlock(storage, password):
+        result = real_unlock(storage, password)
+        seen.append(("unlock", threading.current_thread() is threading.main_thread()))
+        return result
+
+    def import_module(name, *args):
+        seen.append((name, threading.current_thread() is threading.main_thread()))
+        return real_import(name, *args)
+
+    monkeypatch.setattr(unlock_mod, "unlock", unlock)
+    monkeypatch.setattr(common.importlib, "import_module", import_module)
+    opened = common.open_repository(config, imports=["desktop_agent.engine.backup"])
+    assert opened.config.id == repo.config.id
+    assert ("unlock", False) in seen  # not on the main thread
+    assert ("desktop_agent.engine.backup", True) in seen
