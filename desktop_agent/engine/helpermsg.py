@@ -38,6 +38,7 @@ __all__ = [
     "ReadFailed",
     "FileResult",
     "Stored",
+    "StoredTuple",
     "HelperResult",
     "SealedPack",
     "Init",
@@ -78,7 +79,14 @@ FileResult = FileRead | Vanished | ReadFailed
 
 
 class Stored(NamedTuple):
-    """A small file a helper sealed: its blob is in the helper's open pack."""
+    """A small file a helper sealed: its blob is in the helper's open pack.
+
+    These fields travel as a plain tuple (:data:`StoredTuple`), in this
+    order: it is the answer for nearly every file, and a plain tuple
+    pickles and unpickles in 0.23 us, this class in 1.1 us (and takes 0.2 us
+    more to make). The backup tells it from the other results by its type,
+    ``tuple``.
+    """
 
     blob_id: bytes | None  # None: the file is empty
     size: int
@@ -87,7 +95,8 @@ class Stored(NamedTuple):
     stored: int  # encrypted bytes the blob added to the pack (0: a duplicate)
 
 
-HelperResult = Stored | FileRead | Vanished | ReadFailed
+StoredTuple = tuple[bytes | None, int, bool, int, int]  # a Stored's fields, as sent
+HelperResult = StoredTuple | FileRead | Vanished | ReadFailed
 
 
 class SealedPack(NamedTuple):

@@ -14,8 +14,9 @@ Everything here runs on the walker thread.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
-from .helpermsg import BatchDone, Failed, FileResult, Stored
+from .helpermsg import BatchDone, Failed, FileResult, StoredTuple
 from .ids import BlobId, BlobType
 from .pack import FinishedPack
 from .pipeline import BackupStats, FileJob, Notices
@@ -176,8 +177,8 @@ class HelperPool:
         provisional = self.provisional[helper]
         stats = self.stats
         for job, res in zip(jobs, done.results, strict=True):
-            if type(res) is Stored:
-                blob_id, size, changed, mtime, stored = res
+            if type(res) is tuple:  # a Stored (helpermsg), sent as a plain tuple
+                blob_id, size, changed, mtime, stored = cast(StoredTuple, res)
                 job.size = size
                 job.changed = changed
                 if changed:
@@ -190,9 +191,8 @@ class HelperPool:
                 files += 1
                 new += stored
                 continue
-            assert not isinstance(res, Stored)
             job.pending = False
-            data = self.apply_read(job, res)
+            data = self.apply_read(job, cast(FileResult, res))
             if data is not None:  # only if it shrank back below the limit: store it here
                 r = self.writer.save(BlobType.DATA, data)
                 if r.new:

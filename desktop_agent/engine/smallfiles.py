@@ -50,7 +50,6 @@ from .helpermsg import (
     SealBatch,
     SealedPack,
     Stop,
-    Stored,
     ToHelper,
 )
 from .ids import BlobId, BlobType
@@ -184,11 +183,11 @@ def _seal(
             continue
         data, changed, mtime = res
         if not data:
-            results.append(Stored(None, 0, changed, mtime, 0))
+            results.append((None, 0, changed, mtime, 0))  # a Stored, as sent
             continue
         blob_id = crypto.sha256(data)
         if blob_id in seen:
-            results.append(Stored(blob_id, len(data), changed, mtime, 0))
+            results.append((blob_id, len(data), changed, mtime, 0))
             continue
         seen.add(blob_id)
         payload, ulen = data, 0
@@ -206,7 +205,7 @@ def _seal(
             [(BlobType.DATA, BlobId(n[1]), blob, n[2]) for n, blob in zip(new, sealed, strict=True)]
         )
         for (i, blob_id, _ulen, size, changed, mtime), blob in zip(new, sealed, strict=True):
-            results[i] = Stored(blob_id, size, changed, mtime, len(blob))
+            results[i] = (blob_id, size, changed, mtime, len(blob))
         # small packs are fine: the parent keeps every file of an unfinished
         # pack in memory until the pack is done, so bound it by blob count too
         if builder.size >= pack_size or len(builder) >= MAX_PACK_BLOBS:

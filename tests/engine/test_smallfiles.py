@@ -108,8 +108,8 @@ MESSAGES = [
     BatchDone(
         7,
         [
-            Stored(b"\x02" * 32, 100, False, 5, 132),
-            Stored(None, 0, True, 6, 0),
+            (b"\x02" * 32, 100, False, 5, 132),  # a Stored, as sent: a plain tuple
+            (None, 0, True, 6, 0),
             VANISHED,
             ReadFailed("Permission denied"),
             FileRead(b"grew" * 100, True, 9),
@@ -203,12 +203,14 @@ def test_a_helper_seals_a_batch_into_a_pack_of_its_own(tmp_path, transport) -> N
         helpers.send(0, 1, paths)
         ((i, done),) = helpers.receive(None)
         assert i == 0 and type(done) is BatchDone and done.batch_id == 1 and done.packs == []
-        a, b, same, k, empty, large, missing = done.results
-        assert type(a) is Stored and a.blob_id == crypto.sha256(files["a.txt"]) and a.stored > 0
-        assert type(b) is Stored and b.size == 6 and b.stored > 0
-        assert type(same) is Stored and same.blob_id == a.blob_id
+        *sealed, large, missing = done.results
+        assert all(type(r) is tuple for r in sealed)  # Stored fields, sent as plain tuples
+        a, b, same, k, empty = (Stored(*r) for r in sealed)
+        assert a.blob_id == crypto.sha256(files["a.txt"]) and a.stored > 0
+        assert b.size == 6 and b.stored > 0
+        assert same.blob_id == a.blob_id
         assert same.stored == 0  # the duplicate is sealed once
-        assert type(k) is Stored and k.stored == 0  # known to the repository
+        assert k.stored == 0  # known to the repository
         assert empty == Stored(None, 0, False, empty.mtime, 0)
         assert type(large) is FileRead and large.data == files["large.bin"]  # for the parent
         assert isinstance(missing, Vanished)
