@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from itertools import accumulate
 
 __all__ = ["BUCKETS", "ID_SIZE", "IdSet", "bucket_of", "bucket_starts", "find_record"]
@@ -91,6 +92,14 @@ class IdSet:
     def add(self, blob_id: bytes) -> None:
         """Remember one more id."""
         self._added.add(blob_id)
+
+    def functions(self) -> tuple[Callable[[bytes], bool], Callable[[bytes], None]]:
+        """``(contains, add)`` for a loop over 32-byte ids: with no ids given
+        at the start (a first backup's helpers), the added ids' set's own
+        methods (0.05 instead of 0.5 us a lookup)."""
+        if self._ids:
+            return self.__contains__, self.add
+        return self._added.__contains__, self._added.add
 
     def __len__(self) -> int:
         return len(self._ids) // ID_SIZE + len(self._added)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import hashlib
 import hmac
 import os
 import socket
@@ -174,6 +175,8 @@ def _seal(
 ) -> tuple[list[HelperResult], list[SealedPack]]:
     results: list[HelperResult] = []
     payloads: list[bytes] = []
+    known, remember = seen.functions()
+    sha256 = hashlib.sha256
     # result index, blob id, ulen, size, changed, mtime of each blob to seal
     new: list[tuple[int, bytes, int, int, bool, int]] = []
     for path in paths:
@@ -185,11 +188,11 @@ def _seal(
         if not data:
             results.append((None, 0, changed, mtime, 0))  # a Stored, as sent
             continue
-        blob_id = crypto.sha256(data)
-        if blob_id in seen:
+        blob_id = sha256(data).digest()
+        if known(blob_id):
             results.append((blob_id, len(data), changed, mtime, 0))
             continue
-        seen.add(blob_id)
+        remember(blob_id)
         payload, ulen = data, 0
         if zstd is not None:
             packed = zstd.compress(data)

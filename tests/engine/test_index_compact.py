@@ -243,6 +243,15 @@ def test_id_bytes_feed_an_id_set():
     known.add(fresh)
     assert fresh in known
     assert b"\x00" * 32 not in IdSet(b"")
+    # the functions for a loop answer as the set does, with or without ids
+    for ids in (known, IdSet(b"")):
+        contains, add = ids.functions()
+        other = rng.randbytes(32)
+        assert not contains(other)
+        add(other)
+        assert contains(other) and other in ids
+    contains, _add = known.functions()
+    assert all(contains(b.id) for b in blobs)
 
 
 # ------------------------------------------------------------ repositories
