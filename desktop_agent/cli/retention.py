@@ -40,6 +40,7 @@ __all__ = ["add_forget", "add_prune", "cmd_forget", "cmd_prune"]
 
 # the engine is imported when a command runs, not for every command's parser
 # (see common.open_repository)
+_PRUNE = "desktop_agent.engine.prune"
 
 _KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _KEEP_SPANS = (
@@ -169,7 +170,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    repo = open_repository(config)
+    repo = open_repository(config, imports=[_PRUNE] if args.prune else [])
     from desktop_agent.engine.forget import forget  # noqa: PLC0415 - see above
 
     result = forget(repo, policy, dry_run=args.dry_run)
@@ -262,7 +263,7 @@ def add_prune(sub: Subparsers) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Prune the configured repository."""
-    return _prune(open_repository(load_config(args)), as_json=args.json)
+    return _prune(open_repository(load_config(args), imports=[_PRUNE]), as_json=args.json)
 
 
 def _prune(repo: Repository, *, as_json: bool) -> int:
