@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import threading
 
-from support import write
+import pytest
+from support import PASSWORD, write
 
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.memory import FEWER_GC_PASSES, fewer_gc_passes
@@ -54,3 +58,62 @@ def test_overlapping_users_leave_the_thresholds_as_the_first_found_them():
     t.join()
     assert during[0][0] == FEWER_GC_PASSES[0]
     assert gc.get_threshold() == before
+
+
+# ------------------------------------------------------ steady buffers
+_FAULTS = """
+import os, resource, sys
+from desktop_agent.engine import backup as backup_mod, memory
+from desktop_agent.engine.backup import BackupOptions, backup
+from desktop_agent.engine.repository import Repository
+from desktop_agent.engine.storage import LocalStorage
+if sys.argv[3] == "plain":  # as before steady_buffers existed
+    from contextlib import nullcontext
+    backup_mod.steady_buffers = nullcontext
+repo = Repository.open(LocalStorage(sys.argv[1]), sys.argv[4])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+backup(repo, BackupOptions(sources=[sys.argv[2]], helpers=0))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_backup_keeps_its_buffers_instead_of_faulting_them_in_again(tmp_path, new_repo):
+    """Large files' chunks pass through buffers of a few MiB: while a backup
+    runs they stay with the process (page faults are counted: no timing)."""
+    src = tmp_path / "src"
+    for i in range(4):
+        write(src / f"big{i}.bin", os.urandom(24 << 20))
+    faults = {}
+    for mode in ("plain", "steady"):
+        where = tmp_path / f"repo-{mode}"
+        new_repo(where)
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS, str(where), str(src), mode, PASSWORD],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        faults[mode] = int(out.split()[-1])
+    assert faults["steady"] < 0.6 * faults["plain"], faults
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_steady_buffers_nest_and_give_the_memory_back():
+    code = (
+        "import resource\n"
+        "from desktop_agent.engine.memory import steady_buffers\n"
+        "def rss():\n"
+        "    return int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()\n"
+        "with steady_buffers():\n"
+        "    with steady_buffers():\n"
+        "        for _ in range(20):\n"
+        "            b = bytearray(8 << 20); del b\n"
+        "    kept = rss()\n"
+        "left = rss()\n"
+        "print(kept, left)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    kept, left = map(int, out.stdout.split())
+    # inside: the last buffers' memory is kept; outside: it is given back
+    assert kept - left >= 4 << 20, (kept, left)
