@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from desktop_agent.config import user_cache_dir
+from desktop_agent.engine.memory import steady_buffers
 from desktop_agent.termtext import ProgressLine, clean, human_bytes, human_duration
 
 from .common import (
@@ -77,7 +78,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     try:
-        result = backup(repo, opts, progress=report if want_progress else None)
+        with steady_buffers():  # this process's malloc policy: see engine.memory
+            result = backup(repo, opts, progress=report if want_progress else None)
     finally:
         line.done()
     _print_backup(result, time.monotonic() - started, as_json=args.json)

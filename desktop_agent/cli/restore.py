@@ -13,6 +13,7 @@ import sys
 import time
 
 from desktop_agent.engine.limits import DEFAULT_MAX_TREE_REPEATS
+from desktop_agent.engine.memory import steady_buffers
 from desktop_agent.termtext import ProgressLine, clean, human_bytes, human_duration
 
 from .common import (
@@ -77,7 +78,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     warn_damaged(repo)  # `latest` is the newest readable one
     line = ProgressLine("restore")
     started = time.monotonic()
-    with reading(repo):
+    with reading(repo), steady_buffers():  # this process's malloc policy: see engine.memory
         try:
             result = restore(
                 repo,

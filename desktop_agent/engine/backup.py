@@ -45,7 +45,7 @@ from .gocompat import format_time
 from .ids import BlobId, SnapshotId
 from .journal import ChangeJournal, JournalRun
 from .lock import Lock
-from .memory import fewer_gc_passes, limit_malloc_arenas, steady_buffers
+from .memory import fewer_gc_passes, limit_malloc_arenas
 from .pipeline import BackupStats, DirJob, Notices, SkippedPath
 from .progress import ProgressState, Reporter
 from .repository import Repository, hostname, username
@@ -279,7 +279,7 @@ def backup(
     host = options.host or hostname()
     # the compact index is kept beside the directory cache: a warm load reads one file
     repo.index_cache_dir = repo.index_cache_dir or options.cache_dir
-    with Lock(repo, exclusive=False) as lock, fewer_gc_passes(), steady_buffers():
+    with Lock(repo, exclusive=False) as lock, fewer_gc_passes():
         remove_stale_spool(repo)
         # the index is loaded on first need: a run where nothing changed never needs it
         parent: Snapshot | None

@@ -73,8 +73,10 @@ def limit_malloc_arenas(count: int = 2) -> None:
 # steady_buffers() holds, buffers up to 32 MiB come from the heap and up to
 # 64 MiB of it stays with the process between them: 32,000 and 22,000
 # faults, a second less of system time and 6-8% less wall time on this
-# machine, for 3 MB more at the peak. On leaving, glibc's defaults are put
-# back and the free memory returned (a long-running agent keeps none).
+# machine, for 3-7 MB more at the peak. On leaving, glibc's defaults are put
+# back and the free memory returned. The command line's backup and restore
+# use it; the agent does not: a fixed threshold afterwards would replace
+# glibc's adaptive one for the rest of a long-lived process.
 _STEADY_MMAP = 32 << 20  # glibc's largest allowed threshold on 64-bit systems
 _STEADY_TRIM = 64 << 20
 _DEFAULT_MMAP = _DEFAULT_TRIM = 128 << 10

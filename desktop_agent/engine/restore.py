@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from .control import Control
 from .errors import EngineError, NotFound
 from .ids import BlobId, BlobType
-from .memory import limit_malloc_arenas, steady_buffers
+from .memory import limit_malloc_arenas
 from .progress import ProgressState, Reporter
 from .repository import Repository
 from .restorefill import Batch, Filler, LinkSource, PlannedFile, reason
@@ -423,18 +423,6 @@ def restore(
 ) -> RestoreResult:
     """Restore ``snap`` into ``options.target``; per-entry problems are listed, not raised."""
     limit_malloc_arenas()
-    with steady_buffers():
-        return _restore(repo, snap, options, progress, control, progress_interval)
-
-
-def _restore(
-    repo: Repository,
-    snap: Snapshot,
-    options: RestoreOptions,
-    progress: Reporter | None,
-    control: Control | None,
-    progress_interval: float,
-) -> RestoreResult:
     control = control or Control()
     state = ProgressState(progress, progress_interval)
     repo.ensure_index()

@@ -6,11 +6,16 @@ import json
 import os
 import pwd
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from clisupport import ENV, FORGED, no_traceback, one_line_error, safe_lines
-from support import write, write_config
+from support import PASSWORD, write, write_config
+
+from desktop_agent.cli import backup as cli_backup
+from desktop_agent.cli import entry
+from desktop_agent.cli import restore as cli_restore
 
 
 def test_missing_source_is_listed_and_exit_3(tmp_path, cli, setup):
@@ -94,3 +99,33 @@ def test_backup_reports_hostile_local_names_escaped(hostile, raw_cli, tmp_path):
     assert failed.returncode == 1
     (error,) = safe_lines(failed.stderr)
     assert error.startswith("desktop-agent: error: ") and gone_shown in error
+
+
+def test_backup_and_restore_keep_their_buffers(tmp_path, new_repo, monkeypatch, capsys):
+    """The command line (not the engine, which the agent shares) runs the
+    backup and the restore inside engine.memory.steady_buffers."""
+    src = tmp_path / "src"
+    write(src / "a.bin", os.urandom(5000))
+    new_repo(tmp_path / "repo")
+    cfg = write_config(tmp_path / "config.toml", repo=tmp_path / "repo", sources=[src])
+    monkeypatch.setenv("DESKTOP_AGENT_PASSWORD", PASSWORD)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / "cache"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / "state"))
+    inside: list[str] = []
+
+    def recording(name):
+        @contextmanager
+        def steady():
+            inside.append(name)
+            yield
+
+        return steady
+
+    monkeypatch.setattr(cli_backup, "steady_buffers", recording("backup"))
+    monkeypatch.setattr(cli_restore, "steady_buffers", recording("restore"))
+    assert entry.main(["--config", str(cfg), "backup"]) == 0
+    target = tmp_path / "restored"
+    assert entry.main(["--config", str(cfg), "restore", "latest", "--target", str(target)]) == 0
+    assert inside == ["backup", "restore"]
+    capsys.readouterr()

@@ -62,25 +62,24 @@ def test_overlapping_users_leave_the_thresholds_as_the_first_found_them():
 
 # ------------------------------------------------------ steady buffers
 _FAULTS = """
-import os, resource, sys
-from desktop_agent.engine import backup as backup_mod, memory
+import contextlib, resource, sys
 from desktop_agent.engine.backup import BackupOptions, backup
+from desktop_agent.engine.memory import steady_buffers
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.storage import LocalStorage
-if sys.argv[3] == "plain":  # as before steady_buffers existed
-    from contextlib import nullcontext
-    backup_mod.steady_buffers = nullcontext
 repo = Repository.open(LocalStorage(sys.argv[1]), sys.argv[4])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-backup(repo, BackupOptions(sources=[sys.argv[2]], helpers=0))
+with steady_buffers() if sys.argv[3] == "steady" else contextlib.nullcontext():
+    backup(repo, BackupOptions(sources=[sys.argv[2]], helpers=0))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_a_backup_keeps_its_buffers_instead_of_faulting_them_in_again(tmp_path, new_repo):
-    """Large files' chunks pass through buffers of a few MiB: while a backup
-    runs they stay with the process (page faults are counted: no timing)."""
+    """Large files' chunks pass through buffers of a few MiB: in steady_buffers
+    (the command line's backup) they stay with the process (page faults are
+    counted: no timing)."""
     src = tmp_path / "src"
     for i in range(4):
         write(src / f"big{i}.bin", os.urandom(24 << 20))
