@@ -124,8 +124,10 @@ def test_backup_and_restore_keep_their_buffers(tmp_path, new_repo, monkeypatch, 
 
     monkeypatch.setattr(cli_backup, "steady_buffers", recording("backup"))
     monkeypatch.setattr(cli_restore, "steady_buffers", recording("restore"))
-    assert entry.main(["--config", str(cfg), "backup"]) == 0
-    target = tmp_path / "restored"
-    assert entry.main(["--config", str(cfg), "restore", "latest", "--target", str(target)]) == 0
+    # the commands themselves (main would also set up this process's logging)
+    parser = entry.build_parser()
+    for argv in (["backup"], ["restore", "latest", "--target", str(tmp_path / "restored")]):
+        args = parser.parse_args(["--config", str(cfg), *argv])
+        assert args.run(args) == 0
     assert inside == ["backup", "restore"]
     capsys.readouterr()
