@@ -245,7 +245,10 @@ class _Table:
         return self.overlay.get(blob_id)
 
     def has(self, blob_id: bytes) -> bool:
-        return find_record(self.recs, self.starts, blob_id, REC) >= 0 or blob_id in self.overlay
+        # the overlay first, and no search of a table still empty (a first backup)
+        return blob_id in self.overlay or (
+            bool(self.recs) and find_record(self.recs, self.starts, blob_id, REC) >= 0
+        )
 
 
 def _records(idb: bytes, pack_nos: array[int], offs: Any, lens: Any, ulens: Any) -> bytes:
@@ -427,15 +430,8 @@ class MasterIndex:
             tables = self._tables
             for b in blobs:
                 table = tables[b.type]
-                blob_id = b.id
-                # table.has() inlined (a backup adds every new blob here), and
-                # no search in a table that is still empty (a first backup)
-                if (
-                    len(blob_id) == ID_SIZE
-                    and blob_id not in table.overlay
-                    and (not table.recs or find_record(table.recs, table.starts, blob_id, REC) < 0)
-                ):
-                    table.overlay[blob_id] = (pack_no, b.offset, b.length, b.uncompressed_length)
+                if len(b.id) == ID_SIZE and not table.has(b.id):
+                    table.overlay[b.id] = (pack_no, b.offset, b.length, b.uncompressed_length)
             for blob_type in BlobType:
                 table = self._tables[blob_type]
                 if len(table.overlay) > max(_OVERLAY_MIN, len(table.recs) // REC >> 4):

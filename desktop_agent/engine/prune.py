@@ -25,14 +25,14 @@ import time
 from dataclasses import dataclass, field
 
 from .control import Control
-from .errors import EngineError, IntegrityError
+from .errors import EngineError, IntegrityError, describe_oserror
 from .ids import BlobId, BlobType, PackId
 from .index import MAX_BLOBS_PER_FILE, MasterIndex, index_bytes
 from .lock import Lock
 from .pack import PackBuilder, PackedBlob
 from .progress import ProgressState, Reporter
 from .repository import Repository
-from .storage import FileType, describe_oserror
+from .storage import FileType
 from .writer import PACK_SIZE, remove_stale_spool
 
 __all__ = ["prune", "PruneResult", "PrunePlan", "plan_prune"]

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import zstandard
 
 from . import crypto
-from .errors import EngineError, StorageError
+from .errors import EngineError, StorageError, describe_oserror
 from .ids import BlobId, BlobType, PackId
 from .index import MAX_BLOBS_PER_FILE, index_bytes
 from .pack import BLOB_ZSTD_LEVEL, SMALL_BLOB_ZSTD_LEVEL, FinishedPack, PackBuilder, PackedBlob
 from .repository import Repository, hostname
-from .storage import FileType, describe_oserror
+from .storage import FileType
 
 __all__ = ["BlobWriter", "SaveResult", "PACK_SIZE", "remove_stale_spool"]
 

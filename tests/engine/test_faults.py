@@ -20,14 +20,13 @@ from desktop_agent.engine import crypto
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.check import check
 from desktop_agent.engine.chunker import Chunker
-from desktop_agent.engine.errors import EngineError, NotFound, StorageError
+from desktop_agent.engine.errors import EngineError, NotFound, StorageError, describe_oserror
 from desktop_agent.engine.ids import BlobType
 from desktop_agent.engine.progress import Progress
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.restore import RestoreOptions, restore
 from desktop_agent.engine.storage import FileType, LocalStorage, MemoryStorage, Storage
 from desktop_agent.engine.storage.faults import FaultyStorage
-from desktop_agent.engine.storage.local import describe_oserror
 from desktop_agent.engine.writer import BlobWriter
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

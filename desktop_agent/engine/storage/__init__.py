@@ -22,7 +22,7 @@ from desktop_agent.config.secrets import (
 
 from .base import FileType, Storage, is_storage_id
 from .cache import CachingStorage
-from .local import LocalStorage, describe_oserror, gone_message
+from .local import LocalStorage, gone_message
 from .memory import MemoryStorage
 from .retry import AuthError, NetworkError, RetryPolicy
 
@@ -36,7 +36,6 @@ __all__ = [
     "RetryPolicy",
     "Storage",
     "cache_dir_for",
-    "describe_oserror",
     "gone_message",
     "is_storage_id",
     "open_storage",

@@ -31,8 +31,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, NoReturn, TypeVar, overload
 
+from ..errors import describe_oserror
 from .base import Buffer, FileType, Storage
-from .local import LocalStorage, describe_oserror
+from .local import LocalStorage
 
 __all__ = ["Fault", "FaultyStorage", "Op"]
 

@@ -18,7 +18,7 @@ from desktop_agent.config.atomicfile import fsync_dir, fsync_fd, replace_file, w
 from ..errors import NotFound, StorageError, describe_oserror
 from .base import Buffer, FileType, is_storage_id, too_large
 
-__all__ = ["LocalStorage", "durable_write", "describe_oserror", "gone_message"]
+__all__ = ["LocalStorage", "durable_write", "gone_message"]
 
 _DIRS = [t.value for t in FileType if t is not FileType.CONFIG] + ["tmp"]
 

@@ -39,9 +39,8 @@ import httpx
 
 from desktop_agent.config.location import Location
 
-from ..errors import NotFound, StorageError
+from ..errors import NotFound, StorageError, describe_oserror
 from .base import Buffer, FileType, is_storage_id, too_large
-from .local import describe_oserror
 from .retry import AuthError, Permanent, Retrier, RetryPolicy, Transient
 from .spool import discard_spooled, make_spool_dir
 

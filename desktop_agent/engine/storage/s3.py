@@ -81,9 +81,8 @@ from obstore.store import S3Store
 
 from desktop_agent.config.location import Location
 
-from ..errors import NotFound, StorageError
+from ..errors import NotFound, StorageError, describe_oserror
 from .base import Buffer, FileType, is_storage_id, too_large
-from .local import describe_oserror
 from .retry import AuthError, Permanent, Retrier, RetryPolicy, Transient
 from .spool import discard_spooled, make_spool_dir
 

@@ -45,9 +45,8 @@ from typing import Any, TypeVar
 
 from desktop_agent.config.location import Location
 
-from ..errors import IntegrityError, NotFound, StorageError
+from ..errors import IntegrityError, NotFound, StorageError, describe_oserror
 from .base import Buffer, FileType, is_storage_id, too_large
-from .local import describe_oserror
 from .loopthread import LoopThread
 from .retry import AuthError, Permanent, Retrier, RetryPolicy, Transient
 from .sftpsession import Progress, Session

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .local import describe_oserror
+from ..errors import describe_oserror
 
 __all__ = ["discard_spooled", "make_spool_dir"]
 
