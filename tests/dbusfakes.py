@@ -378,15 +378,19 @@ class FakeLogind(FakeService):
         with self._changed:
             return self._changed.wait_for(predicate, timeout)
 
-    def wait_for_lock(self, mode: str, *, after: int = 0, timeout: float = 5) -> Lock:
-        """The first held lock of ``mode`` among the locks taken from index ``after``."""
+    def wait_for_lock(
+        self, mode: str, *, after: int = 0, timeout: float = 5, held: bool = True
+    ) -> Lock:
+        """The first lock of ``mode`` among the locks taken from index ``after``:
+        one still held, or with ``held=False`` one taken whether or not the
+        client has already given it back."""
         found: list[Lock] = []
 
         def check() -> bool:
             found[:] = [
                 lock
                 for lock in self.locks[after:]
-                if lock.mode == mode and lock.released_at is None
+                if lock.mode == mode and (lock.released_at is None or not held)
             ]
             return bool(found)
 

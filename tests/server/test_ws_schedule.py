@@ -273,7 +273,10 @@ def test_sleep_during_a_backup_releases_the_delay_lock_only_once_it_paused(
                     # the machine sleeps, then wakes: the job resumes, the lock is taken again
                     count = len(logind.locks)
                     await asyncio.to_thread(logind.prepare_for_sleep, False)
-                    await asyncio.to_thread(logind.wait_for_lock, "delay", after=count)
+                    # taken again (the resumed backup may finish and give it back first)
+                    await asyncio.to_thread(
+                        logind.wait_for_lock, "delay", after=count, held=False
+                    )
                     while agent.controller.job(job.id).state is not JobState.COMPLETED:
                         assert agent.controller.job(job.id).state is not JobState.FAILED
                         await asyncio.sleep(0.05)
