@@ -274,9 +274,7 @@ def test_sleep_during_a_backup_releases_the_delay_lock_only_once_it_paused(
                     count = len(logind.locks)
                     await asyncio.to_thread(logind.prepare_for_sleep, False)
                     # taken again (the resumed backup may finish and give it back first)
-                    await asyncio.to_thread(
-                        logind.wait_for_lock, "delay", after=count, held=False
-                    )
+                    await asyncio.to_thread(logind.wait_for_lock, "delay", after=count, held=False)
                     while agent.controller.job(job.id).state is not JobState.COMPLETED:
                         assert agent.controller.job(job.id).state is not JobState.FAILED
                         await asyncio.sleep(0.05)
