@@ -19,6 +19,33 @@ from desktop_agent.engine.storage import LocalStorage, MemoryStorage
 RESTIC = shutil.which("restic")
 
 
+def _own_mount_namespace() -> None:
+    """As root on Linux, give this test process a private mount namespace.
+
+    Some tests mount (a full tmpfs, a loop-mounted disk); the change
+    journal takes any change of the mount table for a reason to list
+    everything. Under pytest-xdist a mount made by one worker's test made
+    another worker's journal test do a full scan where it checks that
+    none is done (seen in a full run). In a namespace of its own each
+    worker sees only its own mounts, made by its tests one at a time;
+    mounts made elsewhere do not propagate in (private propagation).
+    """
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return
+    import ctypes
+
+    clone_newns, ms_rec, ms_private = 0x00020000, 0x4000, 1 << 18
+    libc = ctypes.CDLL(None, use_errno=True)
+    # the calling thread (the main one, which runs the tests and reads
+    # /proc/self/mountinfo) moves; threads it starts later follow it
+    if libc.unshare(clone_newns) != 0:
+        return
+    libc.mount(b"none", b"/", None, ms_rec | ms_private, None)
+
+
+_own_mount_namespace()
+
+
 def need_restic() -> str:
     """restic's path; skip (fail in CI) when it is missing."""
     if RESTIC is None:

@@ -68,6 +68,8 @@ def test_the_headless_agent_dials_out_says_hello_and_takes_commands(tmp_path: Pa
                 assert record.messages[0]["type"] == "agent:hello"
                 hello = record.hello
                 assert hello["agent_id"] == ident and hello["hostname"] and hello["os"]
+                # the status follows the hello, maybe a moment after the record is made
+                await record.wait_for("agent:status")
                 assert record.messages[1]["type"] == "agent:status"
                 await server.send(ident, "backup:start", {})
                 started = await record.wait_for("backup:started")
