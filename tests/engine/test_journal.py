@@ -234,6 +234,44 @@ class Lab:
         elif kind == "symlink":
             d = self.pick(dirs)
             os.symlink(f"target{n}", d / f"link{n}")
+        elif kind == "replace_file":  # renamed over another file
+            a, b = self.pick(files), self.pick(files)
+            if a is not None and b is not None and a != b:
+                a.rename(b)
+        elif kind == "older_mtime" and files:
+            f = self.pick(files)
+            s = f.stat()
+            os.utime(f, ns=(s.st_atime_ns, s.st_mtime_ns - 10**9 * self.rng.randrange(1, 100)))
+        elif kind == "xattr" and files:
+            f = self.pick(files)
+            try:
+                os.setxattr(f, b"user.test", b"%d" % n)
+            except OSError:
+                pass  # a file system without user attributes
+        elif kind == "file_to_dir" and files:
+            f = self.pick(files)
+            f.unlink()
+            write(f / "inside.txt", b"in %d" % n)
+        elif kind == "dir_to_file" and len(dirs) > 1:
+            d = self.pick([d for d in dirs if d != self.src])
+            shutil.rmtree(d)
+            write(d, b"was a folder %d" % n)
+        elif kind == "swap_dirs":
+            a, b = self.pick(dirs), self.pick(dirs)  # dirs holds src: never empty
+            if a != self.src and b != self.src and a != b:
+                if a not in b.parents and b not in a.parents:
+                    parked = a.with_name(f"swap{n}")
+                    a.rename(parked)
+                    b.rename(a)
+                    parked.rename(b)
+        elif kind == "chmod_dir":
+            d = self.pick(dirs)
+            os.chmod(d, 0o700 if d.stat().st_mode & 0o077 else 0o755)
+        elif kind == "same_size_same_mtime" and files:  # new content, size and mtime put back
+            f = self.pick(files)
+            s = f.stat()
+            f.write_bytes(f.read_bytes()[::-1])
+            os.utime(f, ns=(s.st_atime_ns, s.st_mtime_ns))
 
 
 @pytest.fixture(params=WATCHERS)
@@ -260,6 +298,14 @@ KINDS = [
     "new_subtree",
     "chmod",
     "symlink",
+    "replace_file",
+    "older_mtime",
+    "xattr",
+    "file_to_dir",
+    "dir_to_file",
+    "swap_dirs",
+    "chmod_dir",
+    "same_size_same_mtime",
 ]
 
 
