@@ -9,6 +9,7 @@ an isolated HOME (the remote verb must not need or create a local config).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -177,6 +178,29 @@ def remote_bg(env: dict[str, str], url: str, *args: str) -> subprocess.Popen[str
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@contextlib.contextmanager
+def sigint_not_ignored() -> Iterator[None]:
+    """Children started inside get SIGINT at its default, as from a terminal.
+
+    A program started with SIGINT ignored keeps ignoring it (Python then
+    installs no KeyboardInterrupt handler, nor does asyncio.run): that is how
+    a shell without job control (a script's ``cmd &``, so a ``nohup ... &``
+    run of the suite) keeps Ctrl-C from its background jobs, and the pytest
+    processes pass the ignored SIGINT on to every child. A handler here
+    (``signal.signal``: the main thread) clears it for a child: exec resets
+    a caught signal to its default, an ignored one stays ignored.
+    """
+    old = signal.getsignal(signal.SIGINT)
+    if old != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
@@ -404,7 +428,8 @@ def test_watch_fails_when_the_agent_goes_away(agent: AgentThread, env: dict[str,
 
 
 def test_ctrl_c_ends_a_watch(agent: AgentThread, env: dict[str, str]) -> None:
-    watch = remote_bg(env, agent.url, "watch")
+    with sigint_not_ignored():  # a user's Ctrl-C, even when the suite runs in the background
+        watch = remote_bg(env, agent.url, "watch")
     agent.wait_for_clients(1)
     watch.send_signal(signal.SIGINT)
     rc, out, err = finish(watch)
