@@ -184,7 +184,9 @@ class Lab:
     def mutate(self, kind: str) -> None:
         self.counter += 1
         n = self.counter
-        files, dirs = self.files(), self.dirs()
+        files, dirs = self.files(), self.dirs()  # dirs: below src, not src itself
+        if (kind in _NEEDS_FILE and not files) or (kind in _NEEDS_DIR and not dirs):
+            return  # the random changes so far left nothing to change this way
         if kind == "write":
             f = self.pick(files)
             append(f, b"more %d" % n)
@@ -199,15 +201,17 @@ class Lab:
             d.rename(d.with_name(f"{d.name}-r{n}"))
         elif kind == "move_between":
             f = self.pick(files)
-            d = self.pick([d for d in dirs if d != f.parent])
+            d = self.pick([d for d in dirs if d != f.parent]) or self.src
             f.rename(d / f"moved{n}")
         elif kind == "move_dir_between":
             d = self.pick([d for d in dirs if d.parent != self.src])
-            target = self.pick([t for t in dirs if t != d and d not in t.parents and t != d])
-            if target is not None and target != d.parent:
+            target = self.pick([t for t in dirs if t != d and d not in t.parents])
+            if d is not None and target is not None and target != d.parent:
                 d.rename(target / f"{d.name}-m{n}")
         elif kind == "mmap":
             f = self.pick([f for f in files if f.stat().st_size > 0])
+            if f is None:
+                return
             with open(f, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as mm:
                 mm[0:1] = b"Z" if mm[0:1] != b"Z" else b"Y"
                 mm.flush()
@@ -232,46 +236,69 @@ class Lab:
             f = self.pick(files)
             os.chmod(f, 0o600 if f.stat().st_mode & 0o077 else 0o644)
         elif kind == "symlink":
-            d = self.pick(dirs)
+            d = self.pick(dirs) or self.src
             os.symlink(f"target{n}", d / f"link{n}")
         elif kind == "replace_file":  # renamed over another file
             a, b = self.pick(files), self.pick(files)
             if a is not None and b is not None and a != b:
                 a.rename(b)
-        elif kind == "older_mtime" and files:
+        elif kind == "older_mtime":
             f = self.pick(files)
             s = f.stat()
             os.utime(f, ns=(s.st_atime_ns, s.st_mtime_ns - 10**9 * self.rng.randrange(1, 100)))
-        elif kind == "xattr" and files:
+        elif kind == "xattr":
             f = self.pick(files)
             try:
                 os.setxattr(f, b"user.test", b"%d" % n)
             except OSError:
                 pass  # a file system without user attributes
-        elif kind == "file_to_dir" and files:
+        elif kind == "file_to_dir":
             f = self.pick(files)
             f.unlink()
             write(f / "inside.txt", b"in %d" % n)
-        elif kind == "dir_to_file" and len(dirs) > 1:
+        elif kind == "dir_to_file":
             d = self.pick([d for d in dirs if d != self.src])
             shutil.rmtree(d)
             write(d, b"was a folder %d" % n)
         elif kind == "swap_dirs":
-            a, b = self.pick(dirs), self.pick(dirs)  # dirs holds src: never empty
-            if a != self.src and b != self.src and a != b:
-                if a not in b.parents and b not in a.parents:
-                    parked = a.with_name(f"swap{n}")
-                    a.rename(parked)
-                    b.rename(a)
-                    parked.rename(b)
+            a, b = self.pick(dirs), self.pick(dirs)
+            if a != b and a not in b.parents and b not in a.parents:
+                parked = a.with_name(f"swap{n}")
+                a.rename(parked)
+                b.rename(a)
+                parked.rename(b)
         elif kind == "chmod_dir":
-            d = self.pick(dirs)
+            d = self.pick(dirs) or self.src
             os.chmod(d, 0o700 if d.stat().st_mode & 0o077 else 0o755)
-        elif kind == "same_size_same_mtime" and files:  # new content, size and mtime put back
+        elif kind == "same_size_same_mtime":  # new content, size and mtime put back
             f = self.pick(files)
             s = f.stat()
             f.write_bytes(f.read_bytes()[::-1])
             os.utime(f, ns=(s.st_atime_ns, s.st_mtime_ns))
+
+
+# the changes that need a file, or a folder below the source, to work on
+_NEEDS_FILE = {
+    "write",
+    "truncate",
+    "rename_file",
+    "move_between",
+    "delete",
+    "chmod",
+    "replace_file",
+    "older_mtime",
+    "xattr",
+    "file_to_dir",
+    "same_size_same_mtime",
+}
+_NEEDS_DIR = {
+    "rename_dir",
+    "move_between",
+    "move_dir_between",
+    "delete_dir",
+    "dir_to_file",
+    "swap_dirs",
+}
 
 
 @pytest.fixture(params=WATCHERS)
