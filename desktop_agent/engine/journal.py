@@ -12,8 +12,8 @@ ever *adds* work. A run is a full scan (every directory listed and compared
 by its signature, :mod:`.dircache`) whenever the journal cannot vouch for
 the time since the last backup: the first backup of an agent, a different
 set of sources or excludes, a backup that was not the last one this journal
-saw, an event queue overflow, a watch that could not be added, a mount
-table that changed, and at least once a day. Every incremental run also
+saw, an event queue overflow, a watch that could not be added, a change
+of the mounts at, above or below a source, and at least once a day. Every incremental run also
 re-lists a small random share of the directories it could have reused and
 compares them; a difference there means the journal missed something, and
 the next run is a full scan. Directories the walker marks volatile (files
@@ -55,8 +55,9 @@ class Watcher(Protocol):
     def sync(self) -> None:
         """Take in every change made so far (called as a backup starts)."""
 
-    def identity(self) -> bytes:
-        """What must stay the same between two runs (the mount table)."""
+    def identity(self, roots: Sequence[bytes]) -> bytes:
+        """What must stay the same between two runs: the mounts at, above or
+        below the sources ``roots``."""
 
     def trusted(self, device: int, path: bytes) -> bool:
         """Whether changes on this device (``path`` on it) raise events here."""
@@ -157,6 +158,7 @@ class ChangeJournal:
         self._gone: set[bytes] = set()
         self._committed: tuple[object, bytes] | None = None  # (key, snapshot id)
         self._identity = b""
+        self._roots: tuple[bytes, ...] = ()  # the sources of the runs watched
         self._last_full = float("-inf")
         self._taken: tuple[set[bytes], set[bytes]] = (set(), set())
         self._key: object = None  # the sources (and excludes) watched
@@ -244,6 +246,7 @@ class ChangeJournal:
         if self._key is not None and key != self._key:
             self._restart()  # other sources: the old ones' watches would only cost
         self._key = key
+        self._roots = tuple(roots)
         watcher = self._watcher
         mapped: set[bytes] = set()
         if watcher is not None:
@@ -296,7 +299,7 @@ class ChangeJournal:
             return self._broken
         if parent is None or self._committed != (key, parent):
             return "the last backup was not watched by this agent"
-        if self._watcher.identity() != self._identity:
+        if self._watcher.identity(self._roots) != self._identity:
             return "the mounted file systems changed"
         if self._clock() - self._last_full >= self._full_every:
             return "the daily full scan"
@@ -305,7 +308,7 @@ class ChangeJournal:
     def commit(self, run: JournalRun, key: object, snapshot: bytes) -> None:
         """The run's snapshot and directory cache are saved: it is the new base."""
         watcher = self._watcher
-        identity = watcher.identity() if watcher is not None else b""
+        identity = watcher.identity(self._roots) if watcher is not None else b""
         with self._lock:
             self._committed = (key, snapshot)
             if run.full:

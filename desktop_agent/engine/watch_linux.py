@@ -7,16 +7,19 @@ journal: :mod:`.watch_inotify` (one watch per directory, unprivileged) and
 come, under one lock that :meth:`LinuxWatcher.sync` also takes, so a backup
 that starts sees every event made before it. What this module holds is the
 same for both: which file systems are trusted to raise events (local ones),
-the mount table as the journal's identity, and the folders of files mapped
-shared and writable, whose writes raise no event at all.
+the mounts at, above and below the sources as the journal's identity, and
+the folders of files mapped shared and writable, whose writes raise no
+event at all.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import select
 import threading
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 from .journal import ChangeJournal
@@ -112,13 +115,18 @@ def libc() -> ctypes.CDLL | None:
     return _LIBC
 
 
-def _mounts() -> tuple[bytes, dict[int, str]]:
-    """The mount table (as read, for its identity) and each device's file system type."""
+# a mount: device, root within its file system, mount point (as mountinfo escapes it)
+Mount = tuple[bytes, bytes, bytes]
+
+
+def _mounts() -> tuple[list[Mount], dict[int, str]]:
+    """The mount table and each device's file system type."""
     try:
         with open("/proc/self/mountinfo", "rb") as fh:
             raw = fh.read()
     except OSError:
-        return b"", {}
+        return [], {}
+    mounts: list[Mount] = []
     types: dict[int, str] = {}
     for line in raw.splitlines():
         fields = line.split()
@@ -129,11 +137,31 @@ def _mounts() -> tuple[bytes, dict[int, str]]:
         except (ValueError, IndexError):
             continue
         types[os.makedev(int(major), int(minor))] = fstype
-    # the identity leaves out mount ids and options that change without a new mount
-    ident = b"\n".join(
-        b" ".join(f[2:5]) for f in (ln.split() for ln in raw.splitlines()) if len(f) > 5
-    )
-    return ident, types
+        # mount ids and options are left out: they change without a new mount
+        mounts.append((fields[2], fields[3], fields[4]))
+    return mounts, types
+
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo path as the file system names it (``\\040`` is a space)."""
+    return _OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), field)
+
+
+def mount_identity(mounts: list[Mount], roots: Sequence[bytes]) -> bytes:
+    """The mounts that can change what is at or below ``roots``: those at a
+    root, above one (the file systems a root lies on) or below one. A mount
+    elsewhere (a container's, a USB stick's, a desktop's FUSE folder) does
+    not concern the sources; with no roots, every mount counts."""
+    prefixes = [r.rstrip(b"/") + b"/" for r in roots]
+    kept = []
+    for mount in mounts:
+        point = _unescape(mount[2]).rstrip(b"/") + b"/"
+        if not prefixes or any(r.startswith(point) or point.startswith(r) for r in prefixes):
+            kept.append(b" ".join(mount))
+    return b"\n".join(kept)
 
 
 _Key = TypeVar("_Key", int, bytes)
@@ -154,9 +182,7 @@ class LinuxWatcher(Generic[_Key]):
         self._journal = journal
         self._lock = threading.Lock()
         self._fd = -1
-        ident, types = _mounts()
-        self._identity = ident
-        self._fstypes = types
+        self._fstypes = _mounts()[1]
         self._stop_r, self._stop_w = os.pipe()
         self.events = 0
         self._thread: threading.Thread | None = None
@@ -211,11 +237,11 @@ class LinuxWatcher(Generic[_Key]):
     def _handle(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def identity(self) -> bytes:
-        """The mount table now (a change means a full scan)."""
-        ident, types = _mounts()
+    def identity(self, roots: Sequence[bytes]) -> bytes:
+        """The mounts at, above or below ``roots`` now (a change means a full scan)."""
+        mounts, types = _mounts()
         self._fstypes = types
-        return ident
+        return mount_identity(mounts, roots)
 
     def trusted(self, device: int, path: bytes) -> bool:
         """Changes on ``device`` (where ``path`` lies) raise events: local

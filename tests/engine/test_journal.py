@@ -540,11 +540,23 @@ def test_mount_changes_and_the_daily_scan_mean_full_scans(tmp_path, mem_repo, mo
         lab.journal_backup()
         assert not lab.journal.last_run.full
         real = watch_linux._mounts
-        monkeypatch.setattr(watch_linux, "_mounts", lambda: (b"another mount table", real()[1]))
+        extra: list[watch_linux.Mount] = []
+        monkeypatch.setattr(watch_linux, "_mounts", lambda: (real()[0] + extra, real()[1]))
+        # a mount elsewhere (a USB stick, a container): not the sources' concern
+        extra.append((b"0:99", b"/", b"/run/media/someone/USB\\040stick"))
+        lab.journal_backup()
+        assert not lab.journal.last_run.full, lab.journal.last_run.reason
+        # below a source, at one, above one (the file system it lies on); a
+        # mountinfo path escapes a space as \\040
+        for where in (lab.src / "d1" / "a b", lab.src, lab.tmp):
+            extra.append((b"0:98", b"/", os.fsencode(where).replace(b" ", b"\\040")))
+            lab.journal_backup()
+            assert lab.journal.last_run.full and "mounted" in lab.journal.last_run.reason
+            lab.journal_backup()
+            assert not lab.journal.last_run.full
+        extra.clear()  # unmounted again
         lab.journal_backup()
         assert lab.journal.last_run.full and "mounted" in lab.journal.last_run.reason
-        lab.journal_backup()
-        assert not lab.journal.last_run.full
         now[0] += 25 * 3600
         lab.journal_backup()
         assert lab.journal.last_run.full and "daily" in lab.journal.last_run.reason
@@ -782,6 +794,46 @@ def _mount(*args: str) -> bool:
         return subprocess.run(args, capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+@pytest.mark.parametrize("kind", WATCHERS)
+def test_a_real_mount_below_a_source_means_a_full_scan_one_elsewhere_does_not(
+    tmp_path, mem_repo, kind
+):
+    """Real tmpfs mounts (root; each test process has a mount namespace of
+    its own, see conftest): one beside the sources keeps the journal, one
+    inside them makes the next run list everything, and its files are in
+    the snapshot."""
+    if not _mount("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(_mkdir(tmp_path / "t"))):
+        pytest.skip("mounting a tmpfs needs root")
+    _mount("umount", str(tmp_path / "t"))
+    lab = Lab(tmp_path, mem_repo, kind)
+    mounted: list[Path] = []
+    try:
+        lab.build()
+        beside, inside = _mkdir(tmp_path / "beside"), _mkdir(lab.src / "d3" / "mnt")
+        lab.journal_backup()
+        lab.journal_backup()
+        assert not lab.journal.last_run.full
+        assert _mount("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(beside))
+        mounted.append(beside)
+        lab.journal_backup()
+        assert not lab.journal.last_run.full, lab.journal.last_run.reason
+        assert _mount("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(inside))
+        mounted.append(inside)
+        (inside / "on-the-tmpfs.txt").write_bytes(b"seen only by listing the mount point")
+        res = lab.journal_backup()
+        assert lab.journal.last_run.full and "mounted" in lab.journal.last_run.reason
+        assert lab.tree(res) == lab.full_scan()
+    finally:
+        lab.close()
+        for where in reversed(mounted):
+            _mount("umount", str(where))
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _remount_scenario(tmp: str, kind: str) -> None:
