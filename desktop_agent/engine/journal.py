@@ -13,12 +13,12 @@ by its signature, :mod:`.dircache`) whenever the journal cannot vouch for
 the time since the last backup: the first backup of an agent, a different
 set of sources or excludes, a backup that was not the last one this journal
 saw, an event queue overflow, a watch that could not be added, a change
-of the mounts at, above or below a source, and at least once a day. Every incremental run also
-re-lists a small random share of the directories it could have reused and
-compares them; a difference there means the journal missed something, and
-the next run is a full scan. Directories the walker marks volatile (files
-with several hard links, mount points, network and FUSE file systems, whose
-changes raise no event here) are always listed.
+of the mounts at, above or below a source, and at least once a day. Every
+incremental run also re-lists a small random share of the directories it
+could have reused and compares them; a difference there means the journal
+missed something, and the next run is a full scan. Directories the walker
+marks volatile (files with several hard links, mount points, network and
+FUSE file systems, whose changes raise no event here) are always listed.
 """
 
 from __future__ import annotations
