@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,31 @@ from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.storage import LocalStorage, MemoryStorage
 
 RESTIC = shutil.which("restic")
+_UI_TESTS = Path(__file__).parent / "ui"
+
+
+@pytest.fixture(autouse=True)
+def _collect_qt_garbage_on_the_main_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Collect garbage Qt objects on this thread, not in a worker.
+
+    A QObject destroyed by the cycle collector in a worker thread cannot stop
+    its timers; Qt later fires them at freed memory. A closed qasync loop
+    leaves such objects in cycles (its Signaller and _SimpleTimer); a later
+    test's threads collected them, and pytest-qt's next processEvents
+    crashed the worker (seen once in a full run, after test_layering). The
+    app does the same (ui/bootstrap.py runs the collector from a Qt timer).
+    """
+    uses_qt = (
+        "qapp" in request.fixturenames
+        or "qtbot" in request.fixturenames
+        or _UI_TESTS in request.path.parents
+    )
+    if not uses_qt:
+        yield
+        return
+    gc.collect()
+    yield
+    gc.collect()
 
 
 def _own_mount_namespace() -> None:

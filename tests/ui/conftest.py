@@ -4,7 +4,6 @@ and a real Agent (repository, controller, /ws on port 0) behind a Bridge."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,19 +55,6 @@ def run(loop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
         return fut.result()
 
     return runner
-
-
-@pytest.fixture(autouse=True)
-def _collect_on_the_main_thread() -> Iterator[None]:
-    """Collect garbage Qt objects on this thread, not in a worker.
-
-    A QObject destroyed by the cycle collector in a worker thread cannot stop
-    its timers; Qt later fires them at freed memory. The app does the same
-    (ui/bootstrap.py runs the collector from a Qt timer).
-    """
-    gc.collect()
-    yield
-    gc.collect()
 
 
 @pytest.fixture
