@@ -48,12 +48,12 @@ def _collect_qt_garbage_on_the_main_thread(request: pytest.FixtureRequest) -> It
 def _own_mount_namespace() -> None:
     """As root on Linux, give this test process a private mount namespace.
 
-    Some tests mount (a full tmpfs, a loop-mounted disk); the change
-    journal takes any change of the mount table for a reason to list
-    everything. Under pytest-xdist a mount made by one worker's test made
-    another worker's journal test do a full scan where it checks that
-    none is done (seen in a full run). In a namespace of its own each
-    worker sees only its own mounts, made by its tests one at a time;
+    Some tests mount (a full tmpfs, a loop-mounted disk). Under
+    pytest-xdist a mount made by one worker's test made another worker's
+    journal test do a full scan where it checks that none is done (seen in
+    a full run, when the journal still counted every mount; it now counts
+    only those at, above or below its sources). In a namespace of its own
+    each worker sees only its own mounts, made by its tests one at a time;
     mounts made elsewhere do not propagate in (private propagation).
     """
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
