@@ -5,6 +5,7 @@ Put it between a backend and its test server::
     with FaultProxy("127.0.0.1", server_port) as proxy:
         storage = SomeStorage(... port=proxy.port ...)
         proxy.reset_after(200_000)   # connections are reset (RST) after 200 kB
+        proxy.reset_after(600_000, times=3)  # only the first three that get that far
         proxy.blackhole()            # a dead link: nothing forwarded, nothing closed
         proxy.fail_next(2, 503)      # plain HTTP: the next 2 requests get a 503
         proxy.lose_next_answer()     # plain HTTP: the next request reaches the server,
@@ -49,6 +50,7 @@ class _Conn:
         self.flowed = 0
         self.closed = False
         self.lose_answer = False
+        self.reset_counted = False  # its reset is in FaultProxy.resets
 
     def kill(self, *, reset: bool = True) -> None:
         if self.closed:
@@ -74,6 +76,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._mode = "pass"
         self._reset_budget = 0
+        self._resets_left: int | None = None  # None: every connection
+        self.resets = 0  # connections reset by reset_after
         self._fail_count = 0
         self._fail_status = 503
         self._lose_answers = 0
@@ -94,14 +98,39 @@ class FaultProxy:
             self._mode = "pass"
             self._fail_count = 0
 
-    def reset_after(self, nbytes: int) -> None:
-        """Reset each connection (RST both ways) once ``nbytes`` have flowed through it."""
+    def reset_after(self, nbytes: int, *, times: int | None = None) -> None:
+        """Reset each connection (RST both ways) once ``nbytes`` have flowed through it.
+
+        ``times``: reset only that many connections, then pass everything
+        through (a fault the client must meet, however it spreads its
+        requests over connections).
+        """
         with self._lock:
             self._mode = "reset"
             self._reset_budget = nbytes
+            self._resets_left = times
             victims = [c for c in self._conns if c.flowed >= nbytes]
+            if times is not None:
+                victims = victims[:times]
+            for c in victims:
+                self._count_reset(c)
         for c in victims:
             c.kill()
+
+    def _count_reset(self, conn: _Conn) -> bool:
+        """Count ``conn``'s reset, once; False when no more resets are allowed
+        (the caller holds the lock)."""
+        if conn.reset_counted:
+            return True
+        if self._mode != "reset":
+            return False  # the last allowed reset went to another connection
+        conn.reset_counted = True
+        self.resets += 1
+        if self._resets_left is not None:
+            self._resets_left -= 1
+            if self._resets_left <= 0:
+                self._mode = "pass"
+        return True
 
     def blackhole(self) -> None:
         """A dead link: accept, forward nothing, close nothing."""
@@ -318,6 +347,10 @@ class FaultProxy:
                         time.sleep(0.05)
                     conn.kill()
                     break
+                if mode == "reset" and conn.flowed + len(data) >= budget:
+                    with self._lock:
+                        if not self._count_reset(conn):
+                            mode = "pass"
                 if mode == "reset" and conn.flowed + len(data) >= budget:
                     room = max(0, budget - conn.flowed)
                     with contextlib.suppress(OSError):

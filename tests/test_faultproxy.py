@@ -74,3 +74,13 @@ def test_pass_reset_blackhole_refuse_and_http_failures(echo: int) -> None:
 
         proxy.pass_through()
         assert roundtrip(proxy.port, b"ok") == b"ok"
+
+
+def test_a_bounded_reset_resets_that_many_connections_then_passes(echo: int) -> None:
+    with FaultProxy("127.0.0.1", echo) as proxy:
+        proxy.reset_after(10_000, times=2)
+        for _ in range(2):
+            with pytest.raises(ConnectionResetError):
+                roundtrip(proxy.port, b"y" * 100_000)
+        assert roundtrip(proxy.port, b"z" * 100_000) == b"z" * 100_000
+        assert proxy.resets == 2
