@@ -168,3 +168,20 @@ def subtree_at(repo: Repository, root: bytes, path: str | os.PathLike[str]) -> b
         assert node.subtree is not None, f"{comp!r} is not a directory"
         tree = node.subtree
     return bytes(tree)
+
+
+def above(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
+    """The times (mtime, ctime) of the directories above ``path``.
+
+    Other processes change ``/tmp`` anytime (restic's check makes its cache
+    there): a test that wants a second backup to rebuild no tree at all can
+    expect it only when these are the same before and after.
+    """
+    out = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while True:
+        st = os.stat(parent)
+        out.append((st.st_mtime_ns, st.st_ctime_ns))
+        if parent == os.path.dirname(parent):
+            return out
+        parent = os.path.dirname(parent)
