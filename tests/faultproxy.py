@@ -349,14 +349,13 @@ class FaultProxy:
                     break
                 if mode == "reset" and conn.flowed + len(data) >= budget:
                     with self._lock:
-                        if not self._count_reset(conn):
-                            mode = "pass"
-                if mode == "reset" and conn.flowed + len(data) >= budget:
-                    room = max(0, budget - conn.flowed)
-                    with contextlib.suppress(OSError):
-                        dst.sendall(data[:room])
-                    conn.kill()
-                    break
+                        allowed = self._count_reset(conn)
+                    if allowed:  # else the last allowed reset went elsewhere: pass
+                        room = max(0, budget - conn.flowed)
+                        with contextlib.suppress(OSError):
+                            dst.sendall(data[:room])
+                        conn.kill()
+                        break
                 try:
                     dst.sendall(data)
                 except OSError:
