@@ -35,6 +35,7 @@ __all__ = [
     "MAX_PACK_OFFSET",
     "DEFAULT_MAX_TREE_REPEATS",
     "decompress_bounded",
+    "decode_unpacked",
     "loads_json",
 ]
 
@@ -79,6 +80,18 @@ def decompress_bounded(dctx: zstandard.ZstdDecompressor, data: Any, limit: int, 
         raise IntegrityError(f"{what}: cannot decompress: {exc}") from None
     except MemoryError:
         raise IntegrityError(f"{what}: not enough memory to decompress {limit} bytes") from None
+
+
+def decode_unpacked(plain: bytes, dctx: zstandard.ZstdDecompressor) -> bytes:
+    """An unpacked file's document: strip the v2 encoding byte; decompress when it says zstd."""
+    if not plain:
+        raise IntegrityError("file is empty")
+    first = plain[0]
+    if first in (0x7B, 0x5B):  # '{' or '[': plain JSON (format v1)
+        return plain
+    if first == 2:
+        return decompress_bounded(dctx, memoryview(plain)[1:], MAX_UNPACKED, "file")
+    raise IntegrityError(f"unknown encoding version {first}")
 
 
 def loads_json(data: bytes | str, what: str) -> Any:

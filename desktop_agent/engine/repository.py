@@ -14,10 +14,9 @@ import os
 import socket
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
+from functools import partial
 from typing import Any
 
 import zstandard
@@ -34,13 +33,15 @@ from .errors import (
 )
 from .gocompat import format_time
 from .ids import BlobType, PackId, SnapshotId
-from .index import MasterIndex, decode_index, index_supersedes
+from .index import MasterIndex, decode_index
 from .indexcache import CACHE_NAME, load_cache, save_cache
+from .indexparse import parse_index_files
 from .limits import (
     MAX_BLOB_PLAINTEXT,
     MAX_BLOB_STORED,
     MAX_KEY_FILE,
     MAX_UNPACKED,
+    decode_unpacked,
     decompress_bounded,
     loads_json,
 )
@@ -231,16 +232,7 @@ class Repository:
     # ------------------------------------------------------- unpacked files
     def decode_unpacked(self, plain: bytes) -> bytes:
         """Strip the v2 encoding byte; decompress when it says zstd."""
-        if not plain:
-            raise IntegrityError("file is empty")
-        first = plain[0]
-        if first in (0x7B, 0x5B):  # '{' or '[': plain JSON
-            return plain
-        if first == 2:
-            return decompress_bounded(
-                self._codecs.decompressor, memoryview(plain)[1:], MAX_UNPACKED, "file"
-            )
-        raise IntegrityError(f"unknown encoding version {first}")
+        return decode_unpacked(plain, self._codecs.decompressor)
 
     def encode_unpacked(self, doc_bytes: bytes) -> bytes:
         """Add the v2 encoding byte and compress (v1: plain JSON)."""
@@ -248,13 +240,17 @@ class Repository:
             return doc_bytes
         return b"\x02" + self._codecs.compressor.compress(doc_bytes)
 
-    def load_unpacked(self, ftype: FileType, name: str) -> bytes:
-        """Load, authenticate, decrypt and decode an unpacked file."""
+    def load_stored(self, ftype: FileType, name: str) -> bytes:
+        """Load an unpacked file as stored (encrypted), its hash checked against its name."""
         # compression only shrinks it: a stored file is never much larger than the decoded cap
         raw = self.storage.load(ftype, name, max_size=MAX_UNPACKED + 64)
         if crypto.sha256(raw).hex() != name:
             raise IntegrityError(f"{ftype.value}/{name}: content does not match its name")
-        return self.decode_unpacked(crypto.decrypt(self.key, raw))
+        return raw
+
+    def load_unpacked(self, ftype: FileType, name: str) -> bytes:
+        """Load, authenticate, decrypt and decode an unpacked file."""
+        return self.decode_unpacked(crypto.decrypt(self.key, self.load_stored(ftype, name)))
 
     def load_json(self, ftype: FileType, name: str) -> Any:
         """Load an unpacked file and parse its JSON."""
@@ -360,7 +356,8 @@ class Repository:
         return os.path.join(self.index_cache_dir, CACHE_NAME)
 
     def _sync_index(self, *, refresh: bool) -> None:
-        names = [name for name, _ in self.storage.list(FileType.INDEX)]
+        sizes = dict(self.storage.list(FileType.INDEX))
+        names = list(sizes)
         listed = {_name_id(n) for n in names}
         index: MasterIndex | None = None
         incremental = False  # on top of the cache or of the index in memory
@@ -380,7 +377,7 @@ class Repository:
         todo = [n for n in names if _name_id(n) not in known]
         parsed = 0
         if todo:
-            conflict = self._parse_index_files(index, todo)
+            conflict = self._parse_index_files(index, todo, sizes)
             if conflict is not None:
                 # a new file supersedes what was loaded: everything again, skipping
                 # every file seen superseded
@@ -388,7 +385,7 @@ class Repository:
                 incremental = False
                 index.superseded.update(conflict)
                 todo = [n for n in names if _name_id(n) not in conflict]
-                self._parse_index_files(index, todo, final=True)
+                self._parse_index_files(index, todo, sizes, final=True)
             parsed = len(todo)
         old = self.index
         if not refresh and old is not index and len(old):
@@ -434,9 +431,9 @@ class Repository:
         return len(uncovered) >= INDEX_CACHE_MAX_UNCOVERED
 
     def _parse_index_files(
-        self, index: MasterIndex, names: list[str], *, final: bool = False
+        self, index: MasterIndex, names: list[str], sizes: dict[str, int], *, final: bool = False
     ) -> set[bytes] | None:
-        """Read index files into ``index``, a few fetched ahead on threads.
+        """Read index files into ``index`` (see :func:`~.indexparse.parse_index_files`).
 
         Returns None when done, or (unless ``final``) every superseded name
         seen when a file supersedes one already loaded: the caller starts
@@ -445,36 +442,24 @@ class Repository:
         loader = index.loader()
         superseded = set(index.superseded)
         loaded: list[bytes] = []
-        workers = 4
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: deque[tuple[str, Future[bytes]]] = deque()
-            queue = iter(names)
-            for name in islice(queue, workers):
-                pending.append((name, pool.submit(self.load_unpacked, FileType.INDEX, name)))
-            try:
-                while pending:
-                    name, fut = pending.popleft()
-                    text = fut.result()
-                    for nxt in islice(queue, 1):
-                        pending.append((nxt, pool.submit(self.load_unpacked, FileType.INDEX, nxt)))
-                    what = f"{FileType.INDEX.value}/{name}"
-                    doc = loads_json(text, what)
-                    del text
-                    try:
-                        sup, packs_in = index_supersedes(doc)
-                        superseded.update(sup)
-                        if not final and (superseded & index.files or superseded & set(loaded)):
-                            return superseded
-                        name_id = _name_id(name)
-                        if name_id not in superseded:
-                            loader.add_packs(packs_in)
-                            loaded.append(name_id)
-                    except IntegrityError as exc:
-                        raise IntegrityError(f"{what}: {exc}") from None  # which file
-                    del doc, packs_in
-            finally:
-                for _name, fut in pending:
-                    fut.cancel()
+        files = parse_index_files(
+            self.key,
+            partial(self.load_stored, FileType.INDEX),
+            names,
+            sum(sizes.get(n, 0) for n in names),
+        )
+        try:
+            for name, parsed in files:
+                superseded.update(parsed.supersedes)
+                if not final and (superseded & index.files or superseded & set(loaded)):
+                    return superseded
+                name_id = _name_id(name)
+                if name_id not in superseded:
+                    loader.add_parsed(parsed.packs)
+                    loaded.append(name_id)
+                del parsed
+        finally:
+            files.close()
         loader.finish()
         index.files.update(loaded)
         index.superseded.update(superseded)

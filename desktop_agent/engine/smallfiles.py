@@ -63,6 +63,7 @@ __all__ = [
     "open_for_reading",
     "Helpers",
     "helper_entry",
+    "spawn_helper",
     "SMALL_FILE",
     "FileResult",
 ]
@@ -244,7 +245,7 @@ class Helpers:
         init = Init((key.encrypt, key.mac_k, key.mac_r), compression, spool_dir, pack_size, known)
         try:
             for _ in range(count):
-                conn, proc = _spawn_by_fd() if PASS_FDS else _spawn_over_loopback()
+                conn, proc = spawn_helper()
                 self.conns.append(conn)
                 self.procs.append(proc)
                 conn.send(init)
@@ -330,6 +331,12 @@ def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
 # with a one-time token handed over on its stdin.
 PASS_FDS = os.name == "posix"
 _CONNECT_TIMEOUT = 30.0
+
+
+def spawn_helper() -> tuple[Connection, subprocess.Popen[bytes]]:
+    """Start a helper process; its first message (:class:`~.helpermsg.Init`
+    or :class:`~.indexparse.IndexInit`) says which work it does."""
+    return _spawn_by_fd() if PASS_FDS else _spawn_over_loopback()
 
 
 def _spawn_by_fd() -> tuple[Connection, subprocess.Popen[bytes]]:
@@ -442,6 +449,11 @@ def helper_entry(fd: int | str) -> None:
         return
     if isinstance(msg, Init):
         _helper_main(conn, msg)
+    else:
+        from .indexparse import IndexInit, index_helper_main  # only this kind of helper needs it
+
+        if isinstance(msg, IndexInit):
+            index_helper_main(conn, msg)
 
 
 if __name__ == "__main__":

@@ -280,14 +280,14 @@ class _Counting:
 
     def __init__(self, repo: Repository, monkeypatch) -> None:
         self.names: list[str] = []
-        real = repo.load_unpacked
+        real = repo.load_stored  # every index file read passes here
 
         def load(ftype, name):
             if ftype is FileType.INDEX:
                 self.names.append(name)
             return real(ftype, name)
 
-        monkeypatch.setattr(repo, "load_unpacked", load)
+        monkeypatch.setattr(repo, "load_stored", load)
 
 
 def _cached(repo: Repository, cache: Path, monkeypatch) -> tuple[Repository, _Counting]:
