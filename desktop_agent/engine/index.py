@@ -636,7 +636,8 @@ def _parse_packs(packs_in: Any) -> ParsedPacks:
         offsets = list(offsets)
         for i, offset in enumerate(offsets):
             if offset >= _FAR:
-                far[types[i] == "tree"][idb[i * ID_SIZE : (i + 1) * ID_SIZE]] = offset
+                # a blob stored twice keeps its first location, far offset included
+                far[types[i] == "tree"].setdefault(idb[i * ID_SIZE : (i + 1) * ID_SIZE], offset)
                 offsets[i] = _FAR
     recs = _records(idb, pack_nos, offsets, lengths, ulengths)
     del idb, offsets, lengths, ulengths, pack_nos
@@ -710,7 +711,7 @@ class IndexLoader:
         for b in blobs:
             offset = b.offset
             if offset >= _FAR:
-                self._far[b.type][bytes(b.id)] = offset
+                self._far[b.type].setdefault(bytes(b.id), offset)
                 offset = _FAR
             if len(b.id) == ID_SIZE:
                 rows[b.type].append(
@@ -741,7 +742,9 @@ class IndexLoader:
             if shift:
                 recs = _shift_packs(recs, shift)
             self._groupers[blob_type].add_by_first(recs, parsed.firsts[blob_type])
-            self._far[blob_type].update(parsed.far[blob_type])
+            far = self._far[blob_type]
+            for blob_id, offset in parsed.far[blob_type].items():
+                far.setdefault(blob_id, offset)  # the first location of a blob wins
 
     def finish(self) -> None:
         """Merge everything added into the index."""

@@ -175,3 +175,28 @@ def test_a_helper_that_cannot_start_leaves_everything_here(many_files, monkeypat
     helped, here = _load(repo, monkeypatch, helper=True)
     assert here == FILES
     assert _entries(helped) == _entries(alone)
+
+
+@pytest.mark.parametrize("helper", [False, True])
+def test_a_blob_stored_twice_keeps_its_first_location_far_offset_included(
+    new_repo, monkeypatch, helper
+):
+    repo = new_repo()
+    rng = random.Random(3)
+    blob_id = rng.randbytes(32)
+    for offset in (5 << 32, 7 << 32):  # far offsets (4 GiB and up): kept beside the records
+        packs = [(PackId(rng.randbytes(32)), [_blob(rng, blob_id)._replace(offset=offset)])]
+        packs += [(PackId(rng.randbytes(32)), [_blob(rng) for _ in range(50)])]
+        repo.save_json(FileType.INDEX, encode_index(packs))
+    listed = [n for n, _ in repo.storage.list(FileType.INDEX)]
+    first = {}
+    for name in listed:  # the first file in the order the repository lists them
+        doc = repo.load_json(FileType.INDEX, name)
+        for p in doc["packs"]:
+            for b in p["blobs"]:
+                if bytes.fromhex(b["id"]) == blob_id and not first:
+                    first = {"pack": bytes.fromhex(p["id"]), "offset": b["offset"]}
+    loaded, _ = _load(repo, monkeypatch, helper=helper)
+    entry = loaded.index.lookup(BlobType.DATA, blob_id)
+    assert entry is not None
+    assert (entry.pack, entry.offset) == (first["pack"], first["offset"])
