@@ -599,7 +599,10 @@ def _parse_packs(packs_in: Any) -> ParsedPacks:
     get_off, get_len = operator.itemgetter("offset"), operator.itemgetter("length")
     get_ulen = operator.methodcaller("get", "uncompressed_length")
     for pack_no, p in enumerate(packs_in):
-        pack_ids += parse_id(p["id"])
+        pack_id = parse_id(p["id"])
+        if len(pack_id) != ID_SIZE:  # fromhex skips spaces: a pack id must still be 32 bytes
+            raise ValueError(f"invalid pack id {p['id']!r}")
+        pack_ids += pack_id
         blobs = p.get("blobs") or []
         if not isinstance(blobs, list):
             raise TypeError(f"blobs of pack {p['id']} is not a list")

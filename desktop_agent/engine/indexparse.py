@@ -46,6 +46,12 @@ __all__ = [
 HELPER_MIN_BYTES = 4 << 20
 _FETCH_AHEAD = 4  # files fetched (and their hashes checked) ahead, on threads
 _HELPER_GRACE = 30.0  # seconds a helper has to finish its file once we stop
+# seconds a helper has to parse one file (at most 64 MiB of JSON; a 50,000-blob
+# file takes about 0.2 s): past that this process parses it
+_HELPER_ANSWER = 120.0
+# files this process parses ahead of the oldest one the helper still holds
+# (their records wait here until that one is merged)
+_MAX_AHEAD = 8
 
 
 class IndexFile(NamedTuple):
@@ -158,6 +164,8 @@ class _Helper:
     def parse(self, name: str, sealed: bytes) -> IndexFile | IntegrityError:
         """One file parsed by the helper (OSError or EOFError when it died)."""
         self.conn.send(ParseFile(name, sealed))
+        if not self.conn.poll(_HELPER_ANSWER):  # a helper stopped or wedged: do it here
+            raise EOFError(f"the index helper did not answer within {_HELPER_ANSWER:.0f} s")
         answer = self.conn.recv()
         if not isinstance(answer, FileParsed) or answer.name != name:
             raise EOFError("the index helper answered something else")
@@ -210,9 +218,10 @@ class _Work:
             self.results[i] = result
             self.cond.notify_all()
 
-    def ready(self, wait: bool) -> Iterator[tuple[str, IndexFile]]:
-        """Results in order while the next one is known (``wait``: until all are)."""
-        while self.next_done < len(self.names):
+    def ready(self, wait: bool, upto: int | None = None) -> Iterator[tuple[str, IndexFile]]:
+        """Results in order while the next one is known (``wait``: until all
+        are, or those before file number ``upto``)."""
+        while self.next_done < (len(self.names) if upto is None else upto):
             with self.cond:
                 if wait:
                     self.cond.wait_for(lambda: self.next_done in self.results)
@@ -282,13 +291,17 @@ def parse_index_files(
     with ThreadPoolExecutor(max_workers=_FETCH_AHEAD, thread_name_prefix="index-fetch") as pool:
         work = _Work(names, fetch, pool)
         feeder = None
-        if helper is not None:
-            feeder = threading.Thread(
-                target=_feed, args=(helper, work, key), name="index-helper", daemon=True
-            )
-            feeder.start()
         try:
-            while (taken := work.take()) is not None:
+            if helper is not None:
+                feeder = threading.Thread(
+                    target=_feed, args=(helper, work, key), name="index-helper", daemon=True
+                )
+                feeder.start()
+            while True:
+                # far ahead of a slow helper: wait for its file first
+                yield from work.ready(wait=True, upto=work.next_taken - _MAX_AHEAD + 1)
+                if (taken := work.take()) is None:
+                    break
                 i, fut = taken
                 try:
                     work.put(i, _parse_or_error(key, dctx, names[i], fut.result()))
@@ -298,7 +311,7 @@ def parse_index_files(
             yield from work.ready(wait=True)
         finally:
             work.stop()
-            if feeder is not None and helper is not None:
+            if feeder is not None and helper is not None and feeder.ident is not None:
                 feeder.join(timeout=_HELPER_GRACE)
                 if feeder.is_alive():  # a helper that hangs: its socket ends the feeder's wait
                     helper.proc.kill()

@@ -8,7 +8,9 @@ or is left early must cost nothing but time.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 
 import pytest
 from support import reopen
@@ -200,3 +202,34 @@ def test_a_blob_stored_twice_keeps_its_first_location_far_offset_included(
     entry = loaded.index.lookup(BlobType.DATA, blob_id)
     assert entry is not None
     assert (entry.pack, entry.offset) == (first["pack"], first["offset"])
+
+
+def test_a_helper_that_hangs_leaves_its_file_here(many_files, monkeypatch):
+    repo, _names = many_files
+    alone, _ = _load(repo, monkeypatch, helper=False)
+    monkeypatch.setattr(indexparse, "_HELPER_ANSWER", 1.0)
+    real = indexparse._Helper.parse
+    stopped = []
+
+    def hangs(self, name, sealed):
+        if not stopped:  # stopped, not dead: it never answers
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            stopped.append(self.proc)
+        return real(self, name, sealed)
+
+    monkeypatch.setattr(indexparse._Helper, "parse", hangs)
+    helped, here = _load(repo, monkeypatch, helper=True)
+    assert here == FILES
+    assert _entries(helped) == _entries(alone)
+    assert stopped[0].poll() is not None  # killed and reaped
+
+
+@pytest.mark.parametrize("pack_id", [" " * 64, "ab" * 31 + "  "])
+def test_a_pack_id_short_of_32_bytes_is_malformed(new_repo, pack_id):
+    repo = new_repo()
+    rng = random.Random(5)
+    doc = encode_index([(PackId(rng.randbytes(32)), [_blob(rng)]) for _ in range(2)])
+    doc["packs"][0]["id"] = pack_id
+    repo.save_json(FileType.INDEX, doc)
+    with pytest.raises(IntegrityError, match="index is malformed: ValueError: invalid pack id"):
+        reopen(repo).ensure_index()
