@@ -7,14 +7,16 @@ turn the blobs into 48-byte records and order them by their first byte.
 That is CPU work under the GIL, about 2 us a blob, so threads cannot share
 it. When there is enough of it (:data:`HELPER_MIN_BYTES`), one helper
 process (the small-file helpers' kind, started fresh and handed the key
-over its socket) parses every other file while this process parses the
-rest; the records come back pickled, a few MB a file, and are merged here
-in the order of the files, so the index is the same either way. A helper
-that cannot start or dies leaves its files to this process.
+over its socket) parses files while this process parses others, each
+taking the next file when done with one; the records come back pickled, a
+few MB a file, and are merged here in the order of the files, so the index
+is the same either way. A helper that cannot start, dies or does not
+answer leaves its files to this process.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import threading
@@ -108,32 +110,14 @@ class FileParsed(NamedTuple):
 
 def index_helper_main(conn: Connection, init: IndexInit) -> None:
     """Body of an index helper: :class:`ParseFile` in, :class:`FileParsed` out,
-    until anything else arrives or the socket closes.
-
-    A thread takes the files off the socket as they come, so that neither
-    side can block the other while both send megabytes (the parent sends
-    one file at a time).
-    """
-    import gc
-    import queue
-    import threading
-
+    until anything else arrives or the socket closes. The parent sends the
+    next file only after the answer to the last, so neither side can block
+    the other while both have megabytes to send."""
     gc.set_threshold(*FEWER_GC_PASSES)  # a process of its own: see engine.memory
     key = crypto.Key(*init.key_parts)
     dctx = zstandard.ZstdDecompressor()
-    inbox: queue.SimpleQueue[ParseFile | None] = queue.SimpleQueue()
-
-    def receive() -> None:
-        try:
-            while isinstance(msg := conn.recv(), ParseFile):
-                inbox.put(msg)
-        except (EOFError, OSError):
-            pass
-        inbox.put(None)
-
-    threading.Thread(target=receive, name="index-inbox", daemon=True).start()
     try:
-        while (msg := inbox.get()) is not None:
+        while isinstance(msg := conn.recv(), ParseFile):
             try:
                 answer = FileParsed(msg.name, parse_index_file(key, dctx, msg.name, msg.sealed), "")
             except IntegrityError as exc:
@@ -141,7 +125,7 @@ def index_helper_main(conn: Connection, init: IndexInit) -> None:
             del msg
             conn.send(answer)
             del answer
-    except (KeyboardInterrupt, BrokenPipeError, ConnectionResetError):
+    except (EOFError, KeyboardInterrupt, BrokenPipeError, ConnectionResetError):
         pass
 
 
@@ -172,14 +156,12 @@ class _Helper:
         return answer.result()
 
     def close(self) -> None:
+        from .smallfiles import reap
+
         try:
             self.conn.close()  # the helper sees EOF and exits
         finally:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            reap([self.proc])
 
 
 class _Work:

@@ -64,6 +64,7 @@ __all__ = [
     "Helpers",
     "helper_entry",
     "spawn_helper",
+    "reap",
     "SMALL_FILE",
     "FileResult",
 ]
@@ -311,12 +312,13 @@ class Helpers:
             conn.close()  # the Stop is in the socket: the helper reads it, then EOF
         procs, self.procs, self.conns = self.procs, [], []
         if wait:
-            _reap(procs)
+            reap(procs)
         elif procs:
-            threading.Thread(target=_reap, args=(procs,), name="helper-reaper", daemon=True).start()
+            threading.Thread(target=reap, args=(procs,), name="helper-reaper", daemon=True).start()
 
 
-def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+def reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Wait for helpers to exit; kill any that do not within 5 s."""
     for proc in procs:
         try:
             proc.wait(timeout=5)
