@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from .errors import IntegrityError, UnsupportedRepository, WrongPassword
+from .errors import IntegrityError, UnsupportedRepository, WrongPassword, malformed
 
 __all__ = [
     "OVERHEAD",
@@ -290,7 +290,7 @@ def open_key_file(raw: bytes, password: str) -> Key:
         salt = base64.b64decode(doc["salt"], validate=True)
         data = base64.b64decode(doc["data"], validate=True)
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:  # N: 1e999
-        raise IntegrityError(f"key file is malformed: {type(exc).__name__}: {exc}") from None
+        raise malformed("key file", exc) from None
     if kdf_name != "scrypt":
         raise UnsupportedRepository(f"key file uses KDF {kdf_name!r}; only scrypt is supported")
     user = kdf(password, salt, params)

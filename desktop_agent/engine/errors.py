@@ -22,6 +22,7 @@ __all__ = [
     "NotFound",
     "RepositoryLocked",
     "describe_oserror",
+    "malformed",
 ]
 
 
@@ -86,3 +87,17 @@ def describe_oserror(exc: OSError, what: str) -> StorageError:
             "is the drive still connected?"
         )
     return StorageError(f"{what}: {exc.strerror or exc}")
+
+
+# characters of a parser's message kept in a "malformed" error: the message
+# quotes the value it refused, which a hostile repository can make megabytes long
+MAX_DETAIL = 300
+
+
+def malformed(what: str, exc: BaseException) -> IntegrityError:
+    """``<what> is malformed: <exception type>: <message>``, the message cut
+    to :data:`MAX_DETAIL` characters (the cut says how long it was)."""
+    detail = str(exc)
+    if len(detail) > MAX_DETAIL:
+        detail = f"{detail[:MAX_DETAIL]}... ({len(detail):,} characters)"
+    return IntegrityError(f"{what} is malformed: {type(exc).__name__}: {detail}")

@@ -21,7 +21,7 @@ from itertools import accumulate, compress, repeat
 from typing import Any, NamedTuple
 
 from .crypto import OVERHEAD
-from .errors import IntegrityError
+from .errors import malformed
 from .ids import BlobId, BlobType, PackId, parse_id
 from .idtable import BUCKETS, ID_SIZE, bucket_of, find_record
 from .limits import MAX_PACK_OFFSET
@@ -154,10 +154,6 @@ def _parse_blob(b: Any) -> tuple[BlobType, bytes, int, int, int]:
 _MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 
 
-def _malformed(exc: Exception) -> IntegrityError:
-    return IntegrityError(f"index is malformed: {type(exc).__name__}: {exc}")
-
-
 def decode_index(doc: Any) -> tuple[list[bytes], list[tuple[PackId, list[PackedBlob]]]]:
     """Parse an index document into (supersedes, packs)."""
     try:
@@ -171,7 +167,7 @@ def decode_index(doc: Any) -> tuple[list[bytes], list[tuple[PackId, list[PackedB
                 blobs.append(PackedBlob(blob_type, BlobId(blob_id), offset, length, ulen))
             packs.append((pack_id, blobs))
     except _MALFORMED as exc:
-        raise _malformed(exc) from None
+        raise malformed("index", exc) from None
     return supersedes, packs
 
 
@@ -184,7 +180,7 @@ def index_supersedes(doc: Any) -> tuple[list[bytes], Any]:
     try:
         return _parse_top(doc)
     except _MALFORMED as exc:
-        raise _malformed(exc) from None
+        raise malformed("index", exc) from None
 
 
 # ------------------------------------------------------------- the tables
@@ -583,7 +579,7 @@ def parse_packs(packs_in: Any) -> ParsedPacks:
     try:
         return _parse_packs(packs_in)
     except _MALFORMED as exc:
-        raise _malformed(exc) from None
+        raise malformed("index", exc) from None
 
 
 def _parse_packs(packs_in: Any) -> ParsedPacks:

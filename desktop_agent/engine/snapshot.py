@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import IntegrityError
+from .errors import malformed
 from .gocompat import parse_time
 from .ids import BlobId, SnapshotId, parse_id
 
@@ -196,4 +196,4 @@ class Snapshot:
                 id=snapshot_id,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise IntegrityError(f"snapshot is malformed: {type(exc).__name__}: {exc}") from None
+            raise malformed("snapshot", exc) from None

@@ -18,7 +18,7 @@ import stat as st
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import IntegrityError
+from .errors import IntegrityError, malformed
 from .gocompat import format_time, go_quote_name, go_unquote_name, json_string, parse_time
 from .ids import BlobId, parse_id
 
@@ -271,7 +271,7 @@ class Node:
                 time_text=(mt, at, ct) if mt and at and ct else None,
             )
         except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as exc:
-            raise IntegrityError(f"tree node is malformed: {type(exc).__name__}: {exc}") from None
+            raise malformed("tree node", exc) from None
         return node
 
     @classmethod
@@ -399,7 +399,7 @@ def decode_tree(data: bytes | bytearray | memoryview) -> list[Node]:
         if not isinstance(raw_nodes, list):
             raise TypeError("nodes is not a list")
     except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
-        raise IntegrityError(f"tree is malformed: {type(exc).__name__}: {exc}") from None
+        raise malformed("tree", exc) from None
     nodes = []
     names: set[bytes] = set()
     for obj in raw_nodes:

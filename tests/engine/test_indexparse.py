@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 
 import pytest
@@ -233,3 +234,17 @@ def test_a_pack_id_short_of_32_bytes_is_malformed(new_repo, pack_id):
     repo.save_json(FileType.INDEX, doc)
     with pytest.raises(IntegrityError, match="index is malformed: ValueError: invalid pack id"):
         reopen(repo).ensure_index()
+
+
+def test_a_huge_refused_value_gives_a_short_error(new_repo):
+    repo = new_repo()
+    rng = random.Random(9)
+    doc = encode_index([(PackId(rng.randbytes(32)), [_blob(rng)])])
+    doc["packs"][0]["blobs"][0]["type"] = "x" * 1_000_000
+    name = repo.save_json(FileType.INDEX, doc)
+    with pytest.raises(IntegrityError) as err:
+        reopen(repo).ensure_index()
+    message = str(err.value)
+    assert message.startswith(f"index/{name}: index is malformed: ValueError: unknown blob type")
+    assert re.search(r"\.\.\. \(1,000,0\d\d characters\)$", message)
+    assert len(message) < 500
