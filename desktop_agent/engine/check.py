@@ -222,7 +222,7 @@ def check(
     loaded: list[tuple[str, list[bytes], list[tuple[PackId, list[PackedBlob]]]]] = []
     for name, _ in repo.storage.list(FileType.INDEX):
         try:
-            sup, packs = decode_index(repo.load_json(FileType.INDEX, name))
+            sup, packs = decode_index(repo.load_unpacked(FileType.INDEX, name))
             loaded.append((name, sup, packs))
             superseded.update(sup)
         except EngineError as exc:

@@ -20,21 +20,18 @@ from dataclasses import dataclass
 from itertools import accumulate, compress, repeat
 from typing import Any, NamedTuple
 
-from .crypto import OVERHEAD
 from .errors import malformed
-from .ids import BlobId, BlobType, PackId, parse_id
+from .ids import BlobId, BlobType, PackId
 from .idtable import BUCKETS, ID_SIZE, bucket_of, find_record
-from .limits import MAX_PACK_OFFSET
 from .pack import PackedBlob
 
 __all__ = [
     "IndexEntry",
     "IndexLoader",
     "ParsedPacks",
-    "parse_packs",
+    "parse_index",
     "IndexState",
     "MasterIndex",
-    "index_supersedes",
     "encode_index",
     "index_bytes",
     "decode_index",
@@ -120,67 +117,61 @@ def index_bytes(
     return "".join(parts).encode()
 
 
-def _parse_top(doc: Any) -> tuple[list[bytes], Any]:
-    """The supersedes list and the raw pack list of an index document."""
-    packs_in: Any
-    supersedes_in: Any
-    if isinstance(doc, list):  # the pre-0.8 legacy format is a bare list of packs
-        packs_in, supersedes_in = doc, []
-    else:
-        packs_in = doc.get("packs") or []
-        supersedes_in = doc.get("supersedes") or []
-    return [parse_id(s) for s in supersedes_in], packs_in
-
-
-def _parse_blob(b: Any) -> tuple[BlobType, bytes, int, int, int]:
-    """One blob entry, validated: (type, id, offset, length, uncompressed length)."""
-    kind = b["type"]
-    if kind == "data":
-        blob_type = BlobType.DATA
-    elif kind == "tree":
-        blob_type = BlobType.TREE
-    else:
-        raise ValueError(f"unknown blob type {kind!r}")
-    offset, length = int(b["offset"]), int(b["length"])
-    ulen = int(b.get("uncompressed_length") or 0)
-    # restic stores uints; a pack header holds lengths as uint32
-    if not 0 <= offset < MAX_PACK_OFFSET:
-        raise ValueError(f"offset {offset} is out of range")
-    if not OVERHEAD <= length < 1 << 32 or not 0 <= ulen < 1 << 32:
-        raise ValueError(f"length {length} or {ulen} is out of range")
-    return blob_type, parse_id(b["id"]), offset, length, ulen
+def _hex32(text: str) -> bytes:
+    """A 64-digit hex id as its 32 bytes (``fromhex`` alone would skip spaces)."""
+    raw = bytes.fromhex(text)
+    if len(raw) != ID_SIZE or len(text) != 2 * ID_SIZE:
+        raise ValueError(f"invalid id {text!r}")
+    return raw
 
 
 _MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 
 
-def decode_index(doc: Any) -> tuple[list[bytes], list[tuple[PackId, list[PackedBlob]]]]:
-    """Parse an index document into (supersedes, packs)."""
+def decode_index(
+    doc: Any, what: str = "index"
+) -> tuple[list[bytes], list[tuple[PackId, list[PackedBlob]]]]:
+    """Parse an index document (its JSON bytes, or parsed) into (supersedes, packs).
+
+    An object per blob: for callers that need them (check, prune). Loading
+    the master index goes through :func:`parse_index` instead.
+    """
+    from .indexdoc import read_index  # msgspec: imported by the first index file read
+
+    supersedes_in, packs_in = read_index(doc, what)
     try:
-        supersedes, packs_in = _parse_top(doc)
+        supersedes = [_hex32(s) for s in supersedes_in]
         packs: list[tuple[PackId, list[PackedBlob]]] = []
         for p in packs_in:
-            pack_id = PackId(parse_id(p["id"]))
-            blobs = []
-            for b in p.get("blobs") or []:
-                blob_type, blob_id, offset, length, ulen = _parse_blob(b)
-                blobs.append(PackedBlob(blob_type, BlobId(blob_id), offset, length, ulen))
-            packs.append((pack_id, blobs))
+            blobs = [
+                PackedBlob(
+                    BlobType.TREE if b.type == "tree" else BlobType.DATA,
+                    BlobId(_hex32(b.id)),
+                    b.offset,
+                    b.length,
+                    b.uncompressed_length or 0,
+                )
+                for b in p.blobs or ()
+            ]
+            packs.append((PackId(_hex32(p.id)), blobs))
     except _MALFORMED as exc:
-        raise malformed("index", exc) from None
+        raise malformed(what, exc) from None
     return supersedes, packs
 
 
-def index_supersedes(doc: Any) -> tuple[list[bytes], Any]:
-    """An index document's supersedes list and its (not yet validated) packs.
+def parse_index(doc: Any, what: str = "index") -> tuple[list[bytes], ParsedPacks]:
+    """An index document (its JSON bytes, or parsed) as its supersedes list and records.
 
-    The packs go to :meth:`IndexLoader.add_packs`, which validates them as
-    :func:`decode_index` does without making an object per blob.
+    Checked as :func:`decode_index` checks it, without an object per blob
+    that outlives the call. Raises :class:`IntegrityError` when malformed.
     """
+    from .indexdoc import read_index
+
+    supersedes_in, packs_in = read_index(doc, what)
     try:
-        return _parse_top(doc)
+        return [_hex32(s) for s in supersedes_in], _parse_packs(packs_in)
     except _MALFORMED as exc:
-        raise malformed("index", exc) from None
+        raise malformed(what, exc) from None
 
 
 # ------------------------------------------------------------- the tables
@@ -556,7 +547,7 @@ class MasterIndex:
 
 
 class ParsedPacks(NamedTuple):
-    """The packs of one index document as records (see :func:`parse_packs`).
+    """The packs of one index document as records (see :func:`parse_index`).
 
     Plain values only: a helper process sends it back pickled. Per blob
     type (DATA, TREE): ``recs``, 48-byte records ordered by their first
@@ -570,39 +561,23 @@ class ParsedPacks(NamedTuple):
     far: tuple[dict[bytes, int], dict[bytes, int]]
 
 
-def parse_packs(packs_in: Any) -> ParsedPacks:
-    """An index document's packs, validated as :func:`decode_index` does, as records.
-
-    Column by column at C speed, without an object per blob that outlives
-    the call. Raises :class:`IntegrityError` for a malformed entry.
-    """
-    try:
-        return _parse_packs(packs_in)
-    except _MALFORMED as exc:
-        raise malformed("index", exc) from None
-
-
-def _parse_packs(packs_in: Any) -> ParsedPacks:
-    ids: list[Any] = []
-    types: list[Any] = []
-    offs: list[Any] = []
-    lens: list[Any] = []
-    ulens: list[Any] = []
+def _parse_packs(packs_in: list[Any]) -> ParsedPacks:
+    """Records from packs decoded by :func:`.indexdoc.read_index` (types and
+    ranges already checked), column by column at C speed."""
+    ids: list[str] = []
+    types: list[str] = []
+    offs: list[int] = []
+    lens: list[int] = []
+    ulens: list[int | None] = []
     pack_ids = bytearray()
     pack_nos = array("I")
     far: tuple[dict[bytes, int], dict[bytes, int]] = ({}, {})
-    get_id, get_type = operator.itemgetter("id"), operator.itemgetter("type")
-    get_off, get_len = operator.itemgetter("offset"), operator.itemgetter("length")
-    get_ulen = operator.methodcaller("get", "uncompressed_length")
+    get_id, get_type = operator.attrgetter("id"), operator.attrgetter("type")
+    get_off, get_len = operator.attrgetter("offset"), operator.attrgetter("length")
+    get_ulen = operator.attrgetter("uncompressed_length")
     for pack_no, p in enumerate(packs_in):
-        pack_id = parse_id(p["id"])
-        if len(pack_id) != ID_SIZE:  # fromhex skips spaces: a pack id must still be 32 bytes
-            raise ValueError(f"invalid pack id {p['id']!r}")
-        pack_ids += pack_id
-        blobs = p.get("blobs") or []
-        if not isinstance(blobs, list):
-            raise TypeError(f"blobs of pack {p['id']} is not a list")
-        # per column at C speed; a non-object raises TypeError, a missing key KeyError
+        pack_ids += _hex32(p.id)
+        blobs = p.blobs or ()
         ids += map(get_id, blobs)
         types += map(get_type, blobs)
         offs += map(get_off, blobs)
@@ -612,34 +587,25 @@ def _parse_packs(packs_in: Any) -> ParsedPacks:
     n = len(ids)
     if not n:
         return ParsedPacks(bytes(pack_ids), (b"", b""), ([], []), far)
-    if set(map(type, ids)) != {str} or set(map(len, ids)) != {64}:
-        bad = next(i for i in ids if not isinstance(i, str) or len(i) != 64)
-        raise ValueError(f"invalid id {bad!r}")
+    if set(map(len, ids)) != {2 * ID_SIZE}:
+        raise ValueError(f"invalid id {next(i for i in ids if len(i) != 2 * ID_SIZE)!r}")
     idb = bytes.fromhex("".join(ids))
-    if len(idb) != ID_SIZE * n:
-        raise ValueError("invalid id (spaces in the hex digits)")
+    if len(idb) != ID_SIZE * n:  # fromhex skips spaces
+        for blob_id in ids:
+            _hex32(blob_id)
     del ids
     trees = types.count("tree")
-    if types.count("data") + trees != n:
-        bad = next(t for t in types if t not in ("data", "tree"))
-        raise ValueError(f"unknown blob type {bad!r}")
-    offsets, lengths, ulengths = _uints(offs), _uints(lens), _uints([u or 0 for u in ulens])
-    del offs, lens, ulens
-    if min(offsets) < 0 or max(offsets) >= MAX_PACK_OFFSET:
-        raise ValueError(f"offset {min(offsets)}..{max(offsets)} is out of range")
-    if not (OVERHEAD <= min(lengths) and max(lengths) < 1 << 32):
-        raise ValueError(f"length {min(lengths)}..{max(lengths)} is out of range")
-    if not (0 <= min(ulengths) and max(ulengths) < 1 << 32):
-        raise ValueError(f"uncompressed length {min(ulengths)}..{max(ulengths)} is out of range")
+    offsets = array("q", offs)
+    ulengths = array("q", [u or 0 for u in ulens])
+    del offs, ulens
     if max(offsets) >= _FAR:
-        offsets = list(offsets)
         for i, offset in enumerate(offsets):
             if offset >= _FAR:
                 # a blob stored twice keeps its first location, far offset included
                 far[types[i] == "tree"].setdefault(idb[i * ID_SIZE : (i + 1) * ID_SIZE], offset)
                 offsets[i] = _FAR
-    recs = _records(idb, pack_nos, offsets, lengths, ulengths)
-    del idb, offsets, lengths, ulengths, pack_nos
+    recs = _records(idb, pack_nos, offsets, lens, ulengths)
+    del idb, offsets, lens, ulengths, pack_nos
     by_type = [b"", b""]
     if not trees:
         by_type[BlobType.DATA] = recs
@@ -720,16 +686,8 @@ class IndexLoader:
             if rows[blob_type]:
                 self._groupers[blob_type].add(b"".join(rows[blob_type]))
 
-    def add_packs(self, packs_in: Any) -> None:
-        """Add the packs of an index document, validated as :func:`decode_index` does.
-
-        Raises :class:`IntegrityError` for a malformed entry (the loader
-        should then be dropped).
-        """
-        self.add_parsed(parse_packs(packs_in))
-
     def add_parsed(self, parsed: ParsedPacks) -> None:
-        """Add packs parsed by :func:`parse_packs` (here or in a helper process)."""
+        """Add packs parsed by :func:`parse_index` (here or in a helper process)."""
         shift = self._first + len(self._packs) // ID_SIZE
         if len(parsed.packs) % ID_SIZE:
             raise ValueError("a pack id is 32 bytes")
@@ -781,14 +739,6 @@ def _to_overlay(table: _Table, recs: bytearray, far: dict[bytes, int]) -> None:
         if offset == _FAR:
             offset = far[blob_id]
         table.overlay[blob_id] = (pack_no, offset, length, ulen)
-
-
-def _uints(values: list[Any]) -> array[int] | list[int]:
-    """Integers as ``int()`` makes them; an array when they are plain ints."""
-    try:
-        return array("q", values)
-    except (TypeError, OverflowError):
-        return list(map(int, values))
 
 
 def _drop_known(

@@ -2,9 +2,9 @@
 
 See docs/design.md, "The master index in memory". Loading the index of a
 large repository for the first time on a machine (before the local index
-cache exists) reads every index file: decrypt, decompress, ``json.loads``,
-turn the blobs into 48-byte records and order them by their first byte.
-That is CPU work under the GIL, about 2 us a blob, so threads cannot share
+cache exists) reads every index file: decrypt, decompress, decode the JSON
+(:mod:`.indexdoc`), turn the blobs into 48-byte records and order them by
+their first byte. That is CPU work under the GIL, about 2 us a blob, so threads cannot share
 it. When there is enough of it (:data:`HELPER_MIN_BYTES`), one helper
 process (the small-file helpers' kind, started fresh and handed the key
 over its socket) parses files while this process parses others, each
@@ -29,8 +29,8 @@ import zstandard
 
 from . import crypto
 from .errors import IntegrityError
-from .index import ParsedPacks, index_supersedes, parse_packs
-from .limits import decode_unpacked, loads_json
+from .index import ParsedPacks, parse_index
+from .limits import decode_unpacked
 from .memory import FEWER_GC_PASSES
 
 __all__ = [
@@ -72,10 +72,7 @@ def parse_index_file(
     """
     what = f"index/{name}"
     try:
-        doc = loads_json(decode_unpacked(crypto.decrypt(key, sealed), dctx), what)
-        supersedes, packs_in = index_supersedes(doc)
-        del doc
-        return IndexFile(supersedes, parse_packs(packs_in))
+        return IndexFile(*parse_index(decode_unpacked(crypto.decrypt(key, sealed), dctx), what))
     except IntegrityError as exc:
         message = str(exc)
         if not message.startswith(what):

@@ -281,7 +281,7 @@ class Repository:
         superseded: set[bytes] = set()
 
         def load(name: str) -> Any:
-            return name, decode_index(self.load_json(FileType.INDEX, name))
+            return name, decode_index(self.load_unpacked(FileType.INDEX, name), f"index/{name}")
 
         results: list[Any] = []
         if len(names) <= 1:

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from desktop_agent.engine.errors import IntegrityError
 from desktop_agent.engine.ids import BlobId, BlobType, PackId
-from desktop_agent.engine.index import IndexEntry, MasterIndex, decode_index, encode_index
+from desktop_agent.engine.index import (
+    IndexEntry,
+    MasterIndex,
+    decode_index,
+    encode_index,
+    index_bytes,
+    parse_index,
+)
 from desktop_agent.engine.pack import PackedBlob
 
 _id = st.binary(min_size=32, max_size=32)
@@ -32,8 +39,10 @@ def test_index_round_trip(
     packs: list[tuple[PackId, list[PackedBlob]]], supersedes: list[bytes]
 ) -> None:
     doc = encode_index(packs, supersedes)
-    # through JSON text, as it is stored
+    # the JSON text as stored, and parsed into Python objects first
+    assert decode_index(json.dumps(doc).encode()) == (supersedes, packs)
     assert decode_index(json.loads(json.dumps(doc))) == (supersedes, packs)
+    assert decode_index(index_bytes(packs, supersedes)) == (supersedes, packs)
 
 
 def test_index_document_format() -> None:
@@ -84,6 +93,10 @@ def test_decode_accepts_restic_variants() -> None:
         [],
         [(PackId(b"\xaa" * 32), [])],
     )
+    # fields a later restic may add are skipped, however deep
+    later = {"packs": [{**pack, "note": {"a": [1, {"b": None}]}}], "version": 3, "x": [[[]]]}
+    assert decode_index(json.dumps(later).encode()) == ([], expected)
+    assert decode_index(json.dumps([pack]).encode()) == ([], expected)
 
 
 _PACK = "aa" * 32
@@ -126,6 +139,42 @@ def _one(**blob: object) -> dict[str, object]:
 def test_malformed_index_raises_integrity_error(doc: object) -> None:
     with pytest.raises(IntegrityError):
         decode_index(doc)
+    with pytest.raises(IntegrityError):
+        parse_index(doc)
+    if doc is not None and not isinstance(doc, str):  # and as JSON text
+        with pytest.raises(IntegrityError):
+            decode_index(json.dumps(doc).encode())
+        with pytest.raises(IntegrityError):
+            parse_index(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("number", ["40.0", "4e1", '"40"', "true", "1e400", "18446744073709551656"])
+def test_numbers_must_be_json_integers(number: str) -> None:
+    # as restic's decoder requires of its uint fields
+    blob = f'{{"id":"{_BLOB}","type":"data","offset":0,"length":{number}}}'
+    text = f'{{"packs":[{{"id":"{_PACK}","blobs":[{blob}]}}]}}'.encode()
+    for parse in (decode_index, parse_index):
+        with pytest.raises(
+            IntegrityError, match=r"index/x is malformed: .*\$\.packs\[0\]\.blobs\[0\]\.length"
+        ):
+            parse(text, "index/x")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"",
+        b"{",
+        b'{"packs":[]} []',
+        b"\xff\xfe{}",
+        b'{"packs":[' * 100_000,
+        b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+)
+def test_invalid_or_deeply_nested_json_is_an_integrity_error(text: bytes) -> None:
+    for parse in (decode_index, parse_index):
+        with pytest.raises(IntegrityError, match="^index/x: invalid JSON"):
+            parse(text, "index/x")
 
 
 _json = st.recursive(
@@ -164,10 +213,16 @@ _blob_like = st.fixed_dictionaries(
     )
 )
 def test_any_document_decodes_or_raises_integrity_error(doc: object) -> None:
-    try:
-        decode_index(doc)
-    except IntegrityError:
-        pass
+    text = json.dumps(doc).encode()
+    for form in (doc, text):
+        try:
+            decode_index(form)
+        except IntegrityError:
+            pass
+        try:
+            parse_index(form)
+        except IntegrityError:
+            pass
 
 
 # ---------------------------------------------------------------- MasterIndex

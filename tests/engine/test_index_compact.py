@@ -22,7 +22,7 @@ from desktop_agent.engine.index import (
     MasterIndex,
     decode_index,
     encode_index,
-    index_supersedes,
+    parse_index,
 )
 from desktop_agent.engine.indexcache import CACHE_NAME
 from desktop_agent.engine.pack import PackedBlob
@@ -135,25 +135,23 @@ def test_bulk_load_matches_decode_index_and_drops_duplicates():
             blobs += rng.sample(seen, min(len(seen), 5))
             packs.append((PackId(rng.randbytes(32)), blobs))
             seen += blobs
-        docs.append(
-            json.loads(
-                json.dumps(encode_index(packs)) if f % 2 else json.dumps(packs_legacy(packs))
-            )
-        )
+        text = json.dumps(encode_index(packs) if f % 2 else packs_legacy(packs))
+        # the JSON as stored, or parsed into Python objects first: checked alike
+        docs.append(text.encode() if f < 2 else json.loads(text))
     # the first location of a blob wins, in load order
     for doc in docs:
         for pack_id, blobs in decode_index(doc)[1]:
             _oracle_add(oracle, pack_id, blobs)
     loader = index.loader()
     for doc in docs:
-        loader.add_packs(index_supersedes(doc)[1])
+        loader.add_parsed(parse_index(doc)[1])
     assert len(index) == 0  # nothing visible before finish
     loader.finish()
     _same(index, oracle, rng)
     # on top of a loaded index: only what it lacks
     more = [(PackId(rng.randbytes(32)), [_rand_blob(rng) for _ in range(50)] + seen[:10])]
     loader = index.loader()
-    loader.add_packs(encode_index(more)["packs"])
+    loader.add_parsed(parse_index(encode_index(more))[1])
     loader.finish()
     _oracle_add(oracle, more[0][0], more[0][1])
     _same(index, oracle, rng)
@@ -187,7 +185,7 @@ def test_a_malformed_blob_fails_the_bulk_load_and_leaves_the_index_alone(blob):
     index = MasterIndex()
     loader = index.loader()
     with pytest.raises(IntegrityError):
-        loader.add_packs(doc["packs"])
+        loader.add_parsed(parse_index(doc)[1])
     assert len(index) == 0
 
 
