@@ -39,7 +39,13 @@ from pathlib import Path
 from engine import PASSWORD, Restic, run_output, warm_agent  # noqa: E402
 
 MiB = 1024 * 1024
-TARGETS = {"tiny backup time": 0.5, "tiny backup RSS": 0.5, "bytes per index entry": 0.6}
+TARGETS = {
+    "tiny backup time": 0.5,
+    "tiny backup RSS": 0.5,
+    "bytes per index entry": 0.6,
+    # the first load on a machine (no local cache) faster than restic's load
+    "cold index load time": 1.0,
+}
 
 # ------------------------------------------------------------------ trees
 TREE_FILES = 200_000
@@ -267,7 +273,9 @@ def main() -> None:
     cold_per = med([r["rss"] for r in cold]) / entries
     print(f"\ntiny backup (1 changed small file) into the {entries:,}-blob repository")
     print(f"{'':<28}{'desktop-agent':>14}{'restic':>10}{'ratio':>8}{'target':>8}")
+    cold_secs = med([r["seconds"] for r in cold])
     rows = [
+        ("cold index load time", cold_secs, r_index_time, "s"),
         ("tiny backup time", o_time, r_time, "s"),
         ("tiny backup RSS", o_rss / MiB, r_rss / MiB, "MiB"),
         ("bytes per index entry", warm_per, r_per_entry, "B"),

@@ -59,4 +59,7 @@ def parse_id(text: object) -> bytes:
     """Parse a 64-digit hex id; ``ValueError`` otherwise."""
     if not isinstance(text, str) or len(text) != 64:
         raise ValueError(f"invalid id {text!r}")
-    return bytes.fromhex(text)
+    raw = bytes.fromhex(text)
+    if len(raw) != 32:  # fromhex skips spaces
+        raise ValueError(f"invalid id {text!r}")
+    return raw

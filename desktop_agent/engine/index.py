@@ -21,7 +21,7 @@ from itertools import accumulate, compress, repeat
 from typing import Any, NamedTuple
 
 from .errors import malformed
-from .ids import BlobId, BlobType, PackId
+from .ids import BlobId, BlobType, PackId, parse_id
 from .idtable import BUCKETS, ID_SIZE, bucket_of, find_record
 from .pack import PackedBlob
 
@@ -117,17 +117,6 @@ def index_bytes(
     return "".join(parts).encode()
 
 
-def _hex32(text: str) -> bytes:
-    """A 64-digit hex id as its 32 bytes (``fromhex`` alone would skip spaces)."""
-    raw = bytes.fromhex(text)
-    if len(raw) != ID_SIZE or len(text) != 2 * ID_SIZE:
-        raise ValueError(f"invalid id {text!r}")
-    return raw
-
-
-_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
-
-
 def decode_index(
     doc: Any, what: str = "index"
 ) -> tuple[list[bytes], list[tuple[PackId, list[PackedBlob]]]]:
@@ -140,21 +129,21 @@ def decode_index(
 
     supersedes_in, packs_in = read_index(doc, what)
     try:
-        supersedes = [_hex32(s) for s in supersedes_in]
+        supersedes = [parse_id(s) for s in supersedes_in]
         packs: list[tuple[PackId, list[PackedBlob]]] = []
         for p in packs_in:
             blobs = [
                 PackedBlob(
                     BlobType.TREE if b.type == "tree" else BlobType.DATA,
-                    BlobId(_hex32(b.id)),
+                    BlobId(parse_id(b.id)),
                     b.offset,
                     b.length,
                     b.uncompressed_length or 0,
                 )
                 for b in p.blobs or ()
             ]
-            packs.append((PackId(_hex32(p.id)), blobs))
-    except _MALFORMED as exc:
+            packs.append((PackId(parse_id(p.id)), blobs))
+    except ValueError as exc:  # an id that is not 32 bytes of hex
         raise malformed(what, exc) from None
     return supersedes, packs
 
@@ -169,8 +158,8 @@ def parse_index(doc: Any, what: str = "index") -> tuple[list[bytes], ParsedPacks
 
     supersedes_in, packs_in = read_index(doc, what)
     try:
-        return [_hex32(s) for s in supersedes_in], _parse_packs(packs_in)
-    except _MALFORMED as exc:
+        return [parse_id(s) for s in supersedes_in], _parse_packs(packs_in)
+    except ValueError as exc:  # an id that is not 32 bytes of hex
         raise malformed(what, exc) from None
 
 
@@ -576,7 +565,7 @@ def _parse_packs(packs_in: list[Any]) -> ParsedPacks:
     get_off, get_len = operator.attrgetter("offset"), operator.attrgetter("length")
     get_ulen = operator.attrgetter("uncompressed_length")
     for pack_no, p in enumerate(packs_in):
-        pack_ids += _hex32(p.id)
+        pack_ids += parse_id(p.id)
         blobs = p.blobs or ()
         ids += map(get_id, blobs)
         types += map(get_type, blobs)
@@ -589,10 +578,16 @@ def _parse_packs(packs_in: list[Any]) -> ParsedPacks:
         return ParsedPacks(bytes(pack_ids), (b"", b""), ([], []), far)
     if set(map(len, ids)) != {2 * ID_SIZE}:
         raise ValueError(f"invalid id {next(i for i in ids if len(i) != 2 * ID_SIZE)!r}")
-    idb = bytes.fromhex("".join(ids))
-    if len(idb) != ID_SIZE * n:  # fromhex skips spaces
-        for blob_id in ids:
-            _hex32(blob_id)
+    try:
+        idb = bytes.fromhex("".join(ids))
+    except ValueError:
+        idb = b""
+    if len(idb) != ID_SIZE * n:  # not hex, or spaces (fromhex skips them): which id?
+        for i, blob_id in enumerate(ids):
+            try:
+                parse_id(blob_id)
+            except ValueError:
+                raise ValueError(f"invalid id {blob_id!r} (blob {i} of the file)") from None
     del ids
     trees = types.count("tree")
     offsets = array("q", offs)

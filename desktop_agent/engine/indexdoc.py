@@ -7,8 +7,9 @@ below and checks every field's type and range as it goes (about half the
 time of ``json.loads`` plus checking the dicts it makes; docs/design.md,
 "The master index in memory"). Numbers must be JSON integers, as restic's
 decoder requires: ``1.0``, ``"1"`` and ``true`` are malformed. Unknown
-fields are skipped. What the schema cannot say (that an id is 32 bytes of
-hex) the caller checks.
+fields are skipped (their text is not checked for valid UTF-8: it is never
+read). What the schema cannot say (that an id is 32 bytes of hex) the
+caller checks.
 
 Imported on first use: a run that loads no index file never pays for it.
 """
@@ -67,14 +68,14 @@ def read_index(
     """
     try:
         if isinstance(doc, bytes | bytearray | memoryview):
-            top = _DECODER.decode(doc)
+            top = _DECODER.decode(doc if not isinstance(doc, memoryview) else doc.tobytes())
         else:
             top = msgspec.convert(doc, _SCHEMA)
     except msgspec.ValidationError as exc:
         # "<problem> - at `$.packs[0]...`": the place first, so that a cut
         # of a long problem (a huge refused value) keeps it
         problem, at, place = str(exc).rpartition(" - at `")
-        if at:
+        if at and place.startswith("$"):
             exc = msgspec.ValidationError(f"at {place.rstrip('`')}: {problem}")
         raise malformed(what, exc) from None
     except (msgspec.DecodeError, RecursionError, MemoryError) as exc:

@@ -125,6 +125,10 @@ def _one(**blob: object) -> dict[str, object]:
         _one(type="blob"),
         _one(type=None),
         _one(id="not hex" * 10),
+        _one(id="aa" * 21 + " " * 22),  # fromhex skips spaces: 21 bytes
+        _one(id="aa" * 31 + "a"),
+        {"supersedes": ["aa" * 21 + " " * 22], "packs": []},
+        {"packs": [{"id": " " * 64}]},
         _one(id=...),
         _one(offset=...),
         _one(length="forty"),

@@ -248,6 +248,9 @@ def test_malformed_tree_raises_integrity_error(raw: bytes) -> None:
         (b'{"name":"bad\\\\q","type":"file"}', "invalid escape"),
         (b'{"name":"x","type":"file","content":["abc"]}', "invalid id"),
         (b'{"name":"x","type":"dir","subtree":"zz"}', "invalid id"),
+        # 64 characters whose hex has spaces: bytes.fromhex would give 21 bytes
+        (b'{"name":"x","type":"dir","subtree":"' + b"aa" * 21 + b" " * 22 + b'"}', "invalid id"),
+        (b'{"name":"x","type":"file","content":["' + b" aa" * 21 + b' "]}', "invalid id"),
         (b'{"name":"x","type":"file","mtime":"yesterday"}', "invalid timestamp"),
         (b'{"name":"x","type":"file","mode":1e999}', "mode is not an integer"),
         (b'{"name":"x","type":"file","size":"big"}', "size is not an integer"),
