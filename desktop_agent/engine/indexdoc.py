@@ -3,8 +3,8 @@
 An index file is ``{"supersedes": [...], "packs": [{"id": ..., "blobs":
 [{"id", "type", "offset", "length", "uncompressed_length"?}]}]}``, or the
 pre-0.8 bare list of packs. msgspec decodes it straight into the classes
-below and checks every field's type and range as it goes (about half the
-time of ``json.loads`` plus checking the dicts it makes; docs/design.md,
+below and checks every field's type and range as it goes: 0.13-0.18 s a
+million blobs, where ``json.loads`` alone took 0.62-0.94 s (docs/design.md,
 "The master index in memory"). Numbers must be JSON integers, as restic's
 decoder requires: ``1.0``, ``"1"`` and ``true`` are malformed. Unknown
 fields are skipped (their text is not checked for valid UTF-8: it is never

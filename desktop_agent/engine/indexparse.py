@@ -4,8 +4,8 @@ See docs/design.md, "The master index in memory". Loading the index of a
 large repository for the first time on a machine (before the local index
 cache exists) reads every index file: decrypt, decompress, decode the JSON
 (:mod:`.indexdoc`), turn the blobs into 48-byte records and order them by
-their first byte. That is CPU work under the GIL, about 2 us a blob, so threads cannot share
-it. When there is enough of it (:data:`HELPER_MIN_BYTES`), one helper
+their first byte. That is CPU work under the GIL, about 1 us a blob, so
+threads cannot share it. When there is enough of it (:data:`HELPER_MIN_BYTES`), one helper
 process (the small-file helpers' kind, started fresh and handed the key
 over its socket) parses files while this process parses others, each
 taking the next file when done with one; the records come back pickled, a
