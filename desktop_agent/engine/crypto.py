@@ -110,7 +110,7 @@ class Key:
                 mac_r=base64.b64decode(mac["r"], validate=True),
             )
         except (AssertionError, KeyError, TypeError, ValueError) as exc:
-            raise IntegrityError(f"master key is malformed: {exc}") from None
+            raise malformed("master key", exc) from None
 
 
 def _b64(data: bytes) -> str:
@@ -301,7 +301,7 @@ def open_key_file(raw: bytes, password: str) -> Key:
     try:
         return Key.from_json(json.loads(plain))
     except (ValueError, RecursionError) as exc:
-        raise IntegrityError(f"master key is malformed: {exc}") from None
+        raise malformed("master key", exc) from None
 
 
 def chunker_seed(key: Key, repository_id: str) -> int:

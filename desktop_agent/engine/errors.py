@@ -23,6 +23,7 @@ __all__ = [
     "RepositoryLocked",
     "describe_oserror",
     "malformed",
+    "invalid_json",
 ]
 
 
@@ -94,10 +95,22 @@ def describe_oserror(exc: OSError, what: str) -> StorageError:
 MAX_DETAIL = 300
 
 
-def malformed(what: str, exc: BaseException) -> IntegrityError:
-    """``<what> is malformed: <exception type>: <message>``, the message cut
-    to :data:`MAX_DETAIL` characters (the cut says how long it was)."""
+def _detail(exc: BaseException) -> str:
+    """``<exception type>: <message>``, the message cut to :data:`MAX_DETAIL`
+    characters (the cut says how long it was)."""
     detail = str(exc)
     if len(detail) > MAX_DETAIL:
         detail = f"{detail[:MAX_DETAIL]}... ({len(detail):,} characters)"
-    return IntegrityError(f"{what} is malformed: {type(exc).__name__}: {detail}")
+    return f"{type(exc).__name__}: {detail}"
+
+
+def malformed(what: str, exc: BaseException) -> IntegrityError:
+    """``<what> is malformed: <exception type>: <message>`` (a value of the wrong
+    type or out of range; the message cut as :func:`_detail` says)."""
+    return IntegrityError(f"{what} is malformed: {_detail(exc)}")
+
+
+def invalid_json(what: str, exc: BaseException) -> IntegrityError:
+    """``<what>: invalid JSON: <exception type>: <message>`` (a parser's failure,
+    the message cut as :func:`_detail` says)."""
+    return IntegrityError(f"{what}: invalid JSON: {_detail(exc)}")

@@ -576,13 +576,11 @@ def _parse_packs(packs_in: list[Any]) -> ParsedPacks:
     n = len(ids)
     if not n:
         return ParsedPacks(bytes(pack_ids), (b"", b""), ([], []), far)
-    if set(map(len, ids)) != {2 * ID_SIZE}:
-        raise ValueError(f"invalid id {next(i for i in ids if len(i) != 2 * ID_SIZE)!r}")
-    try:
-        idb = bytes.fromhex("".join(ids))
+    try:  # lengths first: a short id and a long one would join into aligned hex
+        idb = bytes.fromhex("".join(ids)) if set(map(len, ids)) == {2 * ID_SIZE} else b""
     except ValueError:
         idb = b""
-    if len(idb) != ID_SIZE * n:  # not hex, or spaces (fromhex skips them): which id?
+    if len(idb) != ID_SIZE * n:  # a length other than 64, not hex, or spaces: which id?
         for i, blob_id in enumerate(ids):
             try:
                 parse_id(blob_id)

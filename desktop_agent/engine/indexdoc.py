@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .crypto import OVERHEAD
-from .errors import IntegrityError, malformed
+from .errors import invalid_json, malformed
 from .limits import MAX_PACK_OFFSET
 
 __all__ = ["Blob", "Pack", "read_index"]
@@ -79,7 +79,7 @@ def read_index(
             exc = msgspec.ValidationError(f"at {place.rstrip('`')}: {problem}")
         raise malformed(what, exc) from None
     except (msgspec.DecodeError, RecursionError, MemoryError) as exc:
-        raise IntegrityError(f"{what}: invalid JSON: {type(exc).__name__}: {exc}") from None
+        raise invalid_json(what, exc) from None
     if isinstance(top, list):
         return [], top
     return top.supersedes or [], top.packs or []

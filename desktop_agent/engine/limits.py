@@ -23,7 +23,7 @@ from typing import Any
 
 import zstandard
 
-from .errors import IntegrityError
+from .errors import IntegrityError, invalid_json
 from .ids import BlobType
 
 __all__ = [
@@ -103,4 +103,4 @@ def loads_json(data: bytes | str, what: str) -> Any:
     try:
         return json.loads(data)
     except (ValueError, RecursionError, MemoryError) as exc:
-        raise IntegrityError(f"{what}: invalid JSON: {type(exc).__name__}: {exc}") from None
+        raise invalid_json(what, exc) from None

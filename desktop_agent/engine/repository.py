@@ -30,6 +30,7 @@ from .errors import (
     RepositoryNotFound,
     UnsupportedRepository,
     WrongPassword,
+    malformed,
 )
 from .gocompat import format_time
 from .ids import BlobType, PackId, SnapshotId
@@ -116,7 +117,7 @@ class RepoConfig:
             if not 0 <= poly < 1 << 64:
                 raise ValueError("chunker polynomial out of range")
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
-            raise IntegrityError(f"repository config is malformed: {exc}") from None
+            raise malformed("repository config", exc) from None
         if not MIN_VERSION <= version <= MAX_VERSION:
             raise UnsupportedRepository(
                 f"repository format version {version} is not supported "
