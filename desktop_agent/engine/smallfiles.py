@@ -64,6 +64,8 @@ __all__ = [
     "Helpers",
     "helper_entry",
     "spawn_helper",
+    "send_room",
+    "SOCKET_BUFFER",
     "reap",
     "SMALL_FILE",
     "FileResult",
@@ -243,12 +245,14 @@ class Helpers:
         self.conns: list[Connection] = []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.outstanding = [0] * count  # messages sent and not yet answered, per helper
+        self.room: list[int] = []  # per helper: bytes that can wait in its socket (send_room)
         init = Init((key.encrypt, key.mac_k, key.mac_r), compression, spool_dir, pack_size, known)
         try:
             for _ in range(count):
                 conn, proc = spawn_helper()
                 self.conns.append(conn)
                 self.procs.append(proc)
+                self.room.append(send_room(conn))
                 conn.send(init)
         except BaseException:
             self.close()
@@ -343,6 +347,8 @@ def spawn_helper() -> tuple[Connection, subprocess.Popen[bytes]]:
 
 def _spawn_by_fd() -> tuple[Connection, subprocess.Popen[bytes]]:
     ours, theirs = socket.socketpair()
+    _widen(ours)
+    _widen(theirs)
     with theirs:
         proc = subprocess.Popen(
             [*_helper_command(), str(theirs.fileno())],
@@ -375,6 +381,7 @@ def _spawn_over_loopback() -> tuple[Connection, subprocess.Popen[bytes]]:
                     continue
                 if hmac.compare_digest(offered, token):
                     sock.settimeout(None)
+                    _widen(sock)
                     return Connection(sock.detach()), proc
                 sock.close()
         except BaseException:
@@ -399,7 +406,40 @@ def _connect_back() -> Connection:
     sock = socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT)
     sock.sendall(bytes.fromhex(token))
     sock.settimeout(None)
+    _widen(sock)
     return Connection(sock.detach())
+
+
+# What each end of a helper's socket asks the system to buffer. The walker
+# may queue a helper as many bytes of work as the system granted (see
+# send_room): more batches waiting means a helper runs dry less often while
+# the walker stores a burst of directories.
+SOCKET_BUFFER = 1 << 20
+
+
+def _widen(sock: socket.socket) -> None:
+    """Ask for :data:`SOCKET_BUFFER` both ways where the buffer is smaller
+    (the system may grant less; a TCP buffer it already grows is left alone)."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, option) < SOCKET_BUFFER:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError:
+            pass  # the default stays: send_room tells the walker
+
+
+def send_room(conn: Connection) -> int:
+    """Bytes that can be sent on ``conn`` while its reader is busy, without blocking.
+
+    Half the send buffer the system reports: Linux reports twice what it
+    grants for data (the rest is its bookkeeping), others report the
+    bytes; half is safe on both.
+    """
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
+    finally:
+        sock.detach()
 
 
 # The package's own root, first on the helper's path: the helper runs the

@@ -387,7 +387,7 @@ def test_a_helper_that_dies_is_replaced_by_the_backup_itself(tmp_path, new_repo,
     killed = []
 
     def on_progress(p: Progress) -> None:
-        if not killed and p.files_done > 2200:
+        if not killed and p.files_done > 1000:
             for pid in _helper_pids():
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -435,9 +435,12 @@ def test_batches_of_long_paths_never_overfill_a_helpers_socket(
     tmp_path, new_repo, restic, monkeypatch
 ):
     """What the walker has sent a helper and not had answered stays within
-    the queue's byte cap (a larger batch goes alone), so that the walker is
-    never blocked sending while the helper is blocked answering."""
-    from desktop_agent.engine import helperpool
+    the room of the helper's socket (a larger batch goes alone), so that the
+    walker is never blocked sending while the helper is blocked answering."""
+    from desktop_agent.engine import helperpool, smallfiles
+
+    # sockets of 64 KiB: each batch of 128 such paths (230 KB) is larger
+    monkeypatch.setattr(smallfiles, "SOCKET_BUFFER", 64 * 1024)
 
     deep = tmp_path / "src"
     for level in range(7):
@@ -450,7 +453,7 @@ def test_batches_of_long_paths_never_overfill_a_helpers_socket(
     def send(self, helper, batch_id, paths):
         real_send(self, helper, batch_id, paths)
         pool = pools[0]
-        seen.append((self.outstanding[helper], pool.queued_bytes[helper], helperpool._QUEUE_BYTES))
+        seen.append((self.outstanding[helper], pool.queued_bytes[helper], self.room[helper]))
 
     pools: list[helperpool.HelperPool] = []
     real_init = helperpool.HelperPool.__init__
@@ -465,8 +468,9 @@ def test_batches_of_long_paths_never_overfill_a_helpers_socket(
     res = backup(repo, BackupOptions(sources=[str(tmp_path / "src")], helpers=2))
     assert res.summary.files_new == 3000
     assert len(seen) > 5
-    # each batch of 128 such paths is over the cap: it is only sent to an idle helper
+    # each batch of 128 such paths is over the room: it is only sent to an idle helper
     assert all(batches == 1 or nbytes <= cap for batches, nbytes, cap in seen)
+    assert all(cap < 128 * 1800 for _, _, cap in seen)
     assert all(batches == 1 for batches, _, _ in seen)
     restic(repo.storage.location, "check", "--read-data")
     assert signature(_restore_all(repo, tmp_path) / str(tmp_path / "src").lstrip("/")) == (

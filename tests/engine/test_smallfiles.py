@@ -243,6 +243,46 @@ def test_helpers_run_below_the_walker_s_priority(tmp_path, transport) -> None:
         helpers.close()
 
 
+def _socket_pair(kind: str) -> tuple[socket.socket, socket.socket]:
+    if kind == "socketpair":
+        return socket.socketpair()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname()[:2])
+        accepted, _ = server.accept()
+    return accepted, client
+
+
+@pytest.mark.parametrize("kind", ["socketpair", "loopback"])
+def test_the_room_of_a_helper_s_socket_takes_that_many_bytes_of_batches_unread(kind) -> None:
+    """The walker queues a helper at most ``send_room`` bytes of paths (as the
+    pool counts them: 8 bytes a path for the framing): all of it must fit
+    while the helper reads nothing, or the walker could block in send while
+    the helper blocks sending an answer. Widening never makes it smaller;
+    on Linux a socket pair gets the buffer asked for, as far as the system's
+    limit allows."""
+    plain, _other = _socket_pair(kind)
+    default = smallfiles.send_room(Connection(plain.detach()))
+    ours, theirs = _socket_pair(kind)
+    smallfiles._widen(ours)
+    smallfiles._widen(theirs)
+    conn = Connection(ours.detach())
+    try:
+        room = smallfiles.send_room(conn)
+        assert room >= default
+        limit = Path("/proc/sys/net/core/wmem_max")
+        if kind == "socketpair" and limit.exists():
+            assert room == min(smallfiles.SOCKET_BUFFER, int(limit.read_text()))
+        os.set_blocking(conn.fileno(), False)  # a full socket raises instead of waiting
+        paths = [b"/home/someone/" + b"x" * 86 for _ in range(128)]
+        nbytes = sum(len(p) for p in paths) + 8 * len(paths)
+        for batch in range(room // nbytes):
+            conn.send(SealBatch(batch, paths))
+    finally:
+        conn.close()
+        theirs.close()
+        _other.close()
+
+
 def test_a_helper_that_cannot_write_its_spool_reports_the_error(tmp_path, transport) -> None:
     write(tmp_path / "f.txt", b"data\n")
     helpers = Helpers(1, crypto.new_random_key(), True, str(tmp_path / "no-such-dir"), 1 << 24, b"")
