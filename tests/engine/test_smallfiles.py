@@ -260,7 +260,7 @@ def test_the_room_of_a_helper_s_socket_takes_that_many_bytes_of_batches_unread(k
     the helper blocks sending an answer. Widening never makes it smaller;
     on Linux a socket pair gets the buffer asked for, as far as the system's
     limit allows."""
-    plain, _other = _socket_pair(kind)
+    plain, peer = _socket_pair(kind)
     default = smallfiles.send_room(Connection(plain.detach()))
     ours, theirs = _socket_pair(kind)
     smallfiles._widen(ours)
@@ -280,7 +280,7 @@ def test_the_room_of_a_helper_s_socket_takes_that_many_bytes_of_batches_unread(k
     finally:
         conn.close()
         theirs.close()
-        _other.close()
+        peer.close()
 
 
 def test_a_helper_that_cannot_write_its_spool_reports_the_error(tmp_path, transport) -> None:
