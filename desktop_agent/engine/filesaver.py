@@ -231,7 +231,8 @@ class FileSaver:
         """
         plain: list[tuple[FileJob, bytes]] = []
         for job in jobs:
-            data = self.apply_read(job, read_small(job.path))
+            node = job.node
+            data = self.apply_read(job, read_small(job.path, node.size, node.mtime))
             if data is not None:
                 plain.append((job, data))
         if not plain:
@@ -258,11 +259,9 @@ class FileSaver:
             elif isinstance(res, ReadFailed):
                 job.error = res.message
             return None
-        data, changed, mtime = res
+        data, changed = res  # a changed file keeps the mtime it was listed with
         job.size = len(data)
         job.changed = changed
-        if changed:
-            job.node.mtime = mtime
         if not data:
             job.content = []
             self.progress.add_done(files=1)

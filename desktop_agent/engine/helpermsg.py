@@ -43,6 +43,7 @@ __all__ = [
     "SealedPack",
     "Init",
     "SealBatch",
+    "BATCH_BYTES_PER_FILE",
     "Flush",
     "Stop",
     "BatchDone",
@@ -58,8 +59,7 @@ class FileRead(NamedTuple):
     """A regular file read whole."""
 
     data: bytes
-    changed: bool  # its size or mtime changed while it was read
-    mtime: int  # st_mtime_ns before reading
+    changed: bool  # its size or mtime changed since it was listed
 
 
 class Vanished(NamedTuple):
@@ -91,11 +91,10 @@ class Stored(NamedTuple):
     blob_id: bytes | None  # None: the file is empty
     size: int
     changed: bool
-    mtime: int
     stored: int  # encrypted bytes the blob added to the pack (0: a duplicate)
 
 
-StoredTuple = tuple[bytes | None, int, bool, int, int]  # a Stored's fields, as sent
+StoredTuple = tuple[bytes | None, int, bool, int]  # a Stored's fields, as sent
 HelperResult = StoredTuple | FileRead | Vanished | ReadFailed
 
 
@@ -140,10 +139,20 @@ class Init(NamedTuple):
 
 
 class SealBatch(NamedTuple):
-    """Read, seal and pack these files."""
+    """Read, seal and pack these files (their size and mtime as listed, in the
+    same order: a helper compares them with one fstat after reading)."""
 
     batch_id: int
     paths: list[bytes]
+    sizes: list[int]
+    mtimes: list[int]
+
+
+# What a file adds to a pickled SealBatch beyond its path, at most: the path's
+# framing (7 bytes), its size (5 for a small file) and its mtime (10 for any
+# date a 64-bit time_t in ns holds, 14 for one in seconds times 10^9). The
+# walker counts what it has queued for a helper with it (see helperpool).
+BATCH_BYTES_PER_FILE = 32
 
 
 class Flush(NamedTuple):

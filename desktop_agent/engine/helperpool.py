@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
-from .helpermsg import BatchDone, Failed, FileResult, StoredTuple
+from .helpermsg import BATCH_BYTES_PER_FILE, BatchDone, Failed, FileResult, StoredTuple
 from .ids import BlobId, BlobType
 from .pack import FinishedPack
 from .pipeline import BackupStats, FileJob, Notices
@@ -136,7 +136,8 @@ class HelperPool:
             return
         self.filling[i] = []
         self.filling_bytes[i] = 0
-        nbytes = sum(len(j.path) for j in jobs) + 8 * len(jobs)
+        paths = [j.path for j in jobs]
+        nbytes = sum(map(len, paths)) + BATCH_BYTES_PER_FILE * len(jobs)
         while (
             self.helpers is not None
             and helpers.outstanding[i]
@@ -155,7 +156,8 @@ class HelperPool:
             self.failed(RuntimeError("helper gone"))
             return
         try:
-            helpers.send(i, self.batch_seq, [j.path for j in jobs])
+            nodes = [j.node for j in jobs]
+            helpers.send(i, self.batch_seq, paths, [n.size for n in nodes], [n.mtime for n in nodes])
         except (OSError, EOFError, ValueError) as exc:
             self.failed(exc)
 
@@ -183,11 +185,11 @@ class HelperPool:
         stats = self.stats
         for job, res in zip(jobs, done.results, strict=True):
             if type(res) is tuple:  # a Stored (helpermsg), sent as a plain tuple
-                blob_id, size, changed, mtime, stored = cast(StoredTuple, res)
+                # a changed file keeps the mtime it was listed with: older than
+                # what was read, so the next backup reads it again
+                blob_id, size, changed, stored = cast(StoredTuple, res)
                 job.size = size
                 job.changed = changed
-                if changed:
-                    job.node.mtime = mtime
                 job.content = [] if blob_id is None else [BlobId(blob_id)]
                 provisional.append(job)
                 if stored:

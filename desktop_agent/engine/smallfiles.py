@@ -99,31 +99,49 @@ def _failure(exc: OSError) -> FileResult:
     return ReadFailed(exc.strerror or str(exc))
 
 
-def read_small(path: bytes) -> FileResult:
-    """Read a whole (small) regular file, noticing changes while reading."""
+def read_small(path: bytes, size: int, mtime: int) -> FileResult:
+    """Read a whole (small) regular file, noticing changes since it was listed.
+
+    ``size`` and ``mtime`` (ns) are what the listing's lstat said. One fstat
+    after reading tells whether the file changed since then (or while it was
+    read): its size or mtime differ, or it is no longer a regular file. A
+    regular file that is replaced between the lstat and the open is a
+    change too; O_NOFOLLOW and O_NONBLOCK keep a symlink or a FIFO put in
+    its place from being followed or waited for.
+    """
     try:
         fd = open_for_reading(path)
     except OSError as exc:
         return _failure(exc)
     try:
-        before = os.fstat(fd)
-        if not st.S_ISREG(before.st_mode):
-            return VANISHED
-        # one byte more than the size: EOF in one call when the file did not
-        # grow (a large read buffer would cost an mmap per file)
-        data = os.read(fd, before.st_size + 1)
-        if len(data) > before.st_size:
-            parts = [data]
-            while block := os.read(fd, 1 << 20):
-                parts.append(block)
-            data = b"".join(parts)
+        try:
+            # one byte more than the size: EOF in one call when the file did
+            # not grow (a large read buffer would cost an mmap per file)
+            data = os.read(fd, size + 1)
+            if len(data) > size:
+                parts = [data]
+                while block := os.read(fd, 1 << 20):
+                    parts.append(block)
+                data = b"".join(parts)
+        except OSError as exc:
+            # a directory or a FIFO put in its place: gone, as a file
+            return VANISHED if _not_regular(fd) else _failure(exc)
         after = os.fstat(fd)
     except OSError as exc:
         return _failure(exc)
     finally:
         os.close(fd)
-    changed = after.st_mtime_ns != before.st_mtime_ns or after.st_size != len(data)
-    return FileRead(data, changed, before.st_mtime_ns)
+    if not st.S_ISREG(after.st_mode):
+        return VANISHED
+    changed = len(data) != size or after.st_size != size or after.st_mtime_ns != mtime
+    return FileRead(data, changed)
+
+
+def _not_regular(fd: int) -> bool:
+    try:
+        return not st.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------- the helper's side
@@ -149,7 +167,7 @@ def _helper_main(conn: Connection, init: Init) -> None:
             batch_id = msg.batch_id if isinstance(msg, SealBatch) else None
             try:
                 if isinstance(msg, SealBatch):
-                    results, finished = _seal(msg.paths, key, zstd, seen, builder, init.pack_size)
+                    results, finished = _seal(msg, key, zstd, seen, builder, init.pack_size)
                     conn.send(BatchDone(msg.batch_id, results, finished))
                 elif isinstance(msg, Flush):
                     finished = [SealedPack.of(builder.finish())] if len(builder) else []
@@ -170,7 +188,7 @@ def _helper_main(conn: Connection, init: Init) -> None:
 
 
 def _seal(
-    paths: list[bytes],
+    batch: SealBatch,
     key: crypto.Key,
     zstd: zstandard.ZstdCompressor | None,
     seen: IdSet,
@@ -181,20 +199,20 @@ def _seal(
     payloads: list[bytes] = []
     known, remember = seen.functions()
     sha256 = hashlib.sha256
-    # result index, blob id, ulen, size, changed, mtime of each blob to seal
-    new: list[tuple[int, bytes, int, int, bool, int]] = []
-    for path in paths:
-        res = read_small(path)
+    # result index, blob id, ulen, size, changed of each blob to seal
+    new: list[tuple[int, bytes, int, int, bool]] = []
+    for path, size, mtime in zip(batch.paths, batch.sizes, batch.mtimes, strict=True):
+        res = read_small(path, size, mtime)
         if type(res) is not FileRead or len(res.data) > SMALL_FILE:
             results.append(res)  # failures, and files that grew: the parent handles them
             continue
-        data, changed, mtime = res
+        data, changed = res
         if not data:
-            results.append((None, 0, changed, mtime, 0))  # a Stored, as sent
+            results.append((None, 0, changed, 0))  # a Stored, as sent
             continue
         blob_id = sha256(data).digest()
         if known(blob_id):
-            results.append((blob_id, len(data), changed, mtime, 0))
+            results.append((blob_id, len(data), changed, 0))
             continue
         remember(blob_id)
         payload, ulen = data, 0
@@ -203,7 +221,7 @@ def _seal(
             if len(packed) < len(data):
                 payload, ulen = packed, len(data)
         payloads.append(payload)
-        new.append((len(results), blob_id, ulen, len(data), changed, mtime))
+        new.append((len(results), blob_id, ulen, len(data), changed))
         results.append(VANISHED)  # a place holder: its Stored follows once sealed
     finished: list[SealedPack] = []
     if payloads:
@@ -211,8 +229,8 @@ def _seal(
         builder.add_many(
             [(BlobType.DATA, BlobId(n[1]), blob, n[2]) for n, blob in zip(new, sealed, strict=True)]
         )
-        for (i, blob_id, _ulen, size, changed, mtime), blob in zip(new, sealed, strict=True):
-            results[i] = (blob_id, size, changed, mtime, len(blob))
+        for (i, blob_id, _ulen, size, changed), blob in zip(new, sealed, strict=True):
+            results[i] = (blob_id, size, changed, len(blob))
         # small packs are fine: the parent keeps every file of an unfinished
         # pack in memory until the pack is done, so bound it by blob count too
         if builder.size >= pack_size or len(builder) >= MAX_PACK_BLOBS:
@@ -261,9 +279,12 @@ class Helpers:
     def __len__(self) -> int:
         return len(self.conns)
 
-    def send(self, helper: int, batch_id: int, paths: list[bytes]) -> None:
-        """Hand a batch to a helper (raises OSError/EOFError if it died)."""
-        self.conns[helper].send(SealBatch(batch_id, paths))
+    def send(
+        self, helper: int, batch_id: int, paths: list[bytes], sizes: list[int], mtimes: list[int]
+    ) -> None:
+        """Hand a batch to a helper: paths, with the size and mtime their listing
+        showed (raises OSError/EOFError if it died)."""
+        self.conns[helper].send(SealBatch(batch_id, paths, sizes, mtimes))
         self.outstanding[helper] += 1
 
     def receive(self, timeout: float | None = 0.0) -> list[tuple[int, FromHelper]]:

@@ -450,8 +450,8 @@ def test_batches_of_long_paths_never_overfill_a_helpers_socket(
     seen: list[tuple[int, int, int]] = []  # (batches queued, bytes queued, cap)
     real_send = helperpool.Helpers.send
 
-    def send(self, helper, batch_id, paths):
-        real_send(self, helper, batch_id, paths)
+    def send(self, helper, batch_id, *files):
+        real_send(self, helper, batch_id, *files)
         pool = pools[0]
         seen.append((self.outstanding[helper], pool.queued_bytes[helper], self.room[helper]))
 

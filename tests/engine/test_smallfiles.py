@@ -16,6 +16,7 @@ from support import write
 from desktop_agent.engine import crypto, smallfiles
 from desktop_agent.engine.errors import StorageError
 from desktop_agent.engine.helpermsg import (
+    BATCH_BYTES_PER_FILE,
     VANISHED,
     BatchDone,
     Failed,
@@ -37,14 +38,44 @@ from desktop_agent.engine.smallfiles import SMALL_FILE, Helpers, read_small
 # ------------------------------------------------------------------ reading
 
 
+def listed(*paths: Path) -> tuple[list[bytes], list[int], list[int]]:
+    """Paths with the size and mtime their lstat shows now, as the walker sends them."""
+    out: tuple[list[bytes], list[int], list[int]] = ([], [], [])
+    for p in paths:
+        try:
+            s = os.lstat(p)
+            size, mtime = s.st_size, s.st_mtime_ns
+        except FileNotFoundError:
+            size, mtime = 0, 0
+        out[0].append(os.fsencode(p))
+        out[1].append(size)
+        out[2].append(mtime)
+    return out
+
+
+def read_listed(path: Path) -> object:
+    (p,), (size,), (mtime,) = listed(path)
+    return read_small(p, size, mtime)
+
+
 def test_read_small_reads_a_whole_file(tmp_path: Path) -> None:
     f = write(tmp_path / "f.txt", b"hello\n" * 100, 1_600_000_000_000_000_000)
-    assert read_small(os.fsencode(f)) == FileRead(
-        b"hello\n" * 100, False, 1_600_000_000_000_000_000
-    )
+    assert read_listed(f) == FileRead(b"hello\n" * 100, False)
     empty = write(tmp_path / "empty", b"")
-    res = read_small(os.fsencode(empty))
-    assert type(res) is FileRead and res.data == b"" and not res.changed
+    assert read_listed(empty) == FileRead(b"", False)
+
+
+def test_a_file_that_differs_from_its_listing_is_marked_changed(tmp_path: Path) -> None:
+    """One fstat after reading, against the size and mtime the listing showed:
+    a file written between the listing and the read is a change."""
+    f = write(tmp_path / "f.txt", b"hello\n", 1_600_000_000_000_000_000)
+    (p,), (size,), (mtime,) = listed(f)
+    assert read_small(p, size, mtime) == FileRead(b"hello\n", False)
+    assert read_small(p, size, mtime + 1) == FileRead(b"hello\n", True)  # touched since
+    write(f, b"hullo\n", 1_600_000_000_000_000_000)  # same size and mtime: nothing to see
+    assert read_small(p, size, mtime) == FileRead(b"hullo\n", False)
+    write(f, b"hi\n", 1_600_000_000_000_000_000)  # shorter, mtime put back
+    assert read_small(p, size, mtime) == FileRead(b"hi\n", True)
 
 
 def test_what_is_no_longer_a_regular_file_has_vanished(tmp_path: Path) -> None:
@@ -53,7 +84,8 @@ def test_what_is_no_longer_a_regular_file_has_vanished(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")  # not opened for long: O_NONBLOCK
     (tmp_path / "dir").mkdir()
     for name in ("gone", "link", "fifo", "dir", "target/below"):
-        assert read_small(os.fsencode(tmp_path / name)) is VANISHED, name
+        # as if each had been a regular file of 10 bytes when it was listed
+        assert read_small(os.fsencode(tmp_path / name), 10, 1) is VANISHED, name
 
 
 def test_an_unreadable_file_is_a_failure_with_the_reason(tmp_path, monkeypatch) -> None:
@@ -66,7 +98,7 @@ def test_an_unreadable_file_is_a_failure_with_the_reason(tmp_path, monkeypatch) 
         return real_open(path, flags, *args, **kw)
 
     monkeypatch.setattr(os, "open", refuse)
-    assert read_small(os.fsencode(f)) == ReadFailed("Permission denied")
+    assert read_listed(f) == ReadFailed("Permission denied")
 
 
 def test_a_file_that_grows_while_it_is_read_is_read_whole_and_marked(tmp_path, monkeypatch):
@@ -75,17 +107,16 @@ def test_a_file_that_grows_while_it_is_read_is_read_whole_and_marked(tmp_path, m
     grown = []
 
     def read(fd: int, n: int) -> bytes:
-        if not grown:  # another program appends between our fstat and our read
+        if not grown:  # another program appends between the listing and our read
             grown.append(True)
             with open(f, "ab") as fh:
                 fh.write(b"second line\n" * 1000)
         return real_read(fd, n)
 
+    (p,), (size,), (mtime,) = listed(f)
     monkeypatch.setattr(os, "read", read)
-    res = read_small(os.fsencode(f))
-    assert type(res) is FileRead
-    assert res.data == b"first line\n" + b"second line\n" * 1000
-    assert res.changed and res.mtime == 1_600_000_000_000_000_000  # the mtime before
+    res = read_small(p, size, mtime)
+    assert res == FileRead(b"first line\n" + b"second line\n" * 1000, True)
 
 
 # ------------------------------------------------------------------ messages
@@ -102,17 +133,17 @@ PACK = FinishedPack(
 
 MESSAGES = [
     Init((b"e" * 32, b"k" * 16, b"r" * 16), True, "/spool", 1 << 24, b"\x05" * 64),
-    SealBatch(7, [b"/a", b"/b\xff"]),
+    SealBatch(7, [b"/a", b"/b\xff"], [10, 524_288], [1_700_000_000_123_456_789, -1]),
     Flush(),
     Stop(),
     BatchDone(
         7,
         [
-            (b"\x02" * 32, 100, False, 5, 132),  # a Stored, as sent: a plain tuple
-            (None, 0, True, 6, 0),
+            (b"\x02" * 32, 100, False, 132),  # a Stored, as sent: a plain tuple
+            (None, 0, True, 0),
             VANISHED,
             ReadFailed("Permission denied"),
-            FileRead(b"grew" * 100, True, 9),
+            FileRead(b"grew" * 100, True),
         ],
         [SealedPack.of(PACK)],
     ),
@@ -190,17 +221,18 @@ def test_a_helper_seals_a_batch_into_a_pack_of_its_own(tmp_path, transport) -> N
         "same-as-a.txt": b"alpha\n" * 50,
         "known.txt": known,
         "empty": b"",
-        "large.bin": os.urandom(SMALL_FILE + 1),
+        "large.bin": b"small when it was listed\n",
     }
     for name, data in files.items():
         write(src / name, data)
-    paths = [os.fsencode(src / n) for n in files] + [os.fsencode(src / "missing")]
+    batch = listed(*(src / n for n in files), src / "missing")
+    files["large.bin"] = write(src / "large.bin", os.urandom(SMALL_FILE + 1)).read_bytes()
     spool = tmp_path / "spool"
     spool.mkdir()
     key = crypto.new_random_key()
     helpers = Helpers(1, key, True, str(spool), 1 << 24, crypto.sha256(known))
     try:
-        helpers.send(0, 1, paths)
+        helpers.send(0, 1, *batch)
         ((i, done),) = helpers.receive(None)
         assert i == 0 and type(done) is BatchDone and done.batch_id == 1 and done.packs == []
         *sealed, large, missing = done.results
@@ -211,8 +243,8 @@ def test_a_helper_seals_a_batch_into_a_pack_of_its_own(tmp_path, transport) -> N
         assert same.blob_id == a.blob_id
         assert same.stored == 0  # the duplicate is sealed once
         assert k.stored == 0  # known to the repository
-        assert empty == Stored(None, 0, False, empty.mtime, 0)
-        assert type(large) is FileRead and large.data == files["large.bin"]  # for the parent
+        assert empty == Stored(None, 0, False, 0)
+        assert large == FileRead(files["large.bin"], True)  # it grew: for the parent
         assert isinstance(missing, Vanished)
         (pack,) = helpers.flush()
     finally:
@@ -232,7 +264,7 @@ def test_helpers_run_below_the_walker_s_priority(tmp_path, transport) -> None:
     helpers = Helpers(2, crypto.new_random_key(), True, str(tmp_path), 1 << 24, b"")
     try:
         for i in range(2):
-            helpers.send(i, i + 1, [os.fsencode(tmp_path / "f.txt")])
+            helpers.send(i, i + 1, *listed(tmp_path / "f.txt"))
         answers = 0
         while answers < 2:  # both have started (and set their priority first)
             answers += len(helpers.receive(None))
@@ -254,8 +286,8 @@ def _socket_pair(kind: str) -> tuple[socket.socket, socket.socket]:
 
 @pytest.mark.parametrize("kind", ["socketpair", "loopback"])
 def test_the_room_of_a_helper_s_socket_takes_that_many_bytes_of_batches_unread(kind) -> None:
-    """The walker queues a helper at most ``send_room`` bytes of paths (as the
-    pool counts them: 8 bytes a path for the framing): all of it must fit
+    """The walker queues a helper at most ``send_room`` bytes of batches (as the
+    pool counts them: a path's length and BATCH_BYTES_PER_FILE): all of it must fit
     while the helper reads nothing, or the walker could block in send while
     the helper blocks sending an answer. Widening never makes it smaller;
     on Linux a socket pair gets the buffer asked for, as far as the system's
@@ -274,9 +306,12 @@ def test_the_room_of_a_helper_s_socket_takes_that_many_bytes_of_batches_unread(k
             assert room == min(smallfiles.SOCKET_BUFFER, int(limit.read_text()))
         os.set_blocking(conn.fileno(), False)  # a full socket raises instead of waiting
         paths = [b"/home/someone/" + b"x" * 86 for _ in range(128)]
-        nbytes = sum(len(p) for p in paths) + 8 * len(paths)
+        sizes = [SMALL_FILE] * 128
+        mtimes = [-(1 << 63) * 10**9] * 128  # the longest a time_t in seconds can give
+        nbytes = sum(len(p) for p in paths) + BATCH_BYTES_PER_FILE * len(paths)
+        assert len(pickle.dumps(SealBatch(0, paths, sizes, mtimes), protocol=5)) <= nbytes
         for batch in range(room // nbytes):
-            conn.send(SealBatch(batch, paths))
+            conn.send(SealBatch(batch, paths, sizes, mtimes))
     finally:
         conn.close()
         theirs.close()
@@ -287,7 +322,7 @@ def test_a_helper_that_cannot_write_its_spool_reports_the_error(tmp_path, transp
     write(tmp_path / "f.txt", b"data\n")
     helpers = Helpers(1, crypto.new_random_key(), True, str(tmp_path / "no-such-dir"), 1 << 24, b"")
     try:
-        helpers.send(0, 1, [os.fsencode(tmp_path / "f.txt")])
+        helpers.send(0, 1, *listed(tmp_path / "f.txt"))
         ((_i, msg),) = helpers.receive(None)
         assert type(msg) is Failed and msg.batch_id == 1 and msg.errno == errno.ENOENT
         assert str(tmp_path / "no-such-dir") in str(msg.error())
