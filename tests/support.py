@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
 import stat
 import time
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from desktop_agent.engine import crypto
 from desktop_agent.engine.repository import Repository
@@ -185,3 +189,33 @@ def above(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
         if parent == os.path.dirname(parent):
             return out
         parent = os.path.dirname(parent)
+
+
+def refuse_listing(monkeypatch: pytest.MonkeyPatch, blocked: Container[bytes]) -> None:
+    """Play the kernel refusing to list the ``blocked`` directories (EACCES), as it
+    would for a user without permission on them; root reads everything. Every
+    way in is refused: opening the directory, scandir and listdir. ``blocked``
+    is consulted on each call, so a test may change it as it goes."""
+    real_open, real_scandir, real_listdir = os.open, os.scandir, os.listdir
+    directory = getattr(os, "O_DIRECTORY", 0)
+
+    def refuse(path: Any) -> None:
+        if isinstance(path, (str, bytes, os.PathLike)) and os.fsencode(path) in blocked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & directory and kwargs.get("dir_fd") is None:
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def scandir(path: Any = ".") -> Any:
+        refuse(path)
+        return real_scandir(path)
+
+    def listdir(path: Any = ".") -> Any:
+        refuse(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", listdir)

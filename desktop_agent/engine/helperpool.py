@@ -157,7 +157,9 @@ class HelperPool:
             return
         try:
             nodes = [j.node for j in jobs]
-            helpers.send(i, self.batch_seq, paths, [n.size for n in nodes], [n.mtime for n in nodes])
+            helpers.send(
+                i, self.batch_seq, paths, [n.size for n in nodes], [n.mtime for n in nodes]
+            )
         except (OSError, EOFError, ValueError) as exc:
             self.failed(exc)
 

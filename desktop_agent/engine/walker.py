@@ -29,6 +29,7 @@ import grp
 import os
 import pwd
 import stat as st
+import sys
 import threading
 from collections.abc import Sequence
 
@@ -59,6 +60,19 @@ __all__ = [
 Listing = list[tuple[bytes, bytes, os.stat_result]]
 # path components of the sources: a nested dict, None marking a source
 Trie = dict[bytes, "Trie | None"]
+
+# Listing a directory through a descriptor of it (POSIX); elsewhere by path.
+# O_NOFOLLOW: a directory replaced by a symlink since its parent was listed
+# is not followed (it is reported as not listable, like any other failure).
+_LIST_BY_FD = os.listdir in os.supports_fd and os.stat in os.supports_dir_fd
+_DIR_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_DIRECTORY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+)
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 _users: dict[int, str] = {}
 _groups: dict[int, str] = {}
@@ -453,27 +467,50 @@ class Walker:
             return {}
 
     def list_dir(self, path: bytes) -> Listing:
-        """Sorted, filtered ``(name, path, lstat)`` of a directory's entries."""
+        """Sorted, filtered ``(name, path, lstat)`` of a directory's entries.
+
+        Where the system allows (POSIX), the directory is opened once and its
+        entries are listed and stat'ed through that descriptor: no lookup of
+        the whole path per entry (0.4-0.8 us each), and names and metadata
+        come from the same directory even if another takes its path meanwhile.
+        """
+        fd = -1
         try:
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            if _LIST_BY_FD:
+                fd = os.open(path, _DIR_FLAGS)
+                names = sorted([n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(fd)])
+            else:
+                names = sorted(os.listdir(path))
         except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
             self.notices.skip(path, f"cannot list directory: {exc.strerror or exc}")
             self._incomplete = True
             return []
         listing = []
         flt = self.filter
-        for e in entries:
-            child = e.path
-            if flt and flt.excluded(child):
-                continue
-            try:
-                listing.append((e.name, child, e.stat(follow_symlinks=False)))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                self.notices.skip(child, exc.strerror or str(exc))
-                self._incomplete = True
+        prefix = path if path.endswith(b"/") else path + b"/"
+        lstat = os.stat
+        try:
+            for name in names:
+                child = prefix + name
+                if flt and flt.excluded(child):
+                    continue
+                try:
+                    if fd >= 0:
+                        s = lstat(name, dir_fd=fd, follow_symlinks=False)
+                    else:
+                        s = lstat(child, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    self.notices.skip(child, exc.strerror or str(exc))
+                    self._incomplete = True
+                    continue
+                listing.append((name, child, s))
+        finally:
+            if fd >= 0:
+                os.close(fd)
         return listing
 
     def list_trie(self, path: bytes, trie: Trie) -> Listing:

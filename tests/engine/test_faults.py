@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 import pytest
-from support import FAST_KDF, PASSWORD, signature, write
+from support import FAST_KDF, PASSWORD, refuse_listing, signature, write
 
 from desktop_agent.engine import crypto
 from desktop_agent.engine.backup import BackupOptions, backup
@@ -334,15 +334,8 @@ def test_a_directory_becomes_unreadable_during_the_backup(tmp_path, new_repo, re
     victim = src / "b"
     if IS_ROOT:
         # chmod does not stop root: refuse the listing as the kernel would
-        real_scandir = os.scandir
         blocked: set[bytes] = set()
-
-        def scandir(path):  # type: ignore[no-untyped-def]
-            if os.fsencode(path) in blocked:
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
-            return real_scandir(path)
-
-        monkeypatch.setattr(os, "scandir", scandir)
+        refuse_listing(monkeypatch, blocked)
 
         def make_unreadable() -> None:
             blocked.add(os.fsencode(victim))

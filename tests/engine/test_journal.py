@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import above, reopen, subtree_at, write
+from support import above, refuse_listing, reopen, subtree_at, write
 
 from desktop_agent.engine import watch_fanotify, watch_inotify, watch_linux
 from desktop_agent.engine.backup import BackupOptions, BackupResult, backup
@@ -595,14 +595,7 @@ def test_an_unreadable_folder_does_not_turn_the_journal_off(tmp_path, mem_repo, 
     lab = Lab(tmp_path, mem_repo)
     victim = lab.src / "d2" / "s2"
     blocked = {bytes(victim)}
-    real_scandir = os.scandir
-
-    def scandir(path):
-        if os.fsencode(path) in blocked:
-            raise PermissionError(13, "Permission denied", path)
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    refuse_listing(monkeypatch, blocked)
     try:
         lab.build()
         _failing(monkeypatch, watch_inotify, "inotify_add_watch", 13, lambda fd, p, m: p in blocked)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from support import reopen, write
+from support import refuse_listing, reopen, write
 
 from desktop_agent.engine.backup import BackupOptions, backup
 from desktop_agent.engine.check import check
@@ -36,15 +36,8 @@ def test_a_skipped_path_is_named_in_the_fsdecode_form(tmp_path, mem_repo, monkey
     write(src / "a.txt", b"a")
     unreadable = raw_path(src)
     os.mkdir(unreadable)
-    real_scandir = os.scandir
-
-    def scandir(path):  # type: ignore[no-untyped-def]
-        # refused as the kernel would for a directory without permissions (root has them)
-        if os.fsencode(path) == unreadable:
-            raise PermissionError(13, "Permission denied", path)
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    # refused as the kernel would for a directory without permissions (root has them)
+    refuse_listing(monkeypatch, {unreadable})
     res = backup(mem_repo, BackupOptions(sources=[str(src)], scan=False))
     (skipped,) = res.skipped
     assert skipped.path == os.fsdecode(unreadable)

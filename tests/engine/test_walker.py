@@ -1,4 +1,5 @@
-"""The walker's pure parts: when a file may keep its content, the sources' trie, nodes."""
+"""The walker's pure parts: when a file may keep its content, the sources' trie, nodes,
+listing a directory."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from pathlib import Path
 import pytest
 from support import write
 
+from desktop_agent.engine.filter import ExcludeFilter
+from desktop_agent.engine.pipeline import Notices
+from desktop_agent.engine.progress import ProgressState
 from desktop_agent.engine.tree import Node, NodeType
-from desktop_agent.engine.walker import file_unchanged, node_from_stat, source_trie
+from desktop_agent.engine.walker import Walker, file_unchanged, node_from_stat, source_trie
 
 OLD = Node(
     name=b"f",
@@ -81,3 +85,43 @@ def test_node_from_stat_types_and_fields(tmp_path: Path) -> None:
     assert node.device_id == s.st_dev  # kept for a hard link
     assert stat.S_IMODE(s.st_mode) == node.mode & 0o777
     assert nodes["d"].size == 0 and nodes["d"].links == 0 and nodes["d"].device_id == 0
+
+
+def _lister(excludes: list[str]) -> Walker:
+    """A walker with only what listing needs (the excludes and the notices)."""
+    walker = Walker.__new__(Walker)
+    walker.filter = ExcludeFilter(excludes)
+    walker.notices = Notices(ProgressState(None))
+    walker._incomplete = False
+    return walker
+
+
+def test_a_listing_holds_every_entry_with_its_lstat_in_byte_order(tmp_path: Path) -> None:
+    names = [b"b", b"a\xff", b"A", b"\xc3\xa9t\xc3\xa9", b".hidden", b"sub", b"link", b"skip.tmp"]
+    for name in names:
+        if name == b"sub":
+            os.mkdir(os.path.join(os.fsencode(tmp_path), name))
+        elif name == b"link":
+            os.symlink(b"sub", os.path.join(os.fsencode(tmp_path), name))
+        else:
+            write(Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), name))), name)
+    lister = _lister(["*.tmp"])
+    root = os.fsencode(tmp_path)
+    listing = lister.list_dir(root)
+    assert [n for n, _, _ in listing] == sorted(n for n in names if n != b"skip.tmp")
+    for name, path, s in listing:
+        assert path == root + b"/" + name
+        assert s == os.lstat(path)  # not followed: the link is a link
+    assert not lister.notices.skipped and not lister._incomplete
+
+
+def test_a_symlink_in_place_of_a_directory_is_not_listed_through(tmp_path: Path) -> None:
+    """Its parent's listing said "directory"; a symlink that took its place since
+    is not followed into another tree: the directory is reported as not listable."""
+    write(tmp_path / "elsewhere" / "secret.txt", b"not part of this backup\n")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "was-a-dir")
+    lister = _lister([])
+    assert lister.list_dir(os.fsencode(tmp_path / "was-a-dir")) == []
+    ((path, reason),) = [(k.path, k.reason) for k in lister.notices.skipped]
+    assert path == str(tmp_path / "was-a-dir") and reason.startswith("cannot list directory")
+    assert lister._incomplete

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FAST_KDF, PASSWORD, reopen, signature, tree_bytes, write
+from support import FAST_KDF, PASSWORD, refuse_listing, reopen, signature, tree_bytes, write
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -472,16 +472,8 @@ def test_skipped_paths_are_listed_in_backup_completed(tmp_path, monkeypatch):
     names the path and why (the clean backup before it carries no such fields)."""
     src = small_source(tmp_path)
     victim = src / "d1"
-    real_scandir = os.scandir
     blocked: set[bytes] = set()
-
-    def scandir(path):  # type: ignore[no-untyped-def]
-        # root reads everything: refuse the listing as the kernel would for a user
-        if os.fsencode(path) in blocked:
-            raise PermissionError(13, "Permission denied", path)
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    refuse_listing(monkeypatch, blocked)  # root reads everything: refused as for a user
 
     async def scenario() -> None:
         async with Agented(make_config(tmp_path, [src])) as agent:
