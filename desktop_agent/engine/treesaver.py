@@ -120,7 +120,7 @@ class TreeSaver:
             node.size = job.size
         if job.changed:
             self.notices.warn(
-                f"{os.fsdecode(job.path)} changed while it was read; "
+                f"{os.fsdecode(job.path)} changed while it was backed up; "
                 "the snapshot holds what was read"
             )
         return node

@@ -258,7 +258,7 @@ def test_file_shrinking_while_read_is_stored_as_read(tmp_path, mem_repo):
     repo = mem_repo
     res = backup(repo, BackupOptions(sources=[str(src)]), progress=on_progress, progress_interval=0)
     assert truncated.is_set()
-    assert any("changed while it was read" in w for w in res.warnings)
+    assert any("changed while it was backed up" in w for w in res.warnings)
     out = _restore_all(repo, tmp_path) / str(src).lstrip("/") / "shrinks.bin"
     size = out.stat().st_size
     assert 9 * 1024 * 1024 <= size < 30 * 1024 * 1024  # what was read, consistently
@@ -269,6 +269,36 @@ def test_file_shrinking_while_read_is_stored_as_read(tmp_path, mem_repo):
     assert (
         _restore_all(repo, tmp_path, "again") / str(src).lstrip("/") / "shrinks.bin"
     ).read_bytes() == big.read_bytes()
+
+
+def test_a_small_file_written_after_its_listing_is_stored_as_read(tmp_path, mem_repo, monkeypatch):
+    """A small file is read some time after its directory was listed; written
+    in between, it is stored as read, with the size read and the mtime it was
+    listed with (older than its content), so the next backup reads it again."""
+    from desktop_agent.engine import walker
+
+    src = tmp_path / "src"
+    notes = write(src / "notes.txt", b"first\n", 1_600_000_000_000_000_000)
+    real_list_dir = walker.Walker.list_dir
+
+    def list_dir(self, path):  # type: ignore[no-untyped-def]
+        listing = real_list_dir(self, path)
+        if path == os.fsencode(src):  # after the listing, before any read
+            write(notes, b"second, and longer\n", 1_600_000_000_000_000_000)
+        return listing
+
+    monkeypatch.setattr(walker.Walker, "list_dir", list_dir)
+    res = backup(mem_repo, BackupOptions(sources=[str(src)]))
+    monkeypatch.undo()
+    assert any(f"{notes} changed while it was backed up" in w for w in res.warnings)
+    (node,) = [n for n in mem_repo.load_tree(subtree_at(mem_repo, res.snapshot.tree, src))]
+    assert node.mtime == 1_600_000_000_000_000_000  # as listed
+    assert node.size == len(b"second, and longer\n")  # as read
+    out = _restore_all(mem_repo, tmp_path) / str(src).lstrip("/") / "notes.txt"
+    assert out.read_bytes() == b"second, and longer\n"
+    # its ctime moved on since the listing: the next backup reads it again
+    again = backup(reopen(mem_repo), BackupOptions(sources=[str(src)]))
+    assert again.summary.files_changed == 1 and not again.warnings
 
 
 def test_file_vanishing_before_it_is_read(tmp_path, mem_repo):
