@@ -474,44 +474,63 @@ class Walker:
         the whole path per entry (0.4-0.8 us each), and names and metadata
         come from the same directory even if another takes its path meanwhile.
         """
-        fd = -1
+        if not _LIST_BY_FD:
+            return self._list_by_scandir(path)
         try:
-            if _LIST_BY_FD:
-                fd = os.open(path, _DIR_FLAGS)
-                names = sorted([n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(fd)])
-            else:
-                names = sorted(os.listdir(path))
+            fd = os.open(path, _DIR_FLAGS)
         except OSError as exc:
-            if fd >= 0:
-                os.close(fd)
-            self.notices.skip(path, f"cannot list directory: {exc.strerror or exc}")
-            self._incomplete = True
-            return []
-        listing = []
-        flt = self.filter
-        prefix = path if path.endswith(b"/") else path + b"/"
-        lstat = os.stat
+            return self._unlistable(path, exc)
         try:
+            try:
+                names = sorted([n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(fd)])
+            except OSError as exc:
+                return self._unlistable(path, exc)
+            listing = []
+            flt = self.filter
+            prefix = path if path.endswith(b"/") else path + b"/"
+            lstat = os.stat
             for name in names:
                 child = prefix + name
                 if flt and flt.excluded(child):
                     continue
                 try:
-                    if fd >= 0:
-                        s = lstat(name, dir_fd=fd, follow_symlinks=False)
-                    else:
-                        s = lstat(child, follow_symlinks=False)
+                    listing.append((name, child, lstat(name, dir_fd=fd, follow_symlinks=False)))
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
-                    self.notices.skip(child, exc.strerror or str(exc))
-                    self._incomplete = True
-                    continue
-                listing.append((name, child, s))
+                    self._unstatable(child, exc)
+            return listing
         finally:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
+
+    def _list_by_scandir(self, path: bytes) -> Listing:
+        """:meth:`list_dir` by path (Windows: each entry's stat comes with the listing)."""
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            return self._unlistable(path, exc)
+        listing = []
+        flt = self.filter
+        for e in entries:
+            if flt and flt.excluded(e.path):
+                continue
+            try:
+                listing.append((e.name, e.path, e.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self._unstatable(e.path, exc)
         return listing
+
+    def _unlistable(self, path: bytes, exc: OSError) -> Listing:
+        self.notices.skip(path, f"cannot list directory: {exc.strerror or exc}")
+        self._incomplete = True
+        return []
+
+    def _unstatable(self, path: bytes, exc: OSError) -> None:
+        self.notices.skip(path, exc.strerror or str(exc))
+        self._incomplete = True
 
     def list_trie(self, path: bytes, trie: Trie) -> Listing:
         """``(name, path, lstat)`` of the sources and their parents below ``path``."""

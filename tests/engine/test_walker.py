@@ -96,7 +96,15 @@ def _lister(excludes: list[str]) -> Walker:
     return walker
 
 
-def test_a_listing_holds_every_entry_with_its_lstat_in_byte_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("by_descriptor", [True, False], ids=["descriptor", "scandir"])
+def test_a_listing_holds_every_entry_with_its_lstat_in_byte_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_descriptor: bool
+) -> None:
+    """Through the directory's descriptor (POSIX) or by scandir (where
+    descriptors cannot list: Windows), the same listing."""
+    from desktop_agent.engine import walker
+
+    monkeypatch.setattr(walker, "_LIST_BY_FD", by_descriptor)
     names = [b"b", b"a\xff", b"A", b"\xc3\xa9t\xc3\xa9", b".hidden", b"sub", b"link", b"skip.tmp"]
     for name in names:
         if name == b"sub":
