@@ -317,10 +317,14 @@ class Restic:
 
 
 # --------------------------------------------------------------- measuring
+Runs = dict[str, list[float]]  # seconds of each run, per operation
+
+
 def measure(
     tools: list[Ours | Restic], workdir: Path, repeat: int, tag: str
-) -> list[dict[str, tuple[float, int]]]:
-    """Per tool: the median (seconds, peak RSS) per operation, and the repository size.
+) -> tuple[list[dict[str, tuple[float, int]]], list[Runs]]:
+    """Per tool: the median (seconds, peak RSS) per operation, and the repository
+    size; and each run's seconds per operation.
 
     The tools take turns (ours, restic, ours, ...): this machine's speed
     drifts over minutes, and runs of one tool in a row would each meet a
@@ -357,7 +361,7 @@ def measure(
         }
         med["repository size"] = (0.0, size)
         out.append(med)
-    return out
+    return out, [{k: [t for t, _ in v] for k, v in res.items()} for res in results]
 
 
 def restic_same_kdf_rerun(workdir: Path, source: Path, repeat: int, tag: str) -> float:
@@ -403,6 +407,7 @@ def report(
     ours: dict[str, tuple[float, int]],
     theirs: dict[str, tuple[float, int]],
     same_kdf: float | None,
+    runs: list[Runs] | None = None,
 ) -> None:
     print(f"\n== data set: {name}")
     print(
@@ -434,6 +439,13 @@ def report(
             f"{'re-run vs restic with the same KDF cost':<44}{t1:>6.2f} s / {same_kdf:.2f} s "
             f"= {t1 / same_kdf:.2f}"
         )
+    if runs is not None:
+        # the machine's speed drifts, and the tools do not drift alike: the
+        # medians hide how far single runs went
+        print("run by run, ours / restic (ratio):")
+        for op in ("initial backup", "unchanged re-run", "restore"):
+            pairs = zip(runs[0][op], runs[1][op], strict=True)
+            print(f"  {op:<18}" + "  ".join(f"{a:.2f}/{b:.2f} ({a / b:.2f})" for a, b in pairs))
 
 
 # ------------------------------------------------------------ the warm agent
@@ -616,10 +628,10 @@ def main() -> None:
         source = dataset(args.workdir, name, args)
         print(f"data set {name}: {fmt_mib(du(source)).strip()}", flush=True)
         tools: list[Ours | Restic] = [Ours(args.workdir, source), Restic(args.workdir, source)]
-        ours, theirs = measure(tools, args.workdir, args.repeat, name)
+        (ours, theirs), runs = measure(tools, args.workdir, args.repeat, name)
         same = restic_same_kdf_rerun(args.workdir, source, args.repeat, name)
         delete_restores(args.workdir)
-        report(name, ours, theirs, same)
+        report(name, ours, theirs, same, runs)
         if too_soon and name == "small":
             print(too_soon)
         if name == "small" and not args.no_agent:
