@@ -407,7 +407,7 @@ def report(
     ours: dict[str, tuple[float, int]],
     theirs: dict[str, tuple[float, int]],
     same_kdf: float | None,
-    runs: list[Runs] | None = None,
+    runs: list[Runs],
 ) -> None:
     print(f"\n== data set: {name}")
     print(
@@ -439,13 +439,12 @@ def report(
             f"{'re-run vs restic with the same KDF cost':<44}{t1:>6.2f} s / {same_kdf:.2f} s "
             f"= {t1 / same_kdf:.2f}"
         )
-    if runs is not None:
-        # the machine's speed drifts, and the tools do not drift alike: the
-        # medians hide how far single runs went
-        print("run by run, ours / restic (ratio):")
-        for op in ("initial backup", "unchanged re-run", "restore"):
-            pairs = zip(runs[0][op], runs[1][op], strict=True)
-            print(f"  {op:<18}" + "  ".join(f"{a:.2f}/{b:.2f} ({a / b:.2f})" for a, b in pairs))
+    # the machine's speed drifts, and the tools do not drift alike: the
+    # medians hide how far single runs went
+    print("run by run, ours / restic (ratio):")
+    for op in ("initial backup", "unchanged re-run", "restore"):
+        pairs = zip(runs[0][op], runs[1][op], strict=True)
+        print(f"  {op:<18}" + "  ".join(f"{a:.2f}/{b:.2f} ({a / b:.2f})" for a, b in pairs))
 
 
 # ------------------------------------------------------------ the warm agent

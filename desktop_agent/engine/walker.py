@@ -61,9 +61,11 @@ Listing = list[tuple[bytes, bytes, os.stat_result]]
 # path components of the sources: a nested dict, None marking a source
 Trie = dict[bytes, "Trie | None"]
 
-# Listing a directory through a descriptor of it (POSIX); elsewhere by path.
-# O_NOFOLLOW: a directory replaced by a symlink since its parent was listed
-# is not followed (it is reported as not listable, like any other failure).
+# Listing a directory through a descriptor of it (POSIX); elsewhere with
+# scandir. O_NOFOLLOW: a directory replaced by a symlink since its parent was
+# listed is not followed (it is reported as not listable, like any other
+# failure). listdir(fd) gives str names: they go back to bytes as
+# os.fsencode does, without its function call per name.
 _LIST_BY_FD = os.listdir in os.supports_fd and os.stat in os.supports_dir_fd
 _DIR_FLAGS = (
     os.O_RDONLY
