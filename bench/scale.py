@@ -36,7 +36,7 @@ from pathlib import Path
 
 # bench/engine.py, beside this file (the script's folder is on sys.path): the
 # measured command runs, restic's CLI and the running-agent runs, shared
-from engine import PASSWORD, Restic, run_output, warm_agent  # noqa: E402
+from engine import PASSWORD, Restic, compile_package, run_output, warm_agent  # noqa: E402
 
 MiB = 1024 * 1024
 TARGETS = {
@@ -220,6 +220,7 @@ def main() -> None:
         raise SystemExit("restic is not installed (apt-get install restic)")
     workdir: Path = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
+    compile_package()
     version = subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.strip()
     print(f"{version}; {os.cpu_count()} CPUs; workdir {workdir}")
     source = workdir / "tiny"
