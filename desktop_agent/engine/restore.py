@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from .control import Control
 from .errors import EngineError, NotFound
 from .ids import BlobId, BlobType
-from .memory import limit_malloc_arenas
+from .memory import fewer_gc_passes, limit_malloc_arenas
 from .progress import ProgressState, Reporter
 from .repository import Repository
 from .restorefill import Batch, Filler, LinkSource, PlannedFile, reason
@@ -427,21 +427,30 @@ def restore(
     state = ProgressState(progress, progress_interval)
     repo.ensure_index()
     r = _Restorer(repo, options, state, control)
-    try:
-        selected = count_selected(
-            repo, snap, options.includes, options.max_tree_repeats, state, control
-        )
-        if not selected and options.includes:
-            raise NotFound(
-                "none of the --include paths is in the snapshot: " + ", ".join(options.includes)
-            )
+    # trees and nodes by the ten thousand: the collector's default thresholds
+    # would pass over them again and again (see engine.memory)
+    with fewer_gc_passes():
         try:
-            r.open_target()
-            r.run(snap)
-        except OSError as exc:
-            raise EngineError(f"restore failed: {exc.strerror or exc}") from None
-    finally:
-        r.close()
+            # the first pass gives the progress its totals and finds the
+            # --include paths; with neither, nothing needs it
+            if progress is not None or options.includes:
+                selected = count_selected(
+                    repo, snap, options.includes, options.max_tree_repeats, state, control
+                )
+                if not selected and options.includes:
+                    raise NotFound(
+                        "none of the --include paths is in the snapshot: "
+                        + ", ".join(options.includes)
+                    )
+            else:
+                state.finish_scan()
+            try:
+                r.open_target()
+                r.run(snap)
+            except OSError as exc:
+                raise EngineError(f"restore failed: {exc.strerror or exc}") from None
+        finally:
+            r.close()
     state.report_final()
     return RestoreResult(
         files=r.files_ok + (r.filler.files_done if r.filler is not None else 0),

@@ -38,6 +38,7 @@ __all__ = [
     "count_selected",
     "include_paths",
     "light_tree",
+    "light_tree_by_node",
     "walk_snapshot",
 ]
 
@@ -214,7 +215,16 @@ class Light(NamedTuple):
 
 def light_tree(repo: Repository, tree_id: BlobId) -> list[Light]:
     """A tree's nodes, read only as far as counting needs (bad nodes left out)."""
-    doc = loads_json(repo.load_blob(BlobType.TREE, tree_id), f"tree {tree_id.hex()}")
+    from .treedoc import light_nodes  # noqa: PLC0415 - see treedoc
+
+    data = repo.load_blob(BlobType.TREE, tree_id)
+    fast = light_nodes(data, Light)
+    return fast if fast is not None else light_tree_by_node(data, tree_id)
+
+
+def light_tree_by_node(data: bytes, tree_id: BlobId) -> list[Light]:
+    """:func:`light_tree` with ``json``, each node looked at in Python."""
+    doc = loads_json(data, f"tree {tree_id.hex()}")
     raw = doc.get("nodes") if isinstance(doc, dict) else None
     out = []
     for obj in raw if isinstance(raw, list) else ():

@@ -26,6 +26,10 @@ __all__ = [
     "Node",
     "encode_tree",
     "decode_tree",
+    "decode_tree_by_node",
+    "decode_name",
+    "decode_time",
+    "decode_link_target",
     "go_mode",
     "unix_mode",
     "MODE_DIR",
@@ -229,27 +233,19 @@ class Node:
         try:
             if not isinstance(obj, dict):
                 raise TypeError("a node is not a JSON object")
-            name = _name(obj["name"])
+            name = decode_name(obj["name"])
             mt, at, ct = obj.get("mtime"), obj.get("atime"), obj.get("ctime")
             content = obj.get("content")
             subtree = obj.get("subtree")
-            raw_target = obj.get("linktarget_raw")
-            if raw_target is not None:
-                target = base64.b64decode(_str(raw_target, "linktarget_raw"), validate=True)
-            else:
-                target = _str(obj.get("linktarget") or "", "linktarget").encode(
-                    "utf-8", "surrogateescape"
-                )
-            if b"\0" in target:
-                raise ValueError("linktarget contains a NUL byte")
+            target = decode_link_target(obj.get("linktarget"), obj.get("linktarget_raw"))
             node = cls(
                 name=name,
                 type=_str(obj["type"], "type"),
                 mode=_uint(obj, "mode", 32),
-                mtime=(mtime := _time(mt, "mtime")),
+                mtime=(mtime := decode_time(mt, "mtime")),
                 # most nodes carry one time three times: parse it once
-                atime=mtime if at == mt else _time(at, "atime"),
-                ctime=mtime if ct == mt else _time(ct, "ctime"),
+                atime=mtime if at == mt else decode_time(at, "atime"),
+                ctime=mtime if ct == mt else decode_time(ct, "ctime"),
                 uid=_uint(obj, "uid", 32),
                 gid=_uint(obj, "gid", 32),
                 user=_str(obj.get("user") or "", "user"),
@@ -304,7 +300,8 @@ def _str(value: Any, what: str) -> str:
     return value
 
 
-def _name(value: Any) -> bytes:
+def decode_name(value: Any) -> bytes:
+    """A node's name as the file system holds it; ValueError for one it cannot."""
     name = go_unquote_name(_str(value, "name"))
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
         raise ValueError(f'name "{os.fsdecode(name)}" cannot be a file name')
@@ -328,7 +325,20 @@ _MIN_TIME = -62_167_219_200 * 10**9
 _MAX_TIME = 253_402_300_800 * 10**9
 
 
-def _time(value: Any, what: str) -> int:
+def decode_link_target(text: Any, raw: Any) -> bytes:
+    """A symlink's target from ``linktarget`` (text) or ``linktarget_raw``
+    (base64, for a target that is not UTF-8), which wins when present."""
+    if raw is not None:
+        target = base64.b64decode(_str(raw, "linktarget_raw"), validate=True)
+    else:
+        target = _str(text or "", "linktarget").encode("utf-8", "surrogateescape")
+    if b"\0" in target:
+        raise ValueError("linktarget contains a NUL byte")
+    return target
+
+
+def decode_time(value: Any, what: str) -> int:
+    """A node's time (RFC 3339) in nanoseconds; 0 for none."""
     if not value:
         return 0
     try:
@@ -390,7 +400,18 @@ def decode_tree(data: bytes | bytearray | memoryview) -> list[Node]:
     :class:`IntegrityError`. A node within it that fails validation becomes
     an :meth:`Node.undecodable` node, as does a second node of the same name, so
     readers report that one entry and go on with the others.
+
+    Trees are decoded in C (:mod:`.treedoc`) where that gives the same
+    nodes; the others by :func:`decode_tree_by_node`.
     """
+    from .treedoc import decode_nodes  # noqa: PLC0415 - msgspec only once a tree is read
+
+    fast = decode_nodes(data)
+    return fast if fast is not None else decode_tree_by_node(data)
+
+
+def decode_tree_by_node(data: bytes | bytearray | memoryview) -> list[Node]:
+    """:func:`decode_tree` with ``json`` and each node checked in Python."""
     try:
         doc = json.loads(bytes(data))
         raw_nodes = doc["nodes"]

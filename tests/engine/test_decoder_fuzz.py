@@ -17,14 +17,16 @@ from support import FAST_KDF, PASSWORD
 
 from desktop_agent.engine import crypto
 from desktop_agent.engine.errors import EngineError
-from desktop_agent.engine.ids import BlobType
+from desktop_agent.engine.ids import BlobId, BlobType
 from desktop_agent.engine.index import decode_index
 from desktop_agent.engine.limits import MAX_UNPACKED
 from desktop_agent.engine.pack import parse_header, parse_pack_tail
 from desktop_agent.engine.repository import RepoConfig, Repository
+from desktop_agent.engine.restorewalk import Light, light_tree_by_node
 from desktop_agent.engine.snapshot import Snapshot
 from desktop_agent.engine.storage import MemoryStorage
-from desktop_agent.engine.tree import NodeType, decode_tree
+from desktop_agent.engine.tree import NodeType, decode_tree, decode_tree_by_node
+from desktop_agent.engine.treedoc import light_nodes
 
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -91,6 +93,26 @@ def test_tree(data: bytes) -> None:
         assert node.name not in (b".", b"..")
         assert 0 <= node.size < 2**63 and 0 <= node.uid < 2**32 and 0 <= node.gid < 2**32
         assert b"\0" not in node.linktarget
+
+
+@FUZZ
+@given(st.binary(max_size=2000) | (_docs | _trees).map(lambda d: json.dumps(d).encode()))
+def test_tree_decoded_in_c_or_not_the_nodes_are_the_same(data: bytes) -> None:
+    # decode_tree takes msgspec's nodes only where the slow path makes the same
+    assert _only_engine_errors(decode_tree, data) == _only_engine_errors(decode_tree_by_node, data)
+
+
+@FUZZ
+@given(st.binary(max_size=2000) | (_docs | _trees).map(lambda d: json.dumps(d).encode()))
+def test_counting_pass_decoded_in_c_counts_what_the_slow_path_counts(data: bytes) -> None:
+    fast = light_nodes(data, Light)
+    if fast is None:
+        return  # the slow path decides
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return  # skipped fields are not read in C: such a tree is counted there only
+    assert fast == _only_engine_errors(light_tree_by_node, data, BlobId(bytes(32)))
 
 
 @FUZZ

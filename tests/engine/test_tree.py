@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from desktop_agent.engine import crypto, gocompat
+from desktop_agent.engine import crypto, gocompat, treedoc
 from desktop_agent.engine.errors import IntegrityError
 from desktop_agent.engine.ids import BlobId
 from desktop_agent.engine.repository import Repository
@@ -29,6 +29,7 @@ from desktop_agent.engine.tree import (
     Node,
     NodeType,
     decode_tree,
+    decode_tree_by_node,
     encode_tree,
     go_mode,
     unix_mode,
@@ -198,6 +199,59 @@ def test_encode_tree_sorts_by_raw_name() -> None:
     assert [n.name for n in decode_tree(tree)] == sorted(names)
     # not the order of the quoted names ("\\xff" would sort first)
     assert [n.name for n in decode_tree(tree)][-1] == b"\xff"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(nodes, max_size=6, unique_by=lambda n: n.name))
+def test_trees_we_write_decode_in_c_to_the_nodes_the_slow_path_makes(items: list[Node]) -> None:
+    raw = encode_tree(items)
+    fast = treedoc.decode_nodes(raw)
+    assert fast is not None  # nothing in them needs the slow path
+    assert fast == decode_tree_by_node(raw)
+    assert encode_tree(fast) == raw
+
+
+_OK = b'{"name":"ok","type":"file","mtime":"2024-01-01T00:00:00Z","content":[]}'
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        # a field we do not know: kept (in Node.extra) only by the slow path
+        b'{"nodes":[{"name":"x","type":"file","generic_attributes":{"a":"b"}}]}',
+        b'{"nodes":[],"other":1}',
+        b'{"nodes":[{"name":"x","type":"file","extended_attributes":[{"name":"a","value":"","z":1}]}]}',
+        # a bad node: the slow path makes it one undecodable entry
+        b'{"nodes":[{"name":"x","type":"file","uid":-1},' + _OK + b"]}",
+        b'{"nodes":[{"name":"a/b","type":"file"},' + _OK + b"]}",
+        b'{"nodes":[{"name":"x","type":"file","mtime":"soon"},' + _OK + b"]}",
+        b'{"nodes":[{"name":"x","type":"file","inode":18446744073709551616},' + _OK + b"]}",
+        b'{"nodes":[{"name":"x","type":"file","size":true},' + _OK + b"]}",
+        b'{"nodes":[{"name":"x","type":"file","content":["ab"]},' + _OK + b"]}",
+        b'{"nodes":[{"name":"x","type":"symlink","linktarget":"a\\u0000"},' + _OK + b"]}",
+        b'{"nodes":[{"name":"x","type":"file","extended_attributes":[{"name":"a"}]}]}',
+        # two entries of one name
+        b'{"nodes":[' + _OK + b"," + _OK + b"]}",
+        # JSON the two parsers read differently, or not at all
+        b'{"nodes":[{"name":"\\udc80","type":"file"}]}',
+        b'{"nodes":[{"name":"x","type":"file","size":NaN}]}',
+        b'\xef\xbb\xbf{"nodes":[]}',
+        b'{"nodes":[{"name":"\xff","type":"file"}]}',
+        b'{"nodes":[{"name":"a\tb","type":"file"}]}',
+        b'{"nodes":[{"name":"x","type":"file"}]} x',
+        b"{}",
+        b"[]",
+    ],
+)
+def test_what_the_c_decoder_does_not_take_goes_to_the_slow_path(doc: bytes) -> None:
+    assert treedoc.decode_nodes(doc) is None
+    try:
+        slow = decode_tree_by_node(doc)
+    except IntegrityError:
+        with pytest.raises(IntegrityError):
+            decode_tree(doc)
+    else:
+        assert decode_tree(doc) == slow
 
 
 def test_empty_tree() -> None:
