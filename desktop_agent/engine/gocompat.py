@@ -100,7 +100,10 @@ def go_unquote_name(quoted: str) -> bytes:
         if kind == "x":
             out.append(int(esc[1:], 16))
         elif kind in "uU":
-            out += chr(int(esc[1:], 16)).encode("utf-8", "surrogatepass")
+            point = int(esc[1:], 16)
+            if point > 0x10FFFF:  # Go rejects it; chr() would overflow
+                raise ValueError(f"invalid escape in name {quoted!r}")
+            out += chr(point).encode("utf-8", "surrogatepass")
         elif kind.isdigit():
             value = int(esc, 8)
             if value > 255:

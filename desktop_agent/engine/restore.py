@@ -443,6 +443,9 @@ def restore(
                         + ", ".join(options.includes)
                     )
             else:
+                # the root tree is read before the target is made, as the
+                # first pass did: an unreadable one leaves no folder behind
+                repo.load_tree(snap.tree)
                 state.finish_scan()
             try:
                 r.open_target()

@@ -154,7 +154,10 @@ def light_nodes(
     :func:`.restorewalk.light_tree`'s slow path must decide.
 
     Other fields are skipped unread: a tree that is invalid only there (not
-    UTF-8, say) is counted here, and reported when it is restored.
+    UTF-8, a number of more digits than Python converts) is counted here,
+    and reported when it is restored (a directory whose contents are lost;
+    with ``--include`` below it, no longer "none of the paths is in the
+    snapshot").
     """
     try:
         return [

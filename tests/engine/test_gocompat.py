@@ -107,6 +107,7 @@ def test_quote_matches_go(raw: bytes, quoted: str) -> None:
         ("\\x4", None),
         ("\\400", None),
         ("\\U00110000", None),
+        ("\\UFFFFFFFF", None),  # past what chr() takes: ValueError, not OverflowError
     ],
 )
 def test_unquote_accepts_go_escapes_and_rejects_others(quoted: str, raw: bytes | None) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import reopen, signature, write
 
 from desktop_agent.engine import restorefill
 from desktop_agent.engine.backup import BackupOptions, backup
-from desktop_agent.engine.ids import BlobType
+from desktop_agent.engine.errors import EngineError
+from desktop_agent.engine.ids import BlobId, BlobType
 from desktop_agent.engine.repository import Repository
 from desktop_agent.engine.restore import RestoreOptions, restore
 from desktop_agent.engine.restorefill import all_zero
@@ -259,3 +262,22 @@ def test_many_small_batches_restore_hard_links_and_every_kind_of_entry(
     inode = (out / "links" / "a" / "first").stat().st_ino
     assert (out / "links" / "zz" / "last").stat().st_ino == inode
     assert {(out / "links" / f"again-{i}").stat().st_ino for i in range(6)} == {inode}
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_a_root_tree_that_cannot_be_read_leaves_no_target_behind(tmp_path, mem_repo, shown):
+    # without progress to show (the CLI off a terminal) the counting pass is
+    # skipped; the root tree is still read before the target is made
+    src = tmp_path / "src"
+    write(src / "a.txt", b"a")
+    repo = _backed_up(src, mem_repo)
+    snap = replace(repo.find_snapshot("latest"), tree=BlobId(bytes(32)))
+    target = tmp_path / "target"
+    with pytest.raises(EngineError):
+        restore(
+            repo,
+            snap,
+            RestoreOptions(target=str(target)),
+            progress=(lambda _p: None) if shown else None,
+        )
+    assert not target.exists()
