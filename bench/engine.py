@@ -204,10 +204,10 @@ def _run(cmd: list[str], env: dict[str, str], *, capture: bool) -> tuple[float, 
     done = threading.Event()
 
     def sample() -> None:
-        # at the lowest priority: the sampling (8% of a CPU every 5 ms) must
-        # not take CPU from a measured program that keeps both busy, as
-        # ours does with many small files; restic leaves CPU idle, so it
-        # lost less to it (a bias of about 4% against us)
+        # at the lowest priority: the sampling (8% of a CPU at one sample
+        # every 5 ms) must not take CPU from a measured program that keeps
+        # both busy, as ours does with many small files; restic leaves CPU
+        # idle, so it lost less to it (estimated: up to 4% of our time)
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread
         except (AttributeError, OSError):
