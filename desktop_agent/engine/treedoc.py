@@ -23,6 +23,7 @@ Imported on first use: a backup with no parent snapshot never pays for it.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
@@ -135,7 +136,7 @@ def _node(n: _Node) -> Node:
         n.size or 0,
         n.links or 0,
         decode_link_target(n.linktarget, n.linktarget_raw),
-        [] if not xattrs else [(a.name, _b64(a.value or "")) for a in xattrs],
+        [] if not xattrs else [(a.name, base64.b64decode(a.value or "")) for a in xattrs],
         n.device or 0,
         None if content is None else [BlobId(parse_id(c)) for c in content],
         None if subtree is None else BlobId(parse_id(subtree)),
@@ -174,9 +175,3 @@ def light_nodes(
         ]
     except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError):
         return None
-
-
-def _b64(text: str) -> bytes:
-    import base64  # noqa: PLC0415 - extended attributes are rare
-
-    return base64.b64decode(text)
